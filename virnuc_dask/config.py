@@ -1,0 +1,119 @@
+"""One frozen configuration, built once: package defaults -> config file -> flags.
+
+The defaults live, commented key by key, in ``default.yaml`` beside this module
+(``configs/default.yaml`` in the source tree points at it). Unknown keys are an
+error that names the allowed ones.
+
+>>> settings = load_settings(overrides={"length": 300, "classifier": "300_model.pth"})
+>>> settings.length
+300
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS_FILE = Path(__file__).with_name("default.yaml")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is not acceptable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know, validated. Build with :func:`load_settings`."""
+
+    inputs: tuple[str, ...] = ()
+    out: str | None = None
+    length: int = 500
+    esm_model: str = "esm2_t36_3B_UR50D"
+    dnabert_model: str = "zhihan1996/DNABERT-S"
+    classifier: str | None = None
+    model_cache: str | None = None
+    offline: bool = False
+    precision: str = "auto"
+    workers: int | None = None
+    threads: int | None = None
+    gpus: str | None = None
+    scheduler: str | None = None
+    toks_per_batch: int = 2048
+    dnabert_toks_per_batch: int = 8192
+    partition_rows: int = 2048
+    blocksize: int = 32 * 2**20
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("length", "toks_per_batch", "dnabert_toks_per_batch", "partition_rows",
+                    "blocksize"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        for key in ("workers", "threads"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"{key} must be a positive integer or null, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for key in ("offline", "overwrite"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+FILE_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "inputs")
+
+
+def _check_keys(values: Mapping[str, Any], source: str) -> None:
+    unknown = sorted(set(values) - set(FILE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(FILE_KEYS)}")
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping of settings; error on anything else."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    _check_keys(values, str(path))
+    return values
+
+
+def load_settings(
+    *,
+    inputs: tuple[str, ...] | list[str] = (),
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge package defaults, an optional config file and explicit overrides.
+
+    ``overrides`` holds only the values the user gave (``None`` means "not given").
+    """
+    values = read_config_file(DEFAULTS_FILE)
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_keys(given, "overrides")
+    values.update(given)
+    return Settings(inputs=tuple(str(p) for p in inputs), **values)

@@ -1,0 +1,121 @@
+"""The models on a worker: loaded once per worker process by a named ``WorkerPlugin``.
+
+Register it with ``client.register_plugin(ModelPlugin(spec))``; every current
+and future worker (a restarted one included) sets it up, and tasks reach it
+through :func:`worker_models`. This is the only place a model is loaded on a
+worker.
+
+>>> plugin = ModelPlugin(ModelSpec(esm_model="esm2.pt", dnabert_model="dnabert/",
+...                                classifier="300_model.pth"))
+>>> plugin.name
+'virnuc-dask-models'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from urllib.parse import urlsplit
+
+import torch
+from distributed import WorkerPlugin, get_worker
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "virnuc-dask-models"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Where the models come from and how to run them."""
+
+    esm_model: str
+    dnabert_model: str
+    classifier: str
+    precision: str = "auto"
+    model_cache: str | None = None
+    offline: bool = False
+    threads: int | None = None
+    threads_by_host: tuple[tuple[str, int], ...] = ()
+
+
+def pick_device() -> torch.device:
+    """The worker's GPU (dask-cuda gives each worker one visible device) or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on GPUs of compute capability >= 8.0 (Ampere and newer), else fp32.
+
+    Older GPUs get fp32 rather than fp16: fp16's narrow exponent range risks
+    overflow in the 36-layer ESM-2 residual stream, and those GPUs lack bf16.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "bf16"
+    return "fp32"
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads DNABERT-S, ESM-2 and the classifier once per worker."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.device: torch.device | None = None
+        self.precision: str | None = None
+        self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
+
+    def setup(self, worker: object) -> None:
+        from .classifier import load_classifier
+        from .dnabert import load_dnabert
+        from .esm2 import load_esm
+
+        spec = self.spec
+        self.device = pick_device()
+        if self.device.type == "cpu":
+            host = urlsplit(getattr(worker, "address", "")).hostname
+            threads = spec.threads or dict(spec.threads_by_host).get(host)
+            if threads:
+                torch.set_num_threads(threads)
+        self.precision = resolve_precision(spec.precision, self.device)
+        dtype = DTYPES[self.precision]
+        cache = spec.model_cache
+        self.dnabert, self.tokenizer = load_dnabert(
+            spec.dnabert_model, device=self.device, dtype=dtype,
+            cache_dir=None if cache is None else os.path.join(cache, "huggingface"),
+            offline=spec.offline)
+        self.esm, self.alphabet = load_esm(
+            spec.esm_model, device=self.device, dtype=dtype,
+            cache_dir=None if cache is None else os.path.join(cache, "torch"),
+            offline=spec.offline)
+        self.classifier = load_classifier(spec.classifier)
+        logger.info("models ready on %s (%s, %d torch threads)", self.device, self.precision,
+                    torch.get_num_threads())
+
+    def teardown(self, worker: object) -> None:
+        self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {"dnabert": self.dnabert.hidden_size, "esm": self.esm.embed_dim,
+                "classifier_input": self.classifier.input_dim}
+
+
+def worker_models() -> ModelPlugin:
+    """The model plugin of the worker running the current task."""
+    worker = get_worker()
+    try:
+        return worker.plugins[PLUGIN_NAME]
+    except KeyError:
+        raise RuntimeError(
+            f"worker {worker.address} has no {PLUGIN_NAME!r} plugin; register ModelPlugin first"
+        ) from None
