@@ -358,9 +358,10 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
         "status": "partial" if total.failed else "complete",
         "inputs": list(settings.inputs),
         "length": settings.length,
-        "models": {"esm": settings.esm_model, "dnabert": settings.dnabert_model,
-                   "classifier": settings.classifier, **{k: facts[k] for k in
-                                                         ("dnabert", "esm")}},
+        "models": {"esm": {"source": settings.esm_model, "dim": facts["esm"]},
+                   "dnabert": {"source": settings.dnabert_model, "dim": facts["dnabert"]},
+                   "classifier": {"source": settings.classifier,
+                                  "input_dim": facts["classifier_input"]}},
         "precision": facts["precision"],
         "device": facts["device"],
         "cluster": {"scheduler": info.get("address"), "workers": len(info["workers"]),
