@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import CASES, LENGTHS, read_embeddings_tsv, read_fasta_pairs
+
 from virnuc_dask.embed import embed_esm
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.esm2 import load_esm, resolve_esm_path
@@ -89,3 +89,12 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     with pytest.raises(ModelLoadError, match="esm2_bad.pt"):
         load_esm(str(bad))
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_fast_tokens_equal_fair_esm_encode(esm):
+    from virnuc_dask.embed import esm_tokens
+
+    _, alphabet = esm
+    proteins = ["MKVLAAGIRSTWY", "ACDEFGHIKLMNPQRSTVWY", "X", "BZUO", "M"]
+    assert [t.tolist() for t in esm_tokens(alphabet, proteins)] == \
+        [alphabet.encode(p) for p in proteins]

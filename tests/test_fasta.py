@@ -121,6 +121,9 @@ def test_block_indices_are_global_and_records_unique(tmp_path: Path) -> None:
     b.write_bytes(gzip.compress(b">b1\nAC\n>b2\nGG\n"))
     c.write_text(">c1\nTT\n")  # no extension: detected by content
     blocks = plan_blocks([str(a), str(b), str(c)], blocksize=100)
+    fake = tmp_path / "plain.fa.gz"  # a name is not a format
+    fake.write_text(">p\nAC\n")
+    assert [(r.id, r.sequence) for r in read_all([fake], 3)] == [("p", "AC")]
     assert [blk.index for blk in blocks] == list(range(len(blocks)))
     assert [blk for blk in blocks if blk.path == str(b)] == [FastaBlock(str(b), blocks[-2].index,
                                                                          0, None, 1)]

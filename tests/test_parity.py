@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import zarr
+from conftest import CASES, LENGTHS, TINY, need_reference, read_embeddings_tsv
 from distributed import Client, LocalCluster
 
-from conftest import CASES, LENGTHS, TINY, need_reference, read_embeddings_tsv
+from virnuc_dask.cluster import WORKER_ENV
 from virnuc_dask.config import load_settings
 from virnuc_dask.pipeline import predict
 
@@ -40,8 +42,9 @@ def assert_matches_reference(out: Path, ref: Path) -> None:
 @pytest.fixture(scope="module")
 def client():
     need_reference()
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                      resources={"GPU": 1}, dashboard_address=":0") as cluster, \
+    with dask.config.set(WORKER_ENV), \
+            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                         resources={"GPU": 1}, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         yield client
 

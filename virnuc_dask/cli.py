@@ -9,6 +9,7 @@ traceback only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,10 @@ from .errors import VirnucError
 logger = logging.getLogger("virnuc_dask")
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
+
+# Further subcommands, one module each: ``add_parser(subparsers) -> ArgumentParser`` adds
+# the command (its parser's ``set_defaults(run=...)`` names ``run(args) -> int``).
+EXTRA_COMMANDS: tuple[str, ...] = ()
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: virnuc-demo)")
     demo.add_argument("--workers", type=int, help="local CPU workers (default 1)")
     _add_common(demo)
+
+    for name in EXTRA_COMMANDS:
+        command = importlib.import_module(f"{__package__}.{name}")
+        _add_common(command.add_parser(sub))
     return parser
 
 
@@ -158,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(Path(args.out), workers=args.workers)
+        if hasattr(args, "run"):
+            return args.run(args)
     except KeyboardInterrupt:
         logger.error("interrupted; finished partitions are kept, re-run the command to resume")
         return 130

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import dask
 from distributed import Client, LocalCluster
 
 logger = logging.getLogger(__name__)
@@ -56,18 +57,30 @@ def torch_threads_by_host(client: Client) -> dict[str, int]:
     return {host: max(1, max(ns) // len(ns)) for host, ns in per_host.items()}
 
 
+# Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers. Setting that variable
+# turns off glibc's dynamic mmap threshold, so every large torch CPU buffer is mmap'ed and
+# unmapped again per operation: embedding ran 3-4x slower in such workers (2k-ORF
+# partition, tiny models, CPU). None unsets it (see distributed.nanny._get_env_variables).
+WORKER_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
 @contextlib.contextmanager
 def open_client(settings) -> Iterator[Client]:
     """A client on the cluster ``settings`` ask for; the cluster stops on exit if started here."""
     if settings.scheduler:
         target = settings.scheduler
-        if os.path.isfile(target):
-            client = Client(scheduler_file=target)
-        else:
-            client = Client(target)
+        client = Client(scheduler_file=target) if os.path.isfile(target) else Client(target)
         with client:
             yield client
         return
+    with dask.config.set(WORKER_ENV), _start_cluster(settings) as cluster, \
+            Client(cluster) as client:
+        logger.info("cluster: %d workers, dashboard %s", len(cluster.workers),
+                    client.dashboard_link)
+        yield client
+
+
+def _start_cluster(settings):
     gpus = visible_gpus(settings.gpus)
     if gpus:
         try:
@@ -76,13 +89,7 @@ def open_client(settings) -> Iterator[Client]:
             raise RuntimeError(
                 "GPUs are visible but dask-cuda is not installed: "
                 "pip install 'virnuc-dask[gpu]'") from None
-        cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus[: settings.workers]),
-                                   threads_per_worker=2, resources={"GPU": 1})
-    else:
-        workers = settings.workers or 1
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=2, processes=True,
-                               resources={"GPU": 1})
-    with cluster, Client(cluster) as client:
-        logger.info("cluster: %d workers, dashboard %s", len(cluster.workers),
-                    client.dashboard_link)
-        yield client
+        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus[: settings.workers]),
+                                threads_per_worker=2, resources={"GPU": 1})
+    return LocalCluster(n_workers=settings.workers or 1, threads_per_worker=2, processes=True,
+                        resources={"GPU": 1})

@@ -3,7 +3,7 @@
 >>> from virnuc_dask.fasta import Record
 >>> table = orfs_from_records([Record("r1", "ATGAAACCC", "in.fa", 1)], chunk_size=300)
 >>> [o.id for o in table.orfs], table.reads[0].orfs
-(['r1_chunk_1F1', 'r1_chunk_1F2', 'r1_chunk_1F3', 'r1_chunk_1R1', 'r1_chunk_1R2'], 5)
+(['r1_chunk_1F1', 'r1_chunk_1F3', 'r1_chunk_1R1', 'r1_chunk_1R2', 'r1_chunk_1R3'], 5)
 """
 
 from __future__ import annotations

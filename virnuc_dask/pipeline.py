@@ -221,7 +221,8 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
     t0 = time.perf_counter()
     out = _prepare_out(settings)
     if settings.classifier is None:
-        raise ModelLoadError("no classifier given: pass --classifier 300_model.pth or 500_model.pth")
+        raise ModelLoadError(
+            "no classifier given: pass --classifier 300_model.pth or 500_model.pth")
     blocks = plan_blocks(list(settings.inputs), settings.blocksize)
 
     spec = ModelSpec(esm_model=settings.esm_model, dnabert_model=settings.dnabert_model,

@@ -69,6 +69,7 @@ class ModelPlugin(WorkerPlugin):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.device: torch.device | None = None
+        self.threads: int | None = None
         self.precision: str | None = None
         self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
 
@@ -79,11 +80,10 @@ class ModelPlugin(WorkerPlugin):
 
         spec = self.spec
         self.device = pick_device()
+        self.threads = None
         if self.device.type == "cpu":
             host = urlsplit(getattr(worker, "address", "")).hostname
-            threads = spec.threads or dict(spec.threads_by_host).get(host)
-            if threads:
-                torch.set_num_threads(threads)
+            self.threads = spec.threads or dict(spec.threads_by_host).get(host)
         self.precision = resolve_precision(spec.precision, self.device)
         dtype = DTYPES[self.precision]
         cache = spec.model_cache
@@ -104,6 +104,12 @@ class ModelPlugin(WorkerPlugin):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def activate(self) -> ModelPlugin:
+        """Call at the start of a task: torch's CPU thread count is per calling thread."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return self
+
     @property
     def dims(self) -> dict[str, int]:
         return {"dnabert": self.dnabert.hidden_size, "esm": self.esm.embed_dim,
@@ -114,8 +120,9 @@ def worker_models() -> ModelPlugin:
     """The model plugin of the worker running the current task."""
     worker = get_worker()
     try:
-        return worker.plugins[PLUGIN_NAME]
+        plugin = worker.plugins[PLUGIN_NAME]
     except KeyError:
         raise RuntimeError(
             f"worker {worker.address} has no {PLUGIN_NAME!r} plugin; register ModelPlugin first"
         ) from None
+    return plugin.activate()
