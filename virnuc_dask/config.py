@@ -21,6 +21,7 @@ import yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("default.yaml")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")
 
 
 class ConfigError(ValueError):
@@ -44,19 +45,23 @@ class Settings:
     threads: int | None = None
     gpus: str | None = None
     scheduler: str | None = None
-    toks_per_batch: int = 2048
-    dnabert_toks_per_batch: int = 8192
+    scheduler_file: str | None = None
+    cluster: str = "local"
+    jobs: int | None = None
+    cluster_config: str | None = None
+    performance_report: str | None = None
+    toks_per_batch: int | None = None
+    dnabert_toks_per_batch: int | None = None
     partition_rows: int = 2048
     blocksize: int = 32 * 2**20
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("length", "toks_per_batch", "dnabert_toks_per_batch", "partition_rows",
-                    "blocksize"):
+        for key in ("length", "partition_rows", "blocksize"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("workers", "threads"):
+        for key in ("workers", "threads", "jobs", "toks_per_batch", "dnabert_toks_per_batch"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
@@ -64,12 +69,47 @@ class Settings:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.cluster not in CLUSTERS:
+            raise ConfigError(
+                f"cluster must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}")
+        if self.scheduler and self.scheduler_file:
+            raise ConfigError("scheduler and scheduler_file both given; choose one")
+        if (self.scheduler or self.scheduler_file) and self.cluster != "local":
+            raise ConfigError(
+                f"cluster {self.cluster!r} starts its own scheduler; it cannot be combined "
+                "with scheduler or scheduler_file")
+        if self.jobs is not None and self.cluster not in ("slurm", "pbs"):
+            raise ConfigError(f"jobs applies to cluster slurm or pbs, not {self.cluster!r}")
+        if self.cluster_config is not None and self.cluster not in ("slurm", "pbs"):
+            raise ConfigError(
+                f"cluster_config applies to cluster slurm or pbs, not {self.cluster!r}")
         for key in ("offline", "overwrite"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def with_absolute_paths(self) -> Settings:
+        """The same settings with every file path absolute.
+
+        Workers of a cluster started elsewhere (``dask worker`` by hand, a batch job)
+        run in another working directory; absolute paths mean the same file there.
+        Model sources that are not existing paths (hub names) are kept as given.
+        """
+        def absolute(path: str | None) -> str | None:
+            return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+        def if_local(source: str) -> str:
+            return absolute(source) if Path(source).expanduser().exists() else source
+
+        return self.replace(
+            inputs=tuple(absolute(p) for p in self.inputs), out=absolute(self.out),
+            classifier=absolute(self.classifier), model_cache=absolute(self.model_cache),
+            esm_model=if_local(self.esm_model), dnabert_model=if_local(self.dnabert_model),
+            scheduler_file=absolute(self.scheduler_file),
+            cluster_config=absolute(self.cluster_config),
+            performance_report=absolute(self.performance_report))
 
 
 FILE_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "inputs")

@@ -39,13 +39,15 @@ CODONS = {
 }
 
 
-def example_reads(n: int = 60, seed: int = DEMO_SEED) -> list[tuple[str, str]]:
-    """Coding-like reads (stop-free proteins reverse-translated) and some random ones."""
+def example_reads(n: int = 60, seed: int = DEMO_SEED, *, min_length: int = 150,
+                  max_length: int = 1500, random_every: int = 5) -> list[tuple[str, str]]:
+    """Coding-like reads (stop-free proteins reverse-translated) and, every
+    ``random_every``-th read (0: none), a random one; lengths uniform in the bounds."""
     rng = random.Random(seed)
     reads = []
     for i in range(n):
-        length = rng.randint(150, 1500)
-        if i % 5 == 4:
+        length = rng.randint(min_length, max_length)
+        if random_every and i % random_every == random_every - 1:
             seq = "".join(rng.choice("ACGT") for _ in range(length))
         else:
             protein = [rng.choice(list(CODONS)) for _ in range(length // 3)]
@@ -162,7 +164,8 @@ def build_demo(directory: Path) -> dict[str, Path]:
     }
 
 
-def run_demo(directory: Path, *, workers: int | None = None) -> int:
+def run_demo(directory: Path, *, workers: int | None = None, **run_options) -> int:
+    """Build the demonstration and predict on it; ``run_options`` go to ``cli.run_predict``."""
     from .cli import run_predict
     from .config import load_settings
 
@@ -173,4 +176,4 @@ def run_demo(directory: Path, *, workers: int | None = None) -> int:
         "out": str(directory / "results"), "length": 300, "esm_model": str(paths["esm"]),
         "dnabert_model": str(paths["dnabert"]), "classifier": str(paths["classifier"]),
         "precision": "fp32", "workers": workers, "offline": True})
-    return run_predict(settings)
+    return run_predict(settings, **run_options)

@@ -42,8 +42,8 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["FastaBlock", "FastaFormatError", "Record", "plan_blocks", "read_block",
-           "record_problem"]
+__all__ = ["FastaBlock", "FastaFormatError", "Record", "check_input", "plan_blocks",
+           "read_block", "record_problem"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _SCAN = 16 * 2**20  # bytes per read when counting lines or decompressing
@@ -131,7 +131,7 @@ def plan_blocks(paths: Sequence[str], blocksize: int = 64 * 2**20) -> list[Fasta
     blocks: list[FastaBlock] = []
     for raw in paths:
         path = os.fspath(raw)
-        size, compressed = _check_file(path)
+        size, compressed = check_input(path)
         if compressed:
             blocks.append(FastaBlock(path, len(blocks), 0, None, 1))
             continue
@@ -142,8 +142,12 @@ def plan_blocks(paths: Sequence[str], blocksize: int = 64 * 2**20) -> list[Fasta
     return blocks
 
 
-def _check_file(path: str) -> tuple[int, bool]:
-    """(size, is gzip) of a readable regular file whose start looks like FASTA."""
+def check_input(path: str) -> tuple[int, bool]:
+    """(size, is gzip) of a readable regular file whose start looks like FASTA.
+
+    Reads at most the first 64 KiB (decompressed): a quick check before a run starts.
+    Raises ``FileNotFoundError`` or ``FastaFormatError`` as :func:`plan_blocks`.
+    """
     try:
         info = os.stat(path)
     except FileNotFoundError:

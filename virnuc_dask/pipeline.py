@@ -37,22 +37,24 @@ import dask.array as da
 import dask.bag as db
 import numpy as np
 import zarr
-from distributed import Client, as_completed, get_worker
+from distributed import Client, as_completed
 
 from . import __version__
 from .classifier import score
 from .cluster import torch_threads_by_host
-from .embed import embed_dnabert, embed_esm
-from .errors import ModelLoadError, OutputDirError
-from .fasta import plan_blocks
+from .dashboard import EMBED_STAGE, ThroughputMetrics, task_key, unique_key
+from .errors import ModelLoadError, OutputDirError, SystemicFailure
+from .fasta import check_input, plan_blocks
 from .orfs import BlockOrfs, id_hashes, read_orfs
-from .outputs import BlockCounts, assemble, write_block
+from .outputs import BlockCounts, assemble, remove_results, write_block
+from .partition import SYSTEMIC_FAILURES, embed_partition
 from .plugin import ModelPlugin, ModelSpec, worker_models
-from .store import MODEL_ARRAYS, EmbeddingStore, atomic_write_text
+from .store import MODEL_ARRAYS, EmbeddingStore, atomic_write_text, naming
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
+# ``progress(stage, done, total, **detail)``; stages and details: see virnuc_dask.progress.
+Progress = Callable[..., None]
 
 
 @dataclasses.dataclass
@@ -92,25 +94,6 @@ def _gather(*pieces: list) -> list:
     return [orf for piece in pieces for orf in piece]
 
 
-def embed_partition(orfs: list, meta: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Embed one partition's ORFs with both models and write its rows to the store."""
-    (meta,) = meta
-    models = worker_models()
-    toks = meta["toks_per_batch"]
-    dnabert, dn_stats = embed_dnabert(models.dnabert, models.tokenizer,
-                                      [o.nucleotide for o in orfs],
-                                      toks_per_batch=meta["dnabert_toks_per_batch"],
-                                      device=models.device)
-    esm, esm_stats = embed_esm(models.esm, models.alphabet, [o.protein for o in orfs],
-                               toks_per_batch=toks, device=models.device)
-    info = {"worker": get_worker().address, "dnabert": dn_stats.as_dict(),
-            "esm": esm_stats.as_dict()}
-    EmbeddingStore(meta["out"]).write_partition(
-        meta["partition"], meta["row_start"], [o.id for o in orfs],
-        {"dnabert": dnabert, "esm": esm}, info)
-    return [{"partition": meta["partition"], **info}]
-
-
 def _classify_rows(features: np.ndarray) -> np.ndarray:
     return score(worker_models().classifier, features)
 
@@ -120,9 +103,10 @@ def _model_facts() -> dict[str, Any]:
     return {**models.dims, "precision": models.precision, "device": str(models.device)}
 
 
-def _write_block(table: BlockOrfs, row_start: int, store_path: str, parts: str) -> BlockCounts:
+def _write_block(table: BlockOrfs, row_start: int, store_path: str, parts: str,
+                 failed: dict[int, tuple[str, str]]) -> BlockCounts:
     scores = zarr.open_array(store_path, path="scores", mode="r")
-    return write_block(table, scores[row_start:row_start + len(table.orfs)], parts)
+    return write_block(table, scores[row_start:row_start + len(table.orfs)], parts, failed)
 
 
 # -- client side ----------------------------------------------------------------------------
@@ -135,13 +119,29 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
+def _sampled_digest(path: Path, *, whole: int = 64 << 20, samples: int = 8) -> str:
+    """SHA-256 of a file, or for a file over ``whole`` bytes of its size and evenly spaced
+    1 MiB samples: any other checkpoint (even of the same shape) differs in every sample,
+    and a 6 GB model is identified in milliseconds."""
+    size = path.stat().st_size
+    if size <= whole:
+        return _file_digest(str(path))
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for k in range(samples):
+            fh.seek((size - (1 << 20)) * k // (samples - 1))
+            digest.update(fh.read(1 << 20))
+    return f"sampled:{digest.hexdigest()}"
+
+
 def _model_identity(source: str) -> str:
-    path = Path(source)
+    """A model by content (a local file or directory, wherever it lies) or by hub name."""
+    path = Path(source).expanduser()
     if path.is_file():
-        return f"{path.resolve()}:{path.stat().st_size}"
+        return _sampled_digest(path)
     if path.is_dir():
-        return f"{path.resolve()}:" + ",".join(
-            f"{p.name}={p.stat().st_size}" for p in sorted(path.iterdir()) if p.is_file())
+        return ",".join(f"{p.name}={_sampled_digest(p)}"
+                        for p in sorted(path.iterdir()) if p.is_file())
     return source
 
 
@@ -166,13 +166,18 @@ def _fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[s
 
 def _prepare_out(settings) -> Path:
     out = Path(settings.out)
+    probe = out / f".write-test-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        with open(probe, "w") as fh:
+            fh.write("ok")
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as exc:
-        raise OutputDirError(f"{out}: output directory is not writable: {exc.strerror}") from None
+        raise OutputDirError(
+            f"{out}: cannot write in the output directory: {exc.strerror}") from None
+    finally:
+        probe.unlink(missing_ok=True)
     return out
 
 
@@ -206,6 +211,25 @@ def _plan_partitions(counts: list[int], rows: int) -> list[tuple[int, list[tuple
     return plan
 
 
+def _empty_inputs(blocks: list, reads_per_block: list[int]) -> list[tuple[str, str, str]]:
+    """A failed-records row (path, ``input``, why) for each input file without a record."""
+    reads: dict[str, int] = {}
+    for block, n in zip(blocks, reads_per_block, strict=True):
+        reads[block.path] = reads.get(block.path, 0) + n
+    return [(path, "input", "holds no FASTA record (empty file)")
+            for path, n in reads.items() if not n]
+
+
+def _failed_by_block(entries, offsets: np.ndarray) -> dict[int, dict[int, tuple[str, str]]]:
+    """Failed ORFs of the manifest entries as {block: {row in block: (stage, error)}}."""
+    out: dict[int, dict[int, tuple[str, str]]] = {}
+    for entry in entries:
+        for f in entry.get("failed", ()):
+            block = int(np.searchsorted(offsets, f["row"], side="right") - 1)
+            out.setdefault(block, {})[int(f["row"] - offsets[block])] = (f["stage"], f["error"])
+    return out
+
+
 def _embed_resources(client: Client) -> dict[str, int] | None:
     """``{"GPU": 1}`` when every worker offers that resource, else no restriction."""
     workers = client.scheduler_info()["workers"].values()
@@ -214,16 +238,30 @@ def _embed_resources(client: Client) -> dict[str, int] | None:
     return None
 
 
-def predict(settings, client: Client, *, progress: Progress | None = None) -> RunResult:
-    """Run the whole prediction for ``settings`` on ``client``'s cluster."""
-    tick = progress or (lambda stage, done, total: None)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    out = _prepare_out(settings)
+def preflight(settings) -> None:
+    """Cheap checks of inputs, classifier and output directory, before a cluster starts.
+
+    Raises what :func:`predict` would raise later for the same problem.
+    """
     if settings.classifier is None:
         raise ModelLoadError(
             "no classifier given: pass --classifier 300_model.pth or 500_model.pth")
+    if not Path(settings.classifier).is_file():
+        raise ModelLoadError(f"{settings.classifier}: classifier file not found")
+    for path in settings.inputs:
+        check_input(path)
+    _prepare_out(settings)
+
+
+def predict(settings, client: Client, *, progress: Progress | None = None) -> RunResult:
+    """Run the whole prediction for ``settings`` on ``client``'s cluster."""
+    tick = progress or (lambda stage, done, total, **detail: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    preflight(settings)
+    out = Path(settings.out)
     blocks = plan_blocks(list(settings.inputs), settings.blocksize)
+    tick("models", 0, 1)
 
     spec = ModelSpec(esm_model=settings.esm_model, dnabert_model=settings.dnabert_model,
                      classifier=str(Path(settings.classifier).resolve()),
@@ -231,7 +269,8 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
                      offline=settings.offline, threads=settings.threads,
                      threads_by_host=tuple(torch_threads_by_host(client).items()))
     client.register_plugin(ModelPlugin(spec))
-    facts = client.submit(_model_facts, pure=False).result()
+    client.register_plugin(ThroughputMetrics())
+    facts = client.submit(_model_facts, key=unique_key("model-facts")).result()
     dims = {"dnabert": facts["dnabert"], "esm": facts["esm"]}
     if facts["classifier_input"] != dims["dnabert"] + dims["esm"]:
         raise ModelLoadError(
@@ -239,25 +278,30 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
             f"but DNABERT-S ({dims['dnabert']}) + ESM-2 ({dims['esm']}) give "
             f"{dims['dnabert'] + dims['esm']}")
     timings["load_models"] = time.perf_counter() - t0
+    tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
 
     # Read and translate every block; the tables stay on the workers.
     t = time.perf_counter()
-    with dask.annotate(retries=2):
-        tables = client.compute(
-            db.from_sequence(blocks, npartitions=max(1, len(blocks)))
-            .map(read_orfs, settings.length).to_delayed())
-    tables = [client.submit(_first, f, pure=False) for f in tables]
-    summaries = client.gather(client.map(_summarize, tables, pure=False))
+    tick("read", 0, len(blocks))
+    # (No retries: a read fails because of the file, and would fail again.)
+    tables = client.compute(
+        db.from_sequence(blocks, npartitions=max(1, len(blocks)))
+        .map(read_orfs, settings.length).to_delayed())
+    tables = [client.submit(_first, f, key=unique_key("orf-table")) for f in tables]
+    summaries = client.gather(client.map(_summarize, tables, key="orf-summary", pure=False))
+    empty_inputs = _empty_inputs(blocks, [len(h) for _, h in summaries])
     duplicates = _find_duplicates([h for _, h in summaries])
     for block, excluded in duplicates.items():
         tables[block] = client.submit(BlockOrfs.without_reads, tables[block], excluded,
                                       pure=False)
     counts = [n for n, _ in summaries]
     for block in duplicates:
-        counts[block] = client.submit(_orf_count, tables[block], pure=False).result()
+        counts[block] = client.submit(_orf_count, tables[block],
+                                      key=unique_key("orf-count")).result()
     total_rows = sum(counts)
     timings["read_translate"] = time.perf_counter() - t
-    tick("read", len(blocks), len(blocks))
+    tick("read", len(blocks), len(blocks), reads=sum(len(h) for _, h in summaries),
+         orfs=total_rows)
 
     # Open or create the store; reuse finished partitions of the same run.
     store = EmbeddingStore(out)
@@ -270,49 +314,61 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
                 f"{out} holds a run with different {', '.join(diffs)}; "
                 "use another --out, or --overwrite to start afresh")
     else:
-        if store.manifest.exists():
-            shutil.rmtree(store.manifest)
+        # Results of the run being replaced must not outlive it next to the new store.
+        remove_results(out)
         store = EmbeddingStore.create(out, rows=total_rows, dims=dims,
                                       chunk_rows=settings.partition_rows, classes=2,
                                       fingerprint=fp)
     plan = _plan_partitions(counts, settings.partition_rows)
-    done = store.done_partitions()
+    done = {p for p in store.done_partitions() if p < len(plan)}
     todo = [p for p in range(len(plan)) if p not in done]
     logger.info("%d ORFs in %d partitions, %d already done", total_rows, len(plan), len(done))
 
     # Embed the remaining partitions.
     t = time.perf_counter()
+    tick("embed", 0, len(todo), orfs_total=total_rows,
+         orfs_reused=total_rows - sum(hi - lo for p in todo for _, lo, hi in plan[p][1]))
     partition_stats = _embed(client, settings, store, tables, plan, todo, tick)
     timings["embed"] = time.perf_counter() - t
 
     # Classify lazily from the store.
     t = time.perf_counter()
+    tick("classify", 0, 1)
     if total_rows:
         x = da.concatenate([da.from_zarr(str(store.path), component=name)
                             for name in MODEL_ARRAYS], axis=1).rechunk({1: -1})
         scores = x.map_blocks(_classify_rows, dtype=np.float32, chunks=(x.chunks[0], (2,)),
-                              name="classify")
-        client.compute(da.to_zarr(scores, str(store.path), component="scores",
-                                  overwrite=True, compute=False)).result()
+                              token="classify")
+        # Row chunks are the store's chunks: each task writes whole chunks of the array.
+        # Unfused, so that "classify" stays a task name of its own on the dashboard.
+        with naming(store.path):
+            client.compute(da.store(scores, store.group("r+")["scores"], lock=False,
+                                    compute=False), optimize_graph=False).result()
     timings["classify"] = time.perf_counter() - t
-    tick("classify", 1, 1)
+    tick("classify", 1, 1, orfs=total_rows)
 
     # Write the result files.
     t = time.perf_counter()
+    tick("write", 0, len(blocks))
     parts = out / ".parts"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir()
     offsets = np.cumsum([0] + counts)
-    counted = client.gather([
-        client.submit(_write_block, tables[b], int(offsets[b]), str(store.path), str(parts),
-                      pure=False)
-        for b in range(len(blocks))])
-    total = BlockCounts()
-    for c in counted:
-        total.add(c)
-    assemble(parts, out, len(blocks))
-    shutil.rmtree(parts, ignore_errors=True)
+    # Failed records: of partitions finished earlier, and of this run's (some unrecorded).
+    failed = _failed_by_block([*store.entries().values(), *partition_stats], offsets)
+    try:
+        counted = client.gather([
+            client.submit(_write_block, tables[b], int(offsets[b]), str(store.path),
+                          str(parts), failed.get(b, {}), key=unique_key("write-results"))
+            for b in range(len(blocks))])
+        total = BlockCounts(failed=len(empty_inputs))
+        for c in counted:
+            total.add(c)
+        assemble(parts, out, len(blocks), empty_inputs)
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
     timings["write"] = time.perf_counter() - t
+    tick("write", len(blocks), len(blocks), reads=total.reads)
     timings["total"] = time.perf_counter() - t0
 
     summary = _summary(settings, client, facts, total, plan, todo, partition_stats, timings)
@@ -327,33 +383,71 @@ def _embed(client, settings, store, tables, plan, todo, tick) -> list[dict[str, 
     metas = []
     for p in todo:
         row_start, pieces = plan[p]
-        slices = [dask.delayed(_take, pure=True)(tables[b], lo, hi) for b, lo, hi in pieces]
-        parts.append(dask.delayed(_gather, pure=True)(*slices))
+        slices = [dask.delayed(_take, pure=True)(
+            tables[b], lo, hi, dask_key_name=task_key("orf-slice", tables[b], lo, hi))
+            for b, lo, hi in pieces]
+        parts.append(dask.delayed(_gather, pure=True)(
+            *slices, dask_key_name=task_key("partition", *slices)))
         metas.append({"partition": p, "row_start": row_start, "out": str(store.out),
                       "toks_per_batch": settings.toks_per_batch,
                       "dnabert_toks_per_batch": settings.dnabert_toks_per_batch})
     orf_bag = db.from_delayed(parts)
     meta_bag = db.from_sequence(metas, npartitions=len(metas))
-    embedded = orf_bag.map_partitions(embed_partition, meta_bag, token="embed")
+    embedded = orf_bag.map_partitions(embed_partition, meta_bag, token=EMBED_STAGE)
     resources = _embed_resources(client)
     futures = client.compute(embedded.to_delayed(), resources=resources, retries=1)
     stats = []
-    for n, fut in enumerate(as_completed(futures), 1):
-        stats.extend(fut.result())
-        tick("embed", n, len(futures))
+    streak = 0  # failed records of partitions in which every record failed, in a row
+    try:
+        for n, fut in enumerate(as_completed(futures), 1):
+            done = fut.result()
+            stats.extend(done)
+            for entry in done:
+                rows = entry["rows"]
+                streak = streak + rows if rows and len(entry["failed"]) == rows else 0
+                if streak >= SYSTEMIC_FAILURES:
+                    raise SystemicFailure(
+                        f"embedding stopped: {streak} records in a row failed, the last "
+                        f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
+                        "fault is not in the input records: check the model files, the "
+                        "device and its driver")
+            tick("embed", n, len(futures), partitions=done)
+    except BaseException:
+        client.cancel(futures)
+        raise
     return stats
 
 
 def _summary(settings, client, facts, total, plan, todo, partition_stats, timings):
-    workers: dict[str, dict[str, float]] = {}
+    workers: dict[str, dict[str, Any]] = {}
+    stages = {m: {"orfs": 0, "batches": 0, "real_tokens": 0, "padded_tokens": 0,
+                  "oom_splits": 0, "seconds": 0.0} for m in MODEL_ARRAYS}
     for entry in partition_stats:
-        w = workers.setdefault(entry["worker"], {"partitions": 0, "orfs": 0, "seconds": 0.0})
+        w = workers.setdefault(entry["worker"], {
+            "partitions": 0, "orfs": 0, "seconds": 0.0,
+            "tokens": dict.fromkeys(MODEL_ARRAYS, 0),
+            "model_seconds": dict.fromkeys(MODEL_ARRAYS, 0.0)})
         w["partitions"] += 1
         w["orfs"] += entry["esm"]["sequences"]
         w["seconds"] += entry["esm"]["seconds"] + entry["dnabert"]["seconds"]
+        for m in MODEL_ARRAYS:
+            w["tokens"][m] += entry[m]["real_tokens"]
+            w["model_seconds"][m] += entry[m]["seconds"]
+            stage = stages[m]
+            stage["orfs"] += entry[m]["sequences"]
+            for key in ("batches", "real_tokens", "padded_tokens", "oom_splits", "seconds"):
+                stage[key] += entry[m].get(key, 0)
     for w in workers.values():
         w["orfs_per_s"] = w["orfs"] / w["seconds"] if w["seconds"] else None
+        w["tokens_per_s"] = {m: w["tokens"][m] / s if s else None
+                             for m, s in w["model_seconds"].items()}
+    for stage in stages.values():
+        stage["tokens_per_s"] = stage["real_tokens"] / stage["seconds"] if stage["seconds"] \
+            else None
+        stage["padding_efficiency"] = stage["real_tokens"] / stage["padded_tokens"] \
+            if stage["padded_tokens"] else None
     info = client.scheduler_info()
+    nthreads = {a: w.get("nthreads") for a, w in info["workers"].items()}
     return {
         "version": __version__,
         "status": "partial" if total.failed else "complete",
@@ -367,11 +461,14 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
         "device": facts["device"],
         "cluster": {"scheduler": info.get("address"), "workers": len(info["workers"]),
                     "dashboard": getattr(client, "dashboard_link", None),
-                    "host": socket.gethostname(), "platform": platform.platform()},
+                    "host": socket.gethostname(), "platform": platform.platform(),
+                    "threads_per_worker": nthreads},
         "counts": dataclasses.asdict(total),
         "partitions": {"total": len(plan), "computed": len(todo),
                        "reused": len(plan) - len(todo)},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "reads_per_s": total.reads / timings["total"] if timings["total"] else None,
         "workers": workers,
+        "embedding": stages,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -49,16 +49,33 @@ def pick_device() -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs of compute capability >= 8.0 (Ampere and newer), else fp32.
+    """The embedding precision for ``device``; ``auto`` picks by what the device computes fast.
 
-    Older GPUs get fp32 rather than fp16: fp16's narrow exponent range risks
-    overflow in the 36-layer ESM-2 residual stream, and those GPUs lack bf16.
+    - CUDA compute capability >= 8.0 (Ampere, Hopper, ...): ``bf16``. Tensor cores run
+      bf16 at the fp16 rate and its exponent range is fp32's, so nothing can overflow.
+    - CUDA 7.x (Volta V100, Turing T4): ``fp16``. These GPUs have fp16 tensor cores
+      (V100: 125 TFLOP/s fp16 against 15.7 fp32) but no bf16. fp16 carries three more
+      mantissa bits than bf16, and on the reference cases it agrees with fp32 at least
+      as closely as bf16 (``tests/test_precision.py``, ``virnuc-dask bench``: cosine
+      similarity, ORF labels flipped). Its risk is overflow above 65504; ESM-2 3B is
+      run in fp16 by fair-esm's own ESMFold, DNABERT-S normalises after every
+      sub-layer, and an embedding that still comes out non-finite fails loudly
+      (:class:`.embed.NonFiniteEmbedding`) naming ``--precision fp32``.
+    - older GPUs (Pascal and before: fp16 without tensor cores, slow on most) and the
+      CPU (no fast fp16 kernels; bf16 is fast only with AVX-512-BF16/AMX): ``fp32``,
+      which also reproduces the original to 1e-5.
+
+    >>> resolve_precision("auto", torch.device("cpu"))
+    'fp32'
     """
     if precision != "auto":
         return precision
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+    if device.type != "cuda":
+        return "fp32"
+    major, _ = torch.cuda.get_device_capability(device)
+    if major >= 8:
         return "bf16"
-    return "fp32"
+    return "fp16" if major == 7 else "fp32"
 
 
 class ModelPlugin(WorkerPlugin):
@@ -77,6 +94,7 @@ class ModelPlugin(WorkerPlugin):
         from .classifier import load_classifier
         from .dnabert import load_dnabert
         from .esm2 import load_esm
+        from .esm_fast import SdpaEsm2
 
         spec = self.spec
         self.device = pick_device()
@@ -91,10 +109,13 @@ class ModelPlugin(WorkerPlugin):
             spec.dnabert_model, device=self.device, dtype=dtype,
             cache_dir=None if cache is None else os.path.join(cache, "huggingface"),
             offline=spec.offline)
-        self.esm, self.alphabet = load_esm(
+        esm, self.alphabet = load_esm(
             spec.esm_model, device=self.device, dtype=dtype,
             cache_dir=None if cache is None else os.path.join(cache, "torch"),
             offline=spec.offline)
+        # The same layers through fused attention kernels; fp32 agreement with fair-esm's
+        # forward is tested in tests/test_esm_fast.py.
+        self.esm = SdpaEsm2(esm)
         self.classifier = load_classifier(spec.classifier)
         logger.info("models ready on %s (%s, %d torch threads)", self.device, self.precision,
                     torch.get_num_threads())

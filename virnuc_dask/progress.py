@@ -1,64 +1,475 @@
-"""Progress for the terminal: a rich live display on a TTY, periodic log lines otherwise.
+"""Progress of a run: a rich live display on a terminal, a log line every N seconds otherwise.
 
->>> with TerminalProgress(enabled=False) as progress:
-...     progress.update("embed", 1, 4)
+The pipeline calls ``progress(stage, done, total, **detail)``; ``done``/``total``
+count the stage's units, and ``detail`` carries what the unit produced:
+
+=========  ==========  ===========================================================
+stage      unit        detail
+=========  ==========  ===========================================================
+models     1           ``precision``, ``device`` once the models are loaded
+read       FASTA block ``reads``, ``orfs`` (totals so far)
+embed      partition   first call: ``orfs_total``, ``orfs_reused``; then per finished
+                       partition ``partitions=[{"worker", "dnabert", "esm"}, ...]``
+                       with each model's ``sequences``, ``real_tokens``,
+                       ``padded_tokens``, ``seconds`` (measured on the worker)
+classify   1           ``orfs``
+write      FASTA block ``reads``
+=========  ==========  ===========================================================
+
+Both models run inside one embedding task, so their rows advance together, one
+partition at a time; each shows its own measured tokens/s and share of the
+embedding time. Reading and translation are one task per block and share a row.
+
+>>> with TerminalProgress(enabled=False, interval=3600) as progress:
+...     progress("read", 0, 1)
+...     progress("read", 1, 1, reads=10, orfs=12)
+>>> progress.state.stage("read").counts
+{'reads': 10, 'orfs': 12}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import sys
+import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 logger = logging.getLogger(__name__)
 
-STAGES = {"read": "reading + translating", "embed": "embedding partitions",
-          "classify": "classifying", "write": "writing results"}
+#: Rows of the display, in pipeline order: key -> label.
+STAGES = {
+    "models": "loading models",
+    "read": "reading + translating",
+    "dnabert": "embedding DNABERT-S",
+    "esm": "embedding ESM-2",
+    "classify": "classifying",
+    "write": "writing results",
+}
+MODELS = {"dnabert": "DNABERT-S", "esm": "ESM-2"}
+WORKER_POLL_S = 2.0
+
+
+@dataclasses.dataclass
+class StageState:
+    """Progress of one stage; times are ``time.monotonic()`` values."""
+
+    key: str
+    done: int = 0
+    total: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return STAGES[self.key]
+
+    def elapsed(self, now: float) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or now) - self.started
+
+
+@dataclasses.dataclass
+class WorkerState:
+    """What one worker's finished embedding partitions measured."""
+
+    address: str
+    partitions: int = 0
+    orfs: int = 0
+    seconds: float = 0.0
+    tokens: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(MODELS, 0))
+    model_seconds: dict[str, float] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(MODELS, 0.0))
+
+    @property
+    def orfs_per_s(self) -> float | None:
+        return self.orfs / self.seconds if self.seconds else None
+
+
+class RunProgress:
+    """The state behind the display: fed by the pipeline's events, read by the renderers.
+
+    >>> state = RunProgress(clock=lambda: 10.0)
+    >>> state.record("embed", 0, 2, orfs_total=100, orfs_reused=0)
+    >>> state.record("embed", 1, 2, partitions=[{"worker": "w1", "dnabert":
+    ...     {"sequences": 50, "real_tokens": 400, "seconds": 1.0},
+    ...     "esm": {"sequences": 50, "real_tokens": 900, "seconds": 3.0}}])
+    >>> state.stage("esm").done, state.stage("esm").total, state.workers["w1"].orfs
+    (50, 100, 50)
+    """
+
+    def __init__(self, *, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.stages = {key: StageState(key) for key in STAGES}
+        self.workers: dict[str, WorkerState] = {}
+        self.embed_started: float | None = None
+        self.orfs_reused = 0
+        self.orfs_failed = 0
+        self.lock = threading.Lock()
+
+    def stage(self, key: str) -> StageState:
+        return self.stages[key]
+
+    def record(self, stage: str, done: int, total: int, **detail: Any) -> None:
+        """Take one event from the pipeline (see the module docstring)."""
+        with self.lock:
+            now = self.clock()
+            if stage == "embed":
+                self._record_embed(now, done, total, detail)
+                return
+            if stage not in self.stages:
+                logger.debug("progress event for unknown stage %r ignored", stage)
+                return
+            state = self.stages[stage]
+            self._advance(state, now, done, total)
+            state.counts.update({k: int(v) for k, v in detail.items()
+                                 if isinstance(v, int) and not isinstance(v, bool)})
+            state.counts.update({k: v for k, v in detail.items() if isinstance(v, str)})
+
+    @staticmethod
+    def _advance(state: StageState, now: float, done: int, total: int | None) -> None:
+        if state.started is None:
+            state.started = now
+        state.done, state.total = done, total
+        if total is not None and done >= total and state.finished is None:
+            state.finished = now
+
+    def _record_embed(self, now: float, done: int, total: int, detail: Mapping[str, Any]
+                      ) -> None:
+        if "orfs_total" in detail:
+            self.embed_started = now
+            self.orfs_reused = int(detail.get("orfs_reused", 0))
+            for key in MODELS:
+                state = self.stages[key]
+                state.counts = {"partitions": 0, "partitions_total": total, "tokens": 0,
+                                "padded_tokens": 0, "ms": 0}
+                state.total = int(detail["orfs_total"])
+                state.done = self.orfs_reused
+                state.started = now
+                state.finished = now if state.done >= state.total else None
+        for entry in detail.get("partitions", ()):
+            worker = self.workers.setdefault(entry["worker"], WorkerState(entry["worker"]))
+            worker.partitions += 1
+            worker.orfs += int(entry["esm"]["sequences"])
+            self.orfs_failed += len(entry.get("failed", ()))
+            for key in MODELS:
+                stats = entry[key]
+                state = self.stages[key]
+                if state.started is None:  # no opening event: count from here
+                    state.started = now
+                state.done += int(stats["sequences"])
+                state.counts["partitions"] = state.counts.get("partitions", 0) + 1
+                state.counts["tokens"] = state.counts.get("tokens", 0) + int(stats["real_tokens"])
+                state.counts["padded_tokens"] = (state.counts.get("padded_tokens", 0)
+                                                 + int(stats.get("padded_tokens", 0)))
+                state.counts["ms"] = state.counts.get("ms", 0) + int(1000 * stats["seconds"])
+                worker.tokens[key] += int(stats["real_tokens"])
+                worker.model_seconds[key] += float(stats["seconds"])
+                worker.seconds += float(stats["seconds"])
+        if done >= total:
+            for key in MODELS:
+                state = self.stages[key]
+                if state.started is None:
+                    state.started = now
+                if state.finished is None:
+                    state.finished = now
+                    if state.total is None:
+                        state.total = state.done
+
+    # -- derived figures -----------------------------------------------------------------
+
+    def embed_rate(self, now: float) -> float | None:
+        """ORFs per second embedded in this run (reused partitions not counted)."""
+        state = self.stages["esm"]
+        if self.embed_started is None or state.started is None:
+            return None
+        computed = state.done - self.orfs_reused
+        elapsed = (state.finished or now) - self.embed_started
+        return computed / elapsed if computed > 0 and elapsed > 0 else None
+
+    def eta(self, key: str, now: float) -> float | None:
+        """Seconds left in a stage at the current rate (embedding rows only)."""
+        state = self.stages[key]
+        if key not in MODELS or state.finished is not None or state.total is None:
+            return None
+        rate = self.embed_rate(now)
+        return (state.total - state.done) / rate if rate else None
+
+    def model_share(self, key: str) -> float | None:
+        ms = {k: self.stages[k].counts.get("ms", 0) for k in MODELS}
+        total = sum(ms.values())
+        return ms[key] / total if total else None
+
+    def tokens_per_s(self, key: str) -> float | None:
+        """Tokens per second of busy worker time for one model (mean over workers)."""
+        counts = self.stages[key].counts
+        seconds = counts.get("ms", 0) / 1000
+        return counts.get("tokens", 0) / seconds if seconds else None
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= 10 * scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:,.0f}"
+
+
+def _stage_text(state: StageState, progress: RunProgress) -> tuple[str, str]:
+    """(what is done, rate) of one stage, in words."""
+    key, c = state.key, state.counts
+    if state.started is None:
+        return "waiting", ""
+    if key == "models":
+        if state.finished is None:
+            return "loading on the workers", ""
+        return f"{c.get('precision', '?')} on {c.get('device', '?')}", ""
+    if key == "read":
+        text = f"{state.done}/{state.total} blocks"
+        if "reads" in c:
+            text += f" · {c['reads']:,} reads · {c.get('orfs', 0):,} ORFs"
+        return text, ""
+    if key in MODELS:
+        text = f"{state.done:,}/{state.total or 0:,} ORFs"
+        text += f" · {c.get('partitions', 0)}/{c.get('partitions_total', 0)} partitions"
+        if progress.orfs_reused:
+            text += f" ({progress.orfs_reused:,} reused)"
+        if progress.orfs_failed:
+            text += f" · {progress.orfs_failed:,} failed"
+        rate = []
+        tps = progress.tokens_per_s(key)
+        if tps:
+            rate.append(f"{_count(tps)} tok/s")
+        share = progress.model_share(key)
+        if share is not None:
+            rate.append(f"{share:.0%} of model time")
+        return text, " · ".join(rate)
+    if key == "classify":
+        if state.finished is None:
+            return "running", ""
+        return f"{c.get('orfs', 0):,} ORFs scored", ""
+    if key == "write":
+        text = f"{state.done}/{state.total} blocks"
+        if "reads" in c:
+            text += f" · {c['reads']:,} reads"
+        return text, ""
+    return f"{state.done}/{state.total}", ""
+
+
+def _fraction(state: StageState) -> float | None:
+    if state.started is None:
+        return 0.0
+    if state.finished is not None:
+        return 1.0
+    if not state.total:
+        return None
+    return min(1.0, state.done / state.total)
+
+
+def stage_table(progress: RunProgress, now: float | None = None) -> Table:
+    """One row per stage: bar, units done, rate, elapsed, time left."""
+    now = progress.clock() if now is None else now
+    table = Table(box=None, pad_edge=False, show_edge=False, expand=False)
+    for name, kw in (("stage", {}), ("", {"width": 24}), ("done", {}), ("rate", {}),
+                     ("elapsed", {"justify": "right"}), ("left", {"justify": "right"})):
+        table.add_column(name, style="bold" if name == "stage" else None, no_wrap=True, **kw)
+    for key, state in progress.stages.items():
+        done, rate = _stage_text(state, progress)
+        fraction = _fraction(state)
+        bar = ProgressBar(total=1.0, completed=fraction or 0.0, width=24,
+                          pulse=fraction is None)
+        mark = "✓ " if state.finished is not None else "  "
+        table.add_row(mark + state.label, bar, done, rate, _duration(state.elapsed(now)),
+                      _duration(progress.eta(key, now)))
+    return table
+
+
+def worker_table(progress: RunProgress, activity: Mapping[str, str]) -> Table:
+    """One row per worker: what it runs now, partitions, ORFs and tokens per second."""
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for name in ("worker", "tasks", "partitions", "ORFs", "ORF/s",
+                 *(f"{m} tok/s" for m in MODELS.values())):
+        table.add_column(name, no_wrap=True, style="bold" if name == "worker" else None,
+                         justify="left" if name in ("worker", "tasks") else "right")
+    for address in sorted(set(activity) | set(progress.workers)):
+        w = progress.workers.get(address, WorkerState(address))
+        rates = [_count(w.tokens[m] / w.model_seconds[m]) if w.model_seconds[m] else ""
+                 for m in MODELS]
+        table.add_row(address, activity.get(address, "gone"), str(w.partitions),
+                      f"{w.orfs:,}", f"{w.orfs_per_s:.1f}" if w.orfs_per_s else "", *rates)
+    return table
+
+
+def _embed_words(progress: RunProgress, now: float) -> str:
+    esm = progress.stage("esm")
+    c = esm.counts
+    text = f"embedding: {esm.done:,}/{esm.total or 0:,} ORFs"
+    text += f" · {c.get('partitions', 0)}/{c.get('partitions_total', 0)} partitions"
+    if progress.orfs_reused:
+        text += f" ({progress.orfs_reused:,} ORFs reused)"
+    if progress.orfs_failed:
+        text += f" · {progress.orfs_failed:,} failed"
+    rate = progress.embed_rate(now)
+    if rate:
+        text += f" · {rate:,.1f} ORF/s"
+    eta = progress.eta("esm", now)
+    if eta is not None:
+        text += f" · ETA {_duration(eta)}"
+    for key, name in MODELS.items():
+        tps, share = progress.tokens_per_s(key), progress.model_share(key)
+        if tps and share is not None:
+            text += f" · {name} {_count(tps)} tok/s ({share:.0%})"
+    return text
+
+
+def status_line(progress: RunProgress, activity: Mapping[str, str] | None = None) -> str:
+    """The whole state in one log line."""
+    now = progress.clock()
+    parts = [f"progress {_duration(now - progress.started)}"]
+    for key, state in progress.stages.items():
+        if state.started is None or key == "dnabert":
+            continue
+        text = _embed_words(progress, now) if key == "esm" else \
+            f"{state.label}: {_stage_text(state, progress)[0]}"
+        parts.append(text + (" ✓" if state.finished is not None else ""))
+    workers = []
+    for address in sorted(set(activity or {}) | set(progress.workers)):
+        w = progress.workers.get(address, WorkerState(address))
+        text = f"{address} {w.partitions} partitions {w.orfs:,} ORFs"
+        if w.orfs_per_s:
+            text += f" {w.orfs_per_s:.1f} ORF/s"
+        if activity and address in activity:
+            text += f" ({activity[address]})"
+        workers.append(text)
+    if workers:
+        parts.append("workers: " + "; ".join(workers))
+    return " | ".join(parts)
+
+
+# -- the terminal object --------------------------------------------------------------------
+
+
+def _activity(client) -> dict[str, str]:
+    """Tasks the scheduler has assigned to each worker (running or queued there), e.g.
+    ``{"tcp://..": "embed ×1"}``; the three most frequent kinds."""
+    from dask.utils import key_split
+
+    processing = client.processing()
+    out = {}
+    for address in client.scheduler_info(n_workers=-1)["workers"]:
+        tasks: dict[str, int] = {}
+        for key in processing.get(address, ()):
+            name = key_split(key)
+            tasks[name] = tasks.get(name, 0) + 1
+        busiest = sorted(tasks.items(), key=lambda kv: (-kv[1], kv[0]))
+        text = ", ".join(f"{k} ×{n}" for k, n in busiest[:3])
+        out[address] = (text + (", …" if len(busiest) > 3 else "")) or "idle"
+    return out
 
 
 class TerminalProgress:
-    """Per-stage progress; ``update(stage, done, total)`` is the pipeline's callback."""
+    """The pipeline's progress callback: live display on a terminal, log lines elsewhere.
 
-    def __init__(self, *, enabled: bool | None = None, interval: float = 30.0) -> None:
-        console = Console(stderr=True)
-        self.live = console.is_terminal if enabled is None else enabled
+    ``enabled`` None: live when stderr is a terminal. ``interval``: seconds between
+    log lines when not live. ``client``: a distributed Client to list its workers and
+    what they run (optional).
+
+    >>> with TerminalProgress(enabled=False, interval=60) as progress:
+    ...     result = predict(settings, client, progress=progress)  # doctest: +SKIP
+    """
+
+    def __init__(self, *, enabled: bool | None = None, interval: float = 30.0,
+                 client=None, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.live = self.console.is_terminal if enabled is None else enabled
+        if interval <= 0:
+            raise ValueError(f"progress interval must be > 0 seconds, got {interval}")
         self.interval = interval
-        self._last = 0.0
-        self._tasks: dict[str, TaskID] = {}
-        self._progress = Progress(
-            TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-        ) if self.live else None
+        self.client = client
+        self.state = RunProgress()
+        self._activity: dict[str, str] = {}
+        self._polled = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._live: Live | None = None
+
+    # the callback
+    def __call__(self, stage: str, done: int, total: int, **detail: Any) -> None:
+        self.state.record(stage, done, total, **detail)
+        if not self.live and stage in (*STAGES, "embed") and total and done >= total:
+            state = self.state.stage("esm" if stage == "embed" else stage)
+            logger.info("%s done in %s", "embedding" if stage == "embed" else state.label,
+                        _duration(state.elapsed(self.state.clock())))
+
+    update = __call__
+
+    def activity(self) -> dict[str, str]:
+        """Workers' current tasks, polled from the scheduler at most every 2 s."""
+        if self.client is None:
+            return {}
+        now = time.monotonic()
+        if now - self._polled >= WORKER_POLL_S:
+            self._polled = now
+            try:
+                self._activity = _activity(self.client)
+            except (OSError, RuntimeError, TimeoutError) as exc:  # scheduler busy or closing
+                logger.debug("could not poll worker activity: %s", exc)
+        return self._activity
+
+    def __rich__(self) -> Group:
+        with self.state.lock:
+            parts = [stage_table(self.state)]
+            activity = self.activity()
+            if activity or self.state.workers:
+                parts += [Text(""), worker_table(self.state, activity)]
+        return Group(*parts)
+
+    def line(self) -> str:
+        with self.state.lock:
+            return status_line(self.state, self.activity())
 
     def __enter__(self) -> TerminalProgress:
-        if self._progress is not None:
-            self._progress.start()
+        if self.live:
+            self._live = Live(self, console=self.console, refresh_per_second=4,
+                              transient=False, redirect_stdout=False, redirect_stderr=True)
+            self._live.start()
+        else:
+            self._thread = threading.Thread(target=self._log_every_interval,
+                                            name="virnuc-progress", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        self._stop.set()
+        self._polled = 0.0  # the last view shows the workers as they are now
+        if self._live is not None:
+            self._live.refresh()
+            self._live.stop()
+        if self._thread is not None:
+            self._thread.join()
+            logger.info("%s", self.line())
 
-    def update(self, stage: str, done: int, total: int) -> None:
-        if self._progress is not None:
-            if stage not in self._tasks:
-                self._tasks[stage] = self._progress.add_task(STAGES.get(stage, stage),
-                                                             total=total)
-            self._progress.update(self._tasks[stage], completed=done, total=total)
-            return
-        now = time.monotonic()
-        if done == total or now - self._last >= self.interval:
-            self._last = now
-            logger.info("%s: %d/%d", STAGES.get(stage, stage), done, total)
-            sys.stderr.flush()
+    def _log_every_interval(self) -> None:
+        while not self._stop.wait(self.interval):
+            logger.info("%s", self.line())

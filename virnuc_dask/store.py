@@ -6,18 +6,27 @@ equals the partition size, so each partition writes whole chunks and no two
 tasks ever touch the same chunk.
 
 A partition counts as done only when its manifest entry
-``partitions/p<index>.json`` exists; the entry is written atomically (temporary
-file + rename) after all of the partition's chunks are written, so a partition
-interrupted halfway is computed again. The group's attributes hold the run's
-fingerprint (inputs, models, settings), checked before anything is reused.
+``partitions/p<index>.json`` exists and names the store it was written into.
+The entry is written atomically (temporary file + rename) after the
+partition's chunk files have been written and flushed to disk (``fsync``), so
+a partition interrupted halfway, by a crash or a power cut, is computed again.
+The entry also lists the partition's records that could not be embedded.
+
+A new store is built beside the old one and renamed into place; the group's
+attributes hold the run's fingerprint (inputs, models, settings), checked
+before anything is reused, and a random ``store_id`` that manifest entries
+must carry: an entry left over from an earlier store never counts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +37,36 @@ MODEL_ARRAYS = ("dnabert", "esm")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Give an OSError raised inside (Zarr's, a full disk's) ``path`` as its file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
+        raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class EmbeddingStore:
@@ -61,18 +94,30 @@ class EmbeddingStore:
         classes: int,
         fingerprint: Mapping[str, Any],
     ) -> EmbeddingStore:
+        """A new, empty store (replacing any store and manifest under ``out``)."""
         store = cls(out)
+        shutil.rmtree(store.manifest, ignore_errors=True)
+        building = store.out / f".embeddings.zarr.{os.getpid()}.new"
+        shutil.rmtree(building, ignore_errors=True)
+        try:
+            with naming(store.path):
+                group = zarr.open_group(building, mode="w")
+                chunk = max(1, min(chunk_rows, rows))
+                group.create_array("ids", shape=(rows,), chunks=(chunk,), dtype=str)
+                for name in MODEL_ARRAYS:
+                    group.create_array(name, shape=(rows, dims[name]),
+                                       chunks=(chunk, dims[name]), dtype="float32",
+                                       fill_value=0.0)
+                group.create_array("scores", shape=(rows, classes), chunks=(chunk, classes),
+                                   dtype="float32", fill_value=0.0)
+                group.attrs.update({"fingerprint": dict(fingerprint), "chunk_rows": chunk_rows,
+                                    "rows": rows, "store_id": uuid.uuid4().hex})
+                shutil.rmtree(store.path, ignore_errors=True)
+                os.rename(building, store.path)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
         store.manifest.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(store.path, mode="w")
-        chunk = max(1, min(chunk_rows, rows))
-        group.create_array("ids", shape=(rows,), chunks=(chunk,), dtype=str)
-        for name in MODEL_ARRAYS:
-            group.create_array(name, shape=(rows, dims[name]), chunks=(chunk, dims[name]),
-                               dtype="float32", fill_value=0.0)
-        group.create_array("scores", shape=(rows, classes), chunks=(chunk, classes),
-                           dtype="float32", fill_value=0.0)
-        group.attrs.update({"fingerprint": dict(fingerprint), "chunk_rows": chunk_rows,
-                            "rows": rows})
         return store
 
     def exists(self) -> bool:
@@ -85,27 +130,54 @@ class EmbeddingStore:
     def fingerprint(self) -> dict[str, Any]:
         return dict(self.group().attrs.get("fingerprint", {}))
 
+    @property
+    def store_id(self) -> str | None:
+        return self.group().attrs.get("store_id")
+
     def write_partition(
-        self, index: int, row_start: int, ids: list[str], arrays: Mapping[str, np.ndarray],
-        info: Mapping[str, Any],
+        self, index: int, row_start: int, ids: Sequence[str], arrays: Mapping[str, np.ndarray],
+        info: Mapping[str, Any], failed: Sequence[Mapping[str, Any]] = (), done: bool = True,
     ) -> None:
-        """Write one partition's rows, then record it as done."""
+        """Write one partition's rows, flush them to disk, then record the partition as done.
+
+        ``failed``: the partition's records that could not be embedded (their rows hold
+        zeros), each ``{"row": global row, "id": ..., "stage": ..., "error": ...}``.
+        ``done=False``: write the rows but do not record the partition (it is computed
+        again by the next run).
+        """
         group = self.group("r+")
         stop = row_start + len(ids)
-        group["ids"][row_start:stop] = np.asarray(ids, dtype=str)
-        for name, values in arrays.items():
-            group[name][row_start:stop] = values
+        written = []
+        with naming(self.path):
+            for name, values in (("ids", np.asarray(ids, dtype=str)), *arrays.items()):
+                array = group[name]
+                array[row_start:stop] = values
+                written.append(self.path / name / array.metadata.encode_chunk_key(
+                    (row_start // array.chunks[0],) + (0,) * (array.ndim - 1)))
+            for path in written:
+                if path.is_file():  # a chunk equal to the fill value is not stored at all
+                    _fsync(path)
+        if not done:
+            return
         entry = {"partition": index, "row_start": row_start, "rows": len(ids),
-                 "finished": time.time(), **info}
+                 "store_id": group.attrs.get("store_id"), "finished": time.time(),
+                 "failed": [dict(f) for f in failed], **info}
         atomic_write_text(self.manifest / f"p{index:07d}.json", json.dumps(entry))
 
-    def done_partitions(self) -> set[int]:
-        if not self.manifest.is_dir():
-            return set()
-        done = set()
-        for entry in self.manifest.glob("p*.json"):
+    def entries(self) -> dict[int, dict[str, Any]]:
+        """Manifest entries of this store's finished partitions, by partition index."""
+        if not (self.manifest.is_dir() and self.exists()):
+            return {}
+        store_id = self.store_id
+        found = {}
+        for path in self.manifest.glob("p*.json"):
             try:
-                done.add(int(json.loads(entry.read_text())["partition"]))
-            except (ValueError, KeyError, OSError):
+                entry = json.loads(path.read_text())
+                if entry["store_id"] == store_id:
+                    found[int(entry["partition"])] = entry
+            except (ValueError, KeyError, TypeError, OSError):
                 continue  # unreadable entry: the partition is simply computed again
-        return done
+        return found
+
+    def done_partitions(self) -> set[int]:
+        return set(self.entries())

@@ -1,0 +1,79 @@
+"""``virnuc-dask bench`` on a tiny input with tiny models, and its FLOP accounting."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, need_reference
+from torch.utils.flop_counter import FlopCounterMode
+
+from virnuc_dask.bench import REQUIRED_KEYS, dnabert_shape, esm_shape, matmul_peak, model_flops
+from virnuc_dask.cli import main
+
+
+def test_bench_runs_and_writes_sane_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--size", "tiny", "--reads", "24", "--workers", "1",
+                 "--precision-orfs", "16", "--work-dir", str(tmp_path / "work"),
+                 "--json", str(out), "-q"])
+    assert code == 0
+    assert "speedup vs original" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    for key in REQUIRED_KEYS:
+        assert isinstance(result[key], int | float) and math.isfinite(result[key]), key
+    assert result["matmul_peak_flops"] > 1e8
+    assert 0 < result["esm_utilization"] < 1.5 and 0 < result["dnabert_utilization"] < 1.5
+    assert 0.5 < result["padding_efficiency"] <= 1
+    assert result["pipeline_reads_per_s"] > 0 and result["original_style_reads_per_s"] > 0
+    assert result["speedup_vs_original"] == pytest.approx(
+        result["pipeline_reads_per_s"] / result["original_style_reads_per_s"])
+    assert result["workers"] == 1 and [r["workers"] for r in result["scaling"]] == [1]
+    assert result["reads"] == 24 and result["orfs"] >= 24
+    # the pipeline and the original way computed the same scores
+    assert result["original_style"]["max_score_diff_vs_pipeline"] <= 1e-5
+    for stage in ("esm", "dnabert"):
+        assert result["stages"][stage]["tokens"] > 0
+        assert result["prefetch"][stage]["ratio"] > 0
+    for precision in ("bf16", "fp16"):
+        p = result["precision_agreement"][precision]
+        assert p["orfs"] == 16 and p["esm_cosine_min"] > 0.99
+
+
+def test_bench_rejects_bad_worker_counts(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--workers", "0"])
+    assert "worker counts must be positive" in capsys.readouterr().err
+
+
+def test_flops_match_torch_flop_counter_on_fair_esm():
+    need_reference()
+    from virnuc_dask.esm2 import load_esm
+
+    model, _ = load_esm(TINY["esm_model"])
+    length, e, vocab = 50, model.embed_dim, len(model.alphabet)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.randint(4, 24, (1, length)), repr_layers=[model.num_layers])
+    lm_head = 2 * length * (e * e + e * vocab)  # fair-esm computes logits; embedding doesn't
+    assert model_flops(np.array([length]), **esm_shape(model)) == \
+        counter.get_total_flops() - lm_head
+
+
+def test_dnabert_flops_count_every_linear_layer():
+    need_reference()
+    from virnuc_dask.dnabert import load_dnabert
+
+    model, _ = load_dnabert(TINY["dnabert_model"])
+    length, cfg = 40, model.config
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.randint(5, 100, (1, length)))  # SDPA on CPU is not counted by torch
+    attention = 4 * length**2 * cfg.hidden_size * cfg.num_hidden_layers
+    assert model_flops(np.array([length]), **dnabert_shape(model)) == \
+        counter.get_total_flops() + attention
+
+
+def test_matmul_peak_is_a_rate():
+    assert 1e8 < matmul_peak("cpu", size=256, repeats=2, rounds=1) < 1e14

@@ -1,0 +1,265 @@
+"""Resume: only unfinished partitions are computed, and the outputs equal an uninterrupted run.
+
+In-process runs cover half-written partitions, an interruption while the results
+were being written and guarded resume; command-line runs on ``perf/reads_2k.fa``
+are killed for real (SIGKILL of the process group or of the client alone, Ctrl-C)
+and run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import REFERENCE, TINY, need_reference
+from distributed import Client, LocalCluster
+
+from virnuc_dask.cluster import WORKER_ENV
+from virnuc_dask.config import load_settings
+from virnuc_dask.errors import OutputDirError
+from virnuc_dask.pipeline import predict
+
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
+           "read_predictions.tsv", "failed_records.tsv")
+ARRAYS = ("ids", "dnabert", "esm", "scores")
+MIXED = REFERENCE / "dev" / "mixed" / "input.fa"
+
+
+def assert_same_outputs(out: Path, expected: Path) -> None:
+    """Result files byte for byte, embeddings and scores value for value."""
+    for name in RESULTS:
+        assert (out / name).read_bytes() == (expected / name).read_bytes(), name
+    a = zarr.open_group(out / "embeddings.zarr", mode="r")
+    b = zarr.open_group(expected / "embeddings.zarr", mode="r")
+    for name in ARRAYS:
+        assert np.array_equal(a[name][:], b[name][:]), name
+
+
+def digests(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def client():
+    need_reference()
+    with dask.config.set(WORKER_ENV), \
+            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                         resources={"GPU": 1}, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def settings_for(out: Path, inputs=(MIXED,), **overrides):
+    values = {"out": str(out), "length": 300, "precision": "fp32", "blocksize": 8192,
+              "partition_rows": 32, **TINY, **overrides}
+    return load_settings(inputs=[str(p) for p in inputs], overrides=values)
+
+
+@pytest.fixture(scope="module")
+def complete(client, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("complete")
+    result = predict(settings_for(out), client)
+    assert result.exit_code == 0 and result.partitions_reused == 0
+    return out
+
+
+def test_half_written_partitions_and_results_are_redone(client, complete, tmp_path):
+    result = predict(settings_for(tmp_path), client)
+    n = result.partitions
+    assert n > 4
+    # As if killed: two partitions had their chunks half written and no manifest entry,
+    # the classifier's scores were half written, and the results were being assembled.
+    for p in (1, n - 2):
+        (tmp_path / "partitions" / f"p{p:07d}.json").unlink()
+        for name in ("dnabert", "esm"):
+            chunk = tmp_path / "embeddings.zarr" / name / "c" / str(p) / "0"
+            chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    scores = tmp_path / "embeddings.zarr" / "scores" / "c" / "0" / "0"
+    scores.write_bytes(b"\0" * 7)
+    (tmp_path / ".parts").mkdir()
+    (tmp_path / ".parts" / "prediction_results.txt.0000000").write_text("garbage")
+    (tmp_path / "read_predictions.tsv").write_text("read_id\tlen")
+
+    again = predict(settings_for(tmp_path), client)
+    assert (again.partitions, again.partitions_reused) == (n, n - 2)
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    assert summary["partitions"] == {"total": n, "computed": 2, "reused": n - 2}
+    assert_same_outputs(tmp_path, complete)
+    assert not (tmp_path / ".parts").exists()
+
+
+def test_resuming_a_complete_run_changes_nothing(client, complete, tmp_path):
+    for name in ("embeddings.zarr", "partitions", *RESULTS):
+        src = complete / name
+        if src.is_dir():
+            subprocess.run(["cp", "-r", str(src), str(tmp_path / name)], check=True)
+        else:
+            (tmp_path / name).write_bytes(src.read_bytes())
+    again = predict(settings_for(tmp_path), client)
+    assert again.partitions_reused == again.partitions
+    assert_same_outputs(tmp_path, complete)
+
+
+def altered_esm(tmp_path: Path) -> str:
+    """The tiny ESM-2 with one weight changed: same shapes, same file size, other model."""
+    source = Path(TINY["esm_model"])
+    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    key = next(k for k in checkpoint["model"] if k.endswith("embed_tokens.weight"))
+    checkpoint["model"][key] = checkpoint["model"][key] * 1.01
+    target = tmp_path / "esm2_other.pt"
+    torch.save(checkpoint, target)
+    regression = source.with_name(source.stem + "-contact-regression.pt")
+    (tmp_path / "esm2_other-contact-regression.pt").write_bytes(regression.read_bytes())
+    return str(target)
+
+
+def altered_dnabert(tmp_path: Path) -> str:
+    target = tmp_path / "dnabert_other"
+    target.mkdir()
+    for path in Path(TINY["dnabert_model"]).iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    state = torch.load(target / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    state["embeddings.LayerNorm.bias"] = state["embeddings.LayerNorm.bias"] + 0.01
+    torch.save(state, target / "pytorch_model.bin")
+    return str(target)
+
+
+def altered_classifier(tmp_path: Path) -> str:
+    from virnuc_dask.classifier import load_classifier
+
+    model = load_classifier(TINY["classifier"])
+    with torch.no_grad():
+        model.output_layer.bias += 0.1
+    target = tmp_path / "other_classifier.pth"
+    torch.save(model.state_dict(), target)
+    return str(target)
+
+
+CHANGES = {
+    "inputs": lambda tmp: {"inputs": (REFERENCE / "dev" / "basic" / "input.fa",)},
+    "length": lambda tmp: {"length": 500},
+    "precision": lambda tmp: {"precision": "bf16"},
+    "esm_model": lambda tmp: {"esm_model": altered_esm(tmp)},
+    "dnabert_model": lambda tmp: {"dnabert_model": altered_dnabert(tmp)},
+    "classifier": lambda tmp: {"classifier": altered_classifier(tmp)},
+}
+
+
+@pytest.mark.parametrize("what", sorted(CHANGES))
+def test_resume_with_other_settings_is_refused(client, complete, tmp_path, what):
+    before = digests(complete)
+    with pytest.raises(OutputDirError, match=f"holds a run with different .*{what}.*--overwrite"):
+        predict(settings_for(complete, **CHANGES[what](tmp_path)), client)
+    assert digests(complete) == before
+
+
+def test_a_model_moved_elsewhere_is_the_same_model(client, complete, tmp_path):
+    source = Path(TINY["esm_model"])
+    for name in (source.name, source.stem + "-contact-regression.pt"):
+        (tmp_path / name).write_bytes((source.parent / name).read_bytes())
+    result = predict(settings_for(complete, esm_model=str(tmp_path / source.name)), client)
+    assert result.partitions_reused == result.partitions
+
+
+def test_overwrite_starts_afresh_without_stale_partitions(client, complete, tmp_path):
+    small = predict(settings_for(tmp_path, partition_rows=8), client)
+    assert small.partitions > 8
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    again = predict(settings_for(tmp_path, overwrite=True), client)
+    assert again.partitions_reused == 0
+    entries = sorted(p.name for p in (tmp_path / "partitions").iterdir())
+    assert entries == [f"p{p:07d}.json" for p in range(again.partitions)]
+    assert_same_outputs(tmp_path, complete)
+    assert (tmp_path / "notes.txt").exists()
+
+
+# -- the command line, killed for real ------------------------------------------------------
+
+READS_2K = REFERENCE / "perf" / "reads_2k.fa"
+
+
+def cli(out: Path) -> list[str]:
+    return [sys.executable, "-m", "virnuc_dask", "predict", str(READS_2K), "--out", str(out),
+            "--length", "500", "--precision", "fp32", "--partition-rows", "64",
+            "--esm-model", TINY["esm_model"], "--dnabert-model", TINY["dnabert_model"],
+            "--classifier", TINY["classifier"]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    need_reference()
+    out = tmp_path_factory.mktemp("uninterrupted")
+    proc = subprocess.run(cli(out), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def finished(out: Path) -> int:
+    manifest = out / "partitions"
+    return len(list(manifest.glob("p*.json"))) if manifest.is_dir() else 0
+
+
+def session_alive(sid: int) -> list[int]:
+    """Processes of session ``sid`` still alive (the CLI, its workers)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    alive.append(int(entry.name))
+            except OSError:
+                continue
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("how", "after"), [("sigkill-group", 3), ("sigkill-client", 12),
+                                             ("ctrl-c", 24)])
+def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, tmp_path, how, after):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(cli(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while finished(out) < after:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    if how == "sigkill-group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    elif how == "sigkill-client":
+        os.kill(proc.pid, signal.SIGKILL)
+    else:  # what a terminal does on Ctrl-C: SIGINT to the whole foreground group
+        os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if how == "ctrl-c":
+        assert proc.returncode == 130
+        assert "interrupted; finished partitions are kept" in stderr
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while session_alive(proc.pid):  # the workers go with their client
+        assert time.monotonic() < deadline, session_alive(proc.pid)
+        time.sleep(0.2)
+
+    total = json.loads((uninterrupted / "run_summary.json").read_text())["partitions"]["total"]
+    done = finished(out)
+    assert after <= done < total
+    again = subprocess.run(cli(out), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["partitions"] == {"total": total, "computed": total - done, "reused": done}
+    assert_same_outputs(out, uninterrupted)

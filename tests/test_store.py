@@ -1,0 +1,103 @@
+"""The Zarr store and its manifest: what counts as a finished partition."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+from virnuc_dask.store import EmbeddingStore, atomic_write_text, naming
+
+DIMS = {"dnabert": 3, "esm": 5}
+
+
+def new_store(tmp_path, rows=10, chunk_rows=4, fingerprint=None) -> EmbeddingStore:
+    return EmbeddingStore.create(tmp_path, rows=rows, dims=DIMS, chunk_rows=chunk_rows,
+                                 classes=2, fingerprint=fingerprint or {"inputs": "a"})
+
+
+def write(store: EmbeddingStore, index: int, row_start: int, n: int, failed=()) -> None:
+    arrays = {name: np.full((n, dim), index + 1, dtype=np.float32) for name, dim in DIMS.items()}
+    store.write_partition(index, row_start, [f"orf{row_start + i}" for i in range(n)], arrays,
+                          {"worker": "w"}, failed=failed)
+
+
+def test_written_partitions_are_done_and_readable(tmp_path):
+    store = new_store(tmp_path)
+    assert store.done_partitions() == set()
+    write(store, 0, 0, 4)
+    write(store, 2, 8, 2, failed=[{"row": 9, "id": "orf9", "stage": "esm", "error": "E: x"}])
+    assert store.done_partitions() == {0, 2}
+    assert store.entries()[2]["failed"] == [
+        {"row": 9, "id": "orf9", "stage": "esm", "error": "E: x"}]
+    group = zarr.open_group(store.path, mode="r")
+    assert list(group["ids"][8:10]) == ["orf8", "orf9"]
+    assert (group["esm"][0:4] == 1).all() and (group["esm"][4:8] == 0).all()
+    assert store.fingerprint == {"inputs": "a"}
+
+
+def test_rows_without_manifest_entry_are_not_done(tmp_path):
+    # The chunks of a partition are written, its entry is not: interrupted in between.
+    store = new_store(tmp_path)
+    write(store, 1, 4, 4)
+    (store.manifest / "p0000001.json").unlink()
+    assert store.done_partitions() == set()
+
+
+def test_unreadable_or_half_written_entries_are_not_done(tmp_path):
+    store = new_store(tmp_path)
+    write(store, 0, 0, 4)
+    write(store, 1, 4, 4)
+    text = (store.manifest / "p0000001.json").read_text()
+    (store.manifest / "p0000001.json").write_text(text[: len(text) // 2])
+    (store.manifest / "p0000002.json").write_text("")
+    assert store.done_partitions() == {0}
+
+
+def test_entries_of_an_earlier_store_never_count(tmp_path):
+    store = new_store(tmp_path)
+    write(store, 0, 0, 4)
+    stale = (store.manifest / "p0000000.json").read_text()
+    store = new_store(tmp_path, fingerprint={"inputs": "b"})
+    assert store.done_partitions() == set()
+    # Even an entry copied back in (a store replaced while a worker still wrote).
+    (store.manifest / "p0000000.json").write_text(stale)
+    assert store.done_partitions() == set()
+    assert store.fingerprint == {"inputs": "b"}
+    assert (zarr.open_group(store.path, mode="r")["esm"][0:4] == 0).all()
+
+
+def test_create_leaves_no_building_directory(tmp_path):
+    new_store(tmp_path)
+    new_store(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.zarr", "partitions"]
+
+
+def test_empty_store(tmp_path):
+    store = new_store(tmp_path, rows=0)
+    assert store.exists() and store.done_partitions() == set()
+    assert zarr.open_group(store.path, mode="r")["dnabert"].shape == (0, 3)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        atomic_write_text(target, None)  # type: ignore[arg-type]
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["summary.json"]
+    atomic_write_text(target, json.dumps({"a": 1}))
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_naming_puts_the_path_into_an_anonymous_os_error(tmp_path):
+    with pytest.raises(OSError) as info, naming(tmp_path / "x.zarr"):
+        raise OSError(28, "No space left on device")
+    assert info.value.filename == str(tmp_path / "x.zarr")
+    assert info.value.strerror == "No space left on device"
+    with pytest.raises(OSError) as info, naming(tmp_path / "x.zarr"):
+        raise FileNotFoundError(2, "No such file", "other")
+    assert info.value.filename == "other"

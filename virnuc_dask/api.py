@@ -1,0 +1,127 @@
+"""The prediction from Python (notebooks, scripts): the same dataflow as ``virnuc-dask predict``.
+
+:func:`predict` takes a ``distributed.Client`` (or starts the cluster the settings
+ask for, as the CLI does), runs the pipeline and returns a :class:`Prediction`:
+the output paths, the counts and run summary, and lazy Dask arrays read from
+``embeddings.zarr`` for the ORF ids, both embeddings and the scores. Nothing is
+loaded into memory until you compute it.
+
+>>> from distributed import Client, LocalCluster
+>>> from virnuc_dask import predict
+>>> client = Client(LocalCluster(n_workers=1, resources={"GPU": 1}))  # doctest: +SKIP
+>>> result = predict("reads.fa", out="results", classifier="500_model.pth",
+...                  client=client)  # doctest: +SKIP
+>>> result.scores[:, 1].mean().compute()  # doctest: +SKIP
+>>> result.paths["predictions"]  # doctest: +SKIP
+PosixPath('results/prediction_results.txt')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+from distributed import Client
+
+from .config import load_settings
+from .outputs import FAILED, HIGHEST, PREDICTIONS, READS, BlockCounts
+from .store import MODEL_ARRAYS
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What a run produced: files under ``out`` and lazy arrays over its Zarr store.
+
+    Rows of ``ids``, ``embeddings`` and ``scores`` are ORFs in input order (the rows
+    of ``prediction_results.txt``). ``scores[:, 0]`` is P(others), ``scores[:, 1]``
+    P(virus). ``exit_code`` follows the CLI: 0 complete, 2 some records failed.
+    """
+
+    out: Path
+    exit_code: int
+    counts: BlockCounts
+    summary: dict[str, Any]
+    dashboard_link: str | None = None
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return {"predictions": self.out / PREDICTIONS, "highest_scores": self.out / HIGHEST,
+                "reads": self.out / READS, "failed": self.out / FAILED,
+                "summary": self.out / "run_summary.json",
+                "embeddings": self.out / "embeddings.zarr"}
+
+    def _array(self, name: str) -> da.Array:
+        return da.from_zarr(str(self.paths["embeddings"]), component=name)
+
+    @property
+    def ids(self) -> da.Array:
+        """ORF ids (``{read}_chunk_{k}{F1..R3}``), one per row."""
+        return self._array("ids")
+
+    @property
+    def embeddings(self) -> dict[str, da.Array]:
+        """``{"dnabert": [rows, 768], "esm": [rows, 2560]}`` for the published models."""
+        return {name: self._array(name) for name in MODEL_ARRAYS}
+
+    @property
+    def features(self) -> da.Array:
+        """The classifier's input: DNABERT-S then ESM-2 columns."""
+        return da.concatenate([self._array(name) for name in MODEL_ARRAYS], axis=1)
+
+    @property
+    def scores(self) -> da.Array:
+        """Softmax of the classifier, ``[rows, 2]``: P(others), P(virus)."""
+        return self._array("scores")
+
+
+def predict(
+    inputs: PathLike | Sequence[PathLike],
+    *,
+    out: PathLike,
+    classifier: PathLike | None = None,
+    client: Client | None = None,
+    config: PathLike | None = None,
+    performance_report: PathLike | None = None,
+    progress: Callable[..., None] | None = None,
+    **options: Any,
+) -> Prediction:
+    """Run the prediction of ``inputs`` into ``out``; see :class:`Prediction`.
+
+    ``options`` are the settings of ``configs/default.yaml`` by name (``length=300``,
+    ``esm_model=...``, ``precision="fp32"``, ``model_cache=...``, ``offline=True``,
+    ``cluster="slurm"``, ``jobs=4`` ...); ``config`` a YAML file of them. Explicit
+    arguments override the file. Without ``client`` the cluster the settings name is
+    started for this run and stopped after it (the returned arrays read from disk
+    and need no cluster). ``performance_report``: an HTML file for Dask's report.
+    """
+    from .cluster import open_client
+    from .dashboard import dashboard_link
+    from .dashboard import performance_report as report
+    from .pipeline import predict as run_pipeline
+
+    paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    overrides = {**options, "out": os.fspath(out),
+                 "classifier": None if classifier is None else os.fspath(classifier),
+                 "performance_report": None if performance_report is None
+                 else os.fspath(performance_report)}
+    settings = load_settings(inputs=[os.fspath(p) for p in paths], config_file=config,
+                             overrides=overrides).with_absolute_paths()
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(open_client(settings))
+        link = dashboard_link(client)
+        logger.info("dashboard: %s", link)
+        with client.as_current(), report(settings.performance_report):
+            result = run_pipeline(settings, client, progress=progress)
+    return Prediction(out=Path(result.out), exit_code=result.exit_code, counts=result.counts,
+                      summary=result.summary, dashboard_link=link)
