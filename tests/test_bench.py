@@ -35,6 +35,9 @@ def test_bench_runs_and_writes_sane_json(tmp_path, capsys):
     assert result["reads"] == 24 and result["orfs"] >= 24
     # the pipeline and the original way computed the same scores
     assert result["original_style"]["max_score_diff_vs_pipeline"] <= 1e-5
+    interleaved = result["original_style"]["interleaved"]
+    assert interleaved["orfs"] == result["orfs"] and interleaved["embedding_speedup"] > 0
+    assert set(result["load_average"]) >= {"start", "predict_1w", "original"}
     for stage in ("esm", "dnabert"):
         assert result["stages"][stage]["tokens"] > 0
         assert result["prefetch"][stage]["ratio"] > 0

@@ -2,7 +2,7 @@
 
 In-process runs cover half-written partitions, an interruption while the results
 were being written and guarded resume; command-line runs on ``perf/reads_2k.fa``
-are killed for real (SIGKILL of the process group or of the client alone, Ctrl-C)
+are killed for real (Ctrl-C, SIGTERM, SIGKILL of the client alone or of the process group)
 and run again.
 """
 
@@ -224,11 +224,9 @@ def session_alive(sid: int) -> list[int]:
     return alive
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("how", "after"), [("sigkill-group", 3), ("sigkill-client", 12),
-                                             ("ctrl-c", 24)])
-def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, tmp_path, how, after):
-    out = tmp_path / "out"
+def interrupt(out: Path, how: str, after: int) -> int:
+    """Start the CLI, interrupt it ``how`` once ``after`` partitions are finished; return
+    the partitions finished when it and its workers are gone."""
     proc = subprocess.Popen(cli(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -240,12 +238,14 @@ def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, tmp_path
         os.killpg(proc.pid, signal.SIGKILL)
     elif how == "sigkill-client":
         os.kill(proc.pid, signal.SIGKILL)
+    elif how == "sigterm":
+        os.kill(proc.pid, signal.SIGTERM)
     else:  # what a terminal does on Ctrl-C: SIGINT to the whole foreground group
         os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    if how == "ctrl-c":
-        assert proc.returncode == 130
-        assert "interrupted; finished partitions are kept" in stderr
+    if how in ("ctrl-c", "sigterm"):
+        assert proc.returncode == (130 if how == "ctrl-c" else 143), stderr
+        assert "finished partitions are kept, re-run the command to resume" in stderr
         assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     else:
         assert proc.returncode == -signal.SIGKILL
@@ -253,10 +253,20 @@ def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, tmp_path
     while session_alive(proc.pid):  # the workers go with their client
         assert time.monotonic() < deadline, session_alive(proc.pid)
         time.sleep(0.2)
+    return finished(out)
 
+
+@pytest.mark.slow
+def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, tmp_path):
+    """Ctrl-C, SIGTERM, SIGKILL of the client alone, SIGKILL of the whole process group,
+    each while partitions are being embedded; then the same command to the end."""
+    out = tmp_path / "out"
     total = json.loads((uninterrupted / "run_summary.json").read_text())["partitions"]["total"]
-    done = finished(out)
-    assert after <= done < total
+    done = 0
+    for how in ("ctrl-c", "sigterm", "sigkill-client", "sigkill-group"):
+        now = interrupt(out, how, after=done + 5)
+        assert done + 5 <= now < total, how
+        done = now
     again = subprocess.run(cli(out), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "Traceback" not in again.stderr

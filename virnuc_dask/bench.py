@@ -2,8 +2,9 @@
 
 On one input and one set of models it measures
 
-- the machine's matmul peak: a large GEMM (fp32 on CPU, the run's precision on GPU);
-- per embedding stage, inside a ``predict`` run on one worker: tokens/s, model
+- the machine's matmul peak: a large GEMM in the precision of the run (fp32 on CPU
+  unless ``--precision`` says otherwise);
+- per embedding stage, inside the first ``predict`` run (one worker): tokens/s, model
   FLOP/s (useful FLOPs of the real tokens: 2 x matmul parameters per token plus
   4 x length^2 x width per layer of attention) and their ratio to the peak; the
   padding efficiency (real / padded tokens);
@@ -57,7 +58,7 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
              "dnabert": {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128}},
 }
 ORIGINAL_TOKS_PER_BATCH = 2048
-PREFETCH_ORFS = 256  # ORFs embedded with and without prefetch (twice each)
+SAMPLE_ORFS = 256  # ORFs of the with/without-prefetch and original/ours comparisons
 REQUIRED_KEYS = ("matmul_peak_flops", "esm_utilization", "dnabert_utilization",
                  "padding_efficiency", "pipeline_reads_per_s", "original_style_reads_per_s",
                  "speedup_vs_original", "workers")
@@ -206,7 +207,9 @@ def stage_figures(stage: dict[str, Any], flops: float, peak: float) -> dict[str,
 def prefetch_effect(models: dict[str, Any], orfs: list, *, device: torch.device,
                     rounds: int = 2) -> dict[str, dict[str, float]]:
     """Tokens/s of each stage on ``orfs`` with and without the prefetch thread (best of
-    ``rounds``, alternating, so that both see the same machine)."""
+    ``rounds``, alternating, so that both see the same machine), and the share of the
+    stage's time spent preparing batches (tokenising, padding, copying) when not
+    overlapped: what the prefetch thread can hide at most."""
     from .embed import embed_dnabert, embed_esm
 
     runs = {
@@ -220,16 +223,51 @@ def prefetch_effect(models: dict[str, Any], orfs: list, *, device: torch.device,
     out: dict[str, dict[str, float]] = {}
     for stage, run in runs.items():
         best = {True: 0.0, False: 0.0}
+        share = 1.0
         for _ in range(rounds):
             for prefetch in (True, False):
                 stats = run(prefetch)
                 best[prefetch] = max(best[prefetch], stats.real_tokens / stats.seconds)
+                if not prefetch:
+                    share = min(share, stats.prepare_seconds / stats.seconds)
         out[stage] = {"tokens_per_s_prefetch": best[True], "tokens_per_s_inline": best[False],
-                      "ratio": best[True] / best[False]}
+                      "ratio": best[True] / best[False], "prepare_share": share}
     return out
 
 
 @torch.inference_mode()
+def original_dnabert(model: torch.nn.Module, tokenizer: Any, sequences: Sequence[str], *,
+                     device: torch.device) -> np.ndarray:
+    """DNABERT-S the original way: one unpadded sequence per call, mean over all tokens."""
+    out = np.zeros((len(sequences), model.hidden_size), dtype=np.float32)
+    for i, seq in enumerate(sequences):
+        (ids,) = tokenizer.encode([seq])
+        hidden = model(torch.tensor([ids], device=device))
+        out[i] = hidden.mean(dim=1)[0].float().cpu().numpy()
+    return out
+
+
+@torch.inference_mode()
+def original_esm(model: torch.nn.Module, alphabet: Any, proteins: Sequence[str], *,
+                 device: torch.device) -> np.ndarray:
+    """ESM-2 the original way: fair-esm's ``FastaBatchedDataset`` batches of 2048 tokens,
+    its batch converter and its own forward; mean over residues ``1..min(len, 1024)``."""
+    from esm import FastaBatchedDataset
+
+    dataset = FastaBatchedDataset([str(i) for i in range(len(proteins))], list(proteins))
+    batches = dataset.get_batch_indices(ORIGINAL_TOKS_PER_BATCH, extra_toks_per_seq=1)
+    loader = torch.utils.data.DataLoader(
+        dataset, collate_fn=alphabet.get_batch_converter(), batch_sampler=batches)
+    out = np.zeros((len(proteins), model.embed_dim), dtype=np.float32)
+    layer = model.num_layers
+    for labels, strs, toks in loader:
+        rep = model(toks.to(device), repr_layers=[layer])["representations"][layer]
+        for i, label in enumerate(labels):
+            n = min(1024, len(strs[i]))
+            out[int(label)] = rep[i, 1:n + 1].mean(0).float().cpu().numpy()
+    return out
+
+
 def run_original_style(paths: dict[str, str], fasta: str, length: int, *,
                        device: torch.device) -> dict[str, Any]:
     """The workload as VirNucPro's ``prediction.py`` runs it, in this process.
@@ -238,8 +276,6 @@ def run_original_style(paths: dict[str, str], fasta: str, length: int, *,
     original's Biopython loops, so the comparison favours the original); the original's
     intermediate ``.pt``/FASTA files are not written.
     """
-    from esm import FastaBatchedDataset
-
     from .classifier import load_classifier, score
     from .dnabert import load_dnabert
     from .esm2 import load_esm
@@ -253,32 +289,54 @@ def run_original_style(paths: dict[str, str], fasta: str, length: int, *,
     with _timer(times, "read_translate"):
         reads, orfs = read_orfs_of(fasta, length)
     with _timer(times, "dnabert"):
-        dn = np.zeros((len(orfs), dnabert.hidden_size), dtype=np.float32)
-        for i, orf in enumerate(orfs):  # one sequence per call, unpadded
-            (ids,) = tokenizer.encode([orf.nucleotide])
-            hidden = dnabert(torch.tensor([ids], device=device))
-            dn[i] = hidden.mean(dim=1)[0].float().cpu().numpy()
+        dn = original_dnabert(dnabert, tokenizer, [o.nucleotide for o in orfs], device=device)
     with _timer(times, "esm"):
-        dataset = FastaBatchedDataset([o.id for o in orfs], [o.protein for o in orfs])
-        batches = dataset.get_batch_indices(ORIGINAL_TOKS_PER_BATCH, extra_toks_per_seq=1)
-        loader = torch.utils.data.DataLoader(
-            dataset, collate_fn=alphabet.get_batch_converter(), batch_sampler=batches)
-        row = {o.id: i for i, o in enumerate(orfs)}
-        es = np.zeros((len(orfs), esm.embed_dim), dtype=np.float32)
-        layer = esm.num_layers
-        for labels, strs, toks in loader:
-            rep = esm(toks.to(device), repr_layers=[layer])["representations"][layer]
-            for i, label in enumerate(labels):
-                n = min(1024, len(strs[i]))
-                es[row[label]] = rep[i, 1:n + 1].mean(0).float().cpu().numpy()
+        es = original_esm(esm, alphabet, [o.protein for o in orfs], device=device)
     with _timer(times, "classify"):
         scores = score(classifier, np.concatenate([dn, es], axis=1))
     seconds = time.perf_counter() - t0
-    work = seconds - times["load_models"]
     return {"reads": reads, "orfs": len(orfs), "seconds": seconds,
-            "seconds_without_model_loading": work, "reads_per_s": reads / seconds,
-            "timings_s": {k: round(v, 3) for k, v in times.items()},
-            "scores": scores, "ids": [o.id for o in orfs]}
+            "reads_per_s": reads / seconds,
+            "timings_s": {k: round(v, 3) for k, v in times.items()}, "scores": scores}
+
+
+def interleaved_speedup(paths: dict[str, str], orfs: list, *, device: torch.device,
+                        precision: str, rounds: int = 2) -> dict[str, float]:
+    """Embedding time of the original way over this package's, on the same ORFs, the two
+    alternating ``rounds`` times (best of each): a ratio that a shared machine's changing
+    load disturbs far less than two long runs minutes apart."""
+    from .dnabert import load_dnabert
+    from .embed import embed_dnabert, embed_esm
+    from .esm2 import load_esm
+    from .esm_fast import SdpaEsm2
+    from .plugin import DTYPES
+
+    nucleotides = [o.nucleotide for o in orfs]
+    proteins = [o.protein for o in orfs]
+    dn_ref, tok = load_dnabert(paths["dnabert_model"], device=device)
+    esm_ref, alphabet = load_esm(paths["esm_model"], device=device)
+    dtype = DTYPES[precision]
+    dn_ours = load_dnabert(paths["dnabert_model"], device=device, dtype=dtype)[0]
+    esm_ours = SdpaEsm2(load_esm(paths["esm_model"], device=device, dtype=dtype)[0])
+    runs = {
+        ("dnabert", "original"): lambda: original_dnabert(dn_ref, tok, nucleotides,
+                                                          device=device),
+        ("dnabert", "ours"): lambda: embed_dnabert(dn_ours, tok, nucleotides, device=device),
+        ("esm", "original"): lambda: original_esm(esm_ref, alphabet, proteins, device=device),
+        ("esm", "ours"): lambda: embed_esm(esm_ours, alphabet, proteins, device=device),
+    }
+    best = dict.fromkeys(runs, math.inf)
+    for _ in range(rounds):
+        for key, run in runs.items():
+            t = time.perf_counter()
+            run()
+            _sync(device)
+            best[key] = min(best[key], time.perf_counter() - t)
+    out = {f"{m}_speedup": best[(m, "original")] / best[(m, "ours")] for m in ("dnabert", "esm")}
+    out["embedding_speedup"] = (best[("dnabert", "original")] + best[("esm", "original")]) / (
+        best[("dnabert", "ours")] + best[("esm", "ours")])
+    out["orfs"] = len(orfs)
+    return out
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -361,14 +419,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device()
     precision = resolve_precision(args.precision, device)
     dtype = DTYPES[precision]
-    peak_dtype = dtype if device.type == "cuda" else torch.float32
+    peak_dtype = dtype  # the peak of the precision the models run in
     logger.info("bench in %s on %s (%s); input %s", work, device, precision, fasta)
 
     reads, orfs = read_orfs_of(fasta, args.length)
     if not orfs:
         raise ValueError(f"{fasta}: no ORF at length {args.length}; nothing to benchmark")
-    peak = matmul_peak(device, peak_dtype)
-    logger.info("matmul peak %.1f GFLOP/s (%s)", peak / 1e9, peak_dtype)
+    loads = {"start": os.getloadavg()[0]}
+    # Sampled between the phases, the best taken: one sample can fall into a moment
+    # when other processes hold the cores.
+    peaks = [matmul_peak(device, peak_dtype)]
+    logger.info("matmul peak %.1f GFLOP/s (%s)", peaks[0] / 1e9, peak_dtype)
 
     # Models here, for the FLOP accounting, the prefetch comparison and token lengths.
     dnabert, tokenizer = load_dnabert(paths["dnabert_model"], device=device, dtype=dtype)
@@ -379,8 +440,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     dn_lengths = np.array([len(t) for t in tokenizer.encode([o.nucleotide for o in orfs])])
     flops = {"esm": model_flops(esm_lengths, **esm_shape(esm)),
              "dnabert": model_flops(dn_lengths, **dnabert_shape(dnabert))}
-    prefetch = prefetch_effect(models, orfs[:min(args.partition_rows, PREFETCH_ORFS)],
+    prefetch = prefetch_effect(models, orfs[:min(args.partition_rows, SAMPLE_ORFS)],
                                device=device)
+    loads["prefetch"] = os.getloadavg()[0]
+    peaks.append(matmul_peak(device, peak_dtype))
     shapes = {"esm": {**esm_shape(esm), "heads": esm.heads},
               "dnabert": {**dnabert_shape(dnabert), "heads": dnabert.config.num_attention_heads}}
     del models, esm, dnabert
@@ -393,23 +456,29 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     for n in args.workers:
         logger.info("predict on %d worker(s)", n)
         scaling.append(run_pipeline(settings, n))
+        loads[f"predict_{n}w"] = os.getloadavg()[0]
+        peaks.append(matmul_peak(device, peak_dtype))
     first = scaling[0]
+    peak = max(peaks)
     stages = {m: stage_figures(first["embedding"][m], flops[m], peak) for m in flops}
     best = max(scaling, key=lambda r: r["reads_per_s"])
 
     original: dict[str, Any] = {}
+    sample = orfs[:SAMPLE_ORFS]
     if not args.skip_original:
         logger.info("the original way, one process")
         original = run_original_style(paths, fasta, args.length, device=device)
         ours = _stored_scores(first["out"])
         original["max_score_diff_vs_pipeline"] = float(np.abs(ours - original.pop("scores")).max())
-        original.pop("ids")
+        loads["original"] = os.getloadavg()[0]
+        logger.info("the original way and ours alternating on %d ORFs", len(sample))
+        original["interleaved"] = interleaved_speedup(paths, sample, device=device,
+                                                      precision=precision)
 
-    sample = orfs[:args.precision_orfs]
-    logger.info("precision agreement on %d ORFs", len(sample))
+    logger.info("precision agreement on %d ORFs", args.precision_orfs)
     precisions = precision_agreement(
-        **paths, nucleotides=[o.nucleotide for o in sample],
-        proteins=[o.protein for o in sample], device=device)
+        **paths, nucleotides=[o.nucleotide for o in orfs[:args.precision_orfs]],
+        proteins=[o.protein for o in orfs[:args.precision_orfs]], device=device)
 
     padded = sum(first["embedding"][m]["padded_tokens"] for m in flops)
     real = sum(first["embedding"][m]["real_tokens"] for m in flops)
@@ -423,6 +492,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "speedup_vs_original": (best["reads_per_s"] / original["reads_per_s"]
                                 if original else None),
         "workers": best["workers"],
+        "matmul_peak_samples": peaks,
         "device": str(device), "precision": precision, "peak_dtype": str(peak_dtype),
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "input": fasta, "reads": reads, "orfs": len(orfs), "length": args.length,
@@ -435,7 +505,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "scaling_ratio": (scaling[-1]["reads_per_s"] / scaling[0]["reads_per_s"]
                           if len(scaling) > 1 else None),
         "original_style": original, "precision_agreement": precisions,
-        "bench_seconds": time.perf_counter() - t_start,
+        "load_average": loads, "bench_seconds": time.perf_counter() - t_start,
     }
     return result
 
@@ -476,7 +546,9 @@ def render(result: dict[str, Any]) -> Any:
     table.add_column("detail")
     add = table.add_row
     add("matmul peak", _fmt_rate(result["matmul_peak_flops"], "FLOP/s"),
-        f"{result['peak_dtype']} GEMM, {result['torch_threads']} threads")
+        f"{result['peak_dtype']} GEMM, {result['torch_threads']} threads, best of "
+        f"{len(result['matmul_peak_samples'])} samples (lowest "
+        f"{_fmt_rate(min(result['matmul_peak_samples']), 'FLOP/s')})")
     for m, name in (("esm", "ESM-2"), ("dnabert", "DNABERT-S")):
         s = result["stages"][m]
         p = result["prefetch"][m]
@@ -485,7 +557,8 @@ def render(result: dict[str, Any]) -> Any:
             f"padding eff. {s['padding_efficiency']:.3f}, {s['batches']} batches")
         add(f"{name} prefetch", f"x{p['ratio']:.2f}",
             f"{_fmt_rate(p['tokens_per_s_prefetch'], 'tok/s')} with, "
-            f"{_fmt_rate(p['tokens_per_s_inline'], 'tok/s')} without")
+            f"{_fmt_rate(p['tokens_per_s_inline'], 'tok/s')} without; batch preparation "
+            f"{p['prepare_share']:.1%} of the stage")
     add("padding efficiency", f"{result['padding_efficiency']:.3f}", "both stages")
     for r in result["scaling"]:
         add(f"predict, {r['workers']} worker(s)", f"{r['reads_per_s']:.1f} reads/s",
@@ -501,6 +574,10 @@ def render(result: dict[str, Any]) -> Any:
             f"{o['max_score_diff_vs_pipeline']:.1e}")
         add("speedup vs original", f"x{result['speedup_vs_original']:.2f}",
             f"predict on {result['workers']} worker(s)")
+        i = o["interleaved"]
+        add("embedding speedup", f"x{i['embedding_speedup']:.2f}",
+            f"ESM-2 x{i['esm_speedup']:.2f}, DNABERT-S x{i['dnabert_speedup']:.2f}: "
+            f"{i['orfs']} ORFs, both ways alternating")
     for name, p in result["precision_agreement"].items():
         if "error" in p:
             add(f"{name} vs fp32", "n/a", p["error"])
@@ -508,7 +585,10 @@ def render(result: dict[str, Any]) -> Any:
         add(f"{name} vs fp32", f"{p['labels_flipped']}/{p['orfs']} flipped",
             f"cosine ESM-2 min {p['esm_cosine_min']:.5f} mean {p['esm_cosine_mean']:.5f}; "
             f"DNABERT-S min {p['dnabert_cosine_min']:.5f} mean {p['dnabert_cosine_mean']:.5f}")
-    add("bench time", f"{result['bench_seconds']:.0f} s", "")
+    loads = result["load_average"]
+    add("bench time", f"{result['bench_seconds']:.0f} s",
+        f"1-min load average {min(loads.values()):.1f}-{max(loads.values()):.1f} on "
+        f"{result['cpu_count']} cores (other processes disturb timings)")
     return table
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -215,7 +217,25 @@ def error_message(exc: BaseException) -> str:
     return " ".join(text.split("\n"))
 
 
+class Terminated(BaseException):
+    """SIGTERM (a batch system ending the job, ``kill``): stop like Ctrl-C, exit 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -233,9 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             progress_interval=args.progress_interval)
         if hasattr(args, "run"):
             return args.run(args)
-    except KeyboardInterrupt:
-        logger.error("interrupted; finished partitions are kept, re-run the command to resume")
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        logger.error("interrupted%s; finished partitions are kept, re-run the command to "
+                     "resume", " (SIGTERM)" if isinstance(exc, Terminated) else "")
+        return 143 if isinstance(exc, Terminated) else 130
     except (VirnucError, ConfigError, OSError, ValueError) as exc:
         if args.debug:
             logger.exception("failed")

@@ -46,8 +46,9 @@ from .batching import budget_from_memory, token_budget_batches
 logger = logging.getLogger(__name__)
 
 ESM_MEAN_MAX_RESIDUES = 1024
-# CPU budgets: the fastest measured for the bench models (ESM-2 6 x 320, DNABERT-S
-# 2 x 256) on 2 AVX-512 cores; larger batches fall out of cache and run slower.
+# CPU budgets: on 2 AVX-512 cores with the bench models (ESM-2 6 x 320, DNABERT-S 2 x 256)
+# throughput was flat from 2048 to 16384 tokens (within the noise of a shared machine);
+# these are at the fast end and keep batches, hence padding, small.
 CPU_TOKS_PER_BATCH = {"esm": 2048, "dnabert": 4096}
 DNABERT_TOKENIZE_SLICE = 512
 PREFETCH_DEPTH = 2

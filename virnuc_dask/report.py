@@ -86,10 +86,12 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     c = summary.get("counts", {})
     if c:
         reads = c.get("reads", 0)
-        others = reads - c.get("reads_virus", 0) - c.get("reads_no_orf", 0) - c.get("failed", 0)
+        # "failed" counts rows of failed_records.tsv (ORFs too); reads_failed the reads.
+        failed = c.get("reads_failed", c.get("failed", 0))
+        others = reads - c.get("reads_virus", 0) - c.get("reads_no_orf", 0) - failed
         rows.append(("reads", f"{reads:,}: {c.get('reads_virus', 0):,} viral, {others:,} "
                      f"others, {c.get('reads_no_orf', 0):,} without ORF, "
-                     f"{c.get('failed', 0):,} failed"))
+                     f"{failed:,} failed"))
     if "chunks" in c:
         rows.append(("chunks", f"{c['chunks']:,} ({c.get('chunks_virus', 0):,} viral)"))
     if "orfs" in c:
