@@ -41,3 +41,19 @@ def read_embeddings_tsv(path: Path) -> tuple[list[str], np.ndarray]:
 def reference() -> Path:
     need_reference()
     return REFERENCE
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A one-worker in-process LocalCluster as the CLI starts it (module-scoped)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from virnuc_dask.cluster import WORKER_ENV
+
+    need_reference()
+    with dask.config.set(WORKER_ENV), \
+            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                         resources={"GPU": 1}, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        yield client

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
 from conftest import TINY, need_reference, read_embeddings_tsv
-from distributed import Client, LocalCluster
 from test_parity import assert_matches_reference, read_results
 
 import virnuc_dask
 from virnuc_dask import Prediction, predict
-from virnuc_dask.cluster import WORKER_ENV
 from virnuc_dask.config import ConfigError
-
-
-@pytest.fixture(scope="module")
-def client():
-    need_reference()
-    with dask.config.set(WORKER_ENV), \
-            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                         resources={"GPU": 1}, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        yield client
 
 
 def test_predict_returns_lazy_arrays_and_paths(client, reference, tmp_path):

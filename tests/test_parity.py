@@ -6,14 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dask
 import numpy as np
 import pytest
 import zarr
-from conftest import CASES, LENGTHS, TINY, need_reference, read_embeddings_tsv
-from distributed import Client, LocalCluster
+from conftest import CASES, LENGTHS, TINY, read_embeddings_tsv
 
-from virnuc_dask.cluster import WORKER_ENV
 from virnuc_dask.config import load_settings
 from virnuc_dask.pipeline import predict
 
@@ -37,16 +34,6 @@ def assert_matches_reference(out: Path, ref: Path) -> None:
         ids, expected = read_embeddings_tsv(ref / tsv)
         assert list(group["ids"][:]) == ids
         assert np.abs(group[array][:] - expected).max() <= 1e-5
-
-
-@pytest.fixture(scope="module")
-def client():
-    need_reference()
-    with dask.config.set(WORKER_ENV), \
-            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                         resources={"GPU": 1}, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        yield client
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -17,15 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import dask
 import numpy as np
 import pytest
 import torch
 import zarr
 from conftest import REFERENCE, TINY, need_reference
-from distributed import Client, LocalCluster
 
-from virnuc_dask.cluster import WORKER_ENV
 from virnuc_dask.config import load_settings
 from virnuc_dask.errors import OutputDirError
 from virnuc_dask.pipeline import predict
@@ -49,16 +46,6 @@ def assert_same_outputs(out: Path, expected: Path) -> None:
 def digests(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def client():
-    need_reference()
-    with dask.config.set(WORKER_ENV), \
-            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                         resources={"GPU": 1}, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        yield client
 
 
 def settings_for(out: Path, inputs=(MIXED,), **overrides):
