@@ -35,6 +35,17 @@ def test_bench_runs_and_writes_sane_json(tmp_path, capsys):
     assert result["reads"] == 24 and result["orfs"] >= 24
     # the pipeline and the original way computed the same scores
     assert result["original_style"]["max_score_diff_vs_pipeline"] <= 1e-5
+    # the bound: the original way's time over the pipeline's FLOPs run at the peak
+    original = result["original_style"]
+    at_peak = sum(result["stages"][m]["flops"] for m in ("esm", "dnabert")) / \
+        result["matmul_peak_flops"]
+    assert result["speedup_bound"] == pytest.approx(original["seconds"] / at_peak)
+    assert original["speedup_bound_embedding"] == pytest.approx(
+        (original["timings_s"]["esm"] + original["timings_s"]["dnabert"]) / at_peak, rel=1e-3)
+    assert result["speedup_bound"] >= original["speedup_bound_embedding"] > 1
+    assert all(0 < u < 1.5 for u in original["utilization"].values())
+    assert 0 < result["store_share"] < 1
+    assert result["scaling"][0]["store_seconds"] > 0
     interleaved = result["original_style"]["interleaved"]
     assert interleaved["orfs"] == result["orfs"] and interleaved["embedding_speedup"] > 0
     assert set(result["load_average"]) >= {"start", "predict_1w", "original"}

@@ -37,6 +37,7 @@ from distributed.metrics import context_meter
 logger = logging.getLogger(__name__)
 
 EMBED_STAGE = "embed"
+STORE_STAGE = "store-embeddings"
 # Unit and label of each throughput figure logged by an embedding task.
 ORFS = ("embedded", "orfs")
 MODELS = ("dnabert", "esm")

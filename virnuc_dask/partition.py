@@ -16,6 +16,9 @@ once ``SYSTEMIC_FAILURES`` records in a row have failed with no success between
 them. A partition none of whose records could be embedded is written but not
 recorded as finished: the next run tries it again.
 
+The rows are written by a task of their own (:func:`store_partition`), which a
+worker's second thread runs while the device embeds the next partition.
+
 >>> guard = FailureGuard(limit=2)
 >>> guard.failed("r1_chunk_1F1", "esm", ValueError("bad"))
 >>> guard.succeeded()
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -125,14 +129,15 @@ def _merge_stats(stats: list[Any]) -> dict[str, float]:
     return merged
 
 
-def embed_partition(orfs: list, meta: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Embed one partition's ORFs with both models and write its rows to the store.
+def embed_partition(orfs: list, meta: dict[str, Any]) -> dict[str, Any]:
+    """Embed one partition's ORFs with both models (the task holding the device).
 
-    ``meta`` is a one-element list (a Dask bag partition) with ``partition``,
-    ``row_start``, ``out``, ``toks_per_batch`` and ``dnabert_toks_per_batch``.
-    Returns one dict: partition, rows, worker, per-model stats and the failed records.
+    ``meta``: ``partition``, ``row_start``, ``out``, ``toks_per_batch`` and
+    ``dnabert_toks_per_batch``. Returns the rows for :func:`store_partition`: ``meta``,
+    ``ids``, ``arrays`` (per model), ``info`` (worker, per-model stats) and ``failed``.
+    Writing is left to that separate task, so that the device is free for the next
+    partition while these rows go to disk (a worker's other thread runs it).
     """
-    (meta,) = meta
     models = worker_models()
     dims = models.dims
     # Held here, so that a plugin torn down meanwhile (worker closing) cannot pull the
@@ -168,11 +173,22 @@ def embed_partition(orfs: list, meta: list[dict[str, Any]]) -> list[dict[str, An
     row_start = meta["row_start"]
     failed_rows = [{"row": row_start + f.index, "id": ids[f.index], "stage": f.stage,
                     "error": f.error} for f in sorted(failures, key=lambda f: f.index)]
+    record_embedding(len(orfs) - len(failed_rows),
+                     {m: (info[m]["real_tokens"], info[m]["seconds"]) for m in arrays})
+    return {"meta": meta, "ids": ids, "arrays": arrays, "info": info, "failed": failed_rows}
+
+
+def store_partition(embedded: dict[str, Any]) -> dict[str, Any]:
+    """Write the rows of :func:`embed_partition` to the store, flushed, then record the
+    partition as done. Returns its stats: partition, rows, worker, per-model stats,
+    ``store_seconds`` and the failed records."""
+    meta, ids, failed_rows = embedded["meta"], embedded["ids"], embedded["failed"]
+    info = dict(embedded["info"])
+    t = time.perf_counter()
     # A partition of which nothing could be embedded is not recorded as done: whatever
     # made every record fail (a fault that comes and goes) gets another chance next run.
     EmbeddingStore(meta["out"]).write_partition(
-        meta["partition"], row_start, ids, arrays, info, failed=failed_rows,
-        done=len(failed_rows) < len(orfs))
-    record_embedding(len(orfs) - len(failed_rows),
-                     {m: (info[m]["real_tokens"], info[m]["seconds"]) for m in arrays})
-    return [{"partition": meta["partition"], "rows": len(orfs), **info, "failed": failed_rows}]
+        meta["partition"], meta["row_start"], ids, embedded["arrays"], info,
+        failed=failed_rows, done=len(failed_rows) < len(ids))
+    info["store_seconds"] = time.perf_counter() - t
+    return {"partition": meta["partition"], "rows": len(ids), **info, "failed": failed_rows}

@@ -19,6 +19,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -42,12 +43,12 @@ from distributed import Client, as_completed
 from . import __version__
 from .classifier import score
 from .cluster import torch_threads_by_host
-from .dashboard import EMBED_STAGE, ThroughputMetrics, task_key, unique_key
+from .dashboard import EMBED_STAGE, STORE_STAGE, ThroughputMetrics, task_key, unique_key
 from .errors import ModelLoadError, OutputDirError, SystemicFailure
 from .fasta import check_input, plan_blocks
 from .orfs import BlockOrfs, id_hashes, read_orfs
 from .outputs import BlockCounts, assemble, remove_results, write_block
-from .partition import SYSTEMIC_FAILURES, embed_partition
+from .partition import SYSTEMIC_FAILURES, embed_partition, store_partition
 from .plugin import ModelPlugin, ModelSpec, worker_models
 from .store import MODEL_ARRAYS, EmbeddingStore, atomic_write_text, naming
 
@@ -379,39 +380,43 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
 def _embed(client, settings, store, tables, plan, todo, tick) -> list[dict[str, Any]]:
     if not todo:
         return []
-    parts = []
-    metas = []
+    # Embedding tasks hold the device (the GPU=1 resource, where every worker has one);
+    # reading, slicing and writing run beside them in the workers' other threads.
+    resources = _embed_resources(client)
+    stored = []
     for p in todo:
         row_start, pieces = plan[p]
         slices = [dask.delayed(_take, pure=True)(
             tables[b], lo, hi, dask_key_name=task_key("orf-slice", tables[b], lo, hi))
             for b, lo, hi in pieces]
-        parts.append(dask.delayed(_gather, pure=True)(
-            *slices, dask_key_name=task_key("partition", *slices)))
-        metas.append({"partition": p, "row_start": row_start, "out": str(store.out),
-                      "toks_per_batch": settings.toks_per_batch,
-                      "dnabert_toks_per_batch": settings.dnabert_toks_per_batch})
-    orf_bag = db.from_delayed(parts)
-    meta_bag = db.from_sequence(metas, npartitions=len(metas))
-    embedded = orf_bag.map_partitions(embed_partition, meta_bag, token=EMBED_STAGE)
-    resources = _embed_resources(client)
-    futures = client.compute(embedded.to_delayed(), resources=resources, retries=1)
+        part = dask.delayed(_gather, pure=True)(
+            *slices, dask_key_name=task_key("partition", *slices))
+        meta = {"partition": p, "row_start": row_start, "out": str(store.out),
+                "toks_per_batch": settings.toks_per_batch,
+                "dnabert_toks_per_batch": settings.dnabert_toks_per_batch}
+        with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
+            embedded = dask.delayed(embed_partition, pure=True)(
+                part, meta, dask_key_name=task_key(EMBED_STAGE, part, meta))
+        stored.append(dask.delayed(store_partition, pure=True)(
+            embedded, dask_key_name=task_key(STORE_STAGE, embedded)))
+    # Unoptimised: fusing would merge the embedding and store tasks (and lose the
+    # annotation that keeps only one embedding task per device).
+    futures = client.compute(stored, retries=1, optimize_graph=False)
     stats = []
     streak = 0  # failed records of partitions in which every record failed, in a row
     try:
         for n, fut in enumerate(as_completed(futures), 1):
-            done = fut.result()
-            stats.extend(done)
-            for entry in done:
-                rows = entry["rows"]
-                streak = streak + rows if rows and len(entry["failed"]) == rows else 0
-                if streak >= SYSTEMIC_FAILURES:
-                    raise SystemicFailure(
-                        f"embedding stopped: {streak} records in a row failed, the last "
-                        f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
-                        "fault is not in the input records: check the model files, the "
-                        "device and its driver")
-            tick("embed", n, len(futures), partitions=done)
+            entry = fut.result()
+            stats.append(entry)
+            rows = entry["rows"]
+            streak = streak + rows if rows and len(entry["failed"]) == rows else 0
+            if streak >= SYSTEMIC_FAILURES:
+                raise SystemicFailure(
+                    f"embedding stopped: {streak} records in a row failed, the last "
+                    f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
+                    "fault is not in the input records: check the model files, the "
+                    "device and its driver")
+            tick("embed", n, len(futures), partitions=[entry])
     except BaseException:
         client.cancel(futures)
         raise
@@ -424,12 +429,13 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
                   "oom_splits": 0, "seconds": 0.0} for m in MODEL_ARRAYS}
     for entry in partition_stats:
         w = workers.setdefault(entry["worker"], {
-            "partitions": 0, "orfs": 0, "seconds": 0.0,
+            "partitions": 0, "orfs": 0, "seconds": 0.0, "store_seconds": 0.0,
             "tokens": dict.fromkeys(MODEL_ARRAYS, 0),
             "model_seconds": dict.fromkeys(MODEL_ARRAYS, 0.0)})
         w["partitions"] += 1
         w["orfs"] += entry["esm"]["sequences"]
         w["seconds"] += entry["esm"]["seconds"] + entry["dnabert"]["seconds"]
+        w["store_seconds"] += entry.get("store_seconds", 0.0)
         for m in MODEL_ARRAYS:
             w["tokens"][m] += entry[m]["real_tokens"]
             w["model_seconds"][m] += entry[m]["seconds"]
