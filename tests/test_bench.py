@@ -91,3 +91,24 @@ def test_dnabert_flops_count_every_linear_layer():
 
 def test_matmul_peak_is_a_rate():
     assert 1e8 < matmul_peak("cpu", size=256, repeats=2, rounds=1) < 1e14
+
+
+@pytest.mark.parametrize(("size", "esm_params"), [("650m", 651_043_254), ("real", 2_839_005_634)])
+def test_gpu_sizes_are_the_published_layouts(size, esm_params):
+    """``--size 650m|real`` build ESM-2 650M / 3B (fair-esm's own class, counted on the meta
+    device) and DNABERT-S's 117M-parameter encoder (with its 4096-token vocabulary)."""
+    import esm
+    from esm.model.esm2 import ESM2
+
+    from virnuc_dask.bench import SIZES
+    from virnuc_dask.dnabert import DnabertConfig, DnabertS
+
+    e, d = SIZES[size]["esm"], SIZES[size]["dnabert"]
+    with torch.device("meta"):
+        model = ESM2(num_layers=e["layers"], embed_dim=e["dim"], attention_heads=e["heads"],
+                     alphabet=esm.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
+        dnabert = DnabertS(DnabertConfig(
+            vocab_size=4096, hidden_size=d["hidden"], num_hidden_layers=d["layers"],
+            num_attention_heads=d["heads"], intermediate_size=d["intermediate"]))
+    assert sum(p.numel() for p in model.parameters()) == esm_params
+    assert 116e6 < sum(p.numel() for p in dnabert.parameters()) < 118e6
