@@ -112,3 +112,17 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
             num_attention_heads=d["heads"], intermediate_size=d["intermediate"]))
     assert sum(p.numel() for p in model.parameters()) == esm_params
     assert 116e6 < sum(p.numel() for p in dnabert.parameters()) < 118e6
+
+
+def test_stage_figures_of_concurrent_workers_are_the_machine_rate():
+    """Stage seconds of a run are summed over its workers, which embed at the same time:
+    with two workers the machine did the FLOPs in half the summed seconds."""
+    from virnuc_dask.bench import stage_figures
+
+    stage = {"seconds": 10.0, "real_tokens": 900, "padded_tokens": 1000, "batches": 3}
+    one = stage_figures(stage, flops=1e12, peak=1e11)
+    two = stage_figures(stage, flops=1e12, peak=1e11, workers=2)
+    assert one["utilization"] == pytest.approx(1.0) and one["tokens_per_s"] == pytest.approx(90)
+    assert two["utilization"] == pytest.approx(2.0) and two["tokens_per_s"] == pytest.approx(180)
+    assert two["seconds"] == pytest.approx(5.0) and two["worker_seconds"] == pytest.approx(10.0)
+    assert two["padding_efficiency"] == one["padding_efficiency"] == pytest.approx(0.9)

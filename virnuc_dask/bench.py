@@ -216,11 +216,17 @@ def run_pipeline(settings, workers: int) -> dict[str, Any]:
             "per_worker": per_worker, "out": str(result.out)}
 
 
-def stage_figures(stage: dict[str, Any], flops: float, peak: float) -> dict[str, float]:
-    """Tokens/s, FLOP/s, utilisation and padding efficiency of one stage of a run."""
-    seconds = stage["seconds"]
+def stage_figures(stage: dict[str, Any], flops: float, peak: float,
+                  workers: int = 1) -> dict[str, float]:
+    """Tokens/s, FLOP/s, utilisation and padding efficiency of one stage of a run.
+
+    A run's stage seconds are summed over its ``workers``, which embed at the same time
+    on the same machine: the machine did the stage in ``seconds / workers``.
+    """
+    seconds = stage["seconds"] / workers
     return {"tokens": stage["real_tokens"], "padded_tokens": stage["padded_tokens"],
-            "batches": stage["batches"], "seconds": seconds,
+            "batches": stage["batches"], "seconds": seconds, "workers": workers,
+            "worker_seconds": stage["seconds"],
             "tokens_per_s": stage["real_tokens"] / seconds,
             "flops": flops, "flop_per_s": flops / seconds,
             "utilization": flops / seconds / peak,
@@ -485,9 +491,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         scaling.append(run_pipeline(settings, n))
         loads[f"predict_{n}w"] = os.getloadavg()[0]
         peaks.append(matmul_peak(device, peak_dtype))
-    first = scaling[0]
+    # The stage figures come from the run with the fewest workers (one worker has the
+    # whole machine; more are normalised by their count, see stage_figures).
+    first = min(scaling, key=lambda r: r["workers"])
     peak = max(peaks)
-    stages = {m: stage_figures(first["embedding"][m], flops[m], peak) for m in flops}
+    stages = {m: stage_figures(first["embedding"][m], flops[m], peak, first["workers"])
+              for m in flops}
     best = max(scaling, key=lambda r: r["reads_per_s"])
 
     original: dict[str, Any] = {}
@@ -593,7 +602,8 @@ def render(result: dict[str, Any]) -> Any:
         p = result["prefetch"][m]
         add(f"{name} stage", f"{s['utilization']:.0%} of peak",
             f"{_fmt_rate(s['tokens_per_s'], 'tok/s')}, {_fmt_rate(s['flop_per_s'], 'FLOP/s')}, "
-            f"padding eff. {s['padding_efficiency']:.3f}, {s['batches']} batches")
+            f"padding eff. {s['padding_efficiency']:.3f}, {s['batches']} batches"
+            + (f", {s['workers']} workers at once" if s.get("workers", 1) > 1 else ""))
         add(f"{name} prefetch", f"x{p['ratio']:.2f}",
             f"{_fmt_rate(p['tokens_per_s_prefetch'], 'tok/s')} with, "
             f"{_fmt_rate(p['tokens_per_s_inline'], 'tok/s')} without; batch preparation "
