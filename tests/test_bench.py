@@ -126,3 +126,19 @@ def test_stage_figures_of_concurrent_workers_are_the_machine_rate():
     assert two["utilization"] == pytest.approx(2.0) and two["tokens_per_s"] == pytest.approx(180)
     assert two["seconds"] == pytest.approx(5.0) and two["worker_seconds"] == pytest.approx(10.0)
     assert two["padding_efficiency"] == one["padding_efficiency"] == pytest.approx(0.9)
+
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_bench_classifier_takes_both_embedding_widths(tmp_path, given):
+    """The classifier built for the bench reads DNABERT-S + ESM-2 embeddings: of the
+    ``--size small`` models (256 + 320), or of the files given instead (64 + 64)."""
+    from virnuc_dask.bench import build_models
+    from virnuc_dask.classifier import load_classifier
+
+    files = {}
+    if given:
+        need_reference()
+        files = {"esm_model": TINY["esm_model"], "dnabert_model": TINY["dnabert_model"]}
+    paths = build_models(tmp_path, "small", **files)
+    assert load_classifier(paths["classifier"]).input_dim == (128 if given else 576)

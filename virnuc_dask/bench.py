@@ -94,10 +94,12 @@ def build_models(directory: Path, size: str, *, esm_model: str | None = None,
     if esm_model is None:
         e = shape["esm"]
         esm_model = str(build_esm(directory / f"esm2_t{e['layers']}_{e['dim']}_bench.pt", **e))
+        esm_dim = e["dim"]  # not read back: with --size real that is an 11 GB load
+    else:
+        esm_dim = load_esm(esm_model)[0].embed_dim
     if dnabert_model is None:
         d = shape["dnabert"]
         dnabert_model = str(build_dnabert(directory / "dnabert_s_bench", **d))
-    esm_dim = load_esm(esm_model)[0].embed_dim
     dnabert_dim = DnabertConfig.from_json(
         resolve_dnabert_dir(dnabert_model) / "config.json").hidden_size
     classifier = build_classifier(directory / "mlp_bench.pth", input_dim=dnabert_dim + esm_dim)
