@@ -1,4 +1,4 @@
-"""Six-frame ORF speed: virnuc_dask.translate against the original and two alternatives.
+"""Six-frame ORF speed: virnuc_dask.core.translate against the original and two alternatives.
 
     python benchmarks/bench_translate.py [--chunks 20000] [--repeat 3]
 
@@ -26,7 +26,7 @@ from itertools import repeat
 
 import numpy as np
 
-from virnuc_dask.translate import CODON_TABLE, six_frame_orfs
+from virnuc_dask.core.translate import CODON_TABLE, six_frame_orfs
 
 Result = list[tuple[str, str, str]]
 NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")

@@ -22,8 +22,8 @@ import dask
 from distributed import Client, LocalCluster
 
 from virnuc_dask import WORKER_ENV, predict
-from virnuc_dask.dashboard import worker_throughput
-from virnuc_dask.demo import build_demo
+from virnuc_dask.dataflow.dashboard import worker_throughput
+from virnuc_dask.tools.demo import build_demo
 
 work = Path("virnuc-walkthrough")
 demo = build_demo(work)  # example.fa and three demonstration models

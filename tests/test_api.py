@@ -5,8 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import TINY, need_reference, read_embeddings_tsv
-from test_parity import assert_matches_reference, read_results
+from helpers import TINY, assert_matches_reference, read_embeddings_tsv, read_results
 
 import virnuc_dask
 from virnuc_dask import Prediction, predict
@@ -40,7 +39,6 @@ def test_predict_returns_lazy_arrays_and_paths(client, reference, tmp_path):
 
 
 def test_predict_starts_and_stops_its_own_cluster(reference, tmp_path):
-    need_reference()
     result = predict([str(reference / "dev" / "basic" / "input.fa")], out=tmp_path,
                      classifier=TINY["classifier"], length=500,
                      esm_model=TINY["esm_model"], dnabert_model=TINY["dnabert_model"],

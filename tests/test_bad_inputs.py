@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REFERENCE, TINY, need_reference
+from helpers import REFERENCE, TINY
 
 BASIC = REFERENCE / "dev" / "basic" / "input.fa"
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
@@ -71,7 +71,6 @@ def rows(path: Path) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def previous(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """An output directory holding a complete earlier run (of dev/basic)."""
-    need_reference()
     out = tmp_path_factory.mktemp("previous")
     proc = run_cli([BASIC], out)
     assert proc.returncode == 0, proc.stderr
@@ -110,7 +109,7 @@ def corrupt_dnabert(tmp: Path) -> dict[str, str]:
 
 
 def narrow_classifier(tmp: Path) -> dict[str, str]:
-    from virnuc_dask.classifier import MLPClassifier
+    from virnuc_dask.models.classifier import MLPClassifier
 
     path = tmp / "classifier_100.pth"
     torch.save(MLPClassifier(100, 32, 2).state_dict(), path)
@@ -172,7 +171,6 @@ def test_bad_input_stops_the_run_and_keeps_earlier_results(previous, tmp_path, c
 
 
 def test_unwritable_output_directory(tmp_path):
-    need_reference()
     parent = tmp_path / "locked"
     parent.mkdir()
     if os.geteuid() == 0:  # root writes through permissions: use a read-only filesystem

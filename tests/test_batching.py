@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from virnuc_dask.batching import budget_from_memory, padding_efficiency, token_budget_batches
+from virnuc_dask.core.batching import budget_from_memory, padding_efficiency, token_budget_batches
 
 
 def test_every_index_once_and_budget_respected():
@@ -45,12 +45,15 @@ def test_large_budgets_close_batches_at_the_padding_limit():
     assert sorted(np.concatenate(batches).tolist()) == list(range(3000))
 
 
-@pytest.mark.parametrize("name", ["reads_2k.fa", "reads_20k.fa"])
-def test_pipeline_partitions_of_perf_inputs_pad_little(reference, name):
-    from virnuc_dask.fasta import plan_blocks, read_block
-    from virnuc_dask.orfs import orfs_from_records
+@pytest.mark.parametrize("n", [2000, 20000])
+def test_pipeline_partitions_of_perf_inputs_pad_little(tmp_path, n):
+    from helpers import write_perf_reads
 
-    records = [r for b in plan_blocks([str(reference / "perf" / name)]) for r in read_block(b)]
+    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.orfs import orfs_from_records
+
+    reads = write_perf_reads(tmp_path / "reads.fa", n, seed=n)
+    records = [r for b in plan_blocks([str(reads)]) for r in read_block(b)]
     for length in (300, 500):
         lengths = np.array([len(o.protein) + 2 for o in orfs_from_records(records, length).orfs])
         for budget in (2048, 32768):  # CPU default, GPU ceiling

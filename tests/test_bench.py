@@ -8,11 +8,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, need_reference
+from helpers import TINY
 from torch.utils.flop_counter import FlopCounterMode
 
-from virnuc_dask.bench import REQUIRED_KEYS, dnabert_shape, esm_shape, matmul_peak, model_flops
-from virnuc_dask.cli import main
+from virnuc_dask.cli.main import main
+from virnuc_dask.tools.bench import (
+    REQUIRED_KEYS,
+    dnabert_shape,
+    esm_shape,
+    matmul_peak,
+    model_flops,
+)
 
 
 def test_bench_runs_and_writes_sane_json(tmp_path, capsys):
@@ -64,8 +70,7 @@ def test_bench_rejects_bad_worker_counts(capsys):
 
 
 def test_flops_match_torch_flop_counter_on_fair_esm():
-    need_reference()
-    from virnuc_dask.esm2 import load_esm
+    from virnuc_dask.models.esm2 import load_esm
 
     model, _ = load_esm(TINY["esm_model"])
     length, e, vocab = 50, model.embed_dim, len(model.alphabet)
@@ -77,8 +82,7 @@ def test_flops_match_torch_flop_counter_on_fair_esm():
 
 
 def test_dnabert_flops_count_every_linear_layer():
-    need_reference()
-    from virnuc_dask.dnabert import load_dnabert
+    from virnuc_dask.models.dnabert import load_dnabert
 
     model, _ = load_dnabert(TINY["dnabert_model"])
     length, cfg = 40, model.config
@@ -100,8 +104,8 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
     import esm
     from esm.model.esm2 import ESM2
 
-    from virnuc_dask.bench import SIZES
-    from virnuc_dask.dnabert import DnabertConfig, DnabertS
+    from virnuc_dask.models.dnabert import DnabertConfig, DnabertS
+    from virnuc_dask.tools.bench import SIZES
 
     e, d = SIZES[size]["esm"], SIZES[size]["dnabert"]
     with torch.device("meta"):
@@ -117,7 +121,7 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
 def test_stage_figures_of_concurrent_workers_are_the_machine_rate():
     """Stage seconds of a run are summed over its workers, which embed at the same time:
     with two workers the machine did the FLOPs in half the summed seconds."""
-    from virnuc_dask.bench import stage_figures
+    from virnuc_dask.tools.bench import stage_figures
 
     stage = {"seconds": 10.0, "real_tokens": 900, "padded_tokens": 1000, "batches": 3}
     one = stage_figures(stage, flops=1e12, peak=1e11)
@@ -133,12 +137,11 @@ def test_stage_figures_of_concurrent_workers_are_the_machine_rate():
 def test_bench_classifier_takes_both_embedding_widths(tmp_path, given):
     """The classifier built for the bench reads DNABERT-S + ESM-2 embeddings: of the
     ``--size small`` models (256 + 320), or of the files given instead (64 + 64)."""
-    from virnuc_dask.bench import build_models
-    from virnuc_dask.classifier import load_classifier
+    from virnuc_dask.models.classifier import load_classifier
+    from virnuc_dask.tools.bench import build_models
 
     files = {}
     if given:
-        need_reference()
         files = {"esm_model": TINY["esm_model"], "dnabert_model": TINY["dnabert_model"]}
     paths = build_models(tmp_path, "small", **files)
     assert load_classifier(paths["classifier"]).input_dim == (128 if given else 576)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from Bio import SeqIO
+from helpers import REFERENCE
 
-from virnuc_dask.chunking import chunk_record, chunk_spans
+from virnuc_dask.core.chunking import chunk_record, chunk_spans
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CASES = sorted(p.parent for p in (REFERENCE / "dev").glob("*/input.fa"))
 
 
@@ -66,7 +66,6 @@ def test_chunk_record_ids_and_case() -> None:
     assert chunk_record("r", "ACGTA", 3) == [("r_chunk_1", "ACG"), ("r_chunk_2", "GTA")]
 
 
-@pytest.mark.skipif(not CASES, reason="reference data not available")
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 @pytest.mark.parametrize("length", [300, 500])
 def test_reference_chunks(case: Path, length: int) -> None:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from virnuc_dask.classifier import MLPClassifier, load_classifier, score
-from virnuc_dask.demo import build_classifier
 from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.models.classifier import MLPClassifier, load_classifier, score
+from virnuc_dask.tools.demo import build_classifier
 
 
 def test_loads_pickled_original_module(reference):
@@ -30,7 +30,7 @@ def test_demo_classifier_round_trips_as_main_class(tmp_path):
     assert b"__main__" in path.read_bytes()
     model = load_classifier(path)
     assert model.input_dim == 10
-    assert MLPClassifier.__module__ == "virnuc_dask.classifier"
+    assert MLPClassifier.__module__ == "virnuc_dask.models.classifier"
 
 
 def test_refuses_other_pickled_code(tmp_path):

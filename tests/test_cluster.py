@@ -16,18 +16,17 @@ from pathlib import Path
 
 import dask
 import pytest
-from conftest import TINY, need_reference
 from distributed import Client, LocalCluster
-from test_parity import assert_matches_reference
+from helpers import TINY, assert_matches_reference
 
-from virnuc_dask.cluster import (
+from virnuc_dask.cluster.start import (
     WORKER_ENV,
     WORKER_ENV_VALUE,
     WORKER_ENV_VARIABLE,
     open_client,
 )
 from virnuc_dask.config import ConfigError, load_settings
-from virnuc_dask.pipeline import predict
+from virnuc_dask.dataflow.pipeline import predict
 
 BIN = Path(sys.executable).parent
 STAGES = ("read_orfs", "orf-table", "orf-summary", "orf-slice", "embed", "classify",
@@ -48,7 +47,6 @@ def _wait_for_file(path: Path, procs: list[subprocess.Popen], timeout: float = 6
 @pytest.fixture(scope="module")
 def hand_started(tmp_path_factory):
     """`dask scheduler` + two `dask worker` processes; yields (address, scheduler file)."""
-    need_reference()
     base = tmp_path_factory.mktemp("hand-started")
     elsewhere = base / "worker-cwd"
     elsewhere.mkdir()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REFERENCE
 
-from virnuc_dask.dnabert import (
+from virnuc_dask.models.dnabert import (
     DnabertConfig,
     DnabertS,
     DnabertTokenizer,
@@ -24,13 +25,12 @@ from virnuc_dask.dnabert import (
     resolve_dnabert_dir,
 )
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF = REFERENCE
 TINY = REF / "models" / "dnabert_s_tiny"
 CASES = ["basic", "boundaries", "messy", "mixed"]
 LENGTHS = ["L300", "L500"]
 TOL = 1e-5
 
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason=f"reference data absent: {REF}")
 
 
 def read_fasta(path: Path) -> tuple[list[str], list[str]]:

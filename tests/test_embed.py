@@ -7,11 +7,13 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, need_reference
+from helpers import TINY
 
-from virnuc_dask.batching import token_budget_batches
-from virnuc_dask.dnabert import load_dnabert
-from virnuc_dask.embed import (
+from virnuc_dask.core.batching import token_budget_batches
+from virnuc_dask.models.dnabert import load_dnabert
+from virnuc_dask.models.esm2 import load_esm
+from virnuc_dask.models.esm_fast import SdpaEsm2
+from virnuc_dask.worker.embed import (
     CPU_TOKS_PER_BATCH,
     NonFiniteEmbedding,
     SequenceTooLarge,
@@ -21,8 +23,6 @@ from virnuc_dask.embed import (
     embed_esm,
     esm_bytes_per_token,
 )
-from virnuc_dask.esm2 import load_esm
-from virnuc_dask.esm_fast import SdpaEsm2
 
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
 
@@ -37,14 +37,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def esm():
-    need_reference()
     model, alphabet = load_esm(TINY["esm_model"])
     return SdpaEsm2(model), alphabet
 
 
 @pytest.fixture(scope="module")
 def dnabert():
-    need_reference()
     return load_dnabert(TINY["dnabert_model"])
 
 

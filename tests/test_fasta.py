@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from Bio import SeqIO
+from helpers import REFERENCE
 
-from virnuc_dask.fasta import (
+from virnuc_dask.core.fasta import (
     FastaBlock,
     FastaFormatError,
     Record,
@@ -19,7 +20,6 @@ from virnuc_dask.fasta import (
     record_problem,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 DEV_INPUTS = sorted((REFERENCE / "dev").glob("*/input.fa")) if REFERENCE.is_dir() else []
 BLOCKSIZES = (100, 1000, 4096, 64 * 2**20)
 
@@ -49,7 +49,6 @@ def assert_like_biopython(path: Path, blocksizes=BLOCKSIZES) -> None:
         assert {r.path for r in got} <= {str(path)}
 
 
-@pytest.mark.skipif(not DEV_INPUTS, reason="reference data not available")
 @pytest.mark.parametrize("path", DEV_INPUTS, ids=lambda p: p.parent.name)
 def test_reference_inputs_match_biopython(path: Path, tmp_path: Path) -> None:
     assert_like_biopython(path)

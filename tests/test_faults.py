@@ -23,19 +23,19 @@ import dask
 import numpy as np
 import pytest
 import zarr
-from conftest import REFERENCE, TINY, need_reference
 from distributed import Client, LocalCluster
+from helpers import REFERENCE, TINY
 
-from virnuc_dask.cluster import WORKER_ENV
+from virnuc_dask.cluster.start import WORKER_ENV
 from virnuc_dask.config import load_settings
-from virnuc_dask.embed import SequenceTooLarge
+from virnuc_dask.core.fasta import plan_blocks, read_block
+from virnuc_dask.core.orfs import orfs_from_records
+from virnuc_dask.dataflow.pipeline import predict
+from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.fasta import plan_blocks, read_block
-from virnuc_dask.orfs import orfs_from_records
-from virnuc_dask.partition import SYSTEMIC_FAILURES, FailureGuard, isolate_failures
-from virnuc_dask.pipeline import predict
-from virnuc_dask.plugin import PLUGIN_NAME
-from virnuc_dask.store import EmbeddingStore
+from virnuc_dask.worker.embed import SequenceTooLarge
+from virnuc_dask.worker.plugin import PLUGIN_NAME
+from virnuc_dask.worker.task import SYSTEMIC_FAILURES, FailureGuard, isolate_failures
 
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
            "read_predictions.tsv", "failed_records.tsv")
@@ -112,7 +112,6 @@ def local_cluster(workers: int):
 
 @pytest.fixture(scope="module")
 def client():
-    need_reference()
     with dask.config.set(WORKER_ENV), local_cluster(2) as cluster, Client(cluster) as client:
         yield client
 

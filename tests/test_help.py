@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from virnuc_dask.cli import build_parser, main
+from virnuc_dask.cli.main import build_parser, main
 from virnuc_dask.config import DEFAULTS_FILE, FILE_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]

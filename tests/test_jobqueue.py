@@ -12,11 +12,10 @@ from pathlib import Path
 
 import dask
 import pytest
-from conftest import TINY
-from test_parity import assert_matches_reference
+from helpers import TINY, assert_matches_reference
 
-from virnuc_dask.cli import main
-from virnuc_dask.cluster import (
+from virnuc_dask.cli.main import main
+from virnuc_dask.cluster.start import (
     JOBQUEUE_DEFAULTS,
     WORKER_ENV_EXPORT,
     job_script,

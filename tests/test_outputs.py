@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from virnuc_dask.fasta import Record
-from virnuc_dask.orfs import orfs_from_records
-from virnuc_dask.outputs import (
+from virnuc_dask.core.fasta import Record
+from virnuc_dask.core.orfs import orfs_from_records
+from virnuc_dask.dataflow.outputs import (
     FAILED,
     HIGHEST,
     PREDICTIONS,

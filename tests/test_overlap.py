@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import TINY
 from distributed import get_task_stream
+from helpers import TINY
 
 from virnuc_dask.config import load_settings
-from virnuc_dask.pipeline import predict
+from virnuc_dask.dataflow.pipeline import predict
 
 
 def _restrictions(dask_scheduler) -> dict[str, dict | None]:

@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
-from conftest import CASES, LENGTHS, TINY, read_embeddings_tsv
+from helpers import CASES, LENGTHS, TINY, assert_matches_reference
 
 from virnuc_dask.config import load_settings
-from virnuc_dask.pipeline import predict
-
-
-def read_results(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
-    lines = path.read_text().splitlines()
-    assert lines[0] == "Sequence_ID\tPrediction\tscore1\tscore2"
-    rows = [line.split("\t") for line in lines[1:]]
-    return [(r[0], r[1]) for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
-
-
-def assert_matches_reference(out: Path, ref: Path) -> None:
-    labels, scores = read_results(out / "prediction_results.txt")
-    ref_labels, ref_scores = read_results(ref / "prediction_results.txt")
-    assert labels == ref_labels
-    assert np.abs(scores - ref_scores).max() <= 1e-5
-    assert (out / "prediction_results_highestscore.csv").read_bytes() == \
-        (ref / "prediction_results_highestscore.csv").read_bytes()
-    group = zarr.open_group(out / "embeddings.zarr", mode="r")
-    for array, tsv in (("dnabert", "dnabert_s_embeddings.tsv"), ("esm", "esm_embeddings.tsv")):
-        ids, expected = read_embeddings_tsv(ref / tsv)
-        assert list(group["ids"][:]) == ids
-        assert np.abs(group[array][:] - expected).max() <= 1e-5
+from virnuc_dask.dataflow.pipeline import predict
 
 
 @pytest.mark.parametrize("case", CASES)

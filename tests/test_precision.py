@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CASES, LENGTHS, TINY, read_fasta_pairs
+from helpers import CASES, LENGTHS, TINY, read_fasta_pairs
 
-from virnuc_dask.bench import precision_agreement
-from virnuc_dask.plugin import resolve_precision
+from virnuc_dask.tools.bench import precision_agreement
+from virnuc_dask.worker.plugin import resolve_precision
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,7 +45,7 @@ def test_low_precisions_agree_with_fp32(reference, case, length):
 
 
 def test_unrunnable_precision_is_reported_not_raised(reference, monkeypatch):
-    import virnuc_dask.plugin as plugin
+    import virnuc_dask.worker.plugin as plugin
 
     monkeypatch.setitem(plugin.DTYPES, "fp8", torch.float8_e4m3fn)  # no CPU kernels
     nucleotides = [s for _, s in read_fasta_pairs(

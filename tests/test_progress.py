@@ -14,14 +14,12 @@ from pathlib import Path
 
 import dask
 import pytest
-from conftest import TINY, need_reference
 from distributed import Client, LocalCluster
+from helpers import REFERENCE, TINY
 
-from virnuc_dask.cluster import WORKER_ENV
-from virnuc_dask.logs import forward_worker_logs
-from virnuc_dask.progress import RunProgress, TerminalProgress, stage_table, status_line
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from virnuc_dask.cli.logs import forward_worker_logs
+from virnuc_dask.cli.progress import RunProgress, TerminalProgress, stage_table, status_line
+from virnuc_dask.cluster.start import WORKER_ENV
 
 
 def partition(worker: str, orfs: int, dn_tokens: int, dn_s: float, esm_tokens: int,
@@ -97,7 +95,7 @@ def test_stage_table_has_a_row_per_stage():
 
 
 def test_non_terminal_logs_a_line_every_interval(caplog):
-    caplog.set_level(logging.INFO, logger="virnuc_dask.progress")
+    caplog.set_level(logging.INFO, logger="virnuc_dask.cli.progress")
     with TerminalProgress(enabled=False, interval=0.2) as progress:
         progress("read", 0, 1)
         time.sleep(0.7)
@@ -117,7 +115,6 @@ def predict_command(out: Path, *extra: str, case: str = "mixed") -> list[str]:
 
 
 def test_cli_without_terminal_prints_periodic_progress_lines(tmp_path):
-    need_reference()
     proc = subprocess.run(
         predict_command(tmp_path / "out", "--partition-rows", "16",
                         "--progress-interval", "0.5", "--log-file", str(tmp_path / "log")),
@@ -137,7 +134,6 @@ def test_cli_without_terminal_prints_periodic_progress_lines(tmp_path):
 
 
 def test_quiet_prints_nothing_on_success(tmp_path):
-    need_reference()
     proc = subprocess.run(predict_command(tmp_path / "out", "--quiet", case="basic"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -146,7 +142,6 @@ def test_quiet_prints_nothing_on_success(tmp_path):
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 def test_live_display_in_a_terminal(tmp_path):
-    need_reference()
     # a tmux server of its own (-L), so that nothing else on the machine is touched
     tmux = ["tmux", "-L", f"virnuc-test-{tmp_path.name}", "-f", "/dev/null"]
     # the pane's own size, not a COLUMNS/LINES the test runner may have exported

@@ -11,23 +11,21 @@ from pathlib import Path
 import dask
 import numpy as np
 import pytest
-from conftest import TINY, need_reference
 from distributed import Client, LocalCluster
+from helpers import REFERENCE, TINY
 
-from virnuc_dask.chunking import chunk_spans
-from virnuc_dask.cli import main
-from virnuc_dask.cluster import WORKER_ENV
+from virnuc_dask.cli.main import main
+from virnuc_dask.cluster.start import WORKER_ENV
 from virnuc_dask.config import load_settings
-from virnuc_dask.pipeline import predict
-from virnuc_dask.report import COLOURS, figure_tracks, load_run, summary_text
+from virnuc_dask.core.chunking import chunk_spans
+from virnuc_dask.dataflow.pipeline import predict
+from virnuc_dask.tools.report import COLOURS, figure_tracks, load_run, summary_text
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CASE, LENGTH = "mixed", 300
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    need_reference()
     out = tmp_path_factory.mktemp("run")
     settings = load_settings(
         inputs=[str(REFERENCE / "dev" / CASE / "input.fa")],

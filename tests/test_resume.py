@@ -1,7 +1,7 @@
 """Resume: only unfinished partitions are computed, and the outputs equal an uninterrupted run.
 
 In-process runs cover half-written partitions, an interruption while the results
-were being written and guarded resume; command-line runs on ``perf/reads_2k.fa``
+were being written and guarded resume; command-line runs on 2,000 generated reads
 are killed for real (Ctrl-C, SIGTERM, SIGKILL of the client alone or of the process group)
 and run again.
 """
@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import REFERENCE, TINY, need_reference
+from helpers import REFERENCE, TINY
 
 from virnuc_dask.config import load_settings
+from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.errors import OutputDirError
-from virnuc_dask.pipeline import predict
 
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
            "read_predictions.tsv", "failed_records.tsv")
@@ -124,7 +124,7 @@ def altered_dnabert(tmp_path: Path) -> str:
 
 
 def altered_classifier(tmp_path: Path) -> str:
-    from virnuc_dask.classifier import load_classifier
+    from virnuc_dask.models.classifier import load_classifier
 
     model = load_classifier(TINY["classifier"])
     with torch.no_grad():
@@ -174,21 +174,17 @@ def test_overwrite_starts_afresh_without_stale_partitions(client, complete, tmp_
 
 # -- the command line, killed for real ------------------------------------------------------
 
-READS_2K = REFERENCE / "perf" / "reads_2k.fa"
-
-
-def cli(out: Path) -> list[str]:
-    return [sys.executable, "-m", "virnuc_dask", "predict", str(READS_2K), "--out", str(out),
+def cli(reads: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "virnuc_dask", "predict", str(reads), "--out", str(out),
             "--length", "500", "--precision", "fp32", "--partition-rows", "64",
             "--esm-model", TINY["esm_model"], "--dnabert-model", TINY["dnabert_model"],
             "--classifier", TINY["classifier"]]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    need_reference()
+def uninterrupted(tmp_path_factory, reads_2k) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted")
-    proc = subprocess.run(cli(out), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cli(reads_2k, out), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -211,10 +207,10 @@ def session_alive(sid: int) -> list[int]:
     return alive
 
 
-def interrupt(out: Path, how: str, after: int) -> int:
+def interrupt(reads: Path, out: Path, how: str, after: int) -> int:
     """Start the CLI, interrupt it ``how`` once ``after`` partitions are finished; return
     the partitions finished when it and its workers are gone."""
-    proc = subprocess.Popen(cli(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cli(reads, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while finished(out) < after:
@@ -244,17 +240,17 @@ def interrupt(out: Path, how: str, after: int) -> int:
 
 
 @pytest.mark.slow
-def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, tmp_path):
+def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, reads_2k, tmp_path):
     """Ctrl-C, SIGTERM, SIGKILL of the client alone, SIGKILL of the whole process group,
     each while partitions are being embedded; then the same command to the end."""
     out = tmp_path / "out"
     total = json.loads((uninterrupted / "run_summary.json").read_text())["partitions"]["total"]
     done = 0
     for how in ("ctrl-c", "sigterm", "sigkill-client", "sigkill-group"):
-        now = interrupt(out, how, after=done + 5)
+        now = interrupt(reads_2k, out, how, after=done + 5)
         assert done + 5 <= now < total, how
         done = now
-    again = subprocess.run(cli(out), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cli(reads_2k, out), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "Traceback" not in again.stderr
     summary = json.loads((out / "run_summary.json").read_text())

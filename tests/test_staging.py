@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE, TINY, need_reference
-from test_parity import assert_matches_reference
+from helpers import REFERENCE, TINY, assert_matches_reference
 
-from virnuc_dask.dnabert import load_dnabert
 from virnuc_dask.errors import ModelLoadError
-from virnuc_dask.esm2 import load_esm
-from virnuc_dask.staging import StagedModels, dnabert_cache, esm_cache
+from virnuc_dask.models.dnabert import load_dnabert
+from virnuc_dask.models.esm2 import load_esm
+from virnuc_dask.tools.staging import StagedModels, dnabert_cache, esm_cache
 
 ESM_NAME = "esm2_t2_64_tiny"
 DNABERT_ID = "zhihan1996/DNABERT-S"
@@ -40,7 +39,6 @@ def no_network_env(tmp_path: Path) -> dict[str, str]:
 
 def stage_tiny(root: Path, *, esm: bool = True, dnabert: bool = True) -> Path:
     """The tiny models where `models fetch --to root` puts the real ones."""
-    need_reference()
     if esm:
         checkpoints = esm_cache(root) / "checkpoints"
         checkpoints.mkdir(parents=True)

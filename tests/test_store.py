@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from virnuc_dask.store import EmbeddingStore, atomic_write_text, naming
+from virnuc_dask.dataflow.store import EmbeddingStore, atomic_write_text, naming
 
 DIMS = {"dnabert": 3, "esm": 5}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from Bio import SeqIO
+from helpers import REFERENCE
 
-from virnuc_dask.translate import FRAMES, Orf, reverse_complement, six_frame_orfs
+from virnuc_dask.core.translate import FRAMES, Orf, reverse_complement, six_frame_orfs
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CASES = sorted(p.parent for p in (REFERENCE / "dev").glob("*/input.fa"))
 
 # --- literal restatement of the original (units.translate_dna, identify_seq, make_predictdata)

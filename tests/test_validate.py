@@ -10,15 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import CASES, LENGTHS, TINY, need_reference
+from helpers import CASES, LENGTHS, REFERENCE, TINY
 
-from virnuc_dask.cli import main
+from virnuc_dask.cli.main import main
 from virnuc_dask.config import load_settings
-from virnuc_dask.fasta import plan_blocks, read_block
-from virnuc_dask.orfs import orfs_from_records
-from virnuc_dask.validate import esm_shape, validate
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from virnuc_dask.core.fasta import plan_blocks, read_block
+from virnuc_dask.core.orfs import orfs_from_records
+from virnuc_dask.tools.validate import esm_shape, validate
 
 
 def run_validate(capsys, *argv: str) -> tuple[int, str]:
@@ -37,7 +35,6 @@ def reference_summary() -> dict[str, dict[str, str]]:
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("length", LENGTHS)
 def test_counts_match_the_original(tmp_path, capsys, case, length):
-    need_reference()
     expected = reference_summary()[case]
     code, out = run_validate(capsys, str(REFERENCE / "dev" / case / "input.fa"),
                              "--length", str(length), "--json", str(tmp_path / "v.json"))
@@ -159,12 +156,11 @@ def test_findings_are_capped_per_kind(tmp_path, capsys):
 
 
 def test_estimate_uses_the_models_shapes_and_token_counts(tmp_path):
-    need_reference()
     import esm
     import torch
     from tokenizers import Tokenizer
 
-    from virnuc_dask.esm2 import load_esm
+    from virnuc_dask.models.esm2 import load_esm
 
     fa = str(REFERENCE / "dev" / "basic" / "input.fa")
     settings = load_settings(inputs=[fa], overrides={

@@ -19,10 +19,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "predict": "api", "Prediction": "api",
     "Settings": "config", "load_settings": "config",
-    "open_client": "cluster", "jobqueue_cluster": "cluster", "job_script": "cluster",
-    "WORKER_ENV": "cluster",
-    "ThroughputMetrics": "dashboard", "performance_report": "dashboard",
-    "StagedModels": "staging", "fetch_models": "staging",
+    "open_client": "cluster.start", "jobqueue_cluster": "cluster.start",
+    "job_script": "cluster.start", "WORKER_ENV": "cluster.start",
+    "ThroughputMetrics": "dataflow.dashboard", "performance_report": "dataflow.dashboard",
+    "StagedModels": "tools.staging", "fetch_models": "tools.staging",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -29,9 +29,10 @@ from typing import Any
 import dask.array as da
 from distributed import Client
 
+from virnuc_dask.dataflow.outputs import FAILED, HIGHEST, PREDICTIONS, READS, BlockCounts
+from virnuc_dask.dataflow.store import MODEL_ARRAYS
+
 from .config import load_settings
-from .outputs import FAILED, HIGHEST, PREDICTIONS, READS, BlockCounts
-from .store import MODEL_ARRAYS
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +105,10 @@ def predict(
     started for this run and stopped after it (the returned arrays read from disk
     and need no cluster). ``performance_report``: an HTML file for Dask's report.
     """
-    from .cluster import open_client
-    from .dashboard import dashboard_link
-    from .dashboard import performance_report as report
-    from .pipeline import predict as run_pipeline
+    from virnuc_dask.cluster.start import open_client
+    from virnuc_dask.dataflow.dashboard import dashboard_link
+    from virnuc_dask.dataflow.dashboard import performance_report as report
+    from virnuc_dask.dataflow.pipeline import predict as run_pipeline
 
     paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     overrides = {**options, "out": os.fspath(out),

@@ -1,0 +1,82 @@
+"""Test data and helpers shared by the test modules.
+
+Everything lives inside the repository: ``tests/data/reference`` holds the inputs and
+the outputs the original VirNucPro code produced on tiny models stored in the real
+formats (see its README); larger inputs are generated deterministically.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent / "data"
+REFERENCE = DATA / "reference"
+CASES = sorted(p.name for p in (REFERENCE / "dev").iterdir() if p.is_dir())
+LENGTHS = (300, 500)
+TINY = {
+    "esm_model": str(REFERENCE / "models" / "esm2_t2_64_tiny.pt"),
+    "dnabert_model": str(REFERENCE / "models" / "dnabert_s_tiny"),
+    "classifier": str(REFERENCE / "models" / "mlp_tiny.pth"),
+}
+
+
+def read_fasta_pairs(path: Path) -> list[tuple[str, str]]:
+    from Bio import SeqIO
+
+    return [(r.id, str(r.seq)) for r in SeqIO.parse(str(path), "fasta")]
+
+
+def read_embeddings_tsv(path: Path) -> tuple[list[str], np.ndarray]:
+    with open(path) as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    ids = [r[0] for r in rows[1:]]
+    return ids, np.array([[float(x) for x in r[1:]] for r in rows[1:]], dtype=np.float32)
+
+
+def read_results(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "Sequence_ID\tPrediction\tscore1\tscore2"
+    rows = [line.split("\t") for line in lines[1:]]
+    return [(r[0], r[1]) for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
+
+
+def assert_matches_reference(out: Path, ref: Path) -> None:
+    """``out`` holds what the original wrote in ``ref``: ids, calls, scores within 1e-5,
+    the per-chunk file byte for byte, both embeddings within 1e-5."""
+    import zarr
+
+    labels, scores = read_results(out / "prediction_results.txt")
+    ref_labels, ref_scores = read_results(ref / "prediction_results.txt")
+    assert labels == ref_labels
+    assert np.abs(scores - ref_scores).max() <= 1e-5
+    assert (out / "prediction_results_highestscore.csv").read_bytes() == \
+        (ref / "prediction_results_highestscore.csv").read_bytes()
+    group = zarr.open_group(out / "embeddings.zarr", mode="r")
+    for array, tsv in (("dnabert", "dnabert_s_embeddings.tsv"), ("esm", "esm_embeddings.tsv")):
+        ids, expected = read_embeddings_tsv(ref / tsv)
+        assert list(group["ids"][:]) == ids
+        assert np.abs(group[array][:] - expected).max() <= 1e-5
+
+
+# Coding-like reads: random sense codons, so most frames of most chunks are stop-free.
+_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
+          if a + b + c not in ("TAA", "TAG", "TGA")]
+
+
+def write_perf_reads(path: Path, n: int, *, seed: int = 2, prefix: str = "perf",
+                     min_length: int = 400, max_length: int = 600) -> Path:
+    """``n`` coding-like reads, ``min_length``–``max_length`` bp, upper case, wrapped at 60
+    (the shape of a sequencer's assembled reads); the same file for the same arguments."""
+    rng = random.Random(seed)
+    with open(path, "w") as fh:
+        for i in range(n):
+            length = rng.randint(min_length, max_length)
+            seq = "".join(rng.choices(_SENSE, k=length // 3 + 1))[:length]
+            fh.write(f">{prefix}_{i + 1:06d}\n")
+            for j in range(0, length, 60):
+                fh.write(seq[j:j + 60] + "\n")
+    return path

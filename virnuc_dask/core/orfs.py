@@ -1,0 +1,85 @@
+"""The ORF table of one input block: reads -> chunks -> six-frame ORFs (pure, no Dask).
+
+>>> from virnuc_dask.core.fasta import Record
+>>> table = orfs_from_records([Record("r1", "ATGAAACCC", "in.fa", 1)], chunk_size=300)
+>>> [o.id for o in table.orfs], table.reads[0].orfs
+(['r1_chunk_1F1', 'r1_chunk_1F3', 'r1_chunk_1R1', 'r1_chunk_1R2', 'r1_chunk_1R3'], 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+
+from virnuc_dask.core.chunking import chunk_record
+from virnuc_dask.core.fasta import FastaBlock, Record, read_block, record_problem
+from virnuc_dask.core.translate import Orf, six_frame_orfs
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadInfo:
+    """One input read as the outputs report it."""
+
+    id: str
+    length: int
+    chunks: int
+    orfs: int
+    path: str
+    line: int
+    problem: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockOrfs:
+    """Reads of one block (input order) and their ORFs (input order: chunk, then frame)."""
+
+    block: int
+    reads: list[ReadInfo]
+    orfs: list[Orf]
+
+    def without_reads(self, excluded: dict[int, str]) -> BlockOrfs:
+        """A copy in which the reads at the given positions are failed with the given reasons."""
+        if not excluded:
+            return self
+        reads, orfs, pos = [], [], 0
+        for i, read in enumerate(self.reads):
+            if i in excluded:
+                reads.append(dataclasses.replace(read, chunks=0, orfs=0, problem=excluded[i]))
+            else:
+                reads.append(read)
+                orfs.extend(self.orfs[pos:pos + read.orfs])
+            pos += read.orfs
+        return BlockOrfs(self.block, reads, orfs)
+
+
+def orfs_from_records(records: Iterable[Record], chunk_size: int, block: int = 0) -> BlockOrfs:
+    """Chunk and translate every acceptable record; records with a problem keep no ORF."""
+    reads: list[ReadInfo] = []
+    orfs: list[Orf] = []
+    for rec in records:
+        problem = record_problem(rec)
+        if problem is not None:
+            reads.append(ReadInfo(rec.id, len(rec.sequence), 0, 0, rec.path, rec.line, problem))
+            continue
+        before = len(orfs)
+        chunks = chunk_record(rec.id, rec.sequence, chunk_size)
+        for chunk_id, chunk_seq in chunks:
+            orfs.extend(six_frame_orfs(chunk_id, chunk_seq))
+        reads.append(ReadInfo(rec.id, len(rec.sequence), len(chunks), len(orfs) - before,
+                              rec.path, rec.line))
+    return BlockOrfs(block, reads, orfs)
+
+
+def read_orfs(block: FastaBlock, chunk_size: int) -> BlockOrfs:
+    """Read one FASTA block and build its ORF table."""
+    return orfs_from_records(read_block(block), chunk_size, block.index)
+
+
+def id_hashes(table: BlockOrfs) -> np.ndarray:
+    """64-bit hashes of the read ids, to find duplicates across blocks without moving ids."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(r.id.encode(), digest_size=8).digest(), "little")
+         for r in table.reads], dtype=np.uint64)

@@ -1,0 +1,486 @@
+"""The prediction dataflow on a Dask cluster.
+
+::
+
+    FASTA blocks --read_orfs--> ORF tables (one per block, held on the workers)
+        --plan--> partitions of ``partition_rows`` ORFs (input order) --embed--> embeddings.zarr
+        --classify (lazy from Zarr)--> scores --write_block--> part files --assemble--> results
+
+Usage::
+
+    from distributed import Client
+    from virnuc_dask.config import load_settings
+    from virnuc_dask.dataflow.pipeline import predict
+
+    settings = load_settings(inputs=["reads.fa"], overrides={"out": "out", ...})
+    with Client() as client:
+        result = predict(settings, client)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import dask.bag as db
+import numpy as np
+import zarr
+from distributed import Client, as_completed
+
+from virnuc_dask import __version__
+from virnuc_dask.cluster.start import torch_threads_by_host
+from virnuc_dask.core.fasta import check_input, plan_blocks
+from virnuc_dask.core.orfs import BlockOrfs, id_hashes, read_orfs
+from virnuc_dask.dataflow.dashboard import (
+    EMBED_STAGE,
+    STORE_STAGE,
+    ThroughputMetrics,
+    task_key,
+    unique_key,
+)
+from virnuc_dask.dataflow.outputs import BlockCounts, assemble, remove_results, write_block
+from virnuc_dask.dataflow.store import MODEL_ARRAYS, EmbeddingStore, atomic_write_text, naming
+from virnuc_dask.errors import ModelLoadError, OutputDirError, SystemicFailure
+from virnuc_dask.models.classifier import score
+from virnuc_dask.worker.plugin import ModelPlugin, ModelSpec, worker_models
+from virnuc_dask.worker.task import SYSTEMIC_FAILURES, embed_partition, store_partition
+
+logger = logging.getLogger(__name__)
+
+# ``progress(stage, done, total, **detail)``; stages and details: see virnuc_dask.cli.progress.
+Progress = Callable[..., None]
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run produced; ``exit_code`` follows the CLI's 0/2 convention."""
+
+    out: Path
+    counts: BlockCounts
+    partitions: int
+    partitions_reused: int
+    summary: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.counts.failed else 0
+
+
+# -- tasks (run on workers) ---------------------------------------------------------------
+
+def _first(partition: list[BlockOrfs]) -> BlockOrfs:
+    return partition[0]
+
+
+def _orf_count(table: BlockOrfs) -> int:
+    return len(table.orfs)
+
+
+def _summarize(table: BlockOrfs) -> tuple[int, np.ndarray]:
+    return len(table.orfs), id_hashes(table)
+
+
+def _take(table: BlockOrfs, lo: int, hi: int) -> list:
+    return table.orfs[lo:hi]
+
+
+def _gather(*pieces: list) -> list:
+    return [orf for piece in pieces for orf in piece]
+
+
+def _classify_rows(features: np.ndarray) -> np.ndarray:
+    return score(worker_models().classifier, features)
+
+
+def _model_facts() -> dict[str, Any]:
+    models = worker_models()
+    return {**models.dims, "precision": models.precision, "device": str(models.device)}
+
+
+def _write_block(table: BlockOrfs, row_start: int, store_path: str, parts: str,
+                 failed: dict[int, tuple[str, str]]) -> BlockCounts:
+    scores = zarr.open_array(store_path, path="scores", mode="r")
+    return write_block(table, scores[row_start:row_start + len(table.orfs)], parts, failed)
+
+
+# -- client side ----------------------------------------------------------------------------
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sampled_digest(path: Path, *, whole: int = 64 << 20, samples: int = 8) -> str:
+    """SHA-256 of a file, or for a file over ``whole`` bytes of its size and evenly spaced
+    1 MiB samples: any other checkpoint (even of the same shape) differs in every sample,
+    and a 6 GB model is identified in milliseconds."""
+    size = path.stat().st_size
+    if size <= whole:
+        return _file_digest(str(path))
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for k in range(samples):
+            fh.seek((size - (1 << 20)) * k // (samples - 1))
+            digest.update(fh.read(1 << 20))
+    return f"sampled:{digest.hexdigest()}"
+
+
+def _model_identity(source: str) -> str:
+    """A model by content (a local file or directory, wherever it lies) or by hub name."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _sampled_digest(path)
+    if path.is_dir():
+        return ",".join(f"{p.name}={_sampled_digest(p)}"
+                        for p in sorted(path.iterdir()) if p.is_file())
+    return source
+
+
+def fingerprint(settings, precision: str) -> dict[str, Any]:
+    """What must be equal for a stored partition to be reused."""
+    return {
+        "inputs": [{"path": str(Path(p).resolve()), "sha256": _file_digest(p)}
+                   for p in settings.inputs],
+        "length": settings.length,
+        "esm_model": _model_identity(settings.esm_model),
+        "dnabert_model": _model_identity(settings.dnabert_model),
+        "classifier": _file_digest(settings.classifier),
+        "precision": precision,
+        "partition_rows": settings.partition_rows,
+        "blocksize": settings.blocksize,
+    }
+
+
+def _fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _prepare_out(settings) -> Path:
+    out = Path(settings.out)
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(probe, "w") as fh:
+            fh.write("ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OutputDirError(
+            f"{out}: cannot write in the output directory: {exc.strerror}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    return out
+
+
+def _find_duplicates(hashes: list[np.ndarray]) -> dict[int, dict[int, str]]:
+    """Per block, the positions of reads whose id already occurred earlier in the input."""
+    allh = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    _, first = np.unique(allh, return_index=True)
+    dup = np.ones(len(allh), dtype=bool)
+    dup[first] = False
+    out: dict[int, dict[int, str]] = {}
+    offsets = np.cumsum([0] + [len(h) for h in hashes])
+    for pos in np.flatnonzero(dup):
+        block = int(np.searchsorted(offsets, pos, side="right") - 1)
+        out.setdefault(block, {})[int(pos - offsets[block])] = "duplicate read id"
+    return out
+
+
+def _plan_partitions(counts: list[int], rows: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """Cut the input-order ORF rows into partitions: (row_start, [(block, lo, hi), ...])."""
+    offsets = np.cumsum([0] + counts)
+    total = int(offsets[-1])
+    plan = []
+    for start in range(0, total, rows):
+        stop = min(start + rows, total)
+        pieces = []
+        for block, (b0, b1) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
+            lo, hi = max(start, b0), min(stop, b1)
+            if lo < hi:
+                pieces.append((block, int(lo - b0), int(hi - b0)))
+        plan.append((start, pieces))
+    return plan
+
+
+def _empty_inputs(blocks: list, reads_per_block: list[int]) -> list[tuple[str, str, str]]:
+    """A failed-records row (path, ``input``, why) for each input file without a record."""
+    reads: dict[str, int] = {}
+    for block, n in zip(blocks, reads_per_block, strict=True):
+        reads[block.path] = reads.get(block.path, 0) + n
+    return [(path, "input", "holds no FASTA record (empty file)")
+            for path, n in reads.items() if not n]
+
+
+def _failed_by_block(entries, offsets: np.ndarray) -> dict[int, dict[int, tuple[str, str]]]:
+    """Failed ORFs of the manifest entries as {block: {row in block: (stage, error)}}."""
+    out: dict[int, dict[int, tuple[str, str]]] = {}
+    for entry in entries:
+        for f in entry.get("failed", ()):
+            block = int(np.searchsorted(offsets, f["row"], side="right") - 1)
+            out.setdefault(block, {})[int(f["row"] - offsets[block])] = (f["stage"], f["error"])
+    return out
+
+
+def _embed_resources(client: Client) -> dict[str, int] | None:
+    """``{"GPU": 1}`` when every worker offers that resource, else no restriction."""
+    workers = client.scheduler_info()["workers"].values()
+    if workers and all(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers):
+        return {"GPU": 1}
+    return None
+
+
+def preflight(settings) -> None:
+    """Cheap checks of inputs, classifier and output directory, before a cluster starts.
+
+    Raises what :func:`predict` would raise later for the same problem.
+    """
+    if settings.classifier is None:
+        raise ModelLoadError(
+            "no classifier given: pass --classifier 300_model.pth or 500_model.pth")
+    if not Path(settings.classifier).is_file():
+        raise ModelLoadError(f"{settings.classifier}: classifier file not found")
+    for path in settings.inputs:
+        check_input(path)
+    _prepare_out(settings)
+
+
+def predict(settings, client: Client, *, progress: Progress | None = None) -> RunResult:
+    """Run the whole prediction for ``settings`` on ``client``'s cluster."""
+    tick = progress or (lambda stage, done, total, **detail: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    preflight(settings)
+    out = Path(settings.out)
+    blocks = plan_blocks(list(settings.inputs), settings.blocksize)
+    tick("models", 0, 1)
+
+    spec = ModelSpec(esm_model=settings.esm_model, dnabert_model=settings.dnabert_model,
+                     classifier=str(Path(settings.classifier).resolve()),
+                     precision=settings.precision, model_cache=settings.model_cache,
+                     offline=settings.offline, threads=settings.threads,
+                     threads_by_host=tuple(torch_threads_by_host(client).items()))
+    client.register_plugin(ModelPlugin(spec))
+    client.register_plugin(ThroughputMetrics())
+    facts = client.submit(_model_facts, key=unique_key("model-facts")).result()
+    dims = {"dnabert": facts["dnabert"], "esm": facts["esm"]}
+    if facts["classifier_input"] != dims["dnabert"] + dims["esm"]:
+        raise ModelLoadError(
+            f"{settings.classifier}: classifier expects {facts['classifier_input']} features, "
+            f"but DNABERT-S ({dims['dnabert']}) + ESM-2 ({dims['esm']}) give "
+            f"{dims['dnabert'] + dims['esm']}")
+    timings["load_models"] = time.perf_counter() - t0
+    tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
+
+    # Read and translate every block; the tables stay on the workers.
+    t = time.perf_counter()
+    tick("read", 0, len(blocks))
+    # (No retries: a read fails because of the file, and would fail again.)
+    tables = client.compute(
+        db.from_sequence(blocks, npartitions=max(1, len(blocks)))
+        .map(read_orfs, settings.length).to_delayed())
+    tables = [client.submit(_first, f, key=unique_key("orf-table")) for f in tables]
+    summaries = client.gather(client.map(_summarize, tables, key="orf-summary", pure=False))
+    empty_inputs = _empty_inputs(blocks, [len(h) for _, h in summaries])
+    duplicates = _find_duplicates([h for _, h in summaries])
+    for block, excluded in duplicates.items():
+        tables[block] = client.submit(BlockOrfs.without_reads, tables[block], excluded,
+                                      pure=False)
+    counts = [n for n, _ in summaries]
+    for block in duplicates:
+        counts[block] = client.submit(_orf_count, tables[block],
+                                      key=unique_key("orf-count")).result()
+    total_rows = sum(counts)
+    timings["read_translate"] = time.perf_counter() - t
+    tick("read", len(blocks), len(blocks), reads=sum(len(h) for _, h in summaries),
+         orfs=total_rows)
+
+    # Open or create the store; reuse finished partitions of the same run.
+    store = EmbeddingStore(out)
+    fp = fingerprint(settings, facts["precision"])
+    fp["rows"] = total_rows
+    if store.exists() and not settings.overwrite:
+        diffs = _fingerprint_differences(store.fingerprint, fp)
+        if diffs:
+            raise OutputDirError(
+                f"{out} holds a run with different {', '.join(diffs)}; "
+                "use another --out, or --overwrite to start afresh")
+    else:
+        # Results of the run being replaced must not outlive it next to the new store.
+        remove_results(out)
+        store = EmbeddingStore.create(out, rows=total_rows, dims=dims,
+                                      chunk_rows=settings.partition_rows, classes=2,
+                                      fingerprint=fp)
+    plan = _plan_partitions(counts, settings.partition_rows)
+    done = {p for p in store.done_partitions() if p < len(plan)}
+    todo = [p for p in range(len(plan)) if p not in done]
+    logger.info("%d ORFs in %d partitions, %d already done", total_rows, len(plan), len(done))
+
+    # Embed the remaining partitions.
+    t = time.perf_counter()
+    tick("embed", 0, len(todo), orfs_total=total_rows,
+         orfs_reused=total_rows - sum(hi - lo for p in todo for _, lo, hi in plan[p][1]))
+    partition_stats = _embed(client, settings, store, tables, plan, todo, tick)
+    timings["embed"] = time.perf_counter() - t
+
+    # Classify lazily from the store.
+    t = time.perf_counter()
+    tick("classify", 0, 1)
+    if total_rows:
+        x = da.concatenate([da.from_zarr(str(store.path), component=name)
+                            for name in MODEL_ARRAYS], axis=1).rechunk({1: -1})
+        scores = x.map_blocks(_classify_rows, dtype=np.float32, chunks=(x.chunks[0], (2,)),
+                              token="classify")
+        # Row chunks are the store's chunks: each task writes whole chunks of the array.
+        # Unfused, so that "classify" stays a task name of its own on the dashboard.
+        with naming(store.path):
+            client.compute(da.store(scores, store.group("r+")["scores"], lock=False,
+                                    compute=False), optimize_graph=False).result()
+    timings["classify"] = time.perf_counter() - t
+    tick("classify", 1, 1, orfs=total_rows)
+
+    # Write the result files.
+    t = time.perf_counter()
+    tick("write", 0, len(blocks))
+    parts = out / ".parts"
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir()
+    offsets = np.cumsum([0] + counts)
+    # Failed records: of partitions finished earlier, and of this run's (some unrecorded).
+    failed = _failed_by_block([*store.entries().values(), *partition_stats], offsets)
+    try:
+        counted = client.gather([
+            client.submit(_write_block, tables[b], int(offsets[b]), str(store.path),
+                          str(parts), failed.get(b, {}), key=unique_key("write-results"))
+            for b in range(len(blocks))])
+        total = BlockCounts(failed=len(empty_inputs))
+        for c in counted:
+            total.add(c)
+        assemble(parts, out, len(blocks), empty_inputs)
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+    timings["write"] = time.perf_counter() - t
+    tick("write", len(blocks), len(blocks), reads=total.reads)
+    timings["total"] = time.perf_counter() - t0
+
+    summary = _summary(settings, client, facts, total, plan, todo, partition_stats, timings)
+    atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2) + "\n")
+    return RunResult(out, total, len(plan), len(plan) - len(todo), summary)
+
+
+def _embed(client, settings, store, tables, plan, todo, tick) -> list[dict[str, Any]]:
+    if not todo:
+        return []
+    # Embedding tasks hold the device (the GPU=1 resource, where every worker has one);
+    # reading, slicing and writing run beside them in the workers' other threads.
+    resources = _embed_resources(client)
+    stored = []
+    for p in todo:
+        row_start, pieces = plan[p]
+        slices = [dask.delayed(_take, pure=True)(
+            tables[b], lo, hi, dask_key_name=task_key("orf-slice", tables[b], lo, hi))
+            for b, lo, hi in pieces]
+        part = dask.delayed(_gather, pure=True)(
+            *slices, dask_key_name=task_key("partition", *slices))
+        meta = {"partition": p, "row_start": row_start, "out": str(store.out),
+                "toks_per_batch": settings.toks_per_batch,
+                "dnabert_toks_per_batch": settings.dnabert_toks_per_batch}
+        with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
+            embedded = dask.delayed(embed_partition, pure=True)(
+                part, meta, dask_key_name=task_key(EMBED_STAGE, part, meta))
+        stored.append(dask.delayed(store_partition, pure=True)(
+            embedded, dask_key_name=task_key(STORE_STAGE, embedded)))
+    # Unoptimised: fusing would merge the embedding and store tasks (and lose the
+    # annotation that keeps only one embedding task per device).
+    futures = client.compute(stored, retries=1, optimize_graph=False)
+    stats = []
+    streak = 0  # failed records of partitions in which every record failed, in a row
+    try:
+        for n, fut in enumerate(as_completed(futures), 1):
+            entry = fut.result()
+            stats.append(entry)
+            rows = entry["rows"]
+            streak = streak + rows if rows and len(entry["failed"]) == rows else 0
+            if streak >= SYSTEMIC_FAILURES:
+                raise SystemicFailure(
+                    f"embedding stopped: {streak} records in a row failed, the last "
+                    f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
+                    "fault is not in the input records: check the model files, the "
+                    "device and its driver")
+            tick("embed", n, len(futures), partitions=[entry])
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return stats
+
+
+def _summary(settings, client, facts, total, plan, todo, partition_stats, timings):
+    workers: dict[str, dict[str, Any]] = {}
+    stages = {m: {"orfs": 0, "batches": 0, "real_tokens": 0, "padded_tokens": 0,
+                  "oom_splits": 0, "seconds": 0.0} for m in MODEL_ARRAYS}
+    for entry in partition_stats:
+        w = workers.setdefault(entry["worker"], {
+            "partitions": 0, "orfs": 0, "seconds": 0.0, "store_seconds": 0.0,
+            "tokens": dict.fromkeys(MODEL_ARRAYS, 0),
+            "model_seconds": dict.fromkeys(MODEL_ARRAYS, 0.0)})
+        w["partitions"] += 1
+        w["orfs"] += entry["esm"]["sequences"]
+        w["seconds"] += entry["esm"]["seconds"] + entry["dnabert"]["seconds"]
+        w["store_seconds"] += entry.get("store_seconds", 0.0)
+        for m in MODEL_ARRAYS:
+            w["tokens"][m] += entry[m]["real_tokens"]
+            w["model_seconds"][m] += entry[m]["seconds"]
+            stage = stages[m]
+            stage["orfs"] += entry[m]["sequences"]
+            for key in ("batches", "real_tokens", "padded_tokens", "oom_splits", "seconds"):
+                stage[key] += entry[m].get(key, 0)
+    for w in workers.values():
+        w["orfs_per_s"] = w["orfs"] / w["seconds"] if w["seconds"] else None
+        w["tokens_per_s"] = {m: w["tokens"][m] / s if s else None
+                             for m, s in w["model_seconds"].items()}
+    for stage in stages.values():
+        stage["tokens_per_s"] = stage["real_tokens"] / stage["seconds"] if stage["seconds"] \
+            else None
+        stage["padding_efficiency"] = stage["real_tokens"] / stage["padded_tokens"] \
+            if stage["padded_tokens"] else None
+    info = client.scheduler_info()
+    nthreads = {a: w.get("nthreads") for a, w in info["workers"].items()}
+    return {
+        "version": __version__,
+        "status": "partial" if total.failed else "complete",
+        "inputs": list(settings.inputs),
+        "length": settings.length,
+        "models": {"esm": {"source": settings.esm_model, "dim": facts["esm"]},
+                   "dnabert": {"source": settings.dnabert_model, "dim": facts["dnabert"]},
+                   "classifier": {"source": settings.classifier,
+                                  "input_dim": facts["classifier_input"]}},
+        "precision": facts["precision"],
+        "device": facts["device"],
+        "cluster": {"scheduler": info.get("address"), "workers": len(info["workers"]),
+                    "dashboard": getattr(client, "dashboard_link", None),
+                    "host": socket.gethostname(), "platform": platform.platform(),
+                    "threads_per_worker": nthreads},
+        "counts": dataclasses.asdict(total),
+        "partitions": {"total": len(plan), "computed": len(todo),
+                       "reused": len(plan) - len(todo)},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "reads_per_s": total.reads / timings["total"] if timings["total"] else None,
+        "workers": workers,
+        "embedding": stages,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

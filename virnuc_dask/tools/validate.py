@@ -1,0 +1,620 @@
+"""``virnuc-dask validate INPUT...``: check FASTA inputs without running any model.
+
+For each input: records, bases, the length distribution, the chunks and ORFs a
+run will produce (the same pure functions as ``predict``: ``orfs.orfs_from_records``),
+and every finding with its file, line and record:
+
+- **errors** (exit 1): the file cannot be read as FASTA at all: missing, a
+  directory, not FASTA, binary data, text that is not UTF-8, corrupt or
+  truncated gzip;
+- **problems** (exit 2): ``predict`` will skip these records and list them in
+  ``failed_records.tsv``: empty sequence (also a header-only file), characters
+  that are not IUPAC nucleotide codes, a read id seen before; or a file with no
+  record at all;
+- **notes** (exit code unchanged): accepted, but worth knowing: Windows (CRLF)
+  or old Mac (CR) line endings, reads shorter than 3 bp (no ORF possible; the
+  original drops them silently), very long reads.
+
+Finally an estimate of the embedding time for the chosen models on this
+machine: model FLOPs of every ORF (``2 x weights + attention`` per token, from
+the models' shapes and the ORFs' token counts) divided by a matrix-multiply rate
+measured here.
+
+>>> from virnuc_dask.core.fasta import Record
+>>> stats = FileStats("in.fa")
+>>> add_records(stats, [Record("r1", "ATGAAACCC", "in.fa", 1), Record("r2", "", "in.fa", 3)],
+...             chunk_size=300, max_findings=10)
+>>> stats.records, stats.orfs, [(f.line, f.message) for f in stats.findings]
+(2, 5, [(3, 'empty sequence')])
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import hashlib
+import json
+import logging
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from virnuc_dask.config import PRECISIONS, ConfigError, Settings, load_settings
+from virnuc_dask.core.fasta import FastaFormatError, Record, plan_blocks, read_block
+from virnuc_dask.core.orfs import orfs_from_records
+
+logger = logging.getLogger(__name__)
+
+EXIT_CLEAN, EXIT_UNREADABLE, EXIT_PROBLEMS = 0, 1, 2
+LONG_READ = 100_000
+#: Base pairs per DNABERT-S token, measured with the published tokenizer on coding-like
+#: reads (perf/reads_2k.fa ORFs: 4.76); used when the tokenizer is not on this machine.
+DNABERT_BP_PER_TOKEN = 4.76
+SAMPLE_FOR_TOKENIZER = 2000
+#: Shapes of the published models: layers, width, feed-forward width.
+ESM_SHAPES = {
+    "esm2_t6_8M_UR50D": (6, 320), "esm2_t12_35M_UR50D": (12, 480),
+    "esm2_t30_150M_UR50D": (30, 640), "esm2_t33_650M_UR50D": (33, 1280),
+    "esm2_t36_3B_UR50D": (36, 2560), "esm2_t48_15B_UR50D": (48, 5120),
+}
+DNABERT_SHAPES = {"zhihan1996/DNABERT-S": (12, 768, 3072)}
+ASSUMED_UTILIZATION = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """Something found in an input: ``kind`` is ``error``, ``problem`` or ``note``."""
+
+    kind: str
+    path: str
+    line: int | None
+    record: str | None
+    message: str
+
+    def __str__(self) -> str:
+        parts = [self.path]
+        if self.line is not None:
+            parts.append(f"line {self.line}")
+        if self.record is not None:
+            parts.append(f"record '{self.record}'")
+        return ": ".join([*parts, f"{self.kind}: {self.message}"])
+
+
+@dataclasses.dataclass
+class FileStats:
+    """What one input holds; ``findings`` keeps the first ``max_findings`` of each kind."""
+
+    path: str
+    compressed: bool = False
+    records: int = 0
+    bases: int = 0
+    chunks: int = 0
+    orfs: int = 0
+    reads_no_orf: int = 0
+    esm_tokens: int = 0
+    esm_tokens_sq: int = 0
+    nucleotide_bases: int = 0
+    nucleotide_sq: int = 0
+    lengths: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    counts: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"error": 0, "problem": 0, "note": 0})
+    hashes: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    lines: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    sample: list[str] = dataclasses.field(default_factory=list, repr=False)
+
+    def add(self, finding: Finding, max_findings: int) -> None:
+        self.counts[finding.kind] += 1
+        if sum(f.kind == finding.kind for f in self.findings) < max_findings:
+            self.findings.append(finding)
+
+    def length_array(self) -> np.ndarray:
+        return np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+
+
+def _id_hash(read_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(read_id.encode(), digest_size=8).digest(), "little")
+
+
+def add_records(stats: FileStats, records: Sequence[Record], *, chunk_size: int,
+                max_findings: int) -> None:
+    """Count one block's records into ``stats`` (chunks, ORFs, tokens, findings)."""
+    table = orfs_from_records(records, chunk_size)
+    stats.records += len(records)
+    lengths = np.fromiter((len(r.sequence) for r in records), np.int64, len(records))
+    stats.lengths.append(lengths)
+    stats.bases += int(lengths.sum())
+    stats.hashes.append(np.fromiter((_id_hash(r.id) for r in records), np.uint64,
+                                    len(records)))
+    stats.lines.append(np.fromiter((r.line for r in records), np.int64, len(records)))
+    for rec, read in zip(records, table.reads, strict=True):
+        if read.problem is not None:
+            stats.add(Finding("problem", rec.path, rec.line, rec.id, read.problem), max_findings)
+            continue
+        stats.chunks += read.chunks
+        stats.reads_no_orf += read.orfs == 0
+        if read.length < 3:
+            stats.add(Finding("note", rec.path, rec.line, rec.id,
+                              f"{read.length} bp: shorter than 3 bp, no ORF possible"),
+                      max_findings)
+        elif read.length >= LONG_READ:
+            stats.add(Finding("note", rec.path, rec.line, rec.id,
+                              f"long read: {read.length:,} bp, {read.chunks:,} chunks, "
+                              f"{read.orfs:,} ORFs"), max_findings)
+    stats.orfs += len(table.orfs)
+    protein = np.fromiter((len(o.protein) + 2 for o in table.orfs), np.int64, len(table.orfs))
+    nucleotide = np.fromiter((len(o.nucleotide) for o in table.orfs), np.int64,
+                             len(table.orfs))
+    stats.esm_tokens += int(protein.sum())
+    stats.esm_tokens_sq += int((protein ** 2).sum())
+    stats.nucleotide_bases += int(nucleotide.sum())
+    stats.nucleotide_sq += int((nucleotide ** 2).sum())
+    room = SAMPLE_FOR_TOKENIZER - len(stats.sample)
+    if room > 0:
+        stats.sample.extend(o.nucleotide for o in table.orfs[:room])
+
+
+def _line_endings(path: str, compressed: bool) -> Finding | None:
+    """A note when the file's first 1 MiB uses CRLF or lone CR line ends."""
+    try:
+        opener = gzip.open if compressed else open
+        with opener(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except (OSError, EOFError, zlib.error):
+        return None
+    crlf = head.find(b"\r\n")
+    if crlf >= 0:
+        return Finding("note", path, head.count(b"\n", 0, crlf) + 1, None,
+                       "Windows line endings (CRLF); accepted")
+    cr = head.find(b"\r")
+    if cr >= 0:
+        return Finding("note", path, head.count(b"\n", 0, cr) + 1, None,
+                       "old Mac line endings (CR); accepted")
+    return None
+
+
+def check_file(path: str, *, chunk_size: int, blocksize: int, max_findings: int) -> FileStats:
+    """Read one input completely; unreadable parts become ``error`` findings."""
+    stats = FileStats(path)
+    try:
+        blocks = plan_blocks([path], blocksize)
+    except FileNotFoundError:
+        stats.add(Finding("error", path, None, None, "no such file"), max_findings)
+        return stats
+    except FastaFormatError as exc:
+        stats.add(_format_error(path, exc), max_findings)
+        return stats
+    except OSError as exc:
+        stats.add(Finding("error", path, None, None, f"cannot be read: {exc.strerror}"),
+                  max_findings)
+        return stats
+    stats.compressed = blocks[0].stop is None and _is_gzip(path)
+    ending = _line_endings(path, stats.compressed)
+    if ending is not None:
+        stats.add(ending, max_findings)
+    for block in blocks:
+        try:
+            records = read_block(block)
+        except FastaFormatError as exc:
+            stats.add(_format_error(path, exc), max_findings)
+            return stats
+        except OSError as exc:
+            stats.add(Finding("error", path, None, None, f"cannot be read: {exc.strerror}"),
+                      max_findings)
+            return stats
+        add_records(stats, records, chunk_size=chunk_size, max_findings=max_findings)
+    if stats.records == 0:
+        stats.add(Finding("problem", path, 1, None,
+                          "no FASTA records (empty file or only blank lines)"), max_findings)
+    return stats
+
+
+def _format_error(path: str, exc: FastaFormatError) -> Finding:
+    line = exc.line
+    if "gzip" in exc.problem and _is_gzip(path):
+        line = _gzip_lines_before_error(path)  # where the readable data ends, not line 1
+    return Finding("error", path, line, exc.record, exc.problem)
+
+
+def _gzip_lines_before_error(path: str) -> int:
+    """1-based line at which a corrupt or truncated gzip file stops decompressing."""
+    lines, decoder = 1, zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 14):
+            while chunk:
+                try:
+                    lines += decoder.decompress(chunk).count(b"\n")
+                except zlib.error:
+                    return lines
+                chunk = decoder.unused_data if decoder.eof else b""
+                if decoder.eof:  # next member of a multi-member file
+                    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    return lines
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def find_duplicates(files: Sequence[FileStats], *, max_findings: int) -> None:
+    """Add a ``problem`` for every read whose id occurred earlier in any input."""
+    hashes = [np.concatenate(f.hashes) if f.hashes else np.zeros(0, np.uint64) for f in files]
+    allh = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    if len(allh) < 2:
+        return
+    _, first, inverse = np.unique(allh, return_index=True, return_inverse=True)
+    dup = np.flatnonzero(first[inverse] != np.arange(len(allh)))
+    if not len(dup):
+        return
+    offsets = np.cumsum([0] + [len(h) for h in hashes])
+    lines = [np.concatenate(f.lines) if f.lines else np.zeros(0, np.int64) for f in files]
+
+    def where(pos: int) -> tuple[int, int]:
+        i = int(np.searchsorted(offsets, pos, side="right") - 1)
+        return i, int(lines[i][pos - offsets[i]])
+
+    wanted: dict[int, set[int]] = {}
+    pairs = []
+    for pos in dup:
+        i, line = where(int(pos))
+        j, first_line = where(int(first[inverse[pos]]))
+        pairs.append((i, line, j, first_line))
+        wanted.setdefault(i, set()).add(line)
+    ids = _ids_at(files, wanted)
+    for i, line, j, first_line in pairs:
+        read_id = ids.get((i, line))
+        files[i].add(Finding("problem", files[i].path, line, read_id,
+                             f"duplicate read id (first at {files[j].path} line {first_line})"),
+                     max_findings)
+
+
+def _ids_at(files: Sequence[FileStats], wanted: dict[int, set[int]]) -> dict[tuple[int, int], str]:
+    """Read ids of the records whose header is on the given lines (a second, rare pass)."""
+    out = {}
+    for i, lines in wanted.items():
+        for block in plan_blocks([files[i].path], 1 << 26):
+            for rec in read_block(block):
+                if rec.line in lines:
+                    out[(i, rec.line)] = rec.id
+    return out
+
+
+# -- run-time estimate --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP count of a transformer encoder needs."""
+
+    name: str
+    layers: int
+    width: int
+    weights_per_layer: int
+    head_weights: int = 0
+
+    def flops(self, tokens: float, tokens_sq: float) -> float:
+        """Forward FLOPs of sequences with ``sum(n) = tokens``, ``sum(n**2) = tokens_sq``:
+        2 per weight per token, plus ``QK^T`` and ``AV`` (``4 * width * n`` per token per layer).
+        """
+        weights = self.layers * self.weights_per_layer + self.head_weights
+        return 2.0 * weights * tokens + 4.0 * self.layers * self.width * tokens_sq
+
+
+def esm_shape(source: str) -> ModelShape | None:
+    """Shape of an ESM-2 hub name or local ``.pt``; None if neither is known here."""
+    name = Path(source).name.removesuffix(".pt")
+    shape = ESM_SHAPES.get(name)
+    if shape is None and Path(source).is_file():
+        shape = _esm_file_shape(source)
+    if shape is None:
+        return None
+    layers, d = shape
+    # attention 4 d^2, feed-forward 2 * d * 4d; fair-esm's forward also runs its LM head
+    return ModelShape(f"{layers} layers x {d}", layers, d, 12 * d * d,
+                      head_weights=d * d + 33 * d)
+
+
+def _esm_file_shape(path: str) -> tuple[int, int] | None:
+    import torch
+
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        cfg = data["cfg"]["model"]
+        return int(cfg.encoder_layers), int(cfg.encoder_embed_dim)
+    except (OSError, RuntimeError, KeyError, AttributeError, TypeError, ValueError) as exc:
+        logger.warning("%s: cannot read the ESM-2 shape (%s); no estimate", path, exc)
+        return None
+
+
+def dnabert_shape(source: str, model_cache: str | None = None) -> ModelShape | None:
+    """Shape of a DNABERT-S directory or hub id (from its config.json where available)."""
+    config = _dnabert_config_path(source, model_cache)
+    if config is not None:
+        values = json.loads(Path(config).read_text())
+        shape = (int(values["num_hidden_layers"]), int(values["hidden_size"]),
+                 int(values["intermediate_size"]))
+    else:
+        shape = DNABERT_SHAPES.get(source)
+    if shape is None:
+        return None
+    layers, d, inner = shape
+    # attention 4 d^2; gated MLP: d -> 2 * inner (gate and value), inner -> d
+    return ModelShape(f"{layers} layers x {d}", layers, d,
+                      4 * d * d + 3 * d * inner)
+
+
+def _dnabert_config_path(source: str, model_cache: str | None) -> str | None:
+    if Path(source).is_dir():
+        path = Path(source) / "config.json"
+        return str(path) if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(source, "config.json", cache_dir=model_cache)
+    return found if isinstance(found, str) else None
+
+
+def dnabert_tokens(source: str, sample: Sequence[str], bases: int, bases_sq: int,
+                   orfs: int, model_cache: str | None = None) -> tuple[float, float, str]:
+    """Estimated DNABERT-S tokens ``(sum n, sum n^2, how)``: bp per token measured with the
+    model's own tokenizer on a sample of ORFs when it is on this machine, else the default."""
+    ratio, how = DNABERT_BP_PER_TOKEN, f"{DNABERT_BP_PER_TOKEN} bp/token (published tokenizer)"
+    path = Path(source) / "tokenizer.json" if Path(source).is_dir() else None
+    if path is not None and path.is_file() and sample:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        encoded = tokenizer.encode_batch(list(sample))
+        inner = sum(len(e.ids) - 2 for e in encoded)
+        if inner > 0:
+            ratio = sum(map(len, sample)) / inner
+            how = f"{ratio:.2f} bp/token (its tokenizer, {len(sample):,} ORFs sampled)"
+    tokens = bases / ratio + 2 * orfs
+    tokens_sq = bases_sq / ratio**2 + 4 * bases / ratio + 4 * orfs
+    return tokens, tokens_sq, how
+
+
+def measure_matmul(dtype_name: str, device: str) -> float:
+    """FLOP/s of a large square matrix multiply on ``device`` (``bench.matmul_peak``,
+    with few repeats: about a second on a CPU)."""
+    import torch
+
+    from virnuc_dask.tools.bench import matmul_peak
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    return matmul_peak(device, dtype, repeats=1, rounds=2)
+
+
+def _hardware(settings: Settings) -> tuple[str, str, int]:
+    """(device, precision, devices) a run with ``settings`` would use on this machine."""
+    from virnuc_dask.cluster.start import visible_gpus
+    from virnuc_dask.worker.plugin import resolve_precision
+
+    gpus = visible_gpus(settings.gpus)
+    if gpus:
+        import torch
+
+        if torch.cuda.is_available():
+            device = torch.device("cuda", 0)
+            return "cuda", resolve_precision(settings.precision, device), len(gpus)
+    return "cpu", "fp32", 1
+
+
+def estimate(files: Sequence[FileStats], settings: Settings) -> dict[str, Any]:
+    """Model FLOPs of all ORFs and the time they take at the measured matmul rate."""
+    esm = esm_shape(settings.esm_model)
+    dnabert = dnabert_shape(settings.dnabert_model, settings.model_cache)
+    missing = [name for name, shape in (("ESM-2", esm), ("DNABERT-S", dnabert))
+               if shape is None]
+    if missing:
+        return {"error": f"shape of {' and '.join(missing)} unknown here (not a published "
+                f"name and not a local file); pass --esm-model/--dnabert-model"}
+    orfs = sum(f.orfs for f in files)
+    esm_flops = esm.flops(sum(f.esm_tokens for f in files), sum(f.esm_tokens_sq for f in files))
+    sample = [s for f in files for s in f.sample][:SAMPLE_FOR_TOKENIZER]
+    dn_tokens, dn_sq, how = dnabert_tokens(
+        settings.dnabert_model, sample, sum(f.nucleotide_bases for f in files),
+        sum(f.nucleotide_sq for f in files), orfs, settings.model_cache)
+    dn_flops = dnabert.flops(dn_tokens, dn_sq)
+    device, precision, devices = _hardware(settings)
+    peak = measure_matmul(precision, device)
+    total = esm_flops + dn_flops
+    floor = total / (peak * devices)
+    return {
+        "esm_model": settings.esm_model, "esm_shape": esm.name,
+        "dnabert_model": settings.dnabert_model, "dnabert_shape": dnabert.name,
+        "esm_tokens": sum(f.esm_tokens for f in files), "dnabert_tokens": round(dn_tokens),
+        "dnabert_tokens_from": how,
+        "esm_flops": esm_flops, "dnabert_flops": dn_flops, "flops": total,
+        "device": device, "devices": devices, "precision": precision,
+        "matmul_flops_per_s": peak,
+        "seconds_at_peak": floor,
+        "assumed_utilization": ASSUMED_UTILIZATION,
+        "seconds_expected": floor / ASSUMED_UTILIZATION,
+    }
+
+
+# -- text ---------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _si(value: float, unit: str) -> str:
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def length_buckets(lengths: np.ndarray, chunk_size: int) -> list[tuple[str, int]]:
+    """Read counts in ranges that matter for chunking."""
+    edges = [(0, 3, "< 3 bp (no ORF)"), (3, chunk_size, f"3 bp - {chunk_size - 1} bp (1 chunk)"),
+             (chunk_size, 2 * chunk_size + 1, f"{chunk_size} - {2 * chunk_size} bp (1-2 chunks)"),
+             (2 * chunk_size + 1, 10 * chunk_size + 1,
+              f"{2 * chunk_size + 1} - {10 * chunk_size} bp"),
+             (10 * chunk_size + 1, None, f"> {10 * chunk_size} bp")]
+    out = []
+    for lo, hi, label in edges:
+        n = int(((lengths >= lo) & (lengths < hi if hi is not None else True)).sum())
+        out.append((label, n))
+    return out
+
+
+def file_summary(stats: FileStats, chunk_size: int) -> dict[str, Any]:
+    lengths = stats.length_array()
+    out: dict[str, Any] = {
+        "path": stats.path, "gzip": stats.compressed, "records": stats.records,
+        "bases": stats.bases, "chunks": stats.chunks, "orfs": stats.orfs,
+        "reads_without_orf": stats.reads_no_orf, "esm_tokens": stats.esm_tokens,
+        "errors": stats.counts["error"], "problems": stats.counts["problem"],
+        "notes": stats.counts["note"],
+        "findings": [dataclasses.asdict(f) for f in stats.findings],
+    }
+    if len(lengths):
+        out["length"] = {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                         "mean": float(lengths.mean()), "max": int(lengths.max()),
+                         "buckets": dict(length_buckets(lengths, chunk_size))}
+    return out
+
+
+def report_text(files: Sequence[FileStats], chunk_size: int, est: dict[str, Any] | None,
+                max_findings: int) -> str:
+    lines = []
+    for stats in files:
+        kind = "gzip" if stats.compressed else "plain"
+        lines.append(f"{stats.path}: {stats.records:,} records, {stats.bases:,} bp ({kind})")
+        lengths = stats.length_array()
+        if len(lengths):
+            lines.append(f"  lengths   min {lengths.min():,} · median {np.median(lengths):,.0f}"
+                         f" · mean {lengths.mean():,.1f} · max {lengths.max():,} bp")
+            buckets = [f"{label}: {n:,}" for label, n in length_buckets(lengths, chunk_size)
+                       if n]
+            lines.append("            " + " · ".join(buckets))
+            lines.append(f"  expected  {stats.chunks:,} chunks of {chunk_size} bp · "
+                         f"{stats.orfs:,} ORFs · {stats.reads_no_orf:,} reads without ORF · "
+                         f"{stats.esm_tokens:,} ESM-2 tokens")
+        shown = {k: sum(f.kind == k for f in stats.findings) for k in stats.counts}
+        for finding in stats.findings:
+            lines.append(f"  {finding}")
+        for k, n in stats.counts.items():
+            if n > shown[k]:
+                lines.append(f"  ... and {n - shown[k]:,} more {k}s "
+                             f"(--max-findings {max_findings} shown)")
+        if not stats.findings:
+            lines.append("  no problems found")
+    if len(files) > 1:
+        lines.append(f"total: {sum(f.records for f in files):,} records, "
+                     f"{sum(f.chunks for f in files):,} chunks, {sum(f.orfs for f in files):,}"
+                     " ORFs")
+    if est is not None:
+        if "error" in est:
+            lines.append(f"run time: no estimate: {est['error']}")
+        else:
+            lines.append(
+                f"run time estimate for {est['esm_model']} ({est['esm_shape']}) + "
+                f"{est['dnabert_model']} ({est['dnabert_shape']}), {est['precision']} on "
+                f"{est['devices']} {est['device']} device(s):")
+            share = est["esm_flops"] / est["flops"] if est["flops"] else 0
+            lines.append(f"  model work {_si(est['flops'], 'FLOP')} (ESM-2 {share:.0%}); "
+                         f"DNABERT-S tokens from {est['dnabert_tokens_from']}")
+            lines.append(f"  measured matmul rate {_si(est['matmul_flops_per_s'], 'FLOP/s')}"
+                         " per device")
+            lines.append(f"  at that rate: {_duration(est['seconds_at_peak'])}; at "
+                         f"{est['assumed_utilization']:.0%} of it (typical of a well-fed run):"
+                         f" about {_duration(est['seconds_expected'])}")
+    return "\n".join(lines)
+
+
+def exit_code(files: Iterable[FileStats]) -> int:
+    files = list(files)
+    if any(f.counts["error"] for f in files):
+        return EXIT_UNREADABLE
+    if any(f.counts["problem"] for f in files):
+        return EXIT_PROBLEMS
+    return EXIT_CLEAN
+
+
+def validate(inputs: Sequence[str], settings: Settings, *, max_findings: int = 20,
+             with_estimate: bool = True) -> tuple[list[FileStats], dict[str, Any] | None]:
+    """Check every input; the estimate only when some input has ORFs and none is unreadable."""
+    files = [check_file(p, chunk_size=settings.length, blocksize=settings.blocksize,
+                        max_findings=max_findings) for p in inputs]
+    find_duplicates(files, max_findings=max_findings)
+    est = None
+    if with_estimate and sum(f.orfs for f in files) and exit_code(files) != EXIT_UNREADABLE:
+        est = estimate(files, settings)
+    return files, est
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "validate", help="check FASTA inputs and estimate the run time, without models",
+        description="Read every INPUT completely and report records, the length "
+        "distribution, the chunks and ORFs a run will produce, and every problem with its "
+        "file, line and record; then estimate the embedding time of the chosen models on "
+        "this machine (model FLOPs of the ORFs over a measured matrix-multiply rate). "
+        "Exit 0 clean, 2 problems found (predict would skip records), 1 an input cannot be "
+        "read as FASTA.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA file(s), plain or gzip")
+    parser.add_argument("--length", type=int, help="chunk length in bp (default from config: "
+                        "500)")
+    parser.add_argument("--esm-model", metavar="NAME|PATH",
+                        help="ESM-2 model the estimate is for (default esm2_t36_3B_UR50D)")
+    parser.add_argument("--dnabert-model", metavar="ID|DIR",
+                        help="DNABERT-S model the estimate is for (default zhihan1996/DNABERT-S)")
+    parser.add_argument("--model-cache", metavar="DIR",
+                        help="directory of downloaded model files (to find their config)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="precision the estimate is for (auto: bf16 on GPUs with compute "
+                        "capability >= 8.0, fp16 on 7.x, else fp32)")
+    parser.add_argument("--gpus", metavar="IDS", help="GPU ids a run would use, e.g. 0,1")
+    parser.add_argument("--config", metavar="FILE", help="YAML file of settings "
+                        "(keys as in configs/default.yaml)")
+    parser.add_argument("--max-findings", type=int, default=20, metavar="N",
+                        help="findings of each kind shown per file (default 20)")
+    parser.add_argument("--no-estimate", action="store_true",
+                        help="skip the run-time estimate (and its matmul measurement)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_findings < 0:
+        raise ConfigError(f"--max-findings must be >= 0, got {args.max_findings}")
+    overrides = {"length": args.length, "esm_model": args.esm_model,
+                 "dnabert_model": args.dnabert_model, "model_cache": args.model_cache,
+                 "precision": args.precision, "gpus": args.gpus}
+    settings = load_settings(inputs=args.inputs, config_file=args.config, overrides=overrides)
+    files, est = validate(args.inputs, settings, max_findings=args.max_findings,
+                          with_estimate=not args.no_estimate)
+    print(report_text(files, settings.length, est, args.max_findings))
+    code = exit_code(files)
+    if args.json:
+        doc = {"exit_code": code, "length": settings.length,
+               "files": [file_summary(f, settings.length) for f in files], "estimate": est}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    return code
+

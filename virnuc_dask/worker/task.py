@@ -1,0 +1,194 @@
+"""One embedding partition on a worker: both models, failing records isolated, rows stored.
+
+Each model embeds the whole partition in one call (token-budget batches; a batch
+that runs out of device memory is halved inside :mod:`.embed`). When a call
+raises for any other reason, the records are bisected: each half is embedded on
+its own, recursively, until the records that fail alone are found. Those are
+reported as failed (their rows stay zero and they get no score); every other
+record is embedded normally. A record that does not fit in device memory even
+alone (:class:`.embed.SequenceTooLarge`) is failed directly. A record that fails
+in DNABERT-S is not given to ESM-2.
+
+A fault that is not in the records (unusable weights, a broken driver, a
+poisoned CUDA context) makes every record fail. Rather than trying each record
+of the partition alone, the task stops with :class:`.errors.SystemicFailure`
+once ``SYSTEMIC_FAILURES`` records in a row have failed with no success between
+them. A partition none of whose records could be embedded is written but not
+recorded as finished: the next run tries it again.
+
+The rows are written by a task of their own (:func:`store_partition`), which a
+worker's second thread runs while the device embeds the next partition.
+
+>>> guard = FailureGuard(limit=2)
+>>> guard.failed("r1_chunk_1F1", "esm", ValueError("bad"))
+>>> guard.succeeded()
+>>> guard.streak
+0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from distributed import get_worker
+
+from virnuc_dask.dataflow.dashboard import record_embedding
+from virnuc_dask.dataflow.store import EmbeddingStore
+from virnuc_dask.errors import SystemicFailure
+from virnuc_dask.worker.embed import SequenceTooLarge, StageStats, embed_dnabert, embed_esm
+from virnuc_dask.worker.plugin import worker_models
+
+logger = logging.getLogger(__name__)
+
+SYSTEMIC_FAILURES = 8
+
+Embed = Callable[[np.ndarray], tuple[np.ndarray, Any]]
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, for one line of ``failed_records.tsv``."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+class FailureGuard:
+    """Counts records that failed in a row; raises :class:`SystemicFailure` at ``limit``."""
+
+    def __init__(self, *, limit: int = SYSTEMIC_FAILURES) -> None:
+        self.limit = limit
+        self.streak = 0
+
+    def succeeded(self) -> None:
+        self.streak = 0
+
+    def failed(self, record: str, stage: str, exc: BaseException) -> None:
+        self.streak += 1
+        if self.streak >= self.limit:
+            raise SystemicFailure(
+                f"{stage}: {self.streak} records in a row failed to embed (last {record}: "
+                f"{describe(exc)}); the fault is not in the input records: check the model "
+                "files, the device and its driver")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordFailure:
+    """A record of the partition (by position) that could not be embedded."""
+
+    index: int
+    stage: str
+    error: str
+
+
+def isolate_failures(
+    embed: Embed, indices: np.ndarray, *, stage: str, ids: Sequence[str], guard: FailureGuard,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[Any], list[RecordFailure]]:
+    """``embed(indices)``, bisecting on failure: (indices, values) pieces, stats, failures."""
+    pieces, stats, failures = [], [], []
+    pending = [indices] if len(indices) else []
+    while pending:
+        idx = pending.pop()
+        try:
+            values, stat = embed(idx)
+        except SystemicFailure:
+            raise
+        except SequenceTooLarge as exc:
+            bad = int(idx[exc.index])
+            failures.append(RecordFailure(bad, stage, describe(exc)))
+            guard.failed(ids[bad], stage, exc)
+            rest = np.delete(idx, exc.index)
+            if len(rest):
+                pending.append(rest)
+            continue
+        except Exception as exc:  # noqa: BLE001 - whatever a forward raises is recorded per record
+            if len(idx) == 1:
+                failures.append(RecordFailure(int(idx[0]), stage, describe(exc)))
+                logger.warning("%s: %s failed: %s", stage, ids[int(idx[0])], describe(exc))
+                guard.failed(ids[int(idx[0])], stage, exc)
+                continue
+            logger.info("%s: %d records failed together (%s); retrying in halves",
+                        stage, len(idx), describe(exc))
+            half = len(idx) // 2
+            pending.extend([idx[half:], idx[:half]])
+            continue
+        guard.succeeded()
+        pieces.append((idx, values))
+        stats.append(stat)
+    return pieces, stats, failures
+
+
+def _merge_stats(stats: list[Any]) -> dict[str, float]:
+    merged = StageStats().as_dict()
+    for stat in stats:
+        for key, value in stat.as_dict().items():
+            merged[key] += value
+    return merged
+
+
+def embed_partition(orfs: list, meta: dict[str, Any]) -> dict[str, Any]:
+    """Embed one partition's ORFs with both models (the task holding the device).
+
+    ``meta``: ``partition``, ``row_start``, ``out``, ``toks_per_batch`` and
+    ``dnabert_toks_per_batch``. Returns the rows for :func:`store_partition`: ``meta``,
+    ``ids``, ``arrays`` (per model), ``info`` (worker, per-model stats) and ``failed``.
+    Writing is left to that separate task, so that the device is free for the next
+    partition while these rows go to disk (a worker's other thread runs it).
+    """
+    models = worker_models()
+    dims = models.dims
+    # Held here, so that a plugin torn down meanwhile (worker closing) cannot pull the
+    # models from under this task and make every record look failed.
+    dnabert_model, tokenizer, esm_model, alphabet, device = (
+        models.dnabert, models.tokenizer, models.esm, models.alphabet, models.device)
+    ids = [o.id for o in orfs]
+    nucleotides = [o.nucleotide for o in orfs]
+    proteins = [o.protein for o in orfs]
+
+    def dnabert(idx: np.ndarray) -> tuple[np.ndarray, Any]:
+        return embed_dnabert(dnabert_model, tokenizer, [nucleotides[i] for i in idx],
+                             toks_per_batch=meta["dnabert_toks_per_batch"], device=device)
+
+    def esm(idx: np.ndarray) -> tuple[np.ndarray, Any]:
+        return embed_esm(esm_model, alphabet, [proteins[i] for i in idx],
+                         toks_per_batch=meta["toks_per_batch"], device=device)
+
+    guard = FailureGuard()
+    failures: list[RecordFailure] = []
+    arrays: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {"worker": get_worker().address}
+    for stage, embed in (("dnabert", dnabert), ("esm", esm)):
+        failed = {f.index for f in failures}
+        todo = np.array([i for i in range(len(orfs)) if i not in failed], dtype=np.int64)
+        pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids, guard=guard)
+        failures += new
+        values = np.zeros((len(orfs), dims[stage]), dtype=np.float32)
+        for idx, piece in pieces:
+            values[idx] = piece
+        arrays[stage] = values
+        info[stage] = _merge_stats(stats)
+    row_start = meta["row_start"]
+    failed_rows = [{"row": row_start + f.index, "id": ids[f.index], "stage": f.stage,
+                    "error": f.error} for f in sorted(failures, key=lambda f: f.index)]
+    record_embedding(len(orfs) - len(failed_rows),
+                     {m: (info[m]["real_tokens"], info[m]["seconds"]) for m in arrays})
+    return {"meta": meta, "ids": ids, "arrays": arrays, "info": info, "failed": failed_rows}
+
+
+def store_partition(embedded: dict[str, Any]) -> dict[str, Any]:
+    """Write the rows of :func:`embed_partition` to the store, flushed, then record the
+    partition as done. Returns its stats: partition, rows, worker, per-model stats,
+    ``store_seconds`` and the failed records."""
+    meta, ids, failed_rows = embedded["meta"], embedded["ids"], embedded["failed"]
+    info = dict(embedded["info"])
+    t = time.perf_counter()
+    # A partition of which nothing could be embedded is not recorded as done: whatever
+    # made every record fail (a fault that comes and goes) gets another chance next run.
+    EmbeddingStore(meta["out"]).write_partition(
+        meta["partition"], meta["row_start"], ids, embedded["arrays"], info,
+        failed=failed_rows, done=len(failed_rows) < len(ids))
+    info["store_seconds"] = time.perf_counter() - t
+    return {"partition": meta["partition"], "rows": len(ids), **info, "failed": failed_rows}
