@@ -163,7 +163,7 @@ def verbosity(args: argparse.Namespace) -> str:
 
 
 def setup_logging(args: argparse.Namespace) -> None:
-    from virnuc_dask.cli.main.logs import configure
+    from virnuc_dask.cli.logs import configure
 
     configure(verbosity(args), args.log_file)
 
@@ -184,8 +184,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run_predict(settings: Settings, *, verbosity: str = "normal",
                 progress_interval: float = 30.0) -> int:
-    from virnuc_dask.cli.main.logs import forward_worker_logs
-    from virnuc_dask.cli.main.progress import TerminalProgress
+    from virnuc_dask.cli.logs import forward_worker_logs
+    from virnuc_dask.cli.progress import TerminalProgress
     from virnuc_dask.cluster.start import open_client
     from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
     from virnuc_dask.dataflow.pipeline import predict, preflight
