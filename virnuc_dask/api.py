@@ -29,10 +29,9 @@ from typing import Any
 import dask.array as da
 from distributed import Client
 
+from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.outputs import FAILED, HIGHEST, PREDICTIONS, READS, BlockCounts
 from virnuc_dask.dataflow.store import MODEL_ARRAYS
-
-from .config import load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +104,7 @@ def predict(
     started for this run and stopped after it (the returned arrays read from disk
     and need no cluster). ``performance_report``: an HTML file for Dask's report.
     """
-    from virnuc_dask.cluster.start import open_client
-    from virnuc_dask.dataflow.dashboard import dashboard_link
-    from virnuc_dask.dataflow.dashboard import performance_report as report
-    from virnuc_dask.dataflow.pipeline import predict as run_pipeline
+    from virnuc_dask.dataflow.run import run_prediction
 
     paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     overrides = {**options, "out": os.fspath(out),
@@ -117,12 +113,8 @@ def predict(
                  else os.fspath(performance_report)}
     settings = load_settings(inputs=[os.fspath(p) for p in paths], config_file=config,
                              overrides=overrides).with_absolute_paths()
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(open_client(settings))
-        link = dashboard_link(client)
-        logger.info("dashboard: %s", link)
-        with client.as_current(), report(settings.performance_report):
-            result = run_pipeline(settings, client, progress=progress)
+    result, link = run_prediction(
+        settings, client=client,
+        progress=None if progress is None else lambda _: contextlib.nullcontext(progress))
     return Prediction(out=Path(result.out), exit_code=result.exit_code, counts=result.counts,
                       summary=result.summary, dashboard_link=link)

@@ -19,13 +19,12 @@ from typing import Any
 
 import yaml
 
+from virnuc_dask.errors import ConfigError
+
 DEFAULTS_FILE = Path(__file__).with_name("default.yaml")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")
-
-
-class ConfigError(ValueError):
-    """A configuration value or file is not acceptable."""
+JOBQUEUE_SYSTEMS = ("slurm", "pbs")
 
 
 @dataclasses.dataclass(frozen=True)

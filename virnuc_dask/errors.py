@@ -1,4 +1,9 @@
-"""Exceptions the command line maps to exit codes and one-line messages."""
+"""Every exception of the project, in one place.
+
+User-facing failures subclass :class:`VirnucError`: the command line prints them as one
+line and exits 1 (no traceback unless ``--debug``). Anything else is a bug and is
+reported as an internal error.
+"""
 
 from __future__ import annotations
 
@@ -17,3 +22,33 @@ class OutputDirError(VirnucError):
 
 class SystemicFailure(VirnucError):
     """Consecutive batches failed: the fault is not in the records (weights, driver, ...)."""
+
+
+class ConfigError(VirnucError, ValueError):
+    """A configuration value or file is not acceptable."""
+
+
+class FastaFormatError(VirnucError, ValueError):
+    """The input is not readable FASTA: ``"<path>: line <n>: record '<id>': <problem>"``."""
+
+    def __init__(self, path: str, line: int | None, record: str | None, problem: str) -> None:
+        self.path, self.line, self.record, self.problem = path, line, record, problem
+        parts = [str(path)]
+        if line is not None:
+            parts.append(f"line {line}")
+        if record is not None:
+            parts.append(f"record '{record}'")
+        super().__init__(": ".join([*parts, problem]))
+
+    def __reduce__(self):  # keep the attributes across pickling (Dask workers)
+        return (type(self), (self.path, self.line, self.record, self.problem))
+
+
+class ReportError(VirnucError):
+    """The output directory does not hold what a report needs."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception's message on one line (its type's name when it has none)."""
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split("\n"))

@@ -23,7 +23,6 @@ GPUs are used; job scripts are generated without it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -41,12 +40,11 @@ import yaml
 from dask.utils import format_bytes, parse_bytes
 from distributed import Client, LocalCluster
 
-from virnuc_dask.config import ConfigError
+from virnuc_dask.config import JOBQUEUE_SYSTEMS, ConfigError
 
 logger = logging.getLogger(__name__)
 
 JOBQUEUE_DEFAULTS = Path(__file__).with_name("jobqueue.yaml")
-JOBQUEUE_SYSTEMS = ("slurm", "pbs")
 
 # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers. Setting that variable
 # turns off glibc's dynamic mmap threshold, so every large torch CPU buffer is mmap'ed and
@@ -380,20 +378,3 @@ def _exit_quietly(*_: object) -> None:
 
 
 # -- `virnuc-dask job-script` --------------------------------------------------------------
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "job-script", help="print the batch script of one --cluster slurm|pbs job",
-        description="Print the script one batch job of `predict --cluster SYSTEM` would "
-        "run, from the packaged defaults, Dask's config and --cluster-config; nothing is "
-        "submitted.")
-    parser.add_argument("system", choices=JOBQUEUE_SYSTEMS)
-    parser.add_argument("--cluster-config", metavar="FILE",
-                        help="YAML in dask-jobqueue's layout overriding the defaults")
-    parser.set_defaults(run=_run_job_script)
-    return parser
-
-
-def _run_job_script(args: argparse.Namespace) -> int:
-    print(job_script(args.system, config_file=args.cluster_config))
-    return 0

@@ -42,6 +42,8 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from virnuc_dask.errors import FastaFormatError
+
 __all__ = ["FastaBlock", "FastaFormatError", "Record", "check_input", "plan_blocks",
            "read_block", "record_problem"]
 
@@ -74,22 +76,6 @@ class Record:
     sequence: str
     path: str
     line: int
-
-
-class FastaFormatError(ValueError):
-    """The input is not readable FASTA: ``"<path>: line <n>: record '<id>': <problem>"``."""
-
-    def __init__(self, path: str, line: int | None, record: str | None, problem: str) -> None:
-        self.path, self.line, self.record, self.problem = path, line, record, problem
-        parts = [str(path)]
-        if line is not None:
-            parts.append(f"line {line}")
-        if record is not None:
-            parts.append(f"record '{record}'")
-        super().__init__(": ".join([*parts, problem]))
-
-    def __reduce__(self):  # keep the attributes across pickling (Dask workers)
-        return (type(self), (self.path, self.line, self.record, self.problem))
 
 
 def record_problem(record: Record) -> str | None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
@@ -49,20 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from virnuc_dask.errors import VirnucError
+from virnuc_dask.models.sizes import SIZES
+
 logger = logging.getLogger(__name__)
 
-SIZES: dict[str, dict[str, dict[str, int]]] = {
-    "small": {"esm": {"layers": 6, "dim": 320, "heads": 20},
-              "dnabert": {"layers": 2, "hidden": 256, "heads": 4, "intermediate": 1024}},
-    "tiny": {"esm": {"layers": 2, "dim": 64, "heads": 4},
-             "dnabert": {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128}},
-    # The models VirNucPro runs (DNABERT-S with the 512-token BPE vocabulary these builds
-    # train, not its 4096: the embedding table is a lookup and costs no FLOPs); for GPUs.
-    "650m": {"esm": {"layers": 33, "dim": 1280, "heads": 20},
-             "dnabert": {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072}},
-    "real": {"esm": {"layers": 36, "dim": 2560, "heads": 40},
-             "dnabert": {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072}},
-}
 ORIGINAL_TOKS_PER_BATCH = 2048
 SAMPLE_ORFS = 256  # ORFs of the with/without-prefetch and original/ours comparisons
 REQUIRED_KEYS = ("matmul_peak_flops", "esm_utilization", "dnabert_utilization",
@@ -458,7 +448,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     reads, orfs = read_orfs_of(fasta, args.length)
     if not orfs:
-        raise ValueError(f"{fasta}: no ORF at length {args.length}; nothing to benchmark")
+        raise VirnucError(f"{fasta}: no ORF at length {args.length}; nothing to benchmark")
     loads = {"start": os.getloadavg()[0]}
     # Sampled between the phases, the best taken: one sample can fall into a moment
     # when other processes hold the cores.
@@ -650,71 +640,3 @@ def render(result: dict[str, Any]) -> Any:
         f"1-min load average {min(loads.values()):.1f}-{max(loads.values()):.1f} on "
         f"{result['cpu_count']} cores (other processes disturb timings)")
     return table
-
-
-def _worker_counts(text: str) -> list[int]:
-    try:
-        counts = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected worker counts like 1,2, got {text!r}") \
-            from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"worker counts must be positive, got {text!r}")
-    return counts
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "bench", help="measure throughput against the hardware and the original",
-        description="Measure, on one input and one set of models: the matmul peak, each "
-        "embedding stage's tokens/s, FLOP/s and share of the peak, padding efficiency, "
-        "the prefetch effect, predict's reads/s per worker count, the same workload run "
-        "the original VirNucPro way and the speedup over it, and bf16/fp16 agreement "
-        "with fp32. Prints a table; --json writes the numbers.")
-    parser.add_argument("input", nargs="?", metavar="INPUT",
-                        help="FASTA input (default: generated coding-like 400-600 bp reads)")
-    parser.add_argument("--reads", type=int, default=None,
-                        help="reads to generate (default 2000), or the first N of INPUT")
-    parser.add_argument("--length", type=int, default=500, help="chunk length (default 500)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="small",
-                        help="random models to build: small = ESM-2 6 x 320 (8M layout) and "
-                        "DNABERT-S 2 x 256; tiny = 2 x 64 each; real = ESM-2 3B (36 x 2560, "
-                        "an 11 GB file) and DNABERT-S (12 x 768), for GPUs; 650m = ESM-2 "
-                        "650M (33 x 1280) and DNABERT-S (default small)")
-    parser.add_argument("--esm-model", metavar="PATH", help="an ESM-2 .pt instead of --size")
-    parser.add_argument("--dnabert-model", metavar="DIR",
-                        help="a DNABERT-S directory instead of --size")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                        help="precision of the throughput runs (default auto)")
-    parser.add_argument("--workers", type=_worker_counts, default=[1, 2], metavar="N[,N]",
-                        help="worker counts of the predict runs (default 1,2)")
-    parser.add_argument("--partition-rows", type=int, default=512,
-                        help="ORFs per partition (default 512)")
-    parser.add_argument("--toks-per-batch", type=int, help="ESM-2 token budget (default auto)")
-    parser.add_argument("--dnabert-toks-per-batch", type=int,
-                        help="DNABERT-S token budget (default auto)")
-    parser.add_argument("--precision-orfs", type=int, default=128,
-                        help="ORFs compared across precisions (default 128)")
-    parser.add_argument("--skip-original", action="store_true",
-                        help="do not run the original-style comparison")
-    parser.add_argument("--work-dir", metavar="DIR",
-                        help="keep models, input and runs here (default: a temporary dir)")
-    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    parser.set_defaults(run=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    if args.input is None and args.reads is None:
-        args.reads = 2000
-    for name in ("reads", "length", "partition_rows", "precision_orfs"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    result = bench(args)
-    Console().print(render(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return 0

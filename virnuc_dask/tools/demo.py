@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from virnuc_dask.config import Settings, load_settings
+
 logger = logging.getLogger(__name__)
 
 DEMO_SEED = 1997
@@ -164,16 +166,12 @@ def build_demo(directory: Path) -> dict[str, Path]:
     }
 
 
-def run_demo(directory: Path, *, workers: int | None = None, **run_options) -> int:
-    """Build the demonstration and predict on it; ``run_options`` go to ``cli.run_predict``."""
-    from virnuc_dask.cli.main import run_predict
-    from virnuc_dask.config import load_settings
-
+def demo_settings(directory: Path, *, workers: int | None = None) -> Settings:
+    """Build the demonstration under ``directory`` and the settings of its prediction."""
     paths = build_demo(directory)
     logger.info("demonstration models and example written to %s (random weights: the calls "
                 "mean nothing biologically)", directory)
-    settings = load_settings(inputs=[str(paths["input"])], overrides={
+    return load_settings(inputs=[str(paths["input"])], overrides={
         "out": str(directory / "results"), "length": 300, "esm_model": str(paths["esm"]),
         "dnabert_model": str(paths["dnabert"]), "classifier": str(paths["classifier"]),
-        "precision": "fp32", "workers": workers, "offline": True})
-    return run_predict(settings, **run_options)
+        "precision": "fp32", "workers": workers, "offline": True}).with_absolute_paths()

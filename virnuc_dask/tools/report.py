@@ -23,7 +23,6 @@ reads 3: 1 viral, 2 others, 0 without ORF, 0 failed
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import heapq
 import html
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from virnuc_dask.core.chunking import chunk_spans
-from virnuc_dask.errors import VirnucError
+from virnuc_dask.errors import ReportError
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +51,6 @@ BINS = np.linspace(0.0, 1.0, 51)
 STAGE_NAMES = {"load_models": "load models", "read_translate": "read + translate",
                "embed": "embed", "classify": "classify", "write": "write"}
 MODEL_NAMES = {"dnabert": "DNABERT-S", "esm": "ESM-2"}
-
-
-class ReportError(VirnucError):
-    """The output directory does not hold what a report needs."""
 
 
 # -- the end-of-run summary ---------------------------------------------------------------
@@ -518,43 +513,3 @@ def write_report(out: str | os.PathLike[str], *, html_path: str | os.PathLike[st
 
 
 # -- command line -------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "report", help="HTML report and PNG figures of a finished run",
-        description="Read the results in OUTDIR (run_summary.json, read_predictions.tsv, "
-        "prediction_results.txt) and write a single-file HTML report that opens offline: "
-        "read calls, score distributions, and read tracks (each ORF's score along its read, "
-        "coloured by call) for the top reads or the reads given with --ids. Prints the run "
-        "summary.")
-    parser.add_argument("outdir", metavar="OUTDIR", help="the --out directory of a predict run")
-    parser.add_argument("--html", metavar="FILE",
-                        help="where to write the report (default: OUTDIR/report.html)")
-    parser.add_argument("--png", metavar="DIR", help="also write the figures as PNG files "
-                        "into DIR (read_calls.png, score_distribution.png, read_tracks.png)")
-    parser.add_argument("--top", type=int, default=10, metavar="N",
-                        help="draw tracks of N reads (default 10): reads called virus first, "
-                        "then those with the most chunks with an ORF, then the highest virus "
-                        "score")
-    parser.add_argument("--ids", nargs="+", action="extend", default=[], metavar="ID",
-                        help="draw tracks of these reads instead of the top N")
-    parser.add_argument("--length", type=int, metavar="BP",
-                        help="chunk length of the run (default: from run_summary.json)")
-    parser.set_defaults(run=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.top < 0:
-        raise ReportError(f"--top must be >= 0, got {args.top}")
-    written = write_report(args.outdir, html_path=args.html, png_dir=args.png, top=args.top,
-                           ids=args.ids, length=args.length)
-    data = written["data"]
-    if data.summary:
-        print(summary_text(data.summary))
-    print(f"report: {written['html']}")
-    for path in written["pngs"]:
-        print(f"figure: {path}")
-    logger.debug("tracks drawn for %d reads", len(data.reads))
-    return 0

@@ -1,0 +1,61 @@
+"""``virnuc-dask predict INPUT... --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from virnuc_dask.cli.options import add_logging, add_progress, add_run_options, settings_from_args
+from virnuc_dask.config import Settings
+
+logger = logging.getLogger("virnuc_dask")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "predict", help="predict viral reads in FASTA files",
+        description="Chunk, translate, embed and classify the reads of INPUT files; write "
+        "prediction_results.txt, prediction_results_highestscore.csv, read_predictions.tsv, "
+        "embeddings.zarr, failed_records.tsv and run_summary.json into --out. Re-running the "
+        "same command resumes an interrupted run. Exit 0 complete, 2 some records failed, "
+        "1 failed.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="FASTA file(s), plain or gzip")
+    parser.add_argument("-o", "--out", metavar="DIR", help="output directory")
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="start afresh instead of resuming a run in --out")
+    add_run_options(parser)
+    add_progress(parser)
+    add_logging(parser)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from virnuc_dask.cli.options import verbosity
+
+    return run_settings(settings_from_args(args), verbosity=verbosity(args),
+                        progress_interval=args.progress_interval)
+
+
+def run_settings(settings: Settings, *, verbosity: str = "normal",
+                 progress_interval: float = 30.0) -> int:
+    """Predict with the live display (or progress log lines) and the end-of-run summary."""
+    from virnuc_dask.cli.logs import forward_worker_logs
+    from virnuc_dask.cli.progress import TerminalProgress
+    from virnuc_dask.dataflow.run import run_prediction
+    from virnuc_dask.tools.report import summary_text
+
+    def display(client):
+        forward_worker_logs(client, verbosity)
+        return TerminalProgress(client=client, interval=progress_interval,
+                                enabled=False if verbosity == "quiet" else None)
+
+    result, _ = run_prediction(settings, progress=display)
+    logger.info("run summary (%s):\n%s", Path(result.out) / "run_summary.json",
+                summary_text(result.summary))
+    if result.counts.failed:
+        logger.warning("%d records failed; see %s", result.counts.failed,
+                       Path(result.out) / "failed_records.tsv")
+    return result.exit_code

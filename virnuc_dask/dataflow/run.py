@@ -1,0 +1,46 @@
+"""One run of the prediction, from ``Settings`` to result files: the orchestration that
+``virnuc-dask predict``, ``virnuc-dask demo`` and :func:`virnuc_dask.predict` share.
+
+It checks the inputs before any cluster starts, starts the cluster the settings name
+(unless a client is given), logs the dashboard link, keeps Dask's performance report
+when asked, and runs :func:`virnuc_dask.dataflow.pipeline.predict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from distributed import Client
+
+from virnuc_dask.config import Settings
+from virnuc_dask.dataflow.pipeline import Progress, RunResult
+
+logger = logging.getLogger(__name__)
+
+# Given the run's client, a context manager that yields the progress sink for the run
+# (the CLI's live display, which needs the client to show its workers).
+ProgressFactory = Callable[[Client], AbstractContextManager[Progress | None]]
+
+
+def run_prediction(settings: Settings, *, client: Client | None = None,
+                   progress: ProgressFactory | None = None) -> tuple[RunResult, str | None]:
+    """Run ``settings``' prediction; return the result and the dashboard link (if any)."""
+    from virnuc_dask.cluster.start import open_client
+    from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
+    from virnuc_dask.dataflow.pipeline import predict, preflight
+
+    preflight(settings)  # bad inputs fail here, before any cluster starts
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(open_client(settings))
+        link = dashboard_link(client)
+        logger.info("dashboard: %s", link
+                    or "none (the scheduler runs without one; it needs bokeh)")
+        stack.enter_context(client.as_current())
+        stack.enter_context(performance_report(settings.performance_report))
+        sink = stack.enter_context(progress(client)) if progress is not None else None
+        result = predict(settings, client, progress=sink)
+    return result, link
