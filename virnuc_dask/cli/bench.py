@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from virnuc_dask.tools.bench import bench, render
+    from virnuc_dask.tools.bench import BenchOptions, bench, render
 
     if args.input is None and args.reads is None:
         args.reads = 2000
@@ -75,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    result = bench(args)
+    options = BenchOptions(**{field.name: getattr(args, field.name)
+                              for field in dataclasses.fields(BenchOptions)})
+    result = bench(dataclasses.replace(options, workers=tuple(args.workers)))
     Console().print(render(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -94,9 +94,9 @@ def load_esm(
     path = resolve_esm_path(source, cache_dir=cache_dir, offline=offline)
     # fair-esm pickles its hyper-parameters as an argparse.Namespace; allow exactly that
     # class under torch's safe (weights-only) loading instead of disabling it.
-    torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        model, alphabet = pretrained.load_model_and_alphabet_local(path)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            model, alphabet = pretrained.load_model_and_alphabet_local(path)
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, OSError, ValueError,
             TypeError, AttributeError) as exc:
         if isinstance(exc, torch.OutOfMemoryError):

@@ -34,8 +34,8 @@ FASTA file, or reads generated like the perf inputs (coding-like, 400-600 bp).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -421,7 +421,28 @@ def precision_agreement(
 
 # -- the command ---------------------------------------------------------------------------
 
-def bench(args: argparse.Namespace) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    """What to measure: the input (or ``reads`` generated reads), the models (built at
+    ``size`` unless files are given) and the run's knobs."""
+
+    input: str | None = None
+    reads: int | None = 2000
+    length: int = 500
+    size: str = "small"
+    esm_model: str | None = None
+    dnabert_model: str | None = None
+    precision: str = "auto"
+    workers: tuple[int, ...] = (1, 2)
+    partition_rows: int = 512
+    toks_per_batch: int | None = None
+    dnabert_toks_per_batch: int | None = None
+    precision_orfs: int = 128
+    skip_original: bool = False
+    work_dir: str | None = None
+
+
+def bench(options: BenchOptions) -> dict[str, Any]:
     """Run every measurement; returns the JSON document (numbers at the top level)."""
     from virnuc_dask.config import load_settings
     from virnuc_dask.models.dnabert import load_dnabert
@@ -430,25 +451,26 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     from virnuc_dask.worker.plugin import DTYPES, pick_device, resolve_precision
 
     t_start = time.perf_counter()
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="vd-bench-"))
+    work = (Path(options.work_dir) if options.work_dir
+            else Path(tempfile.mkdtemp(prefix="vd-bench-")))
     work.mkdir(parents=True, exist_ok=True)
-    fasta = args.input or str(write_bench_input(work / "bench_reads.fa", args.reads))
-    if args.input and args.reads:
-        fasta = str(_first_reads(Path(args.input), work / "bench_reads.fa", args.reads))
+    fasta = options.input or str(write_bench_input(work / "bench_reads.fa", options.reads))
+    if options.input and options.reads:
+        fasta = str(_first_reads(Path(options.input), work / "bench_reads.fa", options.reads))
     device = pick_device()
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(options.precision, device)
     dtype = DTYPES[precision]
     peak_dtype = dtype  # the peak of the precision the models run in
     logger.info("bench in %s on %s (%s); input %s", work, device, precision, fasta)
-    if device.type == "cpu" and args.size in ("650m", "real") and not args.esm_model:
+    if device.type == "cpu" and options.size in ("650m", "real") and not options.esm_model:
         logger.warning("--size %s on a CPU: the models are the real sizes, expect hours; "
-                       "small is the CPU size", args.size)
-    paths = build_models(work / "models", args.size, esm_model=args.esm_model,
-                         dnabert_model=args.dnabert_model)
+                       "small is the CPU size", options.size)
+    paths = build_models(work / "models", options.size, esm_model=options.esm_model,
+                         dnabert_model=options.dnabert_model)
 
-    reads, orfs = read_orfs_of(fasta, args.length)
+    reads, orfs = read_orfs_of(fasta, options.length)
     if not orfs:
-        raise VirnucError(f"{fasta}: no ORF at length {args.length}; nothing to benchmark")
+        raise VirnucError(f"{fasta}: no ORF at length {options.length}; nothing to benchmark")
     loads = {"start": os.getloadavg()[0]}
     # Sampled between the phases, the best taken: one sample can fall into a moment
     # when other processes hold the cores.
@@ -464,7 +486,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     dn_lengths = np.array([len(t) for t in tokenizer.encode([o.nucleotide for o in orfs])])
     flops = {"esm": model_flops(esm_lengths, **esm_shape(esm)),
              "dnabert": model_flops(dn_lengths, **dnabert_shape(dnabert))}
-    prefetch = prefetch_effect(models, orfs[:min(args.partition_rows, SAMPLE_ORFS)],
+    prefetch = prefetch_effect(models, orfs[:min(options.partition_rows, SAMPLE_ORFS)],
                                device=device)
     loads["prefetch"] = os.getloadavg()[0]
     peaks.append(matmul_peak(device, peak_dtype))
@@ -474,11 +496,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     _release(device)
 
     settings = load_settings(inputs=[fasta], overrides={
-        "out": str(work / "predict"), "length": args.length, **paths, "precision": precision,
-        "partition_rows": args.partition_rows, "toks_per_batch": args.toks_per_batch,
-        "dnabert_toks_per_batch": args.dnabert_toks_per_batch, "offline": True})
+        "out": str(work / "predict"), "length": options.length, **paths, "precision": precision,
+        "partition_rows": options.partition_rows, "toks_per_batch": options.toks_per_batch,
+        "dnabert_toks_per_batch": options.dnabert_toks_per_batch, "offline": True})
     scaling = []
-    for n in args.workers:
+    for n in options.workers:
         logger.info("predict on %d worker(s)", n)
         scaling.append(run_pipeline(settings, n))
         loads[f"predict_{n}w"] = os.getloadavg()[0]
@@ -493,9 +515,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     original: dict[str, Any] = {}
     sample = orfs[:SAMPLE_ORFS]
-    if not args.skip_original:
+    if not options.skip_original:
         logger.info("the original way, one process")
-        original = run_original_style(paths, fasta, args.length, device=device)
+        original = run_original_style(paths, fasta, options.length, device=device)
         ours = _stored_scores(first["out"])
         original["max_score_diff_vs_pipeline"] = float(np.abs(ours - original.pop("scores")).max())
         loads["original"] = os.getloadavg()[0]
@@ -513,10 +535,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         original["speedup_bound_end_to_end"] = original["seconds"] / (
             sum(flops.values()) / peak)
 
-    logger.info("precision agreement on %d ORFs", args.precision_orfs)
+    logger.info("precision agreement on %d ORFs", options.precision_orfs)
     precisions = precision_agreement(
-        **paths, nucleotides=[o.nucleotide for o in orfs[:args.precision_orfs]],
-        proteins=[o.protein for o in orfs[:args.precision_orfs]], device=device)
+        **paths, nucleotides=[o.nucleotide for o in orfs[:options.precision_orfs]],
+        proteins=[o.protein for o in orfs[:options.precision_orfs]], device=device)
 
     padded = sum(first["embedding"][m]["padded_tokens"] for m in flops)
     real = sum(first["embedding"][m]["real_tokens"] for m in flops)
@@ -535,10 +557,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "matmul_peak_samples": peaks,
         "device": str(device), "precision": precision, "peak_dtype": str(peak_dtype),
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "input": fasta, "reads": reads, "orfs": len(orfs), "length": args.length,
-        "size": args.size if not (args.esm_model or args.dnabert_model) else "given",
+        "input": fasta, "reads": reads, "orfs": len(orfs), "length": options.length,
+        "size": options.size if not (options.esm_model or options.dnabert_model) else "given",
         "models": {**paths, "shapes": shapes},
-        "partition_rows": args.partition_rows,
+        "partition_rows": options.partition_rows,
         "stages": stages, "prefetch": prefetch,
         "scaling": [{k: v for k, v in r.items() if k not in ("embedding", "out")}
                     for r in scaling],

@@ -322,9 +322,9 @@ def esm_shape(source: str) -> ModelShape | None:
 def _esm_file_shape(path: str) -> tuple[int, int] | None:
     import torch
 
-    torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         cfg = data["cfg"]["model"]
         return int(cfg.encoder_layers), int(cfg.encoder_embed_dim)
     except (OSError, RuntimeError, KeyError, AttributeError, TypeError, ValueError) as exc:

@@ -1,0 +1,115 @@
+"""The package's layout: layers, no import cycles, a light command line."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "virnuc_dask"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path, *, top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}: relative import; use virnuc_dask.<package>.<module>")
+    return found
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _graph(*, top_level_only: bool) -> dict[str, set[str]]:
+    return {name: {m for m in _imports(path, top_level_only=top_level_only)
+                   if m in MODULES and m != name and m != "virnuc_dask"}
+            for name, path in MODULES.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("top_level_only", [True, False], ids=["module-level", "all"])
+def test_the_import_graph_has_no_cycles(top_level_only):
+    assert _cycle(_graph(top_level_only=top_level_only)) is None
+
+
+def test_a_cycle_would_be_found():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_core_is_pure():
+    """Biology and batching import neither torch nor Dask, nor any other layer."""
+    for name, path in MODULES.items():
+        if name.startswith("virnuc_dask.core."):
+            heavy = {m.split(".")[0] for m in _imports(path, top_level_only=False)} & {
+                "torch", "dask", "distributed", "zarr", "esm", "tokenizers"}
+            assert not heavy, f"{name} imports {heavy}"
+            inner = {m for m in _imports(path, top_level_only=False)
+                     if m.startswith("virnuc_dask.") and m in MODULES}
+            assert inner <= {m for m in MODULES if m.startswith("virnuc_dask.core")} | {
+                "virnuc_dask.errors"}, f"{name} imports {inner}"
+
+
+def test_argparse_and_print_only_in_cli():
+    for name, path in MODULES.items():
+        if name.startswith("virnuc_dask.cli") or name == "virnuc_dask.__main__":
+            continue
+        tree = ast.parse(path.read_text())
+        assert "argparse" not in {m.split(".")[0] for m in _imports(path, top_level_only=False)
+                                  if m != "argparse.Namespace"} or name in ALLOWED_ARGPARSE, name
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        assert not calls, f"{name} prints (line {calls[0].lineno})" if calls else ""
+
+
+# fair-esm checkpoints pickle an argparse.Namespace of the model's options: building one is
+# writing the model format, not parsing a command line.
+ALLOWED_ARGPARSE = {"virnuc_dask.tools.demo", "virnuc_dask.models.esm2",
+                    "virnuc_dask.tools.validate"}
+
+
+def test_help_does_not_import_torch_or_distributed():
+    code = ("import sys\nfrom virnuc_dask.cli.main import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in ('torch', 'distributed', 'dask', 'numpy', 'zarr') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"
