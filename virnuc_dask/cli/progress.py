@@ -395,8 +395,10 @@ class TerminalProgress:
     log lines when not live. ``client``: a distributed Client to list its workers and
     what they run (optional).
 
-    >>> with TerminalProgress(enabled=False, interval=60) as progress:
-    ...     result = predict(settings, client, progress=progress)  # doctest: +SKIP
+    Usage::
+
+        with TerminalProgress(enabled=False, interval=60) as progress:
+            result = predict(settings, client, progress=progress)
     """
 
     def __init__(self, *, enabled: bool | None = None, interval: float = 30.0,

@@ -15,10 +15,13 @@ read input and write Zarr. No CUDA call is made in this process: GPUs are counte
 with NVML, so the client never claims a device. dask-cuda is imported only where
 GPUs are used; job scripts are generated without it.
 
->>> print(job_script("slurm"))  # doctest: +SKIP
-#!/usr/bin/env bash
-#SBATCH -J virnuc-dask
-...
+Usage::
+
+    print(job_script("slurm"))
+    #!/usr/bin/env bash
+    #SBATCH -J virnuc-dask
+    ...
+
 """
 
 from __future__ import annotations
@@ -306,8 +309,11 @@ def jobqueue_cluster(system: str, *, config_file: str | os.PathLike[str] | None 
     ``overrides`` are keyword arguments of ``SLURMCluster``/``PBSCluster`` and win
     over every configuration file.
 
-    >>> cluster = jobqueue_cluster("slurm", queue="gpu", walltime="12:00:00")  # doctest: +SKIP
-    >>> cluster.scale(jobs=4)  # doctest: +SKIP
+    Usage::
+
+        cluster = jobqueue_cluster("slurm", queue="gpu", walltime="12:00:00")
+        cluster.scale(jobs=4)
+
     """
     options = {**jobqueue_options(system, config_file=config_file), **overrides}
     return _jobqueue_class(system)(**options)

@@ -15,9 +15,12 @@
   ``client.scheduler_info()["workers"][address]["metrics"]``.
 - **Report.** :func:`performance_report` wraps ``distributed.performance_report``.
 
->>> client.register_plugin(ThroughputMetrics())  # doctest: +SKIP
->>> with performance_report("run.html"):  # doctest: +SKIP
-...     predict(settings, client)
+Usage::
+
+    client.register_plugin(ThroughputMetrics())
+    with performance_report("run.html"):
+        predict(settings, client)
+
 """
 
 from __future__ import annotations
@@ -87,9 +90,12 @@ class ThroughputMetrics(WorkerPlugin):
     ``embed_orfs_per_s`` travel with every heartbeat; the dashboard's Workers table
     shows them as columns.
 
-    >>> client.register_plugin(ThroughputMetrics())  # doctest: +SKIP
-    >>> client.scheduler_info()["workers"][address]["metrics"]["embedded_orfs"]  # doctest: +SKIP
-    2048.0
+    Usage::
+
+        client.register_plugin(ThroughputMetrics())
+        client.scheduler_info()["workers"][address]["metrics"]["embedded_orfs"]
+        2048.0
+
     """
 
     name = "virnuc-dask-throughput"

@@ -72,7 +72,8 @@ def _fsync(path: Path) -> None:
 class EmbeddingStore:
     """Open or create the store under ``out``; see the module docstring for the layout.
 
-    >>> store = EmbeddingStore.create("out", rows=10, dims={"dnabert": 4, "esm": 6},
+    >>> import tempfile
+    >>> store = EmbeddingStore.create(tempfile.mkdtemp(), rows=10, dims={"dnabert": 4, "esm": 6},
     ...                               chunk_rows=4, classes=2, fingerprint={"k": 1})
     >>> store.done_partitions()
     set()

@@ -22,10 +22,16 @@ standard ``inv_freq`` (checked against the model's buffer), then cast: fair-esm
 itself builds them in the model's dtype, so a bf16 model rounds positions above
 256 before taking their sine.
 
->>> from esm.pretrained import load_model_and_alphabet_local
->>> model, alphabet = load_model_and_alphabet_local("esm2_t6_8M_UR50D.pt")
->>> fast = SdpaEsm2(model.eval())
+>>> import torch
+>>> from esm.data import Alphabet
+>>> from esm.model.esm2 import ESM2
+>>> model = ESM2(num_layers=2, embed_dim=64, attention_heads=4,
+...              alphabet=Alphabet.from_architecture("ESM-1b")).eval()
+>>> fast = SdpaEsm2(model)
+>>> tokens = torch.tensor([[0, 20, 4, 8, 2]])  # <cls> M L S <eos>
 >>> reps = fast(tokens, repr_layers=[fast.num_layers])["representations"]
+>>> reps[2].shape
+torch.Size([1, 5, 64])
 """
 
 from __future__ import annotations
@@ -50,8 +56,11 @@ class SdpaEsm2(nn.Module):
     ``{"representations": {n: [B, T, E]}}`` for the requested layers (0 = embeddings,
     ``num_layers`` = last layer after the final LayerNorm).
 
-    >>> fast = SdpaEsm2(esm_model)        # shares esm_model's parameters
-    >>> fast.to("cuda", torch.bfloat16)   # moves esm_model too
+    Usage::
+
+        fast = SdpaEsm2(esm_model)        # shares esm_model's parameters
+        fast.to("cuda", torch.bfloat16)   # moves esm_model too
+
     """
 
     def __init__(self, model: nn.Module) -> None:

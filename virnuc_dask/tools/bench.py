@@ -26,10 +26,9 @@ heads) and DNABERT-S 2 layers x 256; or real model files with ``--esm-model``,
 ``--dnabert-model`` (and a random classifier matching them). The input is a
 FASTA file, or reads generated like the perf inputs (coding-like, 400-600 bp).
 
->>> from virnuc_dask.cli.main import main
->>> main(["bench", "--size", "tiny", "--reads", "40", "--workers", "1",
-...       "--json", "bench.json"])  # doctest: +SKIP
-0
+From the command line::
+
+    virnuc-dask bench --size tiny --reads 40 --workers 1 --json bench.json
 """
 
 from __future__ import annotations

@@ -18,10 +18,11 @@ lock per model (the workers of one node never download it concurrently), DNABERT
 through ``huggingface_hub``, which locks each file of the cache while it downloads.
 After downloading, the directory is checked the way an offline run reads it.
 
->>> layout = StagedModels.check("models", esm_model="esm2_t36_3B_UR50D",
-...                             dnabert_model="zhihan1996/DNABERT-S")  # doctest: +SKIP
->>> layout.esm
-PosixPath('models/torch/checkpoints/esm2_t36_3B_UR50D.pt')
+Usage::
+
+    layout = StagedModels.check("models", esm_model="esm2_t36_3B_UR50D",
+                                dnabert_model="zhihan1996/DNABERT-S")
+    layout.esm  # PosixPath('models/torch/checkpoints/esm2_t36_3B_UR50D.pt')
 """
 
 from __future__ import annotations
