@@ -1,0 +1,70 @@
+"""The project's own result formats, byte for byte, against files kept in tests/data/golden.
+
+An input with good reads, a read without any ORF, a read with characters that are not
+nucleotides and a record with an empty sequence. After an intended change of a format,
+regenerate with ``VIRNUC_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py`` and review
+the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers import DATA, REFERENCE, TINY
+
+from virnuc_dask.config import load_settings
+from virnuc_dask.dataflow.pipeline import predict
+
+GOLDEN = DATA / "golden"
+UPDATE = os.environ.get("VIRNUC_UPDATE_GOLDEN") == "1"
+
+
+def _key_tree(value, *, dynamic=("workers", "hosts", "threads_per_worker")):
+    """The summary's keys and value types, not its values (times and hosts vary)."""
+    if isinstance(value, dict):
+        return {k: ("<per-worker>" if k in dynamic else _key_tree(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_key_tree(value[0])] if value else []
+    return type(value).__name__
+
+
+@pytest.fixture(scope="module")
+def run(client, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("golden")
+    reads = (REFERENCE / "dev" / "basic" / "input.fa").read_text().splitlines()[:40]
+    fasta = tmp / "input.fa"
+    fasta.write_text("\n".join(reads) + "\n>no_orf\nTAATAATAA\n>digits\nACGT12ACGT\n"
+                     ">empty\n>last_good\n" + reads[1] + "\n")
+    out = tmp / "out"
+    settings = load_settings(inputs=[str(fasta)], overrides={
+        "out": str(out), "length": 300, "precision": "fp32", "partition_rows": 16, **TINY})
+    assert predict(settings, client).exit_code == 2
+    return out
+
+
+def _compare(name: str, actual: str) -> None:
+    golden = GOLDEN / name
+    if UPDATE:
+        golden.write_text(actual)
+    assert golden.is_file(), f"{golden} missing: run with VIRNUC_UPDATE_GOLDEN=1"
+    assert actual == golden.read_text(), f"{name} differs from {golden}"
+
+
+def _portable(text: str, out: Path) -> str:
+    return text.replace(str(out.parent / "input.fa"), "input.fa")
+
+
+@pytest.mark.parametrize("name", ["read_predictions.tsv", "failed_records.tsv",
+                                  "prediction_results.txt",
+                                  "prediction_results_highestscore.csv"])
+def test_result_file_matches_golden(run, name):
+    _compare(name, _portable((run / name).read_text(), run))
+
+
+def test_run_summary_keys_match_golden(run):
+    summary = json.loads((run / "run_summary.json").read_text())
+    _compare("run_summary_keys.json", json.dumps(_key_tree(summary), indent=1,
+                                                 sort_keys=True) + "\n")
