@@ -8,6 +8,7 @@ from pathlib import Path
 
 from virnuc_dask.cli.options import (
     add_config,
+    add_embedding_models,
     add_length,
     add_logging,
     add_precision,
@@ -26,12 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "read as FASTA.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA file(s), plain or gzip")
     add_length(parser)
-    parser.add_argument("--esm-model", metavar="NAME|PATH",
-                        help="ESM-2 model the estimate is for (default esm2_t36_3B_UR50D)")
-    parser.add_argument("--dnabert-model", metavar="ID|DIR",
-                        help="DNABERT-S model the estimate is for (default zhihan1996/DNABERT-S)")
-    parser.add_argument("--model-cache", metavar="DIR",
-                        help="directory of downloaded model files (to find their config)")
+    add_embedding_models(parser)  # the models the estimate is for
     add_precision(parser, what="precision the estimate is for")
     parser.add_argument("--gpus", metavar="IDS", help="GPU ids a run would use, e.g. 0,1")
     add_config(parser)
