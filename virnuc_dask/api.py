@@ -30,8 +30,9 @@ import dask.array as da
 from distributed import Client
 
 from virnuc_dask.config import load_settings
-from virnuc_dask.dataflow.outputs import FAILED, HIGHEST, PREDICTIONS, READS, BlockCounts
+from virnuc_dask.dataflow.outputs import BlockCounts
 from virnuc_dask.dataflow.store import MODEL_ARRAYS
+from virnuc_dask.rundir import FAILED, HIGHEST, PREDICTIONS, READS, STORE, SUMMARY
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class Prediction:
     def paths(self) -> dict[str, Path]:
         return {"predictions": self.out / PREDICTIONS, "highest_scores": self.out / HIGHEST,
                 "reads": self.out / READS, "failed": self.out / FAILED,
-                "summary": self.out / "run_summary.json",
-                "embeddings": self.out / "embeddings.zarr"}
+                "summary": self.out / SUMMARY,
+                "embeddings": self.out / STORE}
 
     def _array(self, name: str) -> da.Array:
         return da.from_zarr(str(self.paths["embeddings"]), component=name)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from virnuc_dask.cli.options import add_logging, add_progress, add_run_options, settings_from_args
 from virnuc_dask.config import Settings
+from virnuc_dask.rundir import FAILED, SUMMARY
 
 logger = logging.getLogger("virnuc_dask")
 
@@ -53,9 +54,9 @@ def run_settings(settings: Settings, *, verbosity: str = "normal",
                                 enabled=False if verbosity == "quiet" else None)
 
     result, _ = run_prediction(settings, progress=display)
-    logger.info("run summary (%s):\n%s", Path(result.out) / "run_summary.json",
+    logger.info("run summary (%s):\n%s", Path(result.out) / SUMMARY,
                 summary_text(result.summary))
     if result.counts.failed:
         logger.warning("%d records failed; see %s", result.counts.failed,
-                       Path(result.out) / "failed_records.tsv")
+                       Path(result.out) / FAILED)
     return result.exit_code

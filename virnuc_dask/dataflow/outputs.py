@@ -34,11 +34,8 @@ from typing import TextIO
 import numpy as np
 
 from virnuc_dask.core.orfs import BlockOrfs
+from virnuc_dask.rundir import FAILED, HIGHEST, PREDICTIONS, READS, SUMMARY
 
-PREDICTIONS = "prediction_results.txt"
-HIGHEST = "prediction_results_highestscore.csv"
-READS = "read_predictions.tsv"
-FAILED = "failed_records.tsv"
 HEADERS = {
     PREDICTIONS: "Sequence_ID\tPrediction\tscore1\tscore2\n",
     HIGHEST: "Modified_ID\tIs_Virus\n",
@@ -200,5 +197,5 @@ def assemble(parts: str | os.PathLike[str], out: str | os.PathLike[str], blocks:
 
 def remove_results(out: str | os.PathLike[str]) -> None:
     """Delete the result files of an earlier run in ``out`` (when it is being replaced)."""
-    for name in (*HEADERS, "run_summary.json"):
+    for name in (*HEADERS, SUMMARY):
         (Path(out) / name).unlink(missing_ok=True)

@@ -55,6 +55,7 @@ from virnuc_dask.dataflow.outputs import BlockCounts, assemble, remove_results, 
 from virnuc_dask.dataflow.store import MODEL_ARRAYS, EmbeddingStore, atomic_write_text, naming
 from virnuc_dask.errors import ModelLoadError, OutputDirError, SystemicFailure
 from virnuc_dask.models.classifier import score
+from virnuc_dask.rundir import SUMMARY
 from virnuc_dask.worker.plugin import ModelPlugin, ModelSpec, worker_models
 from virnuc_dask.worker.task import SYSTEMIC_FAILURES, embed_partition, store_partition
 
@@ -379,7 +380,7 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
     timings["total"] = time.perf_counter() - t0
 
     summary = _summary(settings, client, facts, total, plan, todo, partition_stats, timings)
-    atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return RunResult(out, total, len(plan), len(plan) - len(todo), summary)
 
 

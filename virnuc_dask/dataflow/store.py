@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from virnuc_dask.rundir import MANIFEST, STORE
+
 MODEL_ARRAYS = ("dnabert", "esm")
 
 
@@ -81,8 +83,8 @@ class EmbeddingStore:
 
     def __init__(self, out: str | os.PathLike[str]) -> None:
         self.out = Path(out)
-        self.path = self.out / "embeddings.zarr"
-        self.manifest = self.out / "partitions"
+        self.path = self.out / STORE
+        self.manifest = self.out / MANIFEST
 
     @classmethod
     def create(

@@ -49,6 +49,7 @@ import torch
 
 from virnuc_dask.errors import VirnucError
 from virnuc_dask.models.sizes import SIZES
+from virnuc_dask.rundir import STORE
 
 logger = logging.getLogger(__name__)
 
@@ -574,7 +575,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
 def _stored_scores(out: str) -> np.ndarray:
     import zarr
 
-    return zarr.open_group(str(Path(out) / "embeddings.zarr"), mode="r")["scores"][:]
+    return zarr.open_group(str(Path(out) / STORE), mode="r")["scores"][:]
 
 
 def _first_reads(src: Path, dest: Path, n: int) -> Path:

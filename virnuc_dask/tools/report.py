@@ -38,12 +38,10 @@ import numpy as np
 
 from virnuc_dask.core.chunking import chunk_spans
 from virnuc_dask.errors import ReportError
+from virnuc_dask.rundir import HIGHEST, PREDICTIONS, READS, SUMMARY
 
 logger = logging.getLogger(__name__)
 
-SUMMARY = "run_summary.json"
-READS = "read_predictions.tsv"
-PREDICTIONS = "prediction_results.txt"
 CALLS = ("virus", "others", "no_orf", "failed")
 CALL_LABELS = {"virus": "virus", "others": "others", "no_orf": "no ORF", "failed": "failed"}
 COLOURS = {"virus": "#d62728", "others": "#1f3b8c", "no_orf": "#9e9e9e", "failed": "#ff9f1c"}
@@ -290,7 +288,7 @@ def load_run(out: str | os.PathLike[str], *, top: int = 10, ids: Sequence[str] =
     for call, bucket in pending.items():
         orf_hist.setdefault(call, np.zeros(len(BINS) - 1, np.int64))
         orf_hist[call] += np.histogram(bucket, BINS)[0]
-    highest = out / "prediction_results_highestscore.csv"
+    highest = out / HIGHEST
     if highest.is_file():
         for fields in _open_lines(highest, "Modified_ID\tIs_Virus"):
             chunk_calls["virus" if fields[1] == "True" else "others"] += 1
