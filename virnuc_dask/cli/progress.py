@@ -42,6 +42,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from virnuc_dask.formatting import clock, compact
+
 logger = logging.getLogger(__name__)
 
 #: Rows of the display, in pipeline order: key -> label.
@@ -221,19 +223,10 @@ class RunProgress:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    return "" if seconds is None else clock(seconds)
 
 
-def _count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= 10 * scale:
-            return f"{n / scale:.1f}{unit}"
-    return f"{n:,.0f}"
+_count = compact
 
 
 def _stage_text(state: StageState, progress: RunProgress) -> tuple[str, str]:

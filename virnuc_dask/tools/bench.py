@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from virnuc_dask.errors import VirnucError
+from virnuc_dask.formatting import si
 from virnuc_dask.models.sizes import SIZES
 from virnuc_dask.rundir import STORE
 
@@ -589,12 +590,7 @@ def _first_reads(src: Path, dest: Path, n: int) -> Path:
 
 
 def _fmt_rate(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}".rstrip()
+    return si(value, unit, missing="-")
 
 
 def render(result: dict[str, Any]) -> Any:

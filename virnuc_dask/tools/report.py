@@ -38,6 +38,7 @@ import numpy as np
 
 from virnuc_dask.core.chunking import chunk_spans
 from virnuc_dask.errors import ReportError
+from virnuc_dask.formatting import clock, compact
 from virnuc_dask.rundir import HIGHEST, PREDICTIONS, READS, SUMMARY
 
 logger = logging.getLogger(__name__)
@@ -57,20 +58,11 @@ MODEL_NAMES = {"dnabert": "DNABERT-S", "esm": "ESM-2"}
 def _seconds(value: float | None) -> str:
     if value is None:
         return "?"
-    if value < 60:
-        return f"{value:.1f} s"
-    m, s = divmod(int(round(value)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    return f"{value:.1f} s" if value < 60 else clock(value)
 
 
 def _rate(value: float | None) -> str:
-    if not value:
-        return "?"
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if value >= 10 * scale:
-            return f"{value / scale:.1f}{unit}"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+    return compact(value, decimals_below=100) if value else "?"
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:

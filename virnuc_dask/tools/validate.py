@@ -46,6 +46,7 @@ import numpy as np
 from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import FastaFormatError, Record, plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
+from virnuc_dask.formatting import duration_words, si
 
 logger = logging.getLogger(__name__)
 
@@ -446,23 +447,11 @@ def estimate(files: Sequence[FileStats], settings: Settings) -> dict[str, Any]:
 # -- text ---------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.2g} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+_duration = duration_words
 
 
 def _si(value: float, unit: str) -> str:
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
+    return si(value, unit) if value >= 1000 else f"{value:.3g} {unit}"
 
 
 def length_buckets(lengths: np.ndarray, chunk_size: int) -> list[tuple[str, int]]:

@@ -1,0 +1,21 @@
+"""The run directory (``--out``): the name of every file a run writes, in one place.
+
+| name | content |
+|---|---|
+| ``prediction_results.txt`` | the original's per-ORF scores |
+| ``prediction_results_highestscore.csv`` | the original's per-chunk verdicts |
+| ``read_predictions.tsv`` | one row per input read |
+| ``failed_records.tsv`` | records that could not be processed |
+| ``run_summary.json`` | what the run did, how fast, where |
+| ``embeddings.zarr/`` | the embeddings and scores (the resume state, with ``partitions/``) |
+"""
+
+from __future__ import annotations
+
+PREDICTIONS = "prediction_results.txt"
+HIGHEST = "prediction_results_highestscore.csv"
+READS = "read_predictions.tsv"
+FAILED = "failed_records.tsv"
+SUMMARY = "run_summary.json"
+STORE = "embeddings.zarr"
+MANIFEST = "partitions"
