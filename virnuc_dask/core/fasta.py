@@ -1,5 +1,8 @@
 """FASTA input read in byte-range blocks, record for record what Biopython's parser gives.
 
+FASTQ files are recognised by their content and read by :mod:`.fastq` through the
+same blocks and errors (``plan_blocks`` and ``read_block`` serve both formats).
+
 ``plan_blocks`` cuts plain files into ~``blocksize`` byte ranges (a gzip file,
 recognised by its magic bytes, is always one whole-file block); ``read_block``
 parses one range in whichever process runs it.  A record belongs to the block
@@ -40,42 +43,27 @@ import os
 import stat
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from virnuc_dask.core import fastq
+from virnuc_dask.core.records import (
+    FastaBlock,
+    Record,
+)
+from virnuc_dask.core.records import (
+    count_line_ends as _count_line_ends,
+)
+from virnuc_dask.core.records import (
+    lines_at as _lines_at,
+)
 from virnuc_dask.errors import FastaFormatError
 
-__all__ = ["FastaBlock", "FastaFormatError", "Record", "check_input", "plan_blocks",
-           "read_block", "record_problem"]
+__all__ = ["FastaBlock", "FastaFormatError", "Record", "check_input", "inspect_input",
+           "plan_blocks", "read_block", "record_problem"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _SCAN = 16 * 2**20  # bytes per read when counting lines or decompressing
 _HEAD = 2**16  # bytes looked at by plan_blocks' early format check
 _IUPAC = b"ACGTUNRYKMSWBDHVacgtunrykmswbdhv"
-
-
-@dataclass(frozen=True)
-class FastaBlock:
-    """Byte range ``[start, stop)`` of one input file (``stop`` None: to the end of file).
-
-    ``first_line`` is the 1-based line number at ``start`` (1 + line ends that
-    begin before ``start``), filled in by ``plan_blocks``.
-    """
-
-    path: str
-    index: int
-    start: int
-    stop: int | None
-    first_line: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One FASTA record; ``line`` is the 1-based line of its header (decompressed file)."""
-
-    id: str
-    sequence: str
-    path: str
-    line: int
 
 
 def record_problem(record: Record) -> str | None:
@@ -117,22 +105,32 @@ def plan_blocks(paths: Sequence[str], blocksize: int = 64 * 2**20) -> list[Fasta
     blocks: list[FastaBlock] = []
     for raw in paths:
         path = os.fspath(raw)
-        size, compressed = check_input(path)
+        size, compressed, fmt, record_line = inspect_input(path)
         if compressed:
-            blocks.append(FastaBlock(path, len(blocks), 0, None, 1))
+            blocks.append(FastaBlock(path, len(blocks), 0, None, 1, fmt, record_line))
             continue
         starts = list(range(0, max(size, 1), blocksize))
         for i, (start, line) in enumerate(zip(starts, _lines_at(path, starts), strict=True)):
             stop = starts[i + 1] if i + 1 < len(starts) else None
-            blocks.append(FastaBlock(path, len(blocks), start, stop, line))
+            blocks.append(FastaBlock(path, len(blocks), start, stop, line, fmt, record_line))
     return blocks
 
 
 def check_input(path: str) -> tuple[int, bool]:
-    """(size, is gzip) of a readable regular file whose start looks like FASTA.
+    """(size, is gzip) of a readable regular file whose start looks like FASTA or FASTQ.
 
     Reads at most the first 64 KiB (decompressed): a quick check before a run starts.
     Raises ``FileNotFoundError`` or ``FastaFormatError`` as :func:`plan_blocks`.
+    """
+    size, compressed, _, _ = inspect_input(path)
+    return size, compressed
+
+
+def inspect_input(path: str) -> tuple[int, bool, str, int]:
+    """(size, is gzip, ``"fasta"``/``"fastq"``, line of the first record) of an input.
+
+    The format comes from the content: the first non-blank line starts with ``>``
+    (FASTA) or ``@`` (FASTQ); an empty file counts as FASTA.  Raises as :func:`check_input`.
     """
     try:
         info = os.stat(path)
@@ -154,36 +152,12 @@ def check_input(path: str) -> tuple[int, bool]:
                 head = g.read(_HEAD)
         except (EOFError, OSError, zlib.error) as exc:
             raise _gzip_error(path, 1, exc) from exc
+    if head.lstrip()[:1] == b"@":
+        return info.st_size, compressed, "fastq", fastq.first_record_line(head)
     preamble = head if _find_header(head) < 0 else head[:_find_header(head)]
     if preamble.strip():
         raise _not_fasta(path, preamble, 1)
-    return info.st_size, compressed
-
-
-def _count_line_ends(data: bytes, after_cr: bool = False) -> int:
-    """Line ends (LF, CRLF, lone CR) in ``data``; ``after_cr``: ``data`` follows a CR."""
-    n = data.count(b"\n")
-    cr = data.count(b"\r")
-    if cr:
-        n += cr - data.count(b"\r\n")
-    if after_cr and data[:1] == b"\n":
-        n -= 1  # the CR before ``data`` already counted this CRLF
-    return n
-
-
-def _lines_at(path: str, offsets: Sequence[int]) -> list[int]:
-    """Line number at each (ascending) byte offset: 1 + line ends beginning before it."""
-    lines, count, pos, after_cr = [], 0, 0, False
-    with open(path, "rb") as f:
-        for offset in offsets:
-            while pos < offset:
-                data = f.read(min(_SCAN, offset - pos))
-                if not data:
-                    break
-                count += _count_line_ends(data, after_cr)
-                after_cr, pos = data[-1:] == b"\r", pos + len(data)
-            lines.append(count + 1)
-    return lines
+    return info.st_size, compressed, "fasta", 1
 
 
 # --------------------------------------------------------------------------- reading
@@ -191,10 +165,19 @@ def _lines_at(path: str, offsets: Sequence[int]) -> list[int]:
 
 def read_block(block: FastaBlock) -> list[Record]:
     """The records whose header line starts in ``block`` (``[]`` if none), in file order."""
+    if block.format == "fastq":
+        if block.start == 0 and block.stop is None and _is_gzip(block.path):
+            return [rec for batch in fastq.iter_fastq_gzip(block.path) for rec in batch]
+        return fastq.read_fastq_block(block)
     with open(block.path, "rb") as f:
         if block.start == 0 and f.read(2) == _GZIP_MAGIC:
             return _read_gzip(block.path)
         return _read_plain(f, block)
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == _GZIP_MAGIC
 
 
 def _read_plain(f, block: FastaBlock) -> list[Record]:
