@@ -134,7 +134,26 @@ def not_fasta(tmp: Path) -> Path:
     return path
 
 
+def bad_fastq(tmp: Path, name: str, tail: str, *, compressed: bool = False) -> Path:
+    text = "@r1 first\nACGTACGT\n+\nIIIIIIII\n" * 3 + tail
+    path = tmp / name
+    path.write_bytes(gzip.compress(text.encode()) if compressed else text.encode())
+    return path
+
+
 STOPPERS = {
+    "FASTQ quality length": (
+        lambda tmp: ([BASIC, bad_fastq(tmp, "q.fq", "@r4\nACGT\n+\nIII\n")], {}),
+        ["q.fq: line 16: record 'r4': sequence and quality lengths differ"]),
+    "FASTQ without '+'": (
+        lambda tmp: ([bad_fastq(tmp, "p.fq.gz", "@r4\nACGT\nACGT\n+\nIIIIIIII\n",
+                               compressed=True)], {}),
+        ["p.fq.gz: line 15: record 'r4': missing '+' line"]),
+    "FASTQ truncated": (lambda tmp: ([bad_fastq(tmp, "t.fq", "@r4\nACGT\n")], {}),
+                        ["t.fq: line 13: record 'r4': truncated record"]),
+    "FASTA record in FASTQ": (
+        lambda tmp: ([bad_fastq(tmp, "f.fq", ">r4\nACGT\n")], {}),
+        ["f.fq: line 13: record 'r4': a FASTA record ('>' header) in a FASTQ file"]),
     # name: (inputs and models from tmp, fragments of the one error line)
     "missing input": (lambda tmp: ([tmp / "nope.fa"], {}), ["nope.fa", "not found"]),
     "not FASTA": (lambda tmp: ([not_fasta(tmp)], {}),
