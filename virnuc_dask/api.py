@@ -31,7 +31,7 @@ from distributed import Client
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.outputs import BlockCounts
-from virnuc_dask.dataflow.store import MODEL_ARRAYS
+from virnuc_dask.dataflow.store import MODEL_ARRAYS, lazy_rows
 from virnuc_dask.rundir import FAILED, HIGHEST, PREDICTIONS, READS, STORE, SUMMARY
 
 logger = logging.getLogger(__name__)
@@ -72,12 +72,12 @@ class Prediction:
     @property
     def embeddings(self) -> dict[str, da.Array]:
         """``{"dnabert": [rows, 768], "esm": [rows, 2560]}`` for the published models."""
-        return {name: self._array(name) for name in MODEL_ARRAYS}
+        return {name: lazy_rows(self.paths["embeddings"], name) for name in MODEL_ARRAYS}
 
     @property
     def features(self) -> da.Array:
         """The classifier's input: DNABERT-S then ESM-2 columns."""
-        return da.concatenate([self._array(name) for name in MODEL_ARRAYS], axis=1)
+        return da.concatenate(list(self.embeddings.values()), axis=1)
 
     @property
     def scores(self) -> da.Array:

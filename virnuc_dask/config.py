@@ -52,7 +52,8 @@ class Settings:
     toks_per_batch: int | None = None
     dnabert_toks_per_batch: int | None = None
     partition_rows: int = 2048
-    blocksize: int = 32 * 2**20
+    blocksize: int = 8 * 2**20
+    dedup: bool = True
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -82,7 +83,7 @@ class Settings:
         if self.cluster_config is not None and self.cluster not in ("slurm", "pbs"):
             raise ConfigError(
                 f"cluster_config applies to cluster slurm or pbs, not {self.cluster!r}")
-        for key in ("offline", "overwrite"):
+        for key in ("offline", "overwrite", "dedup"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
 

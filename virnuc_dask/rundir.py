@@ -8,6 +8,7 @@
 | ``failed_records.tsv`` | records that could not be processed |
 | ``run_summary.json`` | what the run did, how fast, where |
 | ``embeddings.zarr/`` | the embeddings and scores (the resume state, with ``partitions/``) |
+| ``.scratch/`` | while a run lasts: its ORF tables and dedup index, rebuilt by every run |
 """
 
 from __future__ import annotations
@@ -19,3 +20,4 @@ FAILED = "failed_records.tsv"
 SUMMARY = "run_summary.json"
 STORE = "embeddings.zarr"
 MANIFEST = "partitions"
+SCRATCH = ".scratch"

@@ -11,7 +11,7 @@ RUN_SETTINGS = ("out", "length", "esm_model", "dnabert_model", "classifier", "mo
                 "offline", "precision", "workers", "threads", "gpus", "scheduler",
                 "scheduler_file", "cluster", "jobs", "cluster_config", "performance_report",
                 "toks_per_batch", "dnabert_toks_per_batch", "partition_rows", "blocksize",
-                "overwrite")
+                "dedup", "overwrite")
 
 
 def positive_seconds(text: str) -> float:
@@ -113,7 +113,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                      "profiles, bandwidth) to FILE.html")
     add_batching(run)
     run.add_argument("--blocksize", type=int, metavar="BYTES",
-                     help="bytes of FASTA per reading task")
+                     help="bytes of FASTA or FASTQ per reading task")
     add_config(run)
 
 

@@ -15,15 +15,18 @@ logger = logging.getLogger("virnuc_dask")
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "predict", help="predict viral reads in FASTA files",
+        "predict", help="predict viral reads in FASTA or FASTQ files",
         description="Chunk, translate, embed and classify the reads of INPUT files; write "
         "prediction_results.txt, prediction_results_highestscore.csv, read_predictions.tsv, "
         "embeddings.zarr, failed_records.tsv and run_summary.json into --out. Re-running the "
         "same command resumes an interrupted run. Exit 0 complete, 2 some records failed, "
         "1 failed.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="FASTA file(s), plain or gzip")
+                        help="FASTA or FASTQ file(s), plain or gzip (format from the content)")
     parser.add_argument("-o", "--out", metavar="DIR", help="output directory")
+    parser.add_argument("--no-dedup", dest="dedup", action="store_false", default=None,
+                        help="embed every ORF, also inputs already seen in this run (identical "
+                        "inputs are otherwise embedded once)")
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="start afresh instead of resuming a run in --out")
     add_run_options(parser)

@@ -96,6 +96,8 @@ def write_block(table: BlockOrfs, scores: np.ndarray, parts: str | os.PathLike[s
                 failed: Mapping[int, tuple[str, str]] | None = None) -> BlockCounts:
     """Write the part files of one block; ``scores`` are its ORF rows' class probabilities.
 
+    ``table.orfs`` may hold the ORFs or only their ids (all this needs).
+
     ``failed`` maps block rows of ORFs that could not be embedded to (stage, error): they
     are listed in the failed records instead of the predictions, and their read is
     judged on its other ORFs (``failed`` when it has none).
@@ -119,18 +121,19 @@ def write_block(table: BlockOrfs, scores: np.ndarray, parts: str | os.PathLike[s
             counts.chunks += read.chunks
             chunk_best: dict[str, tuple[np.float32, np.float32]] = {}
             for r, orf in enumerate(table.orfs[row:row + read.orfs], start=row):
+                orf_id = orf if isinstance(orf, str) else orf.id
                 if r in failed:
                     stage, error = failed[r]
                     counts.failed += 1
                     counts.orfs_failed += 1
-                    failures.write(f"{orf.id}\t{stage}\t{_clean(error)}\n")
+                    failures.write(f"{orf_id}\t{stage}\t{_clean(error)}\n")
                     continue
                 s1, s2 = scores[r]
                 label = "virus" if s2 > s1 else "others"
                 # str(), not an f-string field: numpy formats a float32 in a format
                 # string as a float64 ("0.04085734114050865" for "0.04085734").
-                pred.write(f"{orf.id}\t{label}\t{str(s1)}\t{str(s2)}\n")
-                chunk = orf.id[:-2]
+                pred.write(f"{orf_id}\t{label}\t{str(s1)}\t{str(s2)}\n")
+                chunk = orf_id[:-2]
                 best = chunk_best.get(chunk)
                 chunk_best[chunk] = (s1, s2) if best is None else (max(best[0], s1),
                                                                    max(best[1], s2))

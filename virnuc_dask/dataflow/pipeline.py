@@ -2,8 +2,11 @@
 
 ::
 
-    FASTA blocks --read_orfs--> ORF tables (one per block, held on the workers)
-        --plan--> partitions of ``partition_rows`` ORFs (input order) --embed--> embeddings.zarr
+    FASTA/FASTQ blocks --read_orfs--> ORF tables, written as columns into the scratch
+        (workers keep nothing; the client gets counts and read-id hashes)
+        --dedup--> per model, the first row of every repeated input (hash buckets)
+        --plan--> partitions of ``partition_rows`` ORFs (input order) --partition (rows read
+        back from the scratch) --embed (first copies only)--> embeddings.zarr
         --classify (lazy from Zarr)--> scores --write_block--> part files --assemble--> results
 
 Usage::
@@ -35,15 +38,15 @@ from typing import Any
 
 import dask
 import dask.array as da
-import dask.bag as db
 import numpy as np
 import zarr
 from distributed import Client, as_completed
 
 from virnuc_dask import __version__
 from virnuc_dask.cluster.start import torch_threads_by_host
-from virnuc_dask.core.fasta import check_input, plan_blocks
+from virnuc_dask.core.fasta import FastaBlock, check_input, plan_blocks
 from virnuc_dask.core.orfs import BlockOrfs, id_hashes, read_orfs
+from virnuc_dask.dataflow import scratch
 from virnuc_dask.dataflow.dashboard import (
     EMBED_STAGE,
     STORE_STAGE,
@@ -52,14 +55,35 @@ from virnuc_dask.dataflow.dashboard import (
     unique_key,
 )
 from virnuc_dask.dataflow.outputs import BlockCounts, assemble, remove_results, write_block
-from virnuc_dask.dataflow.store import MODEL_ARRAYS, EmbeddingStore, atomic_write_text, naming
+from virnuc_dask.dataflow.scratch import (
+    dedup_bucket,
+    read_column,
+    read_reads,
+    write_table,
+)
+from virnuc_dask.dataflow.scratch import sources as dedup_sources
+from virnuc_dask.dataflow.store import (
+    MODEL_ARRAYS,
+    EmbeddingStore,
+    atomic_write_text,
+    lazy_rows,
+    naming,
+)
 from virnuc_dask.errors import ModelLoadError, OutputDirError, SystemicFailure
 from virnuc_dask.models.classifier import score
 from virnuc_dask.rundir import SUMMARY
 from virnuc_dask.worker.plugin import ModelPlugin, ModelSpec, worker_models
-from virnuc_dask.worker.task import SYSTEMIC_FAILURES, embed_partition, store_partition
+from virnuc_dask.worker.task import (
+    SYSTEMIC_FAILURES,
+    PartitionRows,
+    embed_partition,
+    store_partition,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Input bytes per dedup hash bucket (a bucket task holds ~40 bytes per ORF of its share).
+DEDUP_BUCKET_BYTES = 64 * 2**20
 
 # ``progress(stage, done, total, **detail)``; stages and details: see virnuc_dask.cli.progress.
 Progress = Callable[..., None]
@@ -82,24 +106,28 @@ class RunResult:
 
 # -- tasks (run on workers) ---------------------------------------------------------------
 
-def _first(partition: list[BlockOrfs]) -> BlockOrfs:
-    return partition[0]
-
-
-def _orf_count(table: BlockOrfs) -> int:
-    return len(table.orfs)
-
-
-def _summarize(table: BlockOrfs) -> tuple[int, np.ndarray]:
+def _read_block(block: FastaBlock, chunk_size: int, root: str, buckets: int,
+                excluded: dict[int, str] | None = None) -> tuple[int, np.ndarray]:
+    """Read and translate one block into the scratch; (ORFs, read id hashes)."""
+    table = read_orfs(block, chunk_size)
+    if excluded:
+        table = table.without_reads(excluded)
+    write_table(root, table, buckets=buckets)
     return len(table.orfs), id_hashes(table)
 
 
-def _take(table: BlockOrfs, lo: int, hi: int) -> list:
-    return table.orfs[lo:hi]
-
-
-def _gather(*pieces: list) -> list:
-    return [orf for piece in pieces for orf in piece]
+def _load_partition(root: str, pieces: list[tuple[int, int, int]], row_start: int,
+                    rows: int, buckets: int) -> PartitionRows:
+    ids, nucleotides, proteins = [], [], []
+    for block, lo, hi in pieces:
+        ids += read_column(root, block, "ids", lo, hi)
+        nucleotides += read_column(root, block, "nucleotide", lo, hi)
+        proteins += read_column(root, block, "protein", lo, hi)
+    found = None
+    if buckets:
+        found = {m: dedup_sources(root, m, buckets, row_start, row_start + rows)
+                 for m in MODEL_ARRAYS}
+    return PartitionRows(ids, nucleotides, proteins, found)
 
 
 def _classify_rows(features: np.ndarray) -> np.ndarray:
@@ -111,10 +139,24 @@ def _model_facts() -> dict[str, Any]:
     return {**models.dims, "precision": models.precision, "device": str(models.device)}
 
 
-def _write_block(table: BlockOrfs, row_start: int, store_path: str, parts: str,
+def _write_block(root: str, block: int, row_start: int, store_path: str, parts: str,
                  failed: dict[int, tuple[str, str]]) -> BlockCounts:
-    scores = zarr.open_array(store_path, path="scores", mode="r")
-    return write_block(table, scores[row_start:row_start + len(table.orfs)], parts, failed)
+    reads = read_reads(root, block)
+    ids = read_column(root, block, "ids")
+    group = zarr.open_group(store_path, mode="r")
+    stop = row_start + len(ids)
+    mine = {r - row_start: f for r, f in failed.items() if row_start <= r < stop}
+    if failed and "dnabert_source" in group:
+        # A copy of an input that failed failed too: its DNABERT-S row, or its ESM-2 row
+        # (not computed for a row that failed in DNABERT-S), is missing.
+        for model in MODEL_ARRAYS:
+            source = group[f"{model}_source"][row_start:stop]
+            for i in np.flatnonzero(source != np.arange(row_start, stop)):
+                f = failed.get(int(source[i]))
+                if f is not None and (model == "esm" or f[0] == "dnabert"):
+                    mine.setdefault(int(i), f)
+    return write_block(BlockOrfs(block, reads, ids), group["scores"][row_start:stop], parts,
+                       mine)
 
 
 # -- client side ----------------------------------------------------------------------------
@@ -165,6 +207,7 @@ def fingerprint(settings, precision: str) -> dict[str, Any]:
         "precision": precision,
         "partition_rows": settings.partition_rows,
         "blocksize": settings.blocksize,
+        "dedup": settings.dedup,
     }
 
 
@@ -228,14 +271,16 @@ def _empty_inputs(blocks: list, reads_per_block: list[int]) -> list[tuple[str, s
             for path, n in reads.items() if not n]
 
 
-def _failed_by_block(entries, offsets: np.ndarray) -> dict[int, dict[int, tuple[str, str]]]:
-    """Failed ORFs of the manifest entries as {block: {row in block: (stage, error)}}."""
-    out: dict[int, dict[int, tuple[str, str]]] = {}
-    for entry in entries:
-        for f in entry.get("failed", ()):
-            block = int(np.searchsorted(offsets, f["row"], side="right") - 1)
-            out.setdefault(block, {})[int(f["row"] - offsets[block])] = (f["stage"], f["error"])
-    return out
+def _failed_rows(entries) -> dict[int, tuple[str, str]]:
+    """Failed ORFs of the manifest entries as {global row: (stage, error)}."""
+    return {int(f["row"]): (f["stage"], f["error"])
+            for entry in entries for f in entry.get("failed", ())}
+
+
+def _in_block(failed: dict[int, tuple[str, str]], offsets: np.ndarray,
+              block: int) -> dict[int, tuple[str, str]]:
+    lo, hi = int(offsets[block]), int(offsets[block + 1])
+    return {r: f for r, f in failed.items() if lo <= r < hi}
 
 
 def _embed_resources(client: Client) -> dict[str, int] | None:
@@ -288,28 +333,56 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
     timings["load_models"] = time.perf_counter() - t0
     tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
 
-    # Read and translate every block; the tables stay on the workers.
+    root = str(scratch.reset(out))
+    try:
+        return _run(settings, client, tick, blocks, facts, dims, root, timings, t0)
+    finally:
+        scratch.remove(out)
+
+
+def _dedup_buckets(settings) -> int:
+    """Hash buckets of a run with dedup: one per ~64 MiB of (decompressed) input."""
+    if not settings.dedup:
+        return 0
+    size = 0
+    for path in settings.inputs:
+        nbytes, compressed = check_input(path)
+        size += nbytes * (4 if compressed else 1)
+    return max(1, -(-size // DEDUP_BUCKET_BYTES))
+
+
+def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunResult:
+    out = Path(settings.out)
+    # Read and translate every block into the scratch; only counts come back.
     t = time.perf_counter()
     tick("read", 0, len(blocks))
+    buckets = _dedup_buckets(settings)
     # (No retries: a read fails because of the file, and would fail again.)
-    tables = client.compute(
-        db.from_sequence(blocks, npartitions=max(1, len(blocks)))
-        .map(read_orfs, settings.length).to_delayed())
-    tables = [client.submit(_first, f, key=unique_key("orf-table")) for f in tables]
-    summaries = client.gather(client.map(_summarize, tables, key="orf-summary", pure=False))
+    summaries = client.gather(client.map(
+        _read_block, blocks, chunk_size=settings.length, root=root, buckets=buckets,
+        key=[unique_key("read_orfs") for _ in blocks]))
     empty_inputs = _empty_inputs(blocks, [len(h) for _, h in summaries])
     duplicates = _find_duplicates([h for _, h in summaries])
-    for block, excluded in duplicates.items():
-        tables[block] = client.submit(BlockOrfs.without_reads, tables[block], excluded,
-                                      pure=False)
     counts = [n for n, _ in summaries]
-    for block in duplicates:
-        counts[block] = client.submit(_orf_count, tables[block],
-                                      key=unique_key("orf-count")).result()
+    reads = sum(len(h) for _, h in summaries)
+    del summaries
+    for block, excluded in duplicates.items():  # rare: written again without those reads
+        counts[block] = client.submit(_read_block, blocks[block], settings.length, root,
+                                      buckets, excluded, key=unique_key("read_orfs")
+                                      ).result()[0]
     total_rows = sum(counts)
+    offsets = np.cumsum([0] + counts)
+    dedup = {m: {"unique": total_rows, "total": total_rows} for m in MODEL_ARRAYS}
+    if buckets and total_rows:
+        jobs = [(m, k) for m in MODEL_ARRAYS for k in range(buckets)]
+        found = client.gather(client.map(
+            dedup_bucket, [root] * len(jobs), [m for m, _ in jobs], [k for _, k in jobs],
+            offsets=[int(o) for o in offsets[:-1]], key=[unique_key("dedup") for _ in jobs]))
+        for m in MODEL_ARRAYS:
+            dedup[m]["unique"] = sum(u for (mm, _), (_, u) in zip(jobs, found, strict=True)
+                                     if mm == m)
     timings["read_translate"] = time.perf_counter() - t
-    tick("read", len(blocks), len(blocks), reads=sum(len(h) for _, h in summaries),
-         orfs=total_rows)
+    tick("read", len(blocks), len(blocks), reads=reads, orfs=total_rows)
 
     # Open or create the store; reuse finished partitions of the same run.
     store = EmbeddingStore(out)
@@ -326,25 +399,28 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
         remove_results(out)
         store = EmbeddingStore.create(out, rows=total_rows, dims=dims,
                                       chunk_rows=settings.partition_rows, classes=2,
-                                      fingerprint=fp)
+                                      fingerprint=fp, dedup=bool(buckets))
     plan = _plan_partitions(counts, settings.partition_rows)
     done = {p for p in store.done_partitions() if p < len(plan)}
     todo = [p for p in range(len(plan)) if p not in done]
     logger.info("%d ORFs in %d partitions, %d already done", total_rows, len(plan), len(done))
+    if buckets:
+        logger.info("inputs embedded once: DNABERT-S %d of %d, ESM-2 %d of %d",
+                    dedup["dnabert"]["unique"], total_rows, dedup["esm"]["unique"], total_rows)
 
     # Embed the remaining partitions.
     t = time.perf_counter()
     tick("embed", 0, len(todo), orfs_total=total_rows,
          orfs_reused=total_rows - sum(hi - lo for p in todo for _, lo, hi in plan[p][1]))
-    partition_stats = _embed(client, settings, store, tables, plan, todo, tick)
+    partition_stats = _embed(client, settings, store, root, buckets, plan, todo, tick)
     timings["embed"] = time.perf_counter() - t
 
     # Classify lazily from the store.
     t = time.perf_counter()
     tick("classify", 0, 1)
     if total_rows:
-        x = da.concatenate([da.from_zarr(str(store.path), component=name)
-                            for name in MODEL_ARRAYS], axis=1).rechunk({1: -1})
+        x = da.concatenate([lazy_rows(store.path, name) for name in MODEL_ARRAYS],
+                           axis=1).rechunk({1: -1})
         scores = x.map_blocks(_classify_rows, dtype=np.float32, chunks=(x.chunks[0], (2,)),
                               token="classify")
         # Row chunks are the store's chunks: each task writes whole chunks of the array.
@@ -361,13 +437,13 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
     parts = out / ".parts"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir()
-    offsets = np.cumsum([0] + counts)
     # Failed records: of partitions finished earlier, and of this run's (some unrecorded).
-    failed = _failed_by_block([*store.entries().values(), *partition_stats], offsets)
+    failed = _failed_rows([*store.entries().values(), *partition_stats])
     try:
         counted = client.gather([
-            client.submit(_write_block, tables[b], int(offsets[b]), str(store.path),
-                          str(parts), failed.get(b, {}), key=unique_key("write-results"))
+            client.submit(_write_block, root, b, int(offsets[b]), str(store.path),
+                          str(parts), failed if buckets else _in_block(failed, offsets, b),
+                          key=unique_key("write-results"))
             for b in range(len(blocks))])
         total = BlockCounts(failed=len(empty_inputs))
         for c in counted:
@@ -380,11 +456,12 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
     timings["total"] = time.perf_counter() - t0
 
     summary = _summary(settings, client, facts, total, plan, todo, partition_stats, timings)
+    summary["dedup"] = {"enabled": bool(buckets), **dedup}
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return RunResult(out, total, len(plan), len(plan) - len(todo), summary)
 
 
-def _embed(client, settings, store, tables, plan, todo, tick) -> list[dict[str, Any]]:
+def _embed(client, settings, store, root, buckets, plan, todo, tick) -> list[dict[str, Any]]:
     if not todo:
         return []
     # Embedding tasks hold the device (the GPU=1 resource, where every worker has one);
@@ -393,11 +470,10 @@ def _embed(client, settings, store, tables, plan, todo, tick) -> list[dict[str, 
     stored = []
     for p in todo:
         row_start, pieces = plan[p]
-        slices = [dask.delayed(_take, pure=True)(
-            tables[b], lo, hi, dask_key_name=task_key("orf-slice", tables[b], lo, hi))
-            for b, lo, hi in pieces]
-        part = dask.delayed(_gather, pure=True)(
-            *slices, dask_key_name=task_key("partition", *slices))
+        rows = sum(hi - lo for _, lo, hi in pieces)
+        part = dask.delayed(_load_partition, pure=True)(
+            root, pieces, row_start, rows, buckets,
+            dask_key_name=unique_key("partition"))  # the scratch is this run's
         meta = {"partition": p, "row_start": row_start, "out": str(store.out),
                 "toks_per_batch": settings.toks_per_batch,
                 "dnabert_toks_per_batch": settings.dnabert_toks_per_batch}

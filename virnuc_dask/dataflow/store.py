@@ -1,7 +1,10 @@
 """``embeddings.zarr`` and its manifest of finished partitions: the run's resume state.
 
 Rows are ORFs in input order. Arrays: ``ids`` (strings), one ``[rows, dim]``
-float32 array per model, ``scores`` ``[rows, classes]``. The row chunk length
+float32 array per model, ``scores`` ``[rows, classes]``. A store of a run with
+dedup also has ``<model>_source`` (int64 ``[rows]``): the row whose embedding a row
+takes, itself for the first copy of an input; the other copies' rows of ``<model>``
+stay zero, and :func:`read_rows` / :func:`lazy_rows` read through the index. The row chunk length
 equals the partition size, so each partition writes whole chunks and no two
 tasks ever touch the same chunk.
 
@@ -96,6 +99,7 @@ class EmbeddingStore:
         chunk_rows: int,
         classes: int,
         fingerprint: Mapping[str, Any],
+        dedup: bool = False,
     ) -> EmbeddingStore:
         """A new, empty store (replacing any store and manifest under ``out``)."""
         store = cls(out)
@@ -111,6 +115,9 @@ class EmbeddingStore:
                     group.create_array(name, shape=(rows, dims[name]),
                                        chunks=(chunk, dims[name]), dtype="float32",
                                        fill_value=0.0)
+                    if dedup:
+                        group.create_array(f"{name}_source", shape=(rows,), chunks=(chunk,),
+                                           dtype="int64", fill_value=-1)
                 group.create_array("scores", shape=(rows, classes), chunks=(chunk, classes),
                                    dtype="float32", fill_value=0.0)
                 group.attrs.update({"fingerprint": dict(fingerprint), "chunk_rows": chunk_rows,
@@ -140,19 +147,22 @@ class EmbeddingStore:
     def write_partition(
         self, index: int, row_start: int, ids: Sequence[str], arrays: Mapping[str, np.ndarray],
         info: Mapping[str, Any], failed: Sequence[Mapping[str, Any]] = (), done: bool = True,
+        sources: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Write one partition's rows, flush them to disk, then record the partition as done.
 
         ``failed``: the partition's records that could not be embedded (their rows hold
         zeros), each ``{"row": global row, "id": ..., "stage": ..., "error": ...}``.
         ``done=False``: write the rows but do not record the partition (it is computed
-        again by the next run).
+        again by the next run). ``sources``: per model, the ``<model>_source`` rows.
         """
         group = self.group("r+")
         stop = row_start + len(ids)
         written = []
+        indexes = {f"{m}_source": v for m, v in (sources or {}).items()}
         with naming(self.path):
-            for name, values in (("ids", np.asarray(ids, dtype=str)), *arrays.items()):
+            for name, values in (("ids", np.asarray(ids, dtype=str)), *arrays.items(),
+                                 *indexes.items()):
                 array = group[name]
                 array[row_start:stop] = values
                 written.append(self.path / name / array.metadata.encode_chunk_key(
@@ -184,3 +194,44 @@ class EmbeddingStore:
 
     def done_partitions(self) -> set[int]:
         return set(self.entries())
+
+
+def read_rows(group: zarr.Group, name: str, lo: int, hi: int,
+              source: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``[lo, hi)`` of model array ``name``, through ``<name>_source`` when present."""
+    array = group[name]
+    values = array[lo:hi]
+    index = f"{name}_source"
+    if index not in group:
+        return values
+    source = group[index][lo:hi] if source is None else np.asarray(source)
+    other = np.flatnonzero(source != np.arange(lo, hi))
+    if not len(other):
+        return values
+    inside = (source[other] >= lo) & (source[other] < hi)
+    values[other[inside]] = values[source[other[inside]] - lo]
+    outside = other[~inside]
+    if len(outside):
+        need, at = np.unique(source[outside], return_inverse=True)
+        values[outside] = array.get_orthogonal_selection((need, slice(None)))[at]
+    return values
+
+
+def _rows_block(source: np.ndarray, path: str, name: str, block_info=None) -> np.ndarray:
+    lo, hi = block_info[0]["array-location"][0]
+    return read_rows(zarr.open_group(path, mode="r"), name, lo, hi, source)
+
+
+def lazy_rows(path: str | os.PathLike[str], name: str):
+    """Model array ``name`` of the store at ``path`` as a lazy dask array, one task per
+    row chunk, reading through ``<name>_source`` when present."""
+    import dask.array as da
+
+    group = zarr.open_group(path, mode="r")
+    if f"{name}_source" not in group:
+        return da.from_zarr(str(path), component=name)
+    array = group[name]
+    source = da.from_zarr(str(path), component=f"{name}_source")
+    return source.map_blocks(_rows_block, str(path), name, dtype=array.dtype, new_axis=1,
+                             chunks=(source.chunks[0], (array.shape[1],)),
+                             meta=np.empty((0, 0), dtype=array.dtype))

@@ -129,24 +129,51 @@ def _merge_stats(stats: list[Any]) -> dict[str, float]:
     return merged
 
 
-def embed_partition(orfs: list, meta: dict[str, Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class PartitionRows:
+    """The ORFs of one partition, as columns.
+
+    ``sources`` (with dedup): per model, the global row whose embedding each row takes;
+    a row is embedded here only where that is the row itself (``row_start + i``).
+    """
+
+    ids: list[str]
+    nucleotides: list[str]
+    proteins: list[str]
+    sources: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, orfs: Sequence[Any]) -> PartitionRows:
+        """From :class:`~virnuc_dask.core.translate.Orf` objects (every row embedded)."""
+        return cls([o.id for o in orfs], [o.nucleotide for o in orfs],
+                   [o.protein for o in orfs])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -> dict[str, Any]:
     """Embed one partition's ORFs with both models (the task holding the device).
 
-    ``meta``: ``partition``, ``row_start``, ``out``, ``toks_per_batch`` and
-    ``dnabert_toks_per_batch``. Returns the rows for :func:`store_partition`: ``meta``,
-    ``ids``, ``arrays`` (per model), ``info`` (worker, per-model stats) and ``failed``.
-    Writing is left to that separate task, so that the device is free for the next
-    partition while these rows go to disk (a worker's other thread runs it).
+    ``rows``: a :class:`PartitionRows` (or a list of ORFs). ``meta``: ``partition``,
+    ``row_start``, ``out``, ``toks_per_batch`` and ``dnabert_toks_per_batch``. Returns
+    the rows for :func:`store_partition`: ``meta``, ``ids``, ``arrays`` (per model; rows
+    that take another row's embedding stay zero), ``sources``, ``info`` (worker,
+    per-model stats with ``rows`` and ``unique``) and ``failed``. Writing is left to that
+    separate task, so that the device is free for the next partition while these rows go
+    to disk (a worker's other thread runs it).
     """
+    if not isinstance(rows, PartitionRows):
+        rows = PartitionRows.of(rows)
     models = worker_models()
     dims = models.dims
     # Held here, so that a plugin torn down meanwhile (worker closing) cannot pull the
     # models from under this task and make every record look failed.
     dnabert_model, tokenizer, esm_model, alphabet, device = (
         models.dnabert, models.tokenizer, models.esm, models.alphabet, models.device)
-    ids = [o.id for o in orfs]
-    nucleotides = [o.nucleotide for o in orfs]
-    proteins = [o.protein for o in orfs]
+    ids, nucleotides, proteins = rows.ids, rows.nucleotides, rows.proteins
+    row_start = meta["row_start"]
+    here = np.arange(row_start, row_start + len(rows), dtype=np.int64)
 
     def dnabert(idx: np.ndarray) -> tuple[np.ndarray, Any]:
         return embed_dnabert(dnabert_model, tokenizer, [nucleotides[i] for i in idx],
@@ -161,21 +188,25 @@ def embed_partition(orfs: list, meta: dict[str, Any]) -> dict[str, Any]:
     arrays: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"worker": get_worker().address}
     for stage, embed in (("dnabert", dnabert), ("esm", esm)):
-        failed = {f.index for f in failures}
-        todo = np.array([i for i in range(len(orfs)) if i not in failed], dtype=np.int64)
+        # Only the first copy of an input is embedded; the others read its row.
+        first = np.ones(len(rows), dtype=bool) if rows.sources is None \
+            else rows.sources[stage] == here
+        for f in failures:
+            first[f.index] = False
+        todo = np.flatnonzero(first).astype(np.int64)
         pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids, guard=guard)
         failures += new
-        values = np.zeros((len(orfs), dims[stage]), dtype=np.float32)
+        values = np.zeros((len(rows), dims[stage]), dtype=np.float32)
         for idx, piece in pieces:
             values[idx] = piece
         arrays[stage] = values
-        info[stage] = _merge_stats(stats)
-    row_start = meta["row_start"]
+        info[stage] = {**_merge_stats(stats), "rows": len(rows), "unique": len(todo)}
     failed_rows = [{"row": row_start + f.index, "id": ids[f.index], "stage": f.stage,
                     "error": f.error} for f in sorted(failures, key=lambda f: f.index)]
-    record_embedding(len(orfs) - len(failed_rows),
+    record_embedding(len(rows) - len(failed_rows),
                      {m: (info[m]["real_tokens"], info[m]["seconds"]) for m in arrays})
-    return {"meta": meta, "ids": ids, "arrays": arrays, "info": info, "failed": failed_rows}
+    return {"meta": meta, "ids": ids, "arrays": arrays, "sources": rows.sources, "info": info,
+            "failed": failed_rows}
 
 
 def store_partition(embedded: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +220,7 @@ def store_partition(embedded: dict[str, Any]) -> dict[str, Any]:
     # made every record fail (a fault that comes and goes) gets another chance next run.
     EmbeddingStore(meta["out"]).write_partition(
         meta["partition"], meta["row_start"], ids, embedded["arrays"], info,
-        failed=failed_rows, done=len(failed_rows) < len(ids))
+        failed=failed_rows, done=len(failed_rows) < len(ids),
+        sources=embedded.get("sources"))
     info["store_seconds"] = time.perf_counter() - t
     return {"partition": meta["partition"], "rows": len(ids), **info, "failed": failed_rows}

@@ -1,0 +1,176 @@
+"""The run's scratch beside the store: ORF tables in columnar files and the dedup index.
+
+Workers do not hold ORF tables between tasks. The task that reads and translates a
+block writes its table here (``.scratch/b<block>/``) and returns only counts; the
+tasks that need rows later (embedding partitions, result files) read them back:
+
+- ``ids``, ``nucleotide``, ``protein``: each the UTF-8 bytes of all the block's ORFs
+  joined (``<name>.data.npy``) with their end offsets (``<name>.ends.npy``), memory
+  mapped, so that a slice of rows reads only those rows' bytes;
+- ``reads.pkl``: the block's :class:`~virnuc_dask.core.orfs.ReadInfo` list (for the
+  result files);
+- ``<model>.hash.npy``, ``<model>.row.npy``, ``<model>.bounds.npy`` (with dedup): the
+  128-bit BLAKE2b content hash of each ORF's model input (nucleotide slice for
+  DNABERT-S, protein for ESM-2) and its row in the block, grouped by hash bucket;
+  ``bounds[k]:bounds[k+1]`` are bucket ``k``'s entries.
+
+With dedup, :func:`dedup_bucket` turns one bucket of every block into the pairs
+``(row, source)`` of the rows whose input occurred first at ``source`` (global rows,
+input order), written to ``.scratch/dedup/<model>/<bucket>.{row,source}.npy`` sorted by
+row; :func:`sources` gives any row range its source rows from those files.  Each
+bucket holds about ``1/buckets`` of the rows, so no task holds all hashes of a run.
+
+Everything here is derived from the inputs alone and rebuilt by every run; it is
+removed when a run ends.  128-bit hashes: the chance of any collision among 10^9
+distinct sequences is below 10^-20.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from virnuc_dask.core.orfs import BlockOrfs, ReadInfo
+from virnuc_dask.rundir import SCRATCH
+
+COLUMNS = ("ids", "nucleotide", "protein")
+#: model -> the ORF column it embeds
+MODEL_INPUTS = {"dnabert": "nucleotide", "esm": "protein"}
+
+
+def scratch_dir(out: str | os.PathLike[str]) -> Path:
+    return Path(out) / SCRATCH
+
+
+def reset(out: str | os.PathLike[str]) -> Path:
+    """An empty scratch directory under ``out``."""
+    root = scratch_dir(out)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return root
+
+
+def remove(out: str | os.PathLike[str]) -> None:
+    shutil.rmtree(scratch_dir(out), ignore_errors=True)
+
+
+def _block_dir(root: Path, block: int) -> Path:
+    return root / f"b{block:07d}"
+
+
+def content_hashes(texts: Sequence[str]) -> np.ndarray:
+    """``[n, 2]`` uint64: the 128-bit BLAKE2b digest of each text's UTF-8 bytes."""
+    out = np.empty((len(texts), 2), dtype=np.uint64)
+    flat = out.reshape(-1)
+    buf = b"".join(hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts)
+    flat[:] = np.frombuffer(buf, dtype="<u8")
+    return out
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+
+
+def write_table(root: str | os.PathLike[str], table: BlockOrfs, *, buckets: int = 0) -> None:
+    """Write ``table``'s columns (and, ``buckets`` > 0, its hash buckets) under ``root``."""
+    where = _block_dir(Path(root), table.block)
+    where.mkdir(parents=True, exist_ok=True)
+    columns = {"ids": [o.id for o in table.orfs],
+               "nucleotide": [o.nucleotide for o in table.orfs],
+               "protein": [o.protein for o in table.orfs]}
+    for name, values in columns.items():
+        encoded = [v.encode() for v in values]
+        ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        _save(where / f"{name}.data.npy", np.frombuffer(b"".join(encoded), dtype=np.uint8))
+        _save(where / f"{name}.ends.npy", ends)
+    with open(where / "reads.pkl", "wb") as fh:
+        pickle.dump(table.reads, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    if buckets:
+        for model, column in MODEL_INPUTS.items():
+            hashes = content_hashes(columns[column])
+            bucket = (hashes[:, 0] % np.uint64(buckets)).astype(np.int64)
+            order = np.argsort(bucket, kind="stable")
+            _save(where / f"{model}.hash.npy", hashes[order])
+            _save(where / f"{model}.row.npy", order.astype(np.int64))
+            _save(where / f"{model}.bounds.npy",
+                  np.searchsorted(bucket[order], np.arange(buckets + 1)).astype(np.int64))
+
+
+def read_column(root: str | os.PathLike[str], block: int, name: str, lo: int = 0,
+                hi: int | None = None) -> list[str]:
+    """Rows ``[lo, hi)`` of one column of a block's table."""
+    where = _block_dir(Path(root), block)
+    ends = np.load(where / f"{name}.ends.npy", mmap_mode="r")
+    hi = len(ends) if hi is None else hi
+    if hi <= lo:
+        return []
+    start = int(ends[lo - 1]) if lo else 0
+    stops = np.asarray(ends[lo:hi]) - start
+    data = np.load(where / f"{name}.data.npy", mmap_mode="r")
+    raw = bytes(data[start:start + int(stops[-1])])
+    text = raw.decode()
+    if len(text) == len(raw):  # ASCII: byte offsets are character offsets
+        starts = np.concatenate(([0], stops[:-1]))
+        return [text[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+    starts = np.concatenate(([0], stops[:-1]))
+    return [raw[a:b].decode() for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+
+
+def read_reads(root: str | os.PathLike[str], block: int) -> list[ReadInfo]:
+    with open(_block_dir(Path(root), block) / "reads.pkl", "rb") as fh:
+        return pickle.load(fh)
+
+
+def dedup_bucket(root: str | os.PathLike[str], model: str, bucket: int,
+                 offsets: Sequence[int]) -> tuple[int, int]:
+    """Find the repeated inputs of one bucket over all blocks; (rows, unique rows).
+
+    ``offsets[b]``: the global row of block ``b``'s first ORF. Writes the
+    ``(row, source)`` pairs of the bucket's repeated rows, sorted by row.
+    """
+    root = Path(root)
+    hashes, rows = [], []
+    for block, offset in enumerate(offsets):
+        where = _block_dir(root, block)
+        bounds = np.load(where / f"{model}.bounds.npy")
+        lo, hi = int(bounds[bucket]), int(bounds[bucket + 1])
+        if hi > lo:
+            hashes.append(np.load(where / f"{model}.hash.npy", mmap_mode="r")[lo:hi])
+            rows.append(np.load(where / f"{model}.row.npy", mmap_mode="r")[lo:hi] + offset)
+    h = np.concatenate(hashes) if hashes else np.zeros((0, 2), np.uint64)
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    order = np.lexsort((r, h[:, 1], h[:, 0]))
+    h, r = h[order], r[order]
+    first = np.ones(len(r), dtype=bool)
+    first[1:] = (h[1:] != h[:-1]).any(axis=1)
+    source = r[np.maximum.accumulate(np.where(first, np.arange(len(r)), 0))]
+    repeated = ~first
+    pair_rows, pair_sources = r[repeated], source[repeated]
+    by_row = np.argsort(pair_rows, kind="stable")
+    target = root / "dedup" / model
+    target.mkdir(parents=True, exist_ok=True)
+    _save(target / f"{bucket:05d}.row.npy", pair_rows[by_row])
+    _save(target / f"{bucket:05d}.source.npy", pair_sources[by_row])
+    return len(r), int(first.sum())
+
+
+def sources(root: str | os.PathLike[str], model: str, buckets: int, lo: int,
+            hi: int) -> np.ndarray:
+    """For rows ``[lo, hi)``: the global row whose embedding each row takes (itself, or
+    the first earlier row with the same input)."""
+    out = np.arange(lo, hi, dtype=np.int64)
+    target = Path(root) / "dedup" / model
+    for bucket in range(buckets):
+        rows = np.load(target / f"{bucket:05d}.row.npy", mmap_mode="r")
+        a, b = np.searchsorted(rows, [lo, hi])
+        if b > a:
+            src = np.load(target / f"{bucket:05d}.source.npy", mmap_mode="r")
+            out[np.asarray(rows[a:b]) - lo] = src[a:b]
+    return out
