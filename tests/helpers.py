@@ -83,3 +83,21 @@ def write_perf_reads(path: Path, n: int, *, seed: int = 2, prefix: str = "perf",
             for j in range(0, length, 60):
                 fh.write(seq[j:j + 60] + "\n")
     return path
+
+
+def write_duplicated_reads(path: Path, n: int, *, share: float = 0.3, seed: int = 3,
+                           prefix: str = "dup") -> Path:
+    """``n`` coding-like reads of which ``share`` are exact copies (new ids) of others,
+    scattered through the file, as PCR duplicates are."""
+    rng = random.Random(seed)
+    unique = n - round(n * share)
+    seqs = []
+    for _ in range(unique):
+        length = rng.randint(400, 600)
+        seqs.append("".join(rng.choices(_SENSE, k=length // 3 + 1))[:length])
+    order = seqs + [rng.choice(seqs) for _ in range(n - unique)]
+    rng.shuffle(order)
+    with open(path, "w") as fh:
+        for i, seq in enumerate(order):
+            fh.write(f">{prefix}_{i + 1:06d}\n{seq}\n")
+    return path

@@ -1,15 +1,25 @@
-"""Real samples through the pipeline: FASTQ inputs give the FASTA results."""
+"""Real samples through the pipeline: FASTQ inputs give the FASTA results; identical
+inputs are embedded once and the results agree with a run that embeds every copy."""
 
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import CASES, TINY, assert_matches_reference, read_fasta_pairs
+import zarr
+from helpers import (
+    CASES,
+    TINY,
+    assert_matches_reference,
+    read_fasta_pairs,
+    write_duplicated_reads,
+)
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
+from virnuc_dask.dataflow.store import read_rows
 
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
            "read_predictions.tsv")
@@ -60,3 +70,52 @@ def test_mixed_formats_give_the_fasta_run(client, reference, tmp_path):
     for name in RESULTS:
         assert (tmp_path / "mixed" / name).read_bytes() == \
             (tmp_path / "fasta" / name).read_bytes(), name
+
+
+def _predictions(out: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
+    rows = [line.split("\t") for line in
+            (out / "prediction_results.txt").read_text().splitlines()[1:]]
+    return [(r[0], r[1]) for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
+
+
+def _read_calls(out: Path) -> list[list[str]]:
+    # All columns but max_virus_score (a score: float rounding may differ).
+    return [line.split("\t")[:6] + line.split("\t")[7:] for line in
+            (out / "read_predictions.tsv").read_text().splitlines()]
+
+
+def test_dedup_agrees_with_no_dedup_and_embeds_each_input_once(client, tmp_path):
+    reads = write_duplicated_reads(tmp_path / "dup.fa", 240, share=0.3)
+    plain = _run(client, [reads], tmp_path / "all", 500, dedup=False)
+    once = _run(client, [reads], tmp_path / "once", 500)
+    assert plain.exit_code == once.exit_code == 0
+    labels, scores = _predictions(tmp_path / "all")
+    labels_once, scores_once = _predictions(tmp_path / "once")
+    assert labels_once == labels
+    assert np.abs(scores_once - scores).max() <= 1e-5
+    name = "prediction_results_highestscore.csv"
+    assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "all" / name).read_bytes()
+    assert _read_calls(tmp_path / "once") == _read_calls(tmp_path / "all")
+
+    total = len(labels)
+    assert plain.summary["dedup"] == {"enabled": False,
+                                      "dnabert": {"unique": total, "total": total},
+                                      "esm": {"unique": total, "total": total}}
+    dedup = once.summary["dedup"]
+    assert dedup["enabled"]
+    # 30 % of the reads are copies: about 30 % of the ORFs are repeated inputs.
+    for model in ("dnabert", "esm"):
+        assert dedup[model]["total"] == total
+        assert 0.6 * total < dedup[model]["unique"] < 0.75 * total, dedup
+        # Each unique input was embedded exactly once.
+        assert once.summary["embedding"][model]["orfs"] == dedup[model]["unique"]
+        assert plain.summary["embedding"][model]["orfs"] == total
+    # The store holds each copy's source; the rows read through it equal the full run's.
+    stored = zarr.open_group(tmp_path / "once" / "embeddings.zarr", mode="r")
+    full = zarr.open_group(tmp_path / "all" / "embeddings.zarr", mode="r")
+    for model in ("dnabert", "esm"):
+        source = stored[f"{model}_source"][:]
+        assert (source <= np.arange(total)).all()
+        assert (source != np.arange(total)).sum() == total - dedup[model]["unique"]
+        assert np.abs(read_rows(stored, model, 0, total) - full[model][:]).max() <= 1e-5
+    assert not (tmp_path / "once" / ".scratch").exists()

@@ -14,7 +14,7 @@ from helpers import CASES, LENGTHS, REFERENCE, TINY
 
 from virnuc_dask.cli.main import main
 from virnuc_dask.config import load_settings
-from virnuc_dask.core.fasta import plan_blocks, read_block
+from virnuc_dask.core.fasta import Record, plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.tools.validate import esm_shape, validate
 
@@ -206,3 +206,29 @@ def test_estimate_for_the_published_models_without_their_files(tmp_path, capsys)
     per_token = est["esm_flops"] / est["esm_tokens"]
     assert 5.6e9 < per_token < 5.9e9
     assert re.search(r"at that rate: .*; at 50% of it .* about ", out), out
+
+
+def test_format_duplicate_share_and_unique_orfs(tmp_path, capsys):
+    reads = [(f"r{i}", coding(300, i)) for i in range(6)]
+    copies = [("c1", reads[0][1]), ("c2", reads[0][1].lower()), ("c3", reads[4][1])]
+    fq = "".join(f"@{n} lane=1\n{s}\n+\n{'#' * len(s)}\n" for n, s in reads[:4] + copies[:2])
+    one = write(tmp_path / "one.fastq.gz", gzip_bytes(fq.encode()))
+    two = write(tmp_path / "two.fa", fasta(reads[4:] + copies[2:]))
+    code, out = run_validate(capsys, one, two, "--length", "300", "--json",
+                             str(tmp_path / "v.json"))
+    assert code == 0, out
+    assert re.search(r"one\.fastq\.gz: 6 records, [\d,]+ bp, FASTQ \(gzip\)", out), out
+    assert re.search(r"two\.fa: 3 records, [\d,]+ bp, FASTA \(plain\)", out), out
+    assert "duplicates: 3 of 9 reads (33.3%) repeat an earlier read's sequence" in out
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert [f["format"] for f in doc["files"]] == ["fastq", "fasta"]
+    orfs = sum(f["orfs"] for f in doc["files"])
+    unique = orfs_from_records([Record(n, s, "x", 1) for n, s in reads], 300).orfs
+    repeats = doc["repeats"]
+    assert repeats["reads"] == {"total": 9, "unique": 6, "duplicate_share": 3 / 9}
+    for model, column in (("dnabert", "nucleotide"), ("esm", "protein")):
+        assert repeats[model]["total"] == orfs
+        assert repeats[model]["unique"] == len({getattr(o, column) for o in unique})
+    assert f"expected unique ORFs (embedded once each): DNABERT-S " \
+           f"{repeats['dnabert']['unique']:,}, ESM-2 {repeats['esm']['unique']:,} of {orfs:,}" \
+        in out

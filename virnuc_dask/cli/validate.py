@@ -18,14 +18,16 @@ from virnuc_dask.config import ConfigError, load_settings
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "validate", help="check FASTA inputs and estimate the run time, without models",
+        "validate", help="check FASTA/FASTQ inputs and estimate the run time, without models",
         description="Read every INPUT completely and report records, the length "
-        "distribution, the chunks and ORFs a run will produce, and every problem with its "
+        "distribution, the chunks and ORFs a run will produce, the share of duplicate reads "
+        "and the unique ORF inputs, and every problem with its "
         "file, line and record; then estimate the embedding time of the chosen models on "
         "this machine (model FLOPs of the ORFs over a measured matrix-multiply rate). "
         "Exit 0 clean, 2 problems found (predict would skip records), 1 an input cannot be "
-        "read as FASTA.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA file(s), plain or gzip")
+        "read as FASTA or FASTQ.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="FASTA or FASTQ file(s), plain or gzip")
     add_length(parser)
     add_embedding_models(parser)  # the models the estimate is for
     add_precision(parser, what="precision the estimate is for")
@@ -42,7 +44,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.validate import exit_code, file_summary, report_text, validate
+    from virnuc_dask.tools.validate import (
+        exit_code,
+        file_summary,
+        repeated_inputs,
+        report_text,
+        validate,
+    )
 
     if args.max_findings < 0:
         raise ConfigError(f"--max-findings must be >= 0, got {args.max_findings}")
@@ -56,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     code = exit_code(files)
     if args.json:
         doc = {"exit_code": code, "length": settings.length,
-               "files": [file_summary(f, settings.length) for f in files], "estimate": est}
+               "files": [file_summary(f, settings.length) for f in files],
+               "repeats": repeated_inputs(files), "estimate": est}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return code

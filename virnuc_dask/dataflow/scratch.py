@@ -27,7 +27,6 @@ distinct sequences is below 10^-20.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnuc_dask.core.orfs import BlockOrfs, ReadInfo
+from virnuc_dask.core.orfs import BlockOrfs, ReadInfo, content_hashes
 from virnuc_dask.rundir import SCRATCH
 
 COLUMNS = ("ids", "nucleotide", "protein")
@@ -62,15 +61,6 @@ def remove(out: str | os.PathLike[str]) -> None:
 
 def _block_dir(root: Path, block: int) -> Path:
     return root / f"b{block:07d}"
-
-
-def content_hashes(texts: Sequence[str]) -> np.ndarray:
-    """``[n, 2]`` uint64: the 128-bit BLAKE2b digest of each text's UTF-8 bytes."""
-    out = np.empty((len(texts), 2), dtype=np.uint64)
-    flat = out.reshape(-1)
-    buf = b"".join(hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts)
-    flat[:] = np.frombuffer(buf, dtype="<u8")
-    return out
 
 
 def _save(path: Path, array: np.ndarray) -> None:

@@ -1,11 +1,12 @@
-"""``virnuc-dask validate INPUT...``: check FASTA inputs without running any model.
+"""``virnuc-dask validate INPUT...``: check FASTA and FASTQ inputs without running any model.
 
-For each input: records, bases, the length distribution, the chunks and ORFs a
-run will produce (the same pure functions as ``predict``: ``orfs.orfs_from_records``),
-and every finding with its file, line and record:
+For each input: its format (FASTA or FASTQ, plain or gzip, from the content),
+records, bases, the length distribution, the chunks and ORFs a run will produce
+(the same pure functions as ``predict``: ``orfs.orfs_from_records``), and every
+finding with its file, line and record:
 
-- **errors** (exit 1): the file cannot be read as FASTA at all: missing, a
-  directory, not FASTA, binary data, text that is not UTF-8, corrupt or
+- **errors** (exit 1): the file cannot be read as FASTA or FASTQ at all: missing, a
+  directory, not FASTA, malformed FASTQ, binary data, text that is not UTF-8, corrupt or
   truncated gzip;
 - **problems** (exit 2): ``predict`` will skip these records and list them in
   ``failed_records.tsv``: empty sequence (also a header-only file), characters
@@ -15,7 +16,9 @@ and every finding with its file, line and record:
   or old Mac (CR) line endings, reads shorter than 3 bp (no ORF possible; the
   original drops them silently), very long reads.
 
-Finally an estimate of the embedding time for the chosen models on this
+Over all inputs: the share of reads that repeat an earlier read's sequence and the
+unique ORF inputs per model (what a run with dedup embeds). Finally an estimate
+of the embedding time for the chosen models on this
 machine: model FLOPs of every ORF (``2 x weights + attention`` per token, from
 the models' shapes and the ORFs' token counts) divided by a matrix-multiply rate
 measured here.
@@ -45,7 +48,7 @@ import numpy as np
 
 from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import FastaFormatError, Record, plan_blocks, read_block
-from virnuc_dask.core.orfs import orfs_from_records
+from virnuc_dask.core.orfs import content_hashes, orfs_from_records
 from virnuc_dask.formatting import duration_words, si
 
 logger = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class FileStats:
 
     path: str
     compressed: bool = False
+    format: str = "fasta"
     records: int = 0
     bases: int = 0
     chunks: int = 0
@@ -107,6 +111,11 @@ class FileStats:
     hashes: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     lines: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     sample: list[str] = dataclasses.field(default_factory=list, repr=False)
+    #: 64 bits of the content hash of each accepted read's sequence and of each ORF's
+    #: model inputs: enough to count repeats (a collision among 10^9 is unlikely, and
+    #: would shift a count by one).
+    content: dict[str, list[np.ndarray]] = dataclasses.field(
+        default_factory=lambda: {"reads": [], "dnabert": [], "esm": []}, repr=False)
 
     def add(self, finding: Finding, max_findings: int) -> None:
         self.counts[finding.kind] += 1
@@ -132,6 +141,11 @@ def add_records(stats: FileStats, records: Sequence[Record], *, chunk_size: int,
     stats.hashes.append(np.fromiter((_id_hash(r.id) for r in records), np.uint64,
                                     len(records)))
     stats.lines.append(np.fromiter((r.line for r in records), np.int64, len(records)))
+    accepted = [r.sequence.upper() for r, read in zip(records, table.reads, strict=True)
+                if read.problem is None]
+    stats.content["reads"].append(content_hashes(accepted)[:, 0])
+    stats.content["dnabert"].append(content_hashes([o.nucleotide for o in table.orfs])[:, 0])
+    stats.content["esm"].append(content_hashes([o.protein for o in table.orfs])[:, 0])
     for rec, read in zip(records, table.reads, strict=True):
         if read.problem is not None:
             stats.add(Finding("problem", rec.path, rec.line, rec.id, read.problem), max_findings)
@@ -194,6 +208,7 @@ def check_file(path: str, *, chunk_size: int, blocksize: int, max_findings: int)
                   max_findings)
         return stats
     stats.compressed = blocks[0].stop is None and _is_gzip(path)
+    stats.format = blocks[0].format
     ending = _line_endings(path, stats.compressed)
     if ending is not None:
         stats.add(ending, max_findings)
@@ -471,7 +486,8 @@ def length_buckets(lengths: np.ndarray, chunk_size: int) -> list[tuple[str, int]
 def file_summary(stats: FileStats, chunk_size: int) -> dict[str, Any]:
     lengths = stats.length_array()
     out: dict[str, Any] = {
-        "path": stats.path, "gzip": stats.compressed, "records": stats.records,
+        "path": stats.path, "format": stats.format, "gzip": stats.compressed,
+        "records": stats.records,
         "bases": stats.bases, "chunks": stats.chunks, "orfs": stats.orfs,
         "reads_without_orf": stats.reads_no_orf, "esm_tokens": stats.esm_tokens,
         "errors": stats.counts["error"], "problems": stats.counts["problem"],
@@ -490,7 +506,8 @@ def report_text(files: Sequence[FileStats], chunk_size: int, est: dict[str, Any]
     lines = []
     for stats in files:
         kind = "gzip" if stats.compressed else "plain"
-        lines.append(f"{stats.path}: {stats.records:,} records, {stats.bases:,} bp ({kind})")
+        lines.append(f"{stats.path}: {stats.records:,} records, {stats.bases:,} bp, "
+                     f"{stats.format.upper()} ({kind})")
         lengths = stats.length_array()
         if len(lengths):
             lines.append(f"  lengths   min {lengths.min():,} · median {np.median(lengths):,.0f}"
@@ -514,6 +531,13 @@ def report_text(files: Sequence[FileStats], chunk_size: int, est: dict[str, Any]
         lines.append(f"total: {sum(f.records for f in files):,} records, "
                      f"{sum(f.chunks for f in files):,} chunks, {sum(f.orfs for f in files):,}"
                      " ORFs")
+    repeats = repeated_inputs(files)
+    if repeats["reads"]["total"]:
+        r, d, e = repeats["reads"], repeats["dnabert"], repeats["esm"]
+        lines.append(f"duplicates: {r['total'] - r['unique']:,} of {r['total']:,} reads "
+                     f"({r['duplicate_share']:.1%}) repeat an earlier read's sequence; "
+                     f"expected unique ORFs (embedded once each): DNABERT-S {d['unique']:,}, "
+                     f"ESM-2 {e['unique']:,} of {d['total']:,}")
     if est is not None:
         if "error" in est:
             lines.append(f"run time: no estimate: {est['error']}")
@@ -531,6 +555,19 @@ def report_text(files: Sequence[FileStats], chunk_size: int, est: dict[str, Any]
                          f"{est['assumed_utilization']:.0%} of it (typical of a well-fed run):"
                          f" about {_duration(est['seconds_expected'])}")
     return "\n".join(lines)
+
+
+def repeated_inputs(files: Sequence[FileStats]) -> dict[str, dict[str, Any]]:
+    """Over all inputs: reads and ORF inputs per model, total and unique (a run with
+    dedup embeds each unique ORF input once); ``duplicate_share`` of the reads."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in ("reads", "dnabert", "esm"):
+        parts = [h for f in files for h in f.content[key]]
+        allh = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        total, unique = len(allh), len(np.unique(allh))
+        out[key] = {"total": total, "unique": unique,
+                    "duplicate_share": (total - unique) / total if total else 0.0}
+    return out
 
 
 def exit_code(files: Iterable[FileStats]) -> int:
