@@ -13,7 +13,13 @@ reads/s (from ``run_summary.json``).
 Inputs are generated (coding-like reads of 400-600 bp, the shape of the perf
 inputs) and kept in ``--work`` for later runs. The dedup figures come from an input
 of ``--dup-reads`` reads of which 30 % are exact copies of others, run with and
-without ``--no-dedup``: the embedding stage's time of each and their ratio, and the
+without ``--no-dedup``.
+
+``--distinct K`` makes every read a copy of one of K sequences: with dedup the model
+work is that of K reads whatever ``--reads`` is, while reading, translating, the
+scratch, the dedup buckets, partitions, classification and result files scale with
+``--reads``: the memory of everything but the models, for samples too large to embed
+on a small machine: the embedding stage's time of each and their ratio, and the
 unique/total inputs per model.
 
 The script prints numbers; it is not a test.
@@ -42,11 +48,23 @@ _SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
 MIB = 2**20
 
 
-def write_reads(path: Path, n: int, *, duplicate_share: float = 0.0, seed: int = 7) -> Path:
-    """``n`` coding-like reads of 400-600 bp; ``duplicate_share`` of them copies of others."""
+def write_reads(path: Path, n: int, *, duplicate_share: float = 0.0, distinct: int = 0,
+                seed: int = 7) -> Path:
+    """``n`` coding-like reads of 400-600 bp; ``duplicate_share`` of them copies of others
+    (or, ``distinct`` > 0: every read a copy of one of ``distinct`` sequences)."""
     if path.exists():
         return path
     rng = random.Random(seed)
+    if distinct:
+        pool = []
+        for _ in range(distinct):
+            length = rng.randint(400, 600)
+            pool.append("".join(rng.choices(_SENSE, k=length // 3 + 1))[:length])
+        with open(path.with_suffix(".tmp"), "w") as fh:
+            for i in range(n):
+                fh.write(f">read_{i + 1:08d}\n{pool[i % distinct]}\n")
+        path.with_suffix(".tmp").rename(path)
+        return path
     unique = n - round(n * duplicate_share)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as fh:
@@ -129,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reads", type=int, nargs="*", default=[20_000, 200_000])
     parser.add_argument("--dup-reads", type=int, default=20_000,
                         help="reads of the 30 %% duplicate input (0: skip)")
+    parser.add_argument("--distinct", type=int, default=0, metavar="K",
+                        help="reads are copies of K distinct sequences: the model work stays "
+                        "that of K reads while everything else scales with --reads")
     parser.add_argument("--work", type=Path, default=Path("bench-samples"))
     parser.add_argument("--interval", type=float, default=0.2)
     args = parser.parse_args(argv)
@@ -138,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| input | ORFs | wall | reads/s | peak worker RSS | peak client RSS | other |")
     print("|---|---|---|---|---|---|---|")
     for n in args.reads:
-        reads = write_reads(args.work / f"reads_{n}.fa", n)
-        r = run(reads, args.work / f"out_{n}", args.interval)
-        print(f"| {n:,} reads | {r['orfs']:,} | {r['run_s']:.0f} s | {r['reads_per_s']:.0f} | "
+        name = f"reads_{n}_of_{args.distinct}" if args.distinct else f"reads_{n}"
+        reads = write_reads(args.work / f"{name}.fa", n, distinct=args.distinct)
+        r = run(reads, args.work / f"out_{name}", args.interval)
+        label = f"{n:,} reads" + (f" ({args.distinct:,} distinct)" if args.distinct else "")
+        print(f"| {label} | {r['orfs']:,} | {r['run_s']:.0f} s | {r['reads_per_s']:.0f} | "
               f"{r['worker_mib']:.0f} MiB | {r['client_mib']:.0f} MiB | "
               f"{r['other_mib']} MiB |", flush=True)
     if args.dup_reads:

@@ -3,7 +3,10 @@ inputs are embedded once and the results agree with a run that embeds every copy
 
 from __future__ import annotations
 
+import collections
 import gzip
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +122,39 @@ def test_dedup_agrees_with_no_dedup_and_embeds_each_input_once(client, tmp_path)
         assert (source != np.arange(total)).sum() == total - dedup[model]["unique"]
         assert np.abs(read_rows(stored, model, 0, total) - full[model][:]).max() <= 1e-5
     assert not (tmp_path / "once" / ".scratch").exists()
+
+
+def test_a_failed_input_fails_every_copy_as_without_dedup(client, tmp_path):
+    """A DNABERT-S token renumbered out of the vocabulary makes the ORFs holding it fail;
+    their input occurs several times: every copy is failed, as a run embedding each is."""
+    from tokenizers import Tokenizer
+
+    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.orfs import orfs_from_records
+
+    reads = write_duplicated_reads(tmp_path / "dup.fa", 120, share=0.3, seed=5)
+    orfs = orfs_from_records([r for b in plan_blocks([str(reads)]) for r in read_block(b)],
+                             500).orfs
+    model = tmp_path / "dnabert"
+    shutil.copytree(TINY["dnabert_model"], model)
+    tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+    holders: dict[int, set[str]] = {}
+    for orf in orfs:
+        for token in set(tokenizer.encode(orf.nucleotide).ids):
+            holders.setdefault(token, set()).add(orf.nucleotide)
+    copies = collections.Counter(o.nucleotide for o in orfs)
+    token = min(t for t, seqs in holders.items() if len(seqs) == 1
+                and copies[next(iter(seqs))] > 1)
+    spec = json.loads((model / "tokenizer.json").read_text())
+    inverse = {v: k for k, v in spec["model"]["vocab"].items()}
+    spec["model"]["vocab"][inverse[token]] = 4096
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+
+    every = _run(client, [reads], tmp_path / "all", 500, dedup=False, dnabert_model=str(model))
+    once = _run(client, [reads], tmp_path / "once", 500, dnabert_model=str(model))
+    assert every.exit_code == once.exit_code == 2
+    failed = (tmp_path / "once" / "failed_records.tsv").read_text()
+    assert failed == (tmp_path / "all" / "failed_records.tsv").read_text()
+    assert failed.count("\tdnabert\t") == copies[next(iter(holders[token]))] >= 2
+    assert _predictions(tmp_path / "once")[0] == _predictions(tmp_path / "all")[0]
+    assert _read_calls(tmp_path / "once") == _read_calls(tmp_path / "all")
