@@ -34,7 +34,7 @@ def test_store_runs_as_its_own_unrestricted_task(client, reference, tmp_path):
     assert embeds and stores
     assert all(r == {"GPU": 1} for r in embeds.values())
     assert all(not r for r in stores.values())
-    slices = [r for k, r in seen.items() if k.startswith(("orf-slice-", "partition-"))]
+    slices = [r for k, r in seen.items() if k.startswith("partition-")]
     assert all(not r for r in slices)
 
     # Every partition was embedded once and stored once, each store on its embedding's

@@ -1,11 +1,10 @@
 """What a run shows on Dask's dashboard: stage names, throughput metrics, the report.
 
 - **Task names.** Keys are ``<stage>-<token>``, so the task stream, progress bars and
-  fine performance metrics group work by stage: ``read_orfs`` (read a FASTA block,
-  chunk, translate), ``orf-table`` / ``orf-summary`` (the ORF tables left on the
-  workers, their counts and id hashes), ``orf-slice`` / ``partition`` (rows cut out
-  for an embedding partition; Dask fuses the latter with the bag's own step, shown as
-  ``partition-bag-from-delayed``), ``embed``, ``classify``, ``write-results``.
+  fine performance metrics group work by stage: ``read_orfs`` (read a FASTA or FASTQ
+  block, chunk, translate, write its ORFs into the scratch), ``dedup`` (one hash
+  bucket of one model), ``partition`` (an embedding partition's rows read back),
+  ``embed``, ``classify``, ``write-results``.
 - **Throughput.** :func:`record_embedding`, called by an embedding task, logs ORFs,
   tokens and seconds per model with ``distributed.metrics.context_meter``: they
   appear on the dashboard's *Fine Performance Metrics* page (units ``orfs``,
