@@ -40,7 +40,13 @@ from distributed import get_worker
 from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.worker.embed import SequenceTooLarge, StageStats, embed_dnabert, embed_esm
+from virnuc_dask.worker.embed import (
+    NonFiniteEmbedding,
+    SequenceTooLarge,
+    StageStats,
+    embed_dnabert,
+    embed_esm,
+)
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)
@@ -96,13 +102,23 @@ def isolate_failures(
             values, stat = embed(idx)
         except SystemicFailure:
             raise
-        except SequenceTooLarge as exc:
-            bad = int(idx[exc.index])
-            failures.append(RecordFailure(bad, stage, describe(exc)))
-            guard.failed(ids[bad], stage, exc)
-            rest = np.delete(idx, exc.index)
-            if len(rest):
-                pending.append(rest)
+        except (SequenceTooLarge, NonFiniteEmbedding) as exc:
+            # Records that fail alone; the call's finished rows are kept.
+            kept = exc.done if exc.done is not None else np.zeros(len(idx), dtype=bool)
+            for pos in exc.indices:
+                failures.append(RecordFailure(int(idx[pos]), stage, describe(exc)))
+                logger.warning("%s: %s failed: %s", stage, ids[int(idx[pos])], describe(exc))
+                if not kept.any():
+                    guard.failed(ids[int(idx[pos])], stage, exc)
+            if kept.any():
+                guard.succeeded()
+                pieces.append((idx[kept], exc.values[kept]))
+                stats.append(exc.stats)
+            rest = np.ones(len(idx), dtype=bool)
+            rest[kept] = False
+            rest[exc.indices] = False
+            if rest.any():
+                pending.append(idx[rest])
             continue
         except Exception as exc:  # noqa: BLE001 - whatever a forward raises is recorded per record
             if len(idx) == 1:
