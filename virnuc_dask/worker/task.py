@@ -166,26 +166,34 @@ def embed_partition(orfs: list, meta: dict[str, Any]) -> dict[str, Any]:
 
     def dnabert(idx: np.ndarray) -> tuple[np.ndarray, Any]:
         return embed_dnabert(dnabert_model, tokenizer, [nucleotides[i] for i in idx],
-                             toks_per_batch=meta["dnabert_toks_per_batch"], device=device)
+                             toks_per_batch=meta["dnabert_toks_per_batch"], device=device,
+                             budget=models.budget("dnabert"))
 
     def esm(idx: np.ndarray) -> tuple[np.ndarray, Any]:
         return embed_esm(esm_model, alphabet, [proteins[i] for i in idx],
-                         toks_per_batch=meta["toks_per_batch"], device=device)
+                         toks_per_batch=meta["toks_per_batch"], device=device,
+                         budget=models.budget("esm"))
 
     guard = FailureGuard()
     failures: list[RecordFailure] = []
     arrays: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"worker": get_worker().address}
-    for stage, embed in (("dnabert", dnabert), ("esm", esm)):
-        failed = {f.index for f in failures}
-        todo = np.array([i for i in range(len(orfs)) if i not in failed], dtype=np.int64)
-        pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids, guard=guard)
-        failures += new
-        values = np.zeros((len(orfs), dims[stage]), dtype=np.float32)
-        for idx, piece in pieces:
-            values[idx] = piece
-        arrays[stage] = values
-        info[stage] = _merge_stats(stats)
+    # One embedding task per device, even where the scheduler would run two (a worker
+    # started with more than one GPU resource).
+    with models.holding_device():
+        for stage, embed in (("dnabert", dnabert), ("esm", esm)):
+            failed = {f.index for f in failures}
+            todo = np.array([i for i in range(len(orfs)) if i not in failed], dtype=np.int64)
+            pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids,
+                                                  guard=guard)
+            failures += new
+            values = np.zeros((len(orfs), dims[stage]), dtype=np.float32)
+            for idx, piece in pieces:
+                values[idx] = piece
+            arrays[stage] = values
+            info[stage] = _merge_stats(stats)
+            budget = models.budget(stage)  # as learned so far on this worker
+            info[stage]["budget_tokens"] = budget.current if budget.ceiling else None
     row_start = meta["row_start"]
     failed_rows = [{"row": row_start + f.index, "id": ids[f.index], "stage": f.stage,
                     "error": f.error} for f in sorted(failures, key=lambda f: f.index)]
