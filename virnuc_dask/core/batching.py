@@ -102,9 +102,11 @@ class TokenBudget:
     each call. An OOM on a batch of ``tokens`` padded tokens sets a learned limit of
     half of them, kept across calls, so that later batches are cut to fit instead of
     each failing first. After ``recover_after`` batches in a row that ran, the limit
-    doubles, back up to the ceiling (memory another process held may be free again).
+    grows by ``growth``, back up to the ceiling (memory another process held may be
+    free again); a limit still too large costs one more OOM, once per ``recover_after``
+    batches.
 
-    >>> budget = TokenBudget(recover_after=2)
+    >>> budget = TokenBudget(recover_after=2, growth=2.0)
     >>> budget.start(4096)
     >>> budget.out_of_memory(4000); budget.current
     2000
@@ -114,10 +116,14 @@ class TokenBudget:
     4096
     """
 
-    def __init__(self, *, recover_after: int = 16, floor: int = 1) -> None:
+    def __init__(self, *, recover_after: int = 32, growth: float = 1.25,
+                 floor: int = 1) -> None:
         if recover_after < 1:
             raise ValueError(f"recover_after must be positive, got {recover_after}")
+        if growth <= 1:
+            raise ValueError(f"growth must be above 1, got {growth}")
         self.recover_after = recover_after
+        self.growth = growth
         self.floor = floor
         self.ceiling: int | None = None
         self.limit: int | None = None
@@ -149,6 +155,6 @@ class TokenBudget:
         self.streak += 1
         if self.streak >= self.recover_after:
             self.streak = 0
-            self.limit *= 2
+            self.limit = max(self.limit + 1, int(self.limit * self.growth))
             if self.ceiling is not None and self.limit >= self.ceiling:
                 self.limit = None
