@@ -398,24 +398,30 @@ def precision_agreement(
     """Each precision against fp32 on the same ORFs, through the pipeline's embedding path.
 
     Per precision: cosine similarity of each model's embeddings (min, mean), ORF labels
-    flipped (argmax of the classifier's scores), largest score difference, seconds.
-    A precision the device cannot run is reported with its error instead.
+    flipped (argmax of the classifier's scores), largest score difference, seconds of
+    embedding. A precision the device cannot run is reported with its error instead.
+    ``bf16-mixed`` is :func:`.precision.to_mixed`: bf16 weights and matrix products,
+    everything else (LayerNorm, softmax, the residual stream) in fp32.
     """
     from virnuc_dask.models.classifier import load_classifier, score
     from virnuc_dask.models.dnabert import load_dnabert
     from virnuc_dask.models.esm2 import load_esm
     from virnuc_dask.models.esm_fast import SdpaEsm2
     from virnuc_dask.worker.embed import embed_dnabert, embed_esm
-    from virnuc_dask.worker.plugin import DTYPES
+    from virnuc_dask.worker.precision import DTYPES, to_mixed
 
     device = torch.device(device)
     mlp = load_classifier(classifier)
 
     def embed(precision: str) -> tuple[np.ndarray, np.ndarray, float]:
-        t = time.perf_counter()
-        dtype = DTYPES[precision]
+        mixed = precision == "bf16-mixed"
+        dtype = torch.float32 if mixed else DTYPES[precision]
         dn_model, tokenizer = load_dnabert(dnabert_model, device=device, dtype=dtype)
         esm, alphabet = load_esm(esm_model, device=device, dtype=dtype)
+        if mixed:
+            to_mixed(dn_model)
+            to_mixed(esm)
+        t = time.perf_counter()
         dn, _ = embed_dnabert(dn_model, tokenizer, nucleotides, device=device)
         es, _ = embed_esm(SdpaEsm2(esm), alphabet, proteins, device=device)
         return dn, es, time.perf_counter() - t

@@ -137,7 +137,9 @@ class ModelPlugin(WorkerPlugin):
             if worker.state.total_resources.get(EMBED_RESOURCE, 0) < 1:
                 await worker.set_resources(**{EMBED_RESOURCE: 1})
             return
-        logger.error("%s", self.error)
+        # A warning: the run goes on with the other workers (the client reports the
+        # error when none is left).
+        logger.warning("%s; this worker leaves the cluster", self.error)
         with contextlib.suppress(OSError, KeyError):  # the scheduler may be gone already
             await worker.set_resources(**{EMBED_RESOURCE: 0})
         # Closing the nanny too: a restarted worker would fail the same way.
