@@ -438,11 +438,11 @@ def _embed(client, settings, store, tables, plan, todo, tick) -> list[dict[str, 
             embedded, dask_key_name=task_key(STORE_STAGE, embedded)))
     # Unoptimised: fusing would merge the embedding and store tasks (and lose the
     # annotation that keeps only one embedding task per device).
-    futures = client.compute(stored, retries=1, optimize_graph=False)
+    futures: list = []
     stats = []
     streak = 0  # failed records of partitions in which every record failed, in a row
     try:
-        for n, fut in enumerate(_completed(client, futures), 1):
+        for n, fut in enumerate(_completed(client, stored, futures), 1):
             entry = fut.result()
             stats.append(entry)
             rows = entry["rows"]
@@ -453,24 +453,44 @@ def _embed(client, settings, store, tables, plan, todo, tick) -> list[dict[str, 
                     f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
                     "fault is not in the input records: check the model files, the "
                     "device and its driver")
-            tick("embed", n, len(futures), partitions=[entry])
+            tick("embed", n, len(stored), partitions=[entry])
     except BaseException:
         client.cancel(futures)
         raise
     return stats
 
 
-def _completed(client: Client, futures: list):
-    """``futures`` as they finish; every ``HEALTH_CHECK_S`` without one, checks that a
-    worker able to embed is left (else the tasks would wait for ever)."""
-    pending = list(futures)
+def _completed(client: Client, work: list, futures: list):
+    """Compute the ``work`` (delayed objects) a few at a time; yield each future as it
+    finishes (all of them are appended to ``futures``, for cancelling).
+
+    About two partitions per worker are in flight, and the next is submitted when one
+    finishes: the scheduler assigns a task that asks for a resource when it is
+    submitted, so submitting everything at once would deal the partitions out in
+    advance, evenly, whatever each device's speed. This way the worker that finishes
+    first gets the next partition, and a faster GPU takes a larger share. Every
+    ``HEALTH_CHECK_S`` without a finished partition, checks that a worker able to
+    embed is left (else the tasks would wait for ever).
+    """
+    todo = list(work)
+    pending: list = []
+
+    def top_up() -> None:
+        window = max(2, 2 * len(client.scheduler_info(n_workers=-1)["workers"]))
+        while todo and len(pending) < window:
+            future = client.compute(todo.pop(0), retries=1, optimize_graph=False)
+            futures.append(future)
+            pending.append(future)
+
+    top_up()
     while pending:
         try:
             done, rest = wait(pending, timeout=HEALTH_CHECK_S, return_when="FIRST_COMPLETED")
         except TimeoutError:
             _check_embedding_workers(client)
             continue
-        pending = list(rest)
+        pending[:] = list(rest)
+        top_up()
         yield from done
 
 
