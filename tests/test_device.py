@@ -114,3 +114,55 @@ def test_dask_cuda_workers_each_get_their_first_device(tmp_path):
     rotated = [names[i:] + names[:i] for i in range(4)]
     claims = claim_all(rotated, tmp_path)
     assert [c.name for c in claims] == names and [c.index for c in claims] == [0] * 4
+
+
+# -- GPUs of a local cluster --------------------------------------------------------------------
+
+@pytest.mark.parametrize("env, gpus, expected", [
+    (None, "0,1", ["0", "1"]),
+    ("2,3", "0", ["2"]),  # a job's allocation: --gpus counts within it
+    ("2,3", "1,0", ["3", "2"]),
+    ("GPU-aa,GPU-bb", "1", ["GPU-bb"]),
+    ("2,3", "GPU-cc", ["GPU-cc"]),
+    ("2,3", None, ["2", "3"]),
+    ("", None, []),
+])
+def test_gpus_option_counts_within_cuda_visible_devices(monkeypatch, env, gpus, expected):
+    from virnuc_dask.cluster.start import visible_gpus
+
+    if env is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
+    assert visible_gpus(gpus) == expected
+
+
+def test_gpus_outside_the_allocation_are_refused(monkeypatch):
+    from virnuc_dask.cluster.start import visible_gpus
+    from virnuc_dask.config import ConfigError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    with pytest.raises(ConfigError, match="no GPU 2 among the 2 this job may use"):
+        visible_gpus("2")
+
+
+def test_dask_cuda_workers_keep_the_project_preload(monkeypatch):
+    """LocalCUDACluster gives its workers an explicit preload list; ours must be in it."""
+    import sys
+    import types
+
+    import virnuc_dask.cluster.start as start
+    from virnuc_dask.config import load_settings
+
+    seen = {}
+
+    class FakeCluster:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(
+        LocalCUDACluster=FakeCluster))
+    monkeypatch.setattr(start, "visible_gpus", lambda gpus=None: ["0", "1"])
+    start._start_local(load_settings(inputs=[], overrides={"workers": 1}))
+    assert "virnuc_dask.cluster.start" in seen["preload"]
+    assert seen["CUDA_VISIBLE_DEVICES"] == "0" and seen["resources"] == {"GPU": 1}
