@@ -296,7 +296,7 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
     client.register_plugin(ThroughputMetrics())
     # Bounded: stops when every worker failed to load (naming each) or after a timeout.
     statuses = wait_for_models(client, since=registered)
-    facts = _model_facts(statuses)
+    facts = {**_model_facts(statuses), "registered": registered}
     dims = {"dnabert": facts["dnabert"], "esm": facts["esm"]}
     if facts["classifier_input"] != dims["dnabert"] + dims["esm"]:
         raise ModelLoadError(
@@ -532,7 +532,7 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
                  tf32=status.get("matmul"), threads=status.get("threads"),
                  gpu=gpu_metrics(info["workers"].get(address, {}), status.get("memory")))
     failed_workers = [{k: f.get(k) for k in ("worker", "host", "device", "error")}
-                      for f in load_failures(client)]
+                      for f in load_failures(client, since=facts["registered"])]
     for stage in stages.values():
         stage["tokens_per_s"] = stage["real_tokens"] / stage["seconds"] if stage["seconds"] \
             else None

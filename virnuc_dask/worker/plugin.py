@@ -296,11 +296,17 @@ def model_status(client: Client) -> dict[str, dict[str, Any]]:
     return client.run(_status, on_error="ignore")
 
 
-def load_failures(client: Client) -> list[dict[str, Any]]:
-    """Workers whose models could not be loaded in this cluster (from scheduler events)."""
+# Worker and client clocks may differ a little (other hosts).
+CLOCK_SLACK_S = 2.0
+
+
+def load_failures(client: Client, *, since: float = 0.0) -> list[dict[str, Any]]:
+    """Workers whose models could not be loaded (from scheduler events), at ``since``
+    (``time.time()``, the registration of this run's plugin) or later."""
     failed = {}
     for _, msg in client.get_events(EVENT_TOPIC):
-        if isinstance(msg, dict) and msg.get("state") == "failed":
+        if isinstance(msg, dict) and msg.get("state") == "failed" \
+                and msg.get("time", 0) >= since - CLOCK_SLACK_S:
             failed[msg["worker"]] = msg
     return list(failed.values())
 
@@ -318,7 +324,7 @@ def wait_for_models(client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT,
         if any(s["state"] == "ready" for s in statuses.values()):
             return statuses
         if not any(s["state"] in ("new", "loading") for s in statuses.values()):
-            failures = [f for f in load_failures(client) if f.get("time", 0) >= since]
+            failures = load_failures(client, since=since)
             reasons = "; ".join(f["error"] for f in failures) or \
                 "no worker is connected to the scheduler"
             raise ModelLoadError(f"no worker could load the models: {reasons}")
