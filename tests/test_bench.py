@@ -145,3 +145,37 @@ def test_bench_classifier_takes_both_embedding_widths(tmp_path, given):
         files = {"esm_model": TINY["esm_model"], "dnabert_model": TINY["dnabert_model"]}
     paths = build_models(tmp_path, "small", **files)
     assert load_classifier(paths["classifier"]).input_dim == (128 if given else 576)
+
+
+def test_more_workers_than_gpus_is_refused_at_once(monkeypatch, tmp_path, capsys):
+    """A one-GPU node: --workers 1,2 cannot start two GPU workers; no waiting for them."""
+    import time
+
+    import virnuc_dask.cluster.start as start
+
+    monkeypatch.setattr(start, "visible_gpus", lambda gpus=None: ["0"])
+    t = time.monotonic()
+    code = main(["bench", "--size", "tiny", "--reads", "8", "--workers", "1,2",
+                 "--work-dir", str(tmp_path)])
+    assert code == 1 and time.monotonic() - t < 10
+    err = capsys.readouterr().err
+    assert "--workers 1,2 asks for 2 GPU workers, but this node has 1 visible GPU(s) (0)" \
+        in err and "use --workers 1" in err
+    assert not (tmp_path / "models").exists()  # refused before any work
+
+
+def test_fewer_workers_started_than_asked_ends_the_wait(monkeypatch, tmp_path):
+    """Whatever the reason a cluster starts fewer workers, the bench does not wait forever."""
+    from distributed import LocalCluster
+
+    import virnuc_dask.cluster.start as start
+    from virnuc_dask.config import load_settings
+    from virnuc_dask.errors import VirnucError
+    from virnuc_dask.tools.bench import run_pipeline
+
+    monkeypatch.setattr(start, "_new_local_cluster", lambda settings: LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"))
+    settings = load_settings(inputs=[], overrides={"out": str(tmp_path / "p"), **TINY})
+    with pytest.raises(VirnucError, match="1 of the 2 workers asked for started within 2 s; "
+                       "use --workers 1"):
+        run_pipeline(settings, 2, timeout=2)

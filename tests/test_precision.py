@@ -71,3 +71,44 @@ def test_cpu_and_explicit_precisions():
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     for precision in ("fp32", "bf16", "fp16"):
         assert resolve_precision(precision, torch.device("cpu")) == precision
+
+
+def test_an_fp32_worker_turns_tf32_off_whatever_the_site_set(monkeypatch):
+    from virnuc_dask.worker.plugin import ModelPlugin, ModelSpec
+
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        plugin = ModelPlugin(ModelSpec(**TINY, precision="fp32"))
+        plugin.load()
+        state = plugin.status()["matmul"]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
+        torch.set_float32_matmul_precision(before[2])
+    assert state["cuda_matmul_allow_tf32"] is False and state["cudnn_allow_tf32"] is False
+    assert state["float32_matmul_precision"] == "highest"
+    assert state["NVIDIA_TF32_OVERRIDE"] == "0" and state["tf32_off"] is True
+
+
+def test_mixed_precision_against_casting_on_the_tiny_models(reference):
+    """bf16 by casting every weight against bf16 matrix products with an fp32 residual
+    stream (``bf16-mixed``), both against fp32; the figures are printed (pytest -s)."""
+    ref = reference / "dev" / "basic" / "L500"
+    nucleotides = [s for _, s in read_fasta_pairs(ref / "input_identified_nucleotide.fa")]
+    proteins = [s for _, s in read_fasta_pairs(ref / "input_identified_protein.faa")]
+    result = precision_agreement(**TINY, nucleotides=nucleotides, proteins=proteins,
+                                 precisions=("bf16", "bf16-mixed"))
+    for name, r in result.items():
+        print(f"{name}: ESM-2 cosine min {r['esm_cosine_min']:.6f} mean "
+              f"{r['esm_cosine_mean']:.6f}; DNABERT-S min {r['dnabert_cosine_min']:.6f} mean "
+              f"{r['dnabert_cosine_mean']:.6f}; {r['labels_flipped']}/{r['orfs']} flipped; "
+              f"max score diff {r['max_score_diff']:.4f}; {r['seconds']:.2f} s")
+    cast, mixed = result["bf16"], result["bf16-mixed"]
+    for model in ("esm", "dnabert"):
+        assert mixed[f"{model}_cosine_min"] >= cast[f"{model}_cosine_min"]
+        assert mixed[f"{model}_cosine_mean"] >= cast[f"{model}_cosine_mean"]
+    assert mixed["max_score_diff"] <= cast["max_score_diff"]

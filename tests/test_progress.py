@@ -219,3 +219,54 @@ def test_worker_records_reach_the_client():
     assert "detail from a worker" in messages  # verbose: also info
     assert messages["warning from a worker"].worker == address
     assert messages["warning from a worker"].name == "virnuc_dask.on_worker"
+
+
+# -- GPU figures per worker ---------------------------------------------------------------------
+
+NVML_WORKER = {  # a worker's entry in scheduler_info() where distributed samples NVML
+    "metrics": {"gpu": {"utilization": 87, "memory-used": 12_100_000_000}},
+    "gpu": {"name": "NVIDIA A100-SXM4-80GB", "memory-total": 80_000_000_000},
+}
+CPU_WORKER = {"metrics": {"cpu": 95.0}}
+
+
+def test_gpu_figures_from_distributed_nvml_metrics_or_no_gpu():
+    from virnuc_dask.dataflow.dashboard import gpu_metrics
+
+    figures = gpu_metrics(NVML_WORKER, {"reserved": 9_000_000_000, "peak": 11_000_000_000})
+    assert figures == {"utilization": 87, "memory_used": 12_100_000_000,
+                       "name": "NVIDIA A100-SXM4-80GB", "memory_total": 80_000_000_000,
+                       "process_memory": 9_000_000_000, "process_memory_peak": 11_000_000_000}
+    assert gpu_metrics(CPU_WORKER) == "no GPU"
+    assert gpu_metrics({}) == "no GPU"
+
+
+def test_worker_rows_show_gpu_utilisation_and_memory_or_no_gpu():
+    from rich.console import Console
+
+    from virnuc_dask.cli.progress import worker_table
+    from virnuc_dask.dataflow.dashboard import gpu_metrics
+
+    state = RunProgress(clock=lambda: 5.0)
+    gpus = {"tcp://gpu:1": gpu_metrics(NVML_WORKER), "tcp://cpu:2": gpu_metrics(CPU_WORKER)}
+    state.record_gpus(gpus)  # 12.1 GB in use
+    gpus["tcp://gpu:1"] = {**gpus["tcp://gpu:1"], "memory_used": 9e9}  # later, 9 GB
+    state.record_gpus(gpus)
+    console = Console(width=200, record=True)
+    console.print(worker_table(state, {"tcp://gpu:1": "embed ×1", "tcp://cpu:2": "idle"},
+                               gpus))
+    text = console.export_text()
+    gpu_row = next(line for line in text.splitlines() if "tcp://gpu:1" in line)
+    cpu_row = next(line for line in text.splitlines() if "tcp://cpu:2" in line)
+    assert "87% · 9.0/80 GB (peak 12.1)" in gpu_row
+    assert cpu_row.rstrip().endswith("no GPU")
+    line = status_line(state, {"tcp://gpu:1": "embed ×1", "tcp://cpu:2": "idle"}, gpus)
+    assert "[87% · 9.0/80 GB (peak 12.1)]" in line and "[no GPU]" in line
+
+
+def test_live_display_polls_the_workers_gpu_figures(client):
+    """On this machine every worker reports no GPU."""
+    with TerminalProgress(enabled=False, interval=3600, client=client) as progress:
+        activity = progress.activity()
+    assert activity and set(progress._gpus.values()) == {"no GPU"}
+    assert "[no GPU]" in progress.line()

@@ -23,6 +23,7 @@ from virnuc_dask.errors import ConfigError
 
 DEFAULTS_FILE = Path(__file__).with_name("default.yaml")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cuda", "cpu")
 CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")
 JOBQUEUE_SYSTEMS = ("slurm", "pbs")
 
@@ -40,6 +41,7 @@ class Settings:
     model_cache: str | None = None
     offline: bool = False
     precision: str = "auto"
+    device: str = "auto"
     workers: int | None = None
     threads: int | None = None
     gpus: str | None = None
@@ -69,6 +71,9 @@ class Settings:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(
+                f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.cluster not in CLUSTERS:
             raise ConfigError(
                 f"cluster must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}")

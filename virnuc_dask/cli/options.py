@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from virnuc_dask.config import CLUSTERS, PRECISIONS, ConfigError, Settings, load_settings
+from virnuc_dask.config import (
+    CLUSTERS,
+    DEVICES,
+    PRECISIONS,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 
 # The settings a run's flags may override (names of ``Settings`` fields).
 RUN_SETTINGS = ("out", "length", "esm_model", "dnabert_model", "classifier", "model_cache",
-                "offline", "precision", "workers", "threads", "gpus", "scheduler",
+                "offline", "precision", "device", "workers", "threads", "gpus", "scheduler",
                 "scheduler_file", "cluster", "jobs", "cluster_config", "performance_report",
                 "toks_per_batch", "dnabert_toks_per_batch", "partition_rows", "blocksize",
                 "dedup", "overwrite")
@@ -88,6 +95,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--offline", action="store_true", default=None,
                         help="never download; load models from local files and caches only")
     add_precision(models)
+    models.add_argument("--device", choices=DEVICES,
+                        help="where workers embed: auto (the GPU a worker was started for, "
+                        "an error if it cannot use it), cuda, or cpu (default auto)")
     run = parser.add_argument_group("cluster and batching")
     run.add_argument("--workers", type=int, metavar="N", help="workers of a local cluster "
                      "(default: one per GPU, or one CPU worker)")

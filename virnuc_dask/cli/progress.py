@@ -117,6 +117,7 @@ class RunProgress:
         self.embed_started: float | None = None
         self.orfs_reused = 0
         self.orfs_failed = 0
+        self.gpu_peak: dict[str, float] = {}  # highest device memory in use seen per worker
         self.lock = threading.Lock()
 
     def stage(self, key: str) -> StageState:
@@ -187,6 +188,15 @@ class RunProgress:
                     state.finished = now
                     if state.total is None:
                         state.total = state.done
+
+    def record_gpus(self, gpus: Mapping[str, Any]) -> None:
+        """Note each worker's device memory in use (for the peak shown beside it); the
+        caller holds ``lock``."""
+        for address, figures in gpus.items():
+            if isinstance(figures, Mapping):
+                used = figures.get("memory_used") or figures.get("process_memory")
+                if used:
+                    self.gpu_peak[address] = max(self.gpu_peak.get(address, 0), used)
 
     # -- derived figures -----------------------------------------------------------------
 
@@ -298,19 +308,44 @@ def stage_table(progress: RunProgress, now: float | None = None) -> Table:
     return table
 
 
-def worker_table(progress: RunProgress, activity: Mapping[str, str]) -> Table:
-    """One row per worker: what it runs now, partitions, ORFs and tokens per second."""
+def gpu_text(figures: Mapping[str, Any] | str | None, peak: float | None = None) -> str:
+    """``87% · 12.1/80 GB (peak 14.0)`` from :func:`.dashboard.gpu_metrics`, or ``no GPU``."""
+    if figures is None:
+        return ""
+    if isinstance(figures, str):
+        return figures
+    parts = []
+    if figures.get("utilization") is not None:
+        parts.append(f"{figures['utilization']:.0f}%")
+    used = figures.get("memory_used")
+    if used is None:
+        used = figures.get("process_memory")
+    if used is not None:
+        total = figures.get("memory_total")
+        text = f"{used / 1e9:.1f}" + (f"/{total / 1e9:.0f}" if total else "") + " GB"
+        if peak:
+            text += f" (peak {peak / 1e9:.1f})"
+        parts.append(text)
+    return " · ".join(parts) or "GPU"
+
+
+def worker_table(progress: RunProgress, activity: Mapping[str, str],
+                 gpus: Mapping[str, Any] | None = None) -> Table:
+    """One row per worker: what it runs now, partitions, ORFs and tokens per second, and
+    its GPU's utilisation and memory (``no GPU`` on a CPU worker)."""
+    gpus = gpus or {}
     table = Table(box=None, pad_edge=False, show_edge=False)
     for name in ("worker", "tasks", "partitions", "ORFs", "ORF/s",
-                 *(f"{m} tok/s" for m in MODELS.values())):
+                 *(f"{m} tok/s" for m in MODELS.values()), "GPU"):
         table.add_column(name, no_wrap=True, style="bold" if name == "worker" else None,
-                         justify="left" if name in ("worker", "tasks") else "right")
+                         justify="left" if name in ("worker", "tasks", "GPU") else "right")
     for address in sorted(set(activity) | set(progress.workers)):
         w = progress.workers.get(address, WorkerState(address))
         rates = [_count(w.tokens[m] / w.model_seconds[m]) if w.model_seconds[m] else ""
                  for m in MODELS]
         table.add_row(address, activity.get(address, "gone"), str(w.partitions),
-                      f"{w.orfs:,}", f"{w.orfs_per_s:.1f}" if w.orfs_per_s else "", *rates)
+                      f"{w.orfs:,}", f"{w.orfs_per_s:.1f}" if w.orfs_per_s else "", *rates,
+                      gpu_text(gpus.get(address), progress.gpu_peak.get(address)))
     return table
 
 
@@ -336,7 +371,8 @@ def _embed_words(progress: RunProgress, now: float) -> str:
     return text
 
 
-def status_line(progress: RunProgress, activity: Mapping[str, str] | None = None) -> str:
+def status_line(progress: RunProgress, activity: Mapping[str, str] | None = None,
+                gpus: Mapping[str, Any] | None = None) -> str:
     """The whole state in one log line."""
     now = progress.clock()
     parts = [f"progress {_duration(now - progress.started)}"]
@@ -354,6 +390,8 @@ def status_line(progress: RunProgress, activity: Mapping[str, str] | None = None
             text += f" {w.orfs_per_s:.1f} ORF/s"
         if activity and address in activity:
             text += f" ({activity[address]})"
+        if gpus and address in gpus:
+            text += f" [{gpu_text(gpus[address], progress.gpu_peak.get(address))}]"
         workers.append(text)
     if workers:
         parts.append("workers: " + "; ".join(workers))
@@ -363,14 +401,19 @@ def status_line(progress: RunProgress, activity: Mapping[str, str] | None = None
 # -- the terminal object --------------------------------------------------------------------
 
 
-def _activity(client) -> dict[str, str]:
+def _activity(client) -> tuple[dict[str, str], dict[str, Any]]:
     """Tasks the scheduler has assigned to each worker (running or queued there), e.g.
-    ``{"tcp://..": "embed ×1"}``; the three most frequent kinds."""
+    ``{"tcp://..": "embed ×1"}``, the three most frequent kinds; and each worker's GPU
+    figures (:func:`.dashboard.gpu_metrics`)."""
     from dask.utils import key_split
+
+    from virnuc_dask.dataflow.dashboard import gpu_metrics
 
     processing = client.processing()
     out = {}
-    for address in client.scheduler_info(n_workers=-1)["workers"]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    gpus = {address: gpu_metrics(info) for address, info in workers.items()}
+    for address in workers:
         tasks: dict[str, int] = {}
         for key in processing.get(address, ()):
             name = key_split(key)
@@ -378,7 +421,7 @@ def _activity(client) -> dict[str, str]:
         busiest = sorted(tasks.items(), key=lambda kv: (-kv[1], kv[0]))
         text = ", ".join(f"{k} ×{n}" for k, n in busiest[:3])
         out[address] = (text + (", …" if len(busiest) > 3 else "")) or "idle"
-    return out
+    return out, gpus
 
 
 class TerminalProgress:
@@ -404,6 +447,7 @@ class TerminalProgress:
         self.client = client
         self.state = RunProgress()
         self._activity: dict[str, str] = {}
+        self._gpus: dict[str, Any] = {}
         self._polled = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -427,7 +471,8 @@ class TerminalProgress:
         if now - self._polled >= WORKER_POLL_S:
             self._polled = now
             try:
-                self._activity = _activity(self.client)
+                self._activity, self._gpus = _activity(self.client)
+                self.state.record_gpus(self._gpus)
             except (OSError, RuntimeError, TimeoutError) as exc:  # scheduler busy or closing
                 logger.debug("could not poll worker activity: %s", exc)
         return self._activity
@@ -437,12 +482,12 @@ class TerminalProgress:
             parts = [stage_table(self.state)]
             activity = self.activity()
             if activity or self.state.workers:
-                parts += [Text(""), worker_table(self.state, activity)]
+                parts += [Text(""), worker_table(self.state, activity, self._gpus)]
         return Group(*parts)
 
     def line(self) -> str:
         with self.state.lock:
-            return status_line(self.state, self.activity())
+            return status_line(self.state, self.activity(), self._gpus)
 
     def __enter__(self) -> TerminalProgress:
         if self.live:

@@ -65,12 +65,32 @@ WORKER_ENV_EXPORT = f'export {WORKER_ENV_VARIABLE}="{WORKER_ENV_VALUE}"'
 
 
 def visible_gpus(gpus: str | None = None) -> list[str]:
-    """GPU ids to use: ``gpus`` ("0,1"), else CUDA_VISIBLE_DEVICES, else all NVML devices."""
-    if gpus:
-        return [g.strip() for g in gpus.split(",") if g.strip()]
+    """GPU ids to use: ``gpus`` ("0,1"), else CUDA_VISIBLE_DEVICES, else all NVML devices.
+
+    Where CUDA_VISIBLE_DEVICES is set (a batch job's allocation), numbers in ``gpus``
+    count within it, as torch numbers devices: ``--gpus 0`` under
+    ``CUDA_VISIBLE_DEVICES=2,3`` is GPU 2, never another job's GPU 0. UUIDs pass as given.
+    """
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    visible = None if env is None else [
+        g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if gpus:
+        wanted = [g.strip() for g in gpus.split(",") if g.strip()]
+        if visible is None:
+            return wanted
+        out = []
+        for g in wanted:
+            if not g.isdigit():
+                out.append(g)
+            elif int(g) < len(visible):
+                out.append(visible[int(g)])
+            else:
+                raise ConfigError(
+                    f"--gpus {gpus}: there is no GPU {g} among the {len(visible)} this job "
+                    f"may use (CUDA_VISIBLE_DEVICES={env}); --gpus counts from 0 within them")
+        return out
+    if visible is not None:
+        return visible
     try:
         import pynvml
     except ImportError:
@@ -164,8 +184,12 @@ def _new_local_cluster(settings):
             raise RuntimeError(
                 "GPUs are visible but dask-cuda is not installed: "
                 "pip install 'virnuc-dask[gpu]'") from None
+        # dask-cuda gives its workers an explicit preload list (its own module), which
+        # replaces the configured one: pass the configured preloads (the Ctrl-C handler
+        # above) explicitly, and dask-cuda adds its own after them.
         return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus[: settings.workers]),
                                 threads_per_worker=2, resources={"GPU": 1},
+                                preload=list(dask.config.get("distributed.worker.preload", [])),
                                 silence_logs=_worker_log_level())
     return LocalCluster(n_workers=settings.workers or 1, threads_per_worker=2, processes=True,
                         resources={"GPU": 1}, silence_logs=_worker_log_level())

@@ -93,3 +93,68 @@ def budget_from_memory(
     if bytes_per_token < 1:
         raise ValueError(f"bytes_per_token must be positive, got {bytes_per_token}")
     return int(min(maximum, max(minimum, fraction * free_bytes // bytes_per_token)))
+
+
+class TokenBudget:
+    """Tokens per batch for one model on one device, learned from out-of-memory errors.
+
+    ``ceiling`` is what the device's free memory (or the user) allows at the start of
+    each call. An OOM on a batch of ``tokens`` padded tokens sets a learned limit of
+    half of them, kept across calls, so that later batches are cut to fit instead of
+    each failing first. After ``recover_after`` batches in a row that ran, the limit
+    grows by ``growth``, back up to the ceiling (memory another process held may be
+    free again); a limit still too large costs one more OOM, once per ``recover_after``
+    batches.
+
+    >>> budget = TokenBudget(recover_after=2, growth=2.0)
+    >>> budget.start(4096)
+    >>> budget.out_of_memory(4000); budget.current
+    2000
+    >>> budget.succeeded(); budget.succeeded(); budget.current
+    4000
+    >>> budget.succeeded(); budget.succeeded(); budget.current
+    4096
+    """
+
+    def __init__(self, *, recover_after: int = 32, growth: float = 1.25,
+                 floor: int = 1) -> None:
+        if recover_after < 1:
+            raise ValueError(f"recover_after must be positive, got {recover_after}")
+        if growth <= 1:
+            raise ValueError(f"growth must be above 1, got {growth}")
+        self.recover_after = recover_after
+        self.growth = growth
+        self.floor = floor
+        self.ceiling: int | None = None
+        self.limit: int | None = None
+        self.streak = 0
+        self.ooms = 0
+
+    def start(self, ceiling: int) -> None:
+        """The ceiling for the call about to run."""
+        if ceiling < 1:
+            raise ValueError(f"toks_per_batch must be positive, got {ceiling}")
+        self.ceiling = ceiling
+
+    @property
+    def current(self) -> int:
+        if self.ceiling is None:
+            raise RuntimeError("TokenBudget.start(ceiling) was not called")
+        return self.ceiling if self.limit is None else min(self.limit, self.ceiling)
+
+    def out_of_memory(self, tokens: int) -> None:
+        """A batch of ``tokens`` padded tokens did not fit."""
+        self.ooms += 1
+        self.streak = 0
+        self.limit = max(self.floor, min(self.current, tokens) // 2)
+
+    def succeeded(self) -> None:
+        """A batch ran."""
+        if self.limit is None:
+            return
+        self.streak += 1
+        if self.streak >= self.recover_after:
+            self.streak = 0
+            self.limit = max(self.limit + 1, int(self.limit * self.growth))
+            if self.ceiling is not None and self.limit >= self.ceiling:
+                self.limit = None

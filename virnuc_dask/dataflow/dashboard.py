@@ -121,6 +121,37 @@ def _metric(name: str):
     return read
 
 
+NO_GPU = "no GPU"
+
+
+def gpu_metrics(worker_info: dict[str, Any], memory: dict[str, int] | None = None
+                ) -> dict[str, Any] | str:
+    """A worker's GPU figures, or ``"no GPU"``.
+
+    ``worker_info`` is the worker's entry of ``client.scheduler_info()["workers"]``:
+    distributed samples NVML there (``metrics["gpu"]``: utilisation in percent and the
+    device's memory in use; name and total at start) whenever ``pynvml`` is installed
+    and a GPU is present. ``memory`` adds what the worker's own process holds
+    (``reserved``) and held at most (``peak``), from torch's allocator.
+    """
+    metrics = worker_info.get("metrics", {}) or {}
+    sample = metrics.get("gpu")
+    if not isinstance(sample, dict) and not memory:
+        return NO_GPU
+    out: dict[str, Any] = {}
+    if isinstance(sample, dict):
+        out["utilization"] = sample.get("utilization")
+        out["memory_used"] = sample.get("memory-used")
+    static = worker_info.get("gpu") or {}
+    if isinstance(static, dict):
+        out["name"] = static.get("name")
+        out["memory_total"] = static.get("memory-total")
+    if memory:
+        out["process_memory"] = memory.get("reserved")
+        out["process_memory_peak"] = memory.get("peak")
+    return out
+
+
 def worker_throughput(client: Client) -> dict[str, dict[str, float]]:
     """Each worker's totals, read from the workers themselves (not the last heartbeat)."""
     def collect(dask_worker: Any) -> dict[str, float]:

@@ -22,7 +22,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,7 +39,7 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
-from distributed import Client, as_completed
+from distributed import Client, wait
 
 from virnuc_dask import __version__
 from virnuc_dask.cluster.start import torch_threads_by_host
@@ -51,6 +50,7 @@ from virnuc_dask.dataflow.dashboard import (
     EMBED_STAGE,
     STORE_STAGE,
     ThroughputMetrics,
+    gpu_metrics,
     task_key,
     unique_key,
 )
@@ -72,7 +72,15 @@ from virnuc_dask.dataflow.store import (
 from virnuc_dask.errors import ModelLoadError, OutputDirError, SystemicFailure
 from virnuc_dask.models.classifier import score
 from virnuc_dask.rundir import SUMMARY
-from virnuc_dask.worker.plugin import ModelPlugin, ModelSpec, worker_models
+from virnuc_dask.worker.plugin import (
+    EMBED_RESOURCE,
+    ModelPlugin,
+    ModelSpec,
+    load_failures,
+    model_status,
+    wait_for_models,
+    worker_models,
+)
 from virnuc_dask.worker.task import (
     SYSTEMIC_FAILURES,
     PartitionRows,
@@ -132,11 +140,6 @@ def _load_partition(root: str, pieces: list[tuple[int, int, int]], row_start: in
 
 def _classify_rows(features: np.ndarray) -> np.ndarray:
     return score(worker_models().classifier, features)
-
-
-def _model_facts() -> dict[str, Any]:
-    models = worker_models()
-    return {**models.dims, "precision": models.precision, "device": str(models.device)}
 
 
 def _write_block(root: str, block: int, row_start: int, store_path: str, parts: str,
@@ -283,12 +286,23 @@ def _in_block(failed: dict[int, tuple[str, str]], offsets: np.ndarray,
     return {r: f for r, f in failed.items() if lo <= r < hi}
 
 
-def _embed_resources(client: Client) -> dict[str, int] | None:
-    """``{"GPU": 1}`` when every worker offers that resource, else no restriction."""
-    workers = client.scheduler_info()["workers"].values()
-    if workers and all(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers):
-        return {"GPU": 1}
-    return None
+# Tasks that use the models ask for the resource a worker offers once its models are
+# loaded: one at a time per worker, never on a worker whose load failed.
+MODEL_RESOURCES = {EMBED_RESOURCE: 1}
+# How long the embedding loop waits for a partition before it checks that some worker
+# can still embed.
+HEALTH_CHECK_S = 30.0
+
+
+def _check_embedding_workers(client: Client) -> None:
+    """Raise when no connected worker has (or is loading) the models."""
+    statuses = model_status(client)
+    if any(s["state"] in ("new", "loading", "ready") for s in statuses.values()):
+        return
+    reasons = "; ".join(f["error"] for f in load_failures(client))
+    raise ModelLoadError(
+        "no worker is left that can embed" + (f": {reasons}" if reasons else
+                                              " (every worker has gone)"))
 
 
 def preflight(settings) -> None:
@@ -318,12 +332,16 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
 
     spec = ModelSpec(esm_model=settings.esm_model, dnabert_model=settings.dnabert_model,
                      classifier=str(Path(settings.classifier).resolve()),
-                     precision=settings.precision, model_cache=settings.model_cache,
+                     precision=settings.precision, device=settings.device,
+                     model_cache=settings.model_cache,
                      offline=settings.offline, threads=settings.threads,
                      threads_by_host=tuple(torch_threads_by_host(client).items()))
+    registered = time.time()
     client.register_plugin(ModelPlugin(spec))
     client.register_plugin(ThroughputMetrics())
-    facts = client.submit(_model_facts, key=unique_key("model-facts")).result()
+    # Bounded: stops when every worker failed to load (naming each) or after a timeout.
+    statuses = wait_for_models(client, since=registered)
+    facts = {**_model_facts(statuses), "registered": registered}
     dims = {"dnabert": facts["dnabert"], "esm": facts["esm"]}
     if facts["classifier_input"] != dims["dnabert"] + dims["esm"]:
         raise ModelLoadError(
@@ -421,8 +439,9 @@ def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunR
     if total_rows:
         x = da.concatenate([lazy_rows(store.path, name) for name in MODEL_ARRAYS],
                            axis=1).rechunk({1: -1})
-        scores = x.map_blocks(_classify_rows, dtype=np.float32, chunks=(x.chunks[0], (2,)),
-                              token="classify")
+        with dask.annotate(resources=MODEL_RESOURCES):  # the classifier is a model too
+            scores = x.map_blocks(_classify_rows, dtype=np.float32,
+                                  chunks=(x.chunks[0], (2,)), token="classify")
         # Row chunks are the store's chunks: each task writes whole chunks of the array.
         # Unfused, so that "classify" stays a task name of its own on the dashboard.
         with naming(store.path):
@@ -461,12 +480,23 @@ def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunR
     return RunResult(out, total, len(plan), len(plan) - len(todo), summary)
 
 
+def _model_facts(statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Widths, precision and device of the first worker whose models are ready."""
+    ready = [s for _, s in sorted(statuses.items()) if s["state"] == "ready"]
+    first = ready[0]
+    precisions = sorted({s["precision"] for s in ready})
+    if len(precisions) > 1:
+        logger.warning("workers embed in different precisions (%s); each is listed in "
+                       "the run summary", ", ".join(precisions))
+    return {**first["dims"], "precision": first["precision"], "device": first["device"]}
+
+
 def _embed(client, settings, store, root, buckets, plan, todo, tick) -> list[dict[str, Any]]:
     if not todo:
         return []
-    # Embedding tasks hold the device (the GPU=1 resource, where every worker has one);
+    # Embedding tasks hold the device (one GPU=1 per worker with its models loaded);
     # reading, slicing and writing run beside them in the workers' other threads.
-    resources = _embed_resources(client)
+    resources = MODEL_RESOURCES
     stored = []
     for p in todo:
         row_start, pieces = plan[p]
@@ -477,18 +507,18 @@ def _embed(client, settings, store, root, buckets, plan, todo, tick) -> list[dic
         meta = {"partition": p, "row_start": row_start, "out": str(store.out),
                 "toks_per_batch": settings.toks_per_batch,
                 "dnabert_toks_per_batch": settings.dnabert_toks_per_batch}
-        with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
+        with dask.annotate(resources=resources):
             embedded = dask.delayed(embed_partition, pure=True)(
                 part, meta, dask_key_name=task_key(EMBED_STAGE, part, meta))
         stored.append(dask.delayed(store_partition, pure=True)(
             embedded, dask_key_name=task_key(STORE_STAGE, embedded)))
     # Unoptimised: fusing would merge the embedding and store tasks (and lose the
     # annotation that keeps only one embedding task per device).
-    futures = client.compute(stored, retries=1, optimize_graph=False)
+    futures: list = []
     stats = []
     streak = 0  # failed records of partitions in which every record failed, in a row
     try:
-        for n, fut in enumerate(as_completed(futures), 1):
+        for n, fut in enumerate(_completed(client, stored, futures), 1):
             entry = fut.result()
             stats.append(entry)
             rows = entry["rows"]
@@ -499,11 +529,45 @@ def _embed(client, settings, store, root, buckets, plan, todo, tick) -> list[dic
                     f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
                     "fault is not in the input records: check the model files, the "
                     "device and its driver")
-            tick("embed", n, len(futures), partitions=[entry])
+            tick("embed", n, len(stored), partitions=[entry])
     except BaseException:
         client.cancel(futures)
         raise
     return stats
+
+
+def _completed(client: Client, work: list, futures: list):
+    """Compute the ``work`` (delayed objects) a few at a time; yield each future as it
+    finishes (all of them are appended to ``futures``, for cancelling).
+
+    About two partitions per worker are in flight, and the next is submitted when one
+    finishes: the scheduler assigns a task that asks for a resource when it is
+    submitted, so submitting everything at once would deal the partitions out in
+    advance, evenly, whatever each device's speed. This way the worker that finishes
+    first gets the next partition, and a faster GPU takes a larger share. Every
+    ``HEALTH_CHECK_S`` without a finished partition, checks that a worker able to
+    embed is left (else the tasks would wait for ever).
+    """
+    todo = list(work)
+    pending: list = []
+
+    def top_up() -> None:
+        window = max(2, 2 * len(client.scheduler_info(n_workers=-1)["workers"]))
+        while todo and len(pending) < window:
+            future = client.compute(todo.pop(0), retries=1, optimize_graph=False)
+            futures.append(future)
+            pending.append(future)
+
+    top_up()
+    while pending:
+        try:
+            done, rest = wait(pending, timeout=HEALTH_CHECK_S, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            _check_embedding_workers(client)
+            continue
+        pending[:] = list(rest)
+        top_up()
+        yield from done
 
 
 def _summary(settings, client, facts, total, plan, todo, partition_stats, timings):
@@ -526,16 +590,30 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
             stage["orfs"] += entry[m]["sequences"]
             for key in ("batches", "real_tokens", "padded_tokens", "oom_splits", "seconds"):
                 stage[key] += entry[m].get(key, 0)
+    computed = sum(w["orfs"] for w in workers.values())
+    info = client.scheduler_info(n_workers=-1)
+    statuses = model_status(client)
     for w in workers.values():
         w["orfs_per_s"] = w["orfs"] / w["seconds"] if w["seconds"] else None
         w["tokens_per_s"] = {m: w["tokens"][m] / s if s else None
                              for m, s in w["model_seconds"].items()}
+        # Dynamic scheduling: a faster device takes a larger share of the partitions.
+        w["share"] = w["orfs"] / computed if computed else None
+    for address, status in statuses.items():
+        if status["state"] != "ready":
+            continue
+        w = workers.setdefault(address, {"partitions": 0, "orfs": 0, "share": 0.0})
+        w.update(device=status["device"], precision=status["precision"],
+                 device_name=status.get("device_info", {}).get("name"),
+                 tf32=status.get("matmul"), threads=status.get("threads"),
+                 gpu=gpu_metrics(info["workers"].get(address, {}), status.get("memory")))
+    failed_workers = [{k: f.get(k) for k in ("worker", "host", "device", "error")}
+                      for f in load_failures(client, since=facts["registered"])]
     for stage in stages.values():
         stage["tokens_per_s"] = stage["real_tokens"] / stage["seconds"] if stage["seconds"] \
             else None
         stage["padding_efficiency"] = stage["real_tokens"] / stage["padded_tokens"] \
             if stage["padded_tokens"] else None
-    info = client.scheduler_info()
     nthreads = {a: w.get("nthreads") for a, w in info["workers"].items()}
     return {
         "version": __version__,
@@ -548,6 +626,7 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
                                   "input_dim": facts["classifier_input"]}},
         "precision": facts["precision"],
         "device": facts["device"],
+        "workers_failed": failed_workers,
         "cluster": {"scheduler": info.get("address"), "workers": len(info["workers"]),
                     "dashboard": getattr(client, "dashboard_link", None),
                     "host": socket.gethostname(), "platform": platform.platform(),

@@ -239,9 +239,15 @@ class DnabertS(nn.Module):
         mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
         x = self.embeddings(input_ids)
         bias = self.attention_bias(mask, x.dtype)
+        pad_rows = ~mask[..., None]
+        padded = input_ids.device.type != "cpu" or bool(pad_rows.any())
         for layer in self.encoder.layer:
             x = layer(x, bias)
-        return x.masked_fill(~mask[..., None], 0.0)
+            if padded:
+                # No real row attends to a padded one, but a padded row that overflowed
+                # would reach them through 0 x inf = NaN in the attention's values.
+                x = x.masked_fill(pad_rows, 0.0)
+        return x.masked_fill(pad_rows, 0.0)
 
     def load_checkpoint(self, state_dict: Mapping[str, Tensor], *, source: str = "") -> None:
         """Load a published state dict (optional ``bert.`` prefix; MLM head/pooler ignored).
@@ -277,9 +283,10 @@ class DnabertS(nn.Module):
 
 def mean_pool_all_tokens(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     """Mean over the non-padding positions (``[CLS]``/``[SEP]`` included), in float32."""
-    weights = attention_mask.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
-    total = (hidden.to(torch.float32) * weights).sum(dim=1)
-    return total / weights.sum(dim=1).clamp_min(1.0)
+    keep = attention_mask.to(device=hidden.device, dtype=torch.bool).unsqueeze(-1)
+    # where, not a product with the mask: NaN x 0 is NaN, a padded NaN must not count.
+    total = torch.where(keep, hidden.to(torch.float32), 0.0).sum(dim=1)
+    return total / keep.sum(dim=1).clamp_min(1).to(torch.float32)
 
 
 class DnabertTokenizer:

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import pickle
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from virnuc_dask.errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 HUB_URL = "https://dl.fbaipublicfiles.com/fair-esm"
+_SAFE_LOAD = threading.Lock()
 
 
 def hub_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -80,6 +82,25 @@ def resolve_esm_path(
     return directory / files[0]
 
 
+def _read_checkpoint(path: Path) -> dict:
+    """A fair-esm checkpoint under torch's safe loading, memory-mapped where the file's
+    format allows: its tensors stay in the page cache (dropped after the weights are
+    copied into the model) instead of being a second copy in the worker's memory,
+    which for ESM-2 3B is 11 GB."""
+    # fair-esm pickles its hyper-parameters as an argparse.Namespace; allow exactly that
+    # class under torch's safe (weights-only) loading instead of disabling it. The
+    # allowance is process-wide state that the context manager restores on exit: one
+    # load at a time, or a thread leaving it would withdraw it from another's load.
+    with _SAFE_LOAD, torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            logger.debug("%s: not memory-mappable (%s); reading it whole", path, exc)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def load_esm(
     source: str,
     *,
@@ -92,11 +113,16 @@ def load_esm(
     from esm import pretrained
 
     path = resolve_esm_path(source, cache_dir=cache_dir, offline=offline)
-    # fair-esm pickles its hyper-parameters as an argparse.Namespace; allow exactly that
-    # class under torch's safe (weights-only) loading instead of disabling it.
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            model, alphabet = pretrained.load_model_and_alphabet_local(path)
+        model_data = _read_checkpoint(path)
+        regression = None
+        if pretrained._has_regression_weights(path.stem):
+            regression = _read_checkpoint(path.with_name(path.stem + "-contact-regression.pt"))
+        # fair-esm's own loader, given the data (what load_model_and_alphabet_local does
+        # after its torch.load).
+        model, alphabet = pretrained.load_model_and_alphabet_core(path.stem, model_data,
+                                                                  regression)
+        del model_data, regression
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, OSError, ValueError,
             TypeError, AttributeError) as exc:
         if isinstance(exc, torch.OutOfMemoryError):

@@ -162,9 +162,16 @@ class SdpaEsm2(nn.Module):
         padded = tokens.device.type != "cpu" or bool(padding_mask.any())
         key_mask = (~padding_mask)[:, None, None, :] if padded else None
         cos, sin = self._rotary_tables(tokens.shape[1], x.device, x.dtype)
+        # Padded rows are zeroed after every layer. No real row attends to them (their
+        # keys are masked), so real rows do not change; but a padded row that overflowed
+        # in half precision would otherwise reach every real row through 0 x inf = NaN
+        # in the attention's product with the values.
+        pad_rows = padding_mask.unsqueeze(-1) if padded else None
         for n, layer in enumerate(self.esm.layers, 1):
             x = x + self._attention(layer, layer.self_attn_layer_norm(x), cos, sin, key_mask)
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
+            if pad_rows is not None:
+                x = x.masked_fill(pad_rows, 0.0)
             if n in wanted and n != self.num_layers:
                 reps[n] = x
         if self.num_layers in wanted:

@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 ORIGINAL_TOKS_PER_BATCH = 2048
 SAMPLE_ORFS = 256  # ORFs of the with/without-prefetch and original/ours comparisons
+WORKER_START_TIMEOUT = 120.0
 REQUIRED_KEYS = ("matmul_peak_flops", "esm_utilization", "dnabert_utilization",
                  "padding_efficiency", "pipeline_reads_per_s", "original_style_reads_per_s",
                  "speedup_vs_original", "workers")
@@ -177,7 +178,22 @@ def _timer(into: dict[str, float], key: str) -> Iterator[None]:
     into[key] = time.perf_counter() - t
 
 
-def run_pipeline(settings, workers: int) -> dict[str, Any]:
+def check_worker_counts(counts: Sequence[int], gpus: Sequence[str] | None = None) -> None:
+    """Refuse worker counts a local cluster cannot start: on a GPU node it starts one
+    worker per visible GPU, at most (NVML is asked; no CUDA context is created)."""
+    from virnuc_dask.cluster.start import visible_gpus
+
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    if gpus and max(counts) > len(gpus):
+        fits = ",".join(str(n) for n in counts if n <= len(gpus)) or str(len(gpus))
+        raise ValueError(
+            f"--workers {','.join(map(str, counts))} asks for {max(counts)} GPU workers, but "
+            f"this node has {len(gpus)} visible GPU(s) ({', '.join(gpus)}) and starts one "
+            f"worker per GPU; use --workers {fits}")
+
+
+def run_pipeline(settings, workers: int, *, timeout: float = WORKER_START_TIMEOUT
+                 ) -> dict[str, Any]:
     """``predict`` on a local cluster of ``workers`` workers; wall time excludes startup."""
     from virnuc_dask.cluster.start import open_client
     from virnuc_dask.dataflow.pipeline import predict
@@ -185,7 +201,13 @@ def run_pipeline(settings, workers: int) -> dict[str, Any]:
     settings = settings.replace(workers=workers, out=f"{settings.out}-{workers}w",
                                 overwrite=True)
     with open_client(settings) as client:
-        client.wait_for_workers(workers)
+        try:
+            client.wait_for_workers(workers, timeout=timeout)
+        except TimeoutError:
+            started = len(client.scheduler_info(n_workers=-1)["workers"])
+            raise VirnucError(
+                f"bench: {started} of the {workers} workers asked for started within "
+                f"{timeout:.0f} s; use --workers {started or 1}") from None
         t = time.perf_counter()
         result = predict(settings, client)
         seconds = time.perf_counter() - t
@@ -376,24 +398,30 @@ def precision_agreement(
     """Each precision against fp32 on the same ORFs, through the pipeline's embedding path.
 
     Per precision: cosine similarity of each model's embeddings (min, mean), ORF labels
-    flipped (argmax of the classifier's scores), largest score difference, seconds.
-    A precision the device cannot run is reported with its error instead.
+    flipped (argmax of the classifier's scores), largest score difference, seconds of
+    embedding. A precision the device cannot run is reported with its error instead.
+    ``bf16-mixed`` is :func:`.precision.to_mixed`: bf16 weights and matrix products,
+    everything else (LayerNorm, softmax, the residual stream) in fp32.
     """
     from virnuc_dask.models.classifier import load_classifier, score
     from virnuc_dask.models.dnabert import load_dnabert
     from virnuc_dask.models.esm2 import load_esm
     from virnuc_dask.models.esm_fast import SdpaEsm2
     from virnuc_dask.worker.embed import embed_dnabert, embed_esm
-    from virnuc_dask.worker.plugin import DTYPES
+    from virnuc_dask.worker.precision import DTYPES, to_mixed
 
     device = torch.device(device)
     mlp = load_classifier(classifier)
 
     def embed(precision: str) -> tuple[np.ndarray, np.ndarray, float]:
-        t = time.perf_counter()
-        dtype = DTYPES[precision]
+        mixed = precision == "bf16-mixed"
+        dtype = torch.float32 if mixed else DTYPES[precision]
         dn_model, tokenizer = load_dnabert(dnabert_model, device=device, dtype=dtype)
         esm, alphabet = load_esm(esm_model, device=device, dtype=dtype)
+        if mixed:
+            to_mixed(dn_model)
+            to_mixed(esm)
+        t = time.perf_counter()
         dn, _ = embed_dnabert(dn_model, tokenizer, nucleotides, device=device)
         es, _ = embed_esm(SdpaEsm2(esm), alphabet, proteins, device=device)
         return dn, es, time.perf_counter() - t
@@ -452,6 +480,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     from virnuc_dask.worker.plugin import DTYPES, pick_device, resolve_precision
 
     t_start = time.perf_counter()
+    check_worker_counts(options.workers)
     work = (Path(options.work_dir) if options.work_dir
             else Path(tempfile.mkdtemp(prefix="vd-bench-")))
     work.mkdir(parents=True, exist_ok=True)
@@ -473,6 +502,19 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     if not orfs:
         raise VirnucError(f"{fasta}: no ORF at length {options.length}; nothing to benchmark")
     loads = {"start": os.getloadavg()[0]}
+
+    # The predict runs first: until they are done this process makes no CUDA call that
+    # creates a context (it would hold GPU 0, which workers of nodes whose GPUs are in
+    # EXCLUSIVE_PROCESS mode then cannot use).
+    settings = load_settings(inputs=[fasta], overrides={
+        "out": str(work / "predict"), "length": options.length, **paths, "precision": precision,
+        "partition_rows": options.partition_rows, "toks_per_batch": options.toks_per_batch,
+        "dnabert_toks_per_batch": options.dnabert_toks_per_batch, "offline": True})
+    scaling = []
+    for n in options.workers:
+        logger.info("predict on %d worker(s)", n)
+        scaling.append(run_pipeline(settings, n))
+        loads[f"predict_{n}w"] = os.getloadavg()[0]
     # Sampled between the phases, the best taken: one sample can fall into a moment
     # when other processes hold the cores.
     peaks = [matmul_peak(device, peak_dtype)]
@@ -495,17 +537,6 @@ def bench(options: BenchOptions) -> dict[str, Any]:
               "dnabert": {**dnabert_shape(dnabert), "heads": dnabert.config.num_attention_heads}}
     del models, esm, dnabert
     _release(device)
-
-    settings = load_settings(inputs=[fasta], overrides={
-        "out": str(work / "predict"), "length": options.length, **paths, "precision": precision,
-        "partition_rows": options.partition_rows, "toks_per_batch": options.toks_per_batch,
-        "dnabert_toks_per_batch": options.dnabert_toks_per_batch, "offline": True})
-    scaling = []
-    for n in options.workers:
-        logger.info("predict on %d worker(s)", n)
-        scaling.append(run_pipeline(settings, n))
-        loads[f"predict_{n}w"] = os.getloadavg()[0]
-        peaks.append(matmul_peak(device, peak_dtype))
     # The stage figures come from the run with the fewest workers (one worker has the
     # whole machine; more are normalised by their count, see stage_figures).
     first = min(scaling, key=lambda r: r["workers"])

@@ -21,10 +21,14 @@ the end of the call, so the host never waits for a batch to finish and keeps
 the GPU's queue full.
 
 A batch that runs out of device memory is split in halves and retried, down to
-one sequence; a single sequence that still does not fit raises
-:class:`SequenceTooLarge` naming its position, which the partition records as a
-failed record. A non-finite embedding (fp16 overflow) raises
-:class:`NonFiniteEmbedding`.
+one sequence, and the model's :class:`.batching.TokenBudget` (kept by the worker
+across partitions) is halved, so that later batches are cut to fit instead of each
+failing first; it grows back after batches that run. A single sequence that still
+does not fit is left out; once every other batch has run, :class:`SequenceTooLarge`
+names it and carries the finished rows, which the partition keeps. A non-finite
+embedding (fp16 overflow) is computed again with the model computing in fp32
+(:func:`.precision.computing_in_fp32`); one still non-finite raises
+:class:`NonFiniteEmbedding`, again with the finished rows.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from virnuc_dask.core.batching import budget_from_memory, token_budget_batches
+from virnuc_dask.core.batching import TokenBudget, budget_from_memory, token_budget_batches
+from virnuc_dask.worker.precision import computing_in_fp32, parameter_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -54,22 +59,41 @@ DNABERT_TOKENIZE_SLICE = 512
 PREFETCH_DEPTH = 2
 
 
-class SequenceTooLarge(RuntimeError):
-    """One sequence alone does not fit in device memory; ``index`` is its input position."""
+class PartialResult:
+    """Rows a call finished before it raised: ``values[done]`` are final.
 
-    def __init__(self, index: int, model: str, detail: str) -> None:
+    ``indices`` are the input positions that failed; ``done`` is None when nothing
+    was kept.
+    """
+
+    indices: list[int]
+    values: np.ndarray | None = None
+    done: np.ndarray | None = None
+    stats: StageStats | None = None
+
+    def keep(self, values: np.ndarray, done: np.ndarray, stats: StageStats) -> None:
+        self.values, self.done, self.stats = values, done, stats
+
+
+class SequenceTooLarge(PartialResult, RuntimeError):
+    """A sequence alone does not fit in device memory; ``index`` is its input position
+    (``indices``: every such position of the call)."""
+
+    def __init__(self, index: int, model: str, detail: str,
+                 indices: Sequence[int] | None = None) -> None:
         super().__init__(f"{model}: out of memory on a single sequence ({detail})")
         self.index = index
+        self.indices = list(indices) if indices is not None else [index]
         self.model = model
 
 
-class NonFiniteEmbedding(ArithmeticError):
-    """A model produced inf/NaN (fp16 overflow); ``indices`` are the input positions."""
+class NonFiniteEmbedding(PartialResult, ArithmeticError):
+    """A model produced inf/NaN even computing in fp32; ``indices`` are the positions."""
 
     def __init__(self, indices: Sequence[int], model: str, dtype: torch.dtype) -> None:
         super().__init__(
-            f"{model}: non-finite embedding for {len(indices)} sequence(s) in {dtype}; "
-            "run with --precision fp32 (or bf16 on GPUs that have it)")
+            f"{model}: non-finite embedding for {len(indices)} sequence(s) in {dtype}, "
+            "also when computed again in fp32")
         self.indices = list(indices)
 
 
@@ -82,6 +106,7 @@ class StageStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     oom_splits: int = 0
+    recomputed_fp32: int = 0  # sequences computed again in fp32 after a non-finite result
     seconds: float = 0.0
     prepare_seconds: float = 0.0  # tokenising, padding, copying (in the prefetch thread)
     wait_seconds: float = 0.0  # the forward loop waiting for a prepared batch
@@ -108,13 +133,15 @@ def device_token_budget(device: torch.device | str, *, bytes_per_token: int,
     if device.type != "cuda":
         return cpu_default
     free, _ = torch.cuda.mem_get_info(device)
+    # Memory this process's allocator caches but does not use is free for the next batch.
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     budget = budget_from_memory(free, bytes_per_token)
     logger.debug("token budget %d from %.1f GiB free on %s", budget, free / 2**30, device)
     return budget
 
 
 def _param_dtype(model: torch.nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
+    return parameter_dtype(model)
 
 
 def esm_bytes_per_token(model: torch.nn.Module, longest: int) -> int:
@@ -228,6 +255,19 @@ def _use(prepared: _Prepared, device: torch.device) -> dict[str, torch.Tensor]:
     return prepared.tensors
 
 
+def budget_batches(lengths: np.ndarray, positions: np.ndarray,
+                   budget: TokenBudget) -> Iterator[np.ndarray]:
+    """Token-budget batches of ``positions``, longest first, each cut with the budget
+    current when it is cut (it may shrink after an OOM while earlier batches run)."""
+    order = positions[np.argsort(-lengths[positions], kind="stable")]
+    start = 0
+    while start < len(order):
+        rest = order[start:]
+        first = token_budget_batches(lengths[rest], budget.current)[0]
+        yield rest[first]
+        start += len(first)
+
+
 def _run_batches(
     batches: Iterable[np.ndarray],
     prepare: Callable[[np.ndarray], _Prepared],
@@ -239,15 +279,26 @@ def _run_batches(
     model_name: str,
     device: torch.device,
     prefetch: bool,
-) -> None:
-    """Run every batch; halve a batch on OOM; write pooled rows into ``out``."""
+    budget: TokenBudget,
+) -> dict[int, str]:
+    """Run every batch; on OOM halve the batch and the budget; write pooled rows into
+    ``out``. Returns the positions that did not fit alone, with the error."""
     on_device: list[tuple[np.ndarray, torch.Tensor]] = []
+    too_large: dict[int, str] = {}
 
     def run(prepared: _Prepared) -> None:
         pending = [prepared]
         while pending:
             item = pending.pop()
             idx = item.idx
+            padded = int(lengths[idx].max()) * len(idx)
+            if len(idx) > 1 and padded > budget.current:
+                # Cut (or prefetched) before the budget last shrank: cut it to fit now,
+                # rather than running into the same OOM again.
+                item = None
+                pieces = token_budget_batches(lengths[idx], budget.current)
+                pending.extend(prepare(idx[p]) for p in reversed(pieces))
+                continue
             try:
                 pooled = forward(_use(item, device))
             except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -255,9 +306,10 @@ def _run_batches(
                     raise
                 detail = (str(exc).splitlines() or ["out of memory"])[0]
             else:
+                budget.succeeded()
                 stats.batches += 1
                 stats.real_tokens += int(lengths[idx].sum())
-                stats.padded_tokens += int(lengths[idx].max()) * len(idx)
+                stats.padded_tokens += padded
                 if device.type == "cuda":
                     on_device.append((idx, pooled))
                 else:
@@ -267,11 +319,16 @@ def _run_batches(
             item = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            budget.out_of_memory(padded)
             if len(idx) == 1:
-                raise SequenceTooLarge(int(idx[0]), model_name, detail)
+                too_large[int(idx[0])] = detail
+                logger.warning("%s: a sequence of %d tokens does not fit in memory alone",
+                               model_name, int(lengths[idx[0]]))
+                continue
             stats.oom_splits += 1
-            logger.warning("%s: out of memory on a batch of %d; retrying in halves",
-                           model_name, len(idx))
+            logger.warning("%s: out of memory on a batch of %d (%d tokens); retrying in "
+                           "halves, budget now %d tokens", model_name, len(idx), padded,
+                           budget.current)
             half = len(idx) // 2
             pending.extend([prepare(idx[half:]), prepare(idx[:half])])
 
@@ -281,12 +338,38 @@ def _run_batches(
     if on_device:
         rows = np.concatenate([idx for idx, _ in on_device])
         out[rows] = torch.cat([p for _, p in on_device]).cpu().numpy()
+    return too_large
 
 
-def _check_finite(out: np.ndarray, model: torch.nn.Module, model_name: str) -> None:
-    bad = ~np.isfinite(out).all(axis=1)
-    if bad.any():
-        raise NonFiniteEmbedding(np.flatnonzero(bad).tolist(), model_name, _param_dtype(model))
+def _finish(model: torch.nn.Module, model_name: str, out: np.ndarray, stats: StageStats,
+            too_large: dict[int, str], recompute: Callable[[np.ndarray], dict[int, str]]
+            ) -> None:
+    """Non-finite rows of a half-precision model computed again in fp32; raise for the
+    sequences that did not fit or stayed non-finite, with the finished rows."""
+    done = np.ones(len(out), dtype=bool)
+    done[list(too_large)] = False
+    bad = np.flatnonzero(done & ~np.isfinite(out).all(axis=1))
+    dtype = _param_dtype(model)
+    if len(bad) and dtype in (torch.float16, torch.bfloat16):
+        logger.warning("%s: %d sequence(s) gave a non-finite embedding in %s; computing "
+                       "them again in fp32", model_name, len(bad), dtype)
+        stats.recomputed_fp32 += len(bad)
+        with computing_in_fp32(model):
+            too_large.update(recompute(bad))
+        done[list(too_large)] = False
+        bad = np.flatnonzero(done & ~np.isfinite(out).all(axis=1))
+    if too_large:
+        first = min(too_large)
+        exc: PartialResult = SequenceTooLarge(first, model_name, too_large[first],
+                                              indices=sorted(too_large))
+        done[bad] = False
+        exc.keep(out, done, stats)
+        raise exc
+    if len(bad):
+        exc = NonFiniteEmbedding(bad.tolist(), model_name, dtype)
+        done[bad] = False
+        exc.keep(out, done, stats)
+        raise exc
 
 
 def _pad(token_lists: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
@@ -325,10 +408,13 @@ def embed_esm(
     toks_per_batch: int | None = None,
     device: torch.device | str = "cpu",
     prefetch: bool = True,
+    budget: TokenBudget | None = None,
 ) -> tuple[np.ndarray, StageStats]:
     """ESM-2 mean embeddings ``[len(proteins), embed_dim]`` (float32), rows in input order.
 
     ``model`` is fair-esm's ESM2 or an :class:`.esm_fast.SdpaEsm2` (same call).
+    ``budget``: the worker's learned budget for this model (a fresh one by default);
+    ``toks_per_batch`` (or the device's free memory) is its ceiling.
     """
     device = torch.device(device)
     stats = StageStats(sequences=len(proteins))
@@ -343,6 +429,8 @@ def embed_esm(
         toks_per_batch = device_token_budget(
             device, bytes_per_token=esm_bytes_per_token(model, int(lengths.max())),
             cpu_default=CPU_TOKS_PER_BATCH["esm"])
+    budget = budget or TokenBudget()
+    budget.start(toks_per_batch)
     layer = model.num_layers
     side = _side_stream(device)
 
@@ -356,12 +444,18 @@ def embed_esm(
         n = batch["residues"]
         pos = torch.arange(rep.shape[1], device=rep.device)
         keep = (pos[None, :] >= 1) & (pos[None, :] <= n[:, None])
-        summed = (rep.float() * keep[..., None]).sum(dim=1)
+        # where, not a product with the mask: a NaN at a padded position (NaN x 0 = NaN)
+        # must not reach the real rows' sum.
+        summed = torch.where(keep[..., None], rep.float(), 0.0).sum(dim=1)
         return summed / n[:, None]
 
-    _run_batches(token_budget_batches(lengths, toks_per_batch), prepare, forward, lengths, out,
-                 stats, model_name="ESM-2", device=device, prefetch=prefetch)
-    _check_finite(out, model, "ESM-2")
+    def run(positions: np.ndarray, *, prefetch: bool) -> dict[int, str]:
+        return _run_batches(budget_batches(lengths, positions, budget), prepare, forward,
+                            lengths, out, stats, model_name="ESM-2", device=device,
+                            prefetch=prefetch, budget=budget)
+
+    too_large = run(np.arange(len(proteins)), prefetch=prefetch)
+    _finish(model, "ESM-2", out, stats, too_large, lambda bad: run(bad, prefetch=False))
     stats.seconds = time.perf_counter() - start
     return out, stats
 
@@ -377,6 +471,7 @@ def embed_dnabert(
     toks_per_batch: int | None = None,
     device: torch.device | str = "cpu",
     prefetch: bool = True,
+    budget: TokenBudget | None = None,
 ) -> tuple[np.ndarray, StageStats]:
     """DNABERT-S mean embeddings ``[len(sequences), hidden_size]`` (float32), input order.
 
@@ -401,7 +496,8 @@ def embed_dnabert(
         toks_per_batch = device_token_budget(
             device, bytes_per_token=dnabert_bytes_per_token(model, int(nt_lengths.max()) + 2),
             cpu_default=CPU_TOKS_PER_BATCH["dnabert"])
-    budget = toks_per_batch
+    budget = budget or TokenBudget()
+    budget.start(toks_per_batch)
     side = _side_stream(device)
 
     def batches() -> Iterator[np.ndarray]:
@@ -412,8 +508,7 @@ def embed_dnabert(
                               strict=True):
                 tokens[i] = ids
                 lengths[i] = len(ids)
-            for b in token_budget_batches(lengths[part], budget):
-                yield part[b]
+            yield from budget_batches(lengths, part, budget)
 
     def prepare(idx: np.ndarray) -> _Prepared:
         ids = _pad([tokens[i] for i in idx], tokenizer.pad_id)
@@ -424,9 +519,15 @@ def embed_dnabert(
         hidden = model(batch["ids"], batch["mask"])
         return mean_pool_all_tokens(hidden, batch["mask"])
 
-    _run_batches(batches(), prepare, forward, lengths, out, stats, model_name="DNABERT-S",
-                 device=device, prefetch=prefetch)
-    _check_finite(out, model, "DNABERT-S")
+    def rerun(bad: np.ndarray) -> dict[int, str]:
+        return _run_batches(budget_batches(lengths, bad, budget), prepare, forward, lengths,
+                            out, stats, model_name="DNABERT-S", device=device,
+                            prefetch=False, budget=budget)
+
+    too_large = _run_batches(batches(), prepare, forward, lengths, out, stats,
+                             model_name="DNABERT-S", device=device, prefetch=prefetch,
+                             budget=budget)
+    _finish(model, "DNABERT-S", out, stats, too_large, rerun)
     stats.seconds = time.perf_counter() - start
     return out, stats
 

@@ -5,6 +5,22 @@ and future worker (a restarted one included) sets it up, and tasks reach it
 through :func:`worker_models`. This is the only place a model is loaded on a
 worker.
 
+- **Off the event loop.** ``setup`` starts the load in a thread and returns: the
+  worker keeps answering heartbeats during the minutes ESM-2 3B takes.
+- **Ready or gone.** A worker whose load succeeded offers the resource
+  ``GPU=1`` (embedding and classifying tasks ask for it; workers started by this
+  package offer it from the start, a worker started by hand gets it now). A
+  worker whose load failed (a missing file, a busy or broken GPU, a device it
+  was started for and cannot use) reports the error, naming worker, host and
+  device, as an event of topic ``virnuc-dask-models`` on the scheduler, gives
+  the resource up and closes with its nanny, so that its tasks go to the
+  healthy workers and it is not restarted into the same failure.
+  :func:`wait_for_models` is the client's bounded wait for the first ready
+  worker; :func:`load_failures` lists the failed ones.
+- **One task per device.** The ``GPU`` resource lets the scheduler send one
+  embedding task at a time; the plugin's device lock makes sure of it inside
+  the worker, whatever resources the worker was started with.
+
 >>> plugin = ModelPlugin(ModelSpec(esm_model="esm2.pt", dnabert_model="dnabert/",
 ...                                classifier="300_model.pth"))
 >>> plugin.name
@@ -13,18 +29,38 @@ worker.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import torch
-from distributed import WorkerPlugin, get_worker
+from distributed import Client, Reschedule, WorkerPlugin, get_worker
+
+from virnuc_dask.core.batching import TokenBudget
+from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.worker import device as devices
+from virnuc_dask.worker.precision import DTYPES, matmul_state, pin_fp32, resolve_precision
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "virnuc-dask-models"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EVENT_TOPIC = "virnuc-dask-models"
+EMBED_RESOURCE = "GPU"
+# ESM-2 3B from a slow shared file system takes minutes; past this the run stops.
+MODEL_LOAD_TIMEOUT = 1800.0
+# A task waiting for the device behind another embedding task on the same worker.
+DEVICE_WAIT_TIMEOUT = 3600.0
+
+__all__ = ["DTYPES", "EMBED_RESOURCE", "ModelPlugin", "ModelSpec", "resolve_precision",
+           "wait_for_models", "worker_models"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,95 +71,142 @@ class ModelSpec:
     dnabert_model: str
     classifier: str
     precision: str = "auto"
+    device: str = "auto"
     model_cache: str | None = None
     offline: bool = False
     threads: int | None = None
     threads_by_host: tuple[tuple[str, int], ...] = ()
 
 
-def pick_device() -> torch.device:
-    """The worker's GPU (dask-cuda gives each worker one visible device) or the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The embedding precision for ``device``; ``auto`` picks by what the device computes fast.
-
-    - CUDA compute capability >= 8.0 (Ampere, Hopper, ...): ``bf16``. Tensor cores run
-      bf16 at the fp16 rate and its exponent range is fp32's, so nothing can overflow.
-    - CUDA 7.x (Volta V100, Turing T4): ``fp16``. These GPUs have fp16 tensor cores
-      (V100: 125 TFLOP/s fp16 against 15.7 fp32) but no bf16. fp16 carries three more
-      mantissa bits than bf16, and on the reference cases it agrees with fp32 at least
-      as closely as bf16 (``tests/test_precision.py``, ``virnuc-dask bench``: cosine
-      similarity, ORF labels flipped). Its risk is overflow above 65504; ESM-2 3B is
-      run in fp16 by fair-esm's own ESMFold, DNABERT-S normalises after every
-      sub-layer, and an embedding that still comes out non-finite fails loudly
-      (:class:`.embed.NonFiniteEmbedding`) naming ``--precision fp32``.
-    - older GPUs (Pascal and before: fp16 without tensor cores, slow on most) and the
-      CPU (no fast fp16 kernels; bf16 is fast only with AVX-512-BF16/AMX): ``fp32``,
-      which also reproduces the original to 1e-5.
-
-    >>> resolve_precision("auto", torch.device("cpu"))
-    'fp32'
-    """
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "fp32"
-    major, _ = torch.cuda.get_device_capability(device)
-    if major >= 8:
-        return "bf16"
-    return "fp16" if major == 7 else "fp32"
+def pick_device(requested: str = "auto") -> torch.device:
+    """The device this process would embed on (:func:`.device.decide`; no lock taken)."""
+    device = devices.decide(requested, devices.probe())
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" \
+        else device
 
 
 class ModelPlugin(WorkerPlugin):
-    """Loads DNABERT-S, ESM-2 and the classifier once per worker."""
+    """Loads DNABERT-S, ESM-2 and the classifier once per worker, off its event loop."""
 
     name = PLUGIN_NAME
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        self._clear()
+
+    def _clear(self) -> None:
+        self.state = "new"  # new -> loading -> ready | failed
+        self.error: str | None = None
+        self.address = self.host = ""
         self.device: torch.device | None = None
+        self.device_info: dict[str, Any] = {}
         self.threads: int | None = None
         self.precision: str | None = None
+        self.matmul: dict[str, Any] = {}
         self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
+        self.ready = threading.Event()
+        self.device_lock = threading.Lock()
+        self.budgets = {"esm": TokenBudget(), "dnabert": TokenBudget()}
+        self._claim: devices.DeviceClaim | None = None
+        self._task: asyncio.Future | None = None
 
-    def setup(self, worker: object) -> None:
+    # -- lifecycle (on the worker) -------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.spec = state["spec"]
+        self._clear()
+
+    async def setup(self, worker: Any) -> None:
+        self.address = getattr(worker, "address", "")
+        self.host = urlsplit(self.address).hostname or socket.gethostname()
+        self.state = "loading"
+        self._task = asyncio.ensure_future(self._load_then_announce(worker))
+
+    async def _load_then_announce(self, worker: Any) -> None:
+        try:
+            await asyncio.to_thread(self.load)
+        except Exception as exc:  # noqa: BLE001 - any load failure costs this worker only
+            self._fail(exc)
+        finally:
+            self.ready.set()
+        await _log_event(worker, self.status())
+        if self.state == "ready":
+            if worker.state.total_resources.get(EMBED_RESOURCE, 0) < 1:
+                await worker.set_resources(**{EMBED_RESOURCE: 1})
+            return
+        # A warning: the run goes on with the other workers (the client reports the
+        # error when none is left).
+        logger.warning("%s; this worker leaves the cluster", self.error)
+        with contextlib.suppress(OSError, KeyError):  # the scheduler may be gone already
+            await worker.set_resources(**{EMBED_RESOURCE: 0})
+        # Closing the nanny too: a restarted worker would fail the same way.
+        worker.loop.add_callback(worker.close_gracefully, reason="models could not be loaded")
+
+    def load(self) -> None:
+        """Pick and claim the device, then load the three models (blocking)."""
         from virnuc_dask.models.classifier import load_classifier
         from virnuc_dask.models.dnabert import load_dnabert
         from virnuc_dask.models.esm2 import load_esm
         from virnuc_dask.models.esm_fast import SdpaEsm2
 
         spec = self.spec
-        self.device = pick_device()
-        self.threads = None
-        if self.device.type == "cpu":
-            host = urlsplit(getattr(worker, "address", "")).hostname
-            self.threads = spec.threads or dict(spec.threads_by_host).get(host)
-        self.precision = resolve_precision(spec.precision, self.device)
+        device = devices.decide(spec.device, devices.probe())
+        if device.type == "cuda":
+            self._claim = devices.claim_device(
+                devices.device_names(torch.cuda.device_count()), host=self.host)
+            device = torch.device("cuda", self._claim.index)
+            torch.cuda.set_device(device)
+        self.device = device
+        self.device_info = devices.describe_device(device)
+        if device.type == "cpu":
+            self.threads = spec.threads or dict(spec.threads_by_host).get(self.host)
+            self.activate()
+        self.precision = resolve_precision(spec.precision, device)
+        if self.precision == "fp32":
+            pin_fp32()
+        self.matmul = matmul_state()
         dtype = DTYPES[self.precision]
         cache = spec.model_cache
         self.dnabert, self.tokenizer = load_dnabert(
-            spec.dnabert_model, device=self.device, dtype=dtype,
+            spec.dnabert_model, device=device, dtype=dtype,
             cache_dir=None if cache is None else os.path.join(cache, "huggingface"),
             offline=spec.offline)
         esm, self.alphabet = load_esm(
-            spec.esm_model, device=self.device, dtype=dtype,
+            spec.esm_model, device=device, dtype=dtype,
             cache_dir=None if cache is None else os.path.join(cache, "torch"),
             offline=spec.offline)
         # The same layers through fused attention kernels; fp32 agreement with fair-esm's
         # forward is tested in tests/test_esm_fast.py.
         self.esm = SdpaEsm2(esm)
         self.classifier = load_classifier(spec.classifier)
-        logger.info("models ready on %s (%s, %d torch threads)", self.device, self.precision,
+        self.state = "ready"
+        logger.info("models ready on %s (%s, %d torch threads)", device, self.precision,
                     torch.get_num_threads())
 
-    def teardown(self, worker: object) -> None:
+    def _fail(self, exc: BaseException) -> None:
         self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
-        if torch.cuda.is_available():
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"worker {self.address} on {self.host}" + (
+            f" (CUDA_VISIBLE_DEVICES={gpu})" if gpu else "")
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        self.error = f"{where} could not load the models: {type(exc).__name__}: {detail}"
+        self.state = "failed"
+
+    def teardown(self, worker: Any) -> None:
+        self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+        if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    # -- use (in tasks) ------------------------------------------------------------------
 
     def activate(self) -> ModelPlugin:
         """Call at the start of a task: torch's CPU thread count is per calling thread."""
@@ -131,14 +214,59 @@ class ModelPlugin(WorkerPlugin):
             torch.set_num_threads(self.threads)
         return self
 
+    @contextlib.contextmanager
+    def holding_device(self, *, timeout: float = DEVICE_WAIT_TIMEOUT) -> Iterator[None]:
+        """Run the block as the only user of this worker's device."""
+        if not self.device_lock.acquire(timeout=timeout):
+            raise RuntimeError(
+                f"worker {self.address}: the device stayed busy with another embedding task "
+                f"for {timeout:.0f} s")
+        try:
+            yield
+        finally:
+            self.device_lock.release()
+
+    def budget(self, model: str) -> TokenBudget:
+        """The token budget this worker learned for ``model`` (``esm``/``dnabert``)."""
+        return self.budgets[model]
+
     @property
     def dims(self) -> dict[str, int]:
         return {"dnabert": self.dnabert.hidden_size, "esm": self.esm.embed_dim,
                 "classifier_input": self.classifier.input_dim}
 
+    def status(self) -> dict[str, Any]:
+        """State, device, precision and error of this worker's models (plain data)."""
+        out: dict[str, Any] = {"worker": self.address, "host": self.host,
+                               "state": self.state, "time": time.time()}
+        if self.device is not None:
+            out.update(device=str(self.device), device_info=self.device_info)
+        if self.state == "ready":
+            out.update(precision=self.precision, dims=self.dims, matmul=self.matmul,
+                       threads=torch.get_num_threads() if self.device.type == "cpu"
+                       else None)
+        if self.device is not None and self.device.type == "cuda":
+            out["memory"] = {"reserved": torch.cuda.memory_reserved(self.device),
+                             "peak": torch.cuda.max_memory_reserved(self.device)}
+        if self.error:
+            out["error"] = self.error
+        return out
 
-def worker_models() -> ModelPlugin:
-    """The model plugin of the worker running the current task."""
+
+async def _log_event(worker: Any, msg: dict[str, Any]) -> None:
+    """An event on the scheduler, sent directly (it must arrive before the worker closes)."""
+    try:
+        await worker.scheduler.log_event(topic=EVENT_TOPIC, msg=msg)
+    except OSError as exc:
+        logger.warning("could not report the models' state to the scheduler: %s", exc)
+
+
+def worker_models(*, timeout: float = MODEL_LOAD_TIMEOUT) -> ModelPlugin:
+    """The model plugin of the worker running the current task, once its models loaded.
+
+    On a worker whose load failed the task is handed back to the scheduler
+    (``Reschedule``): that worker is leaving, a healthy one takes the task.
+    """
     worker = get_worker()
     try:
         plugin = worker.plugins[PLUGIN_NAME]
@@ -146,4 +274,64 @@ def worker_models() -> ModelPlugin:
         raise RuntimeError(
             f"worker {worker.address} has no {PLUGIN_NAME!r} plugin; register ModelPlugin first"
         ) from None
+    if not plugin.ready.wait(timeout):
+        raise ModelLoadError(f"worker {worker.address}: models still loading after "
+                             f"{timeout:.0f} s")
+    if plugin.state != "ready":
+        raise Reschedule()
     return plugin.activate()
+
+
+# -- the client's side ------------------------------------------------------------------------
+
+def _status(dask_worker: Any) -> dict[str, Any]:
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if plugin is None:
+        return {"worker": dask_worker.address, "state": "new"}
+    return plugin.status()
+
+
+def model_status(client: Client) -> dict[str, dict[str, Any]]:
+    """Every connected worker's :meth:`ModelPlugin.status`."""
+    return client.run(_status, on_error="ignore")
+
+
+# Worker and client clocks may differ a little (other hosts).
+CLOCK_SLACK_S = 2.0
+
+
+def load_failures(client: Client, *, since: float = 0.0) -> list[dict[str, Any]]:
+    """Workers whose models could not be loaded (from scheduler events), at ``since``
+    (``time.time()``, the registration of this run's plugin) or later."""
+    failed = {}
+    for _, msg in client.get_events(EVENT_TOPIC):
+        if isinstance(msg, dict) and msg.get("state") == "failed" \
+                and msg.get("time", 0) >= since - CLOCK_SLACK_S:
+            failed[msg["worker"]] = msg
+    return list(failed.values())
+
+
+def wait_for_models(client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT,
+                    poll: float = 0.25, since: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Wait until a worker has its models ready; every worker's status.
+
+    Raises :class:`ModelLoadError` when every worker failed (each named with its
+    error), when no worker is left, or after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = model_status(client)
+        if any(s["state"] == "ready" for s in statuses.values()):
+            return statuses
+        if not any(s["state"] in ("new", "loading") for s in statuses.values()):
+            failures = load_failures(client, since=since)
+            reasons = "; ".join(f["error"] for f in failures) or \
+                "no worker is connected to the scheduler"
+            raise ModelLoadError(f"no worker could load the models: {reasons}")
+        if time.monotonic() > deadline:
+            loading = sorted(a for a, s in statuses.items() if s["state"] != "failed")
+            raise ModelLoadError(
+                f"no worker finished loading the models within {timeout:.0f} s (still "
+                f"loading: {', '.join(loading)}); check the model files and the workers' "
+                "logs")
+        time.sleep(poll)

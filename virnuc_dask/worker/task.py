@@ -40,7 +40,13 @@ from distributed import get_worker
 from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.worker.embed import SequenceTooLarge, StageStats, embed_dnabert, embed_esm
+from virnuc_dask.worker.embed import (
+    NonFiniteEmbedding,
+    SequenceTooLarge,
+    StageStats,
+    embed_dnabert,
+    embed_esm,
+)
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)
@@ -96,13 +102,23 @@ def isolate_failures(
             values, stat = embed(idx)
         except SystemicFailure:
             raise
-        except SequenceTooLarge as exc:
-            bad = int(idx[exc.index])
-            failures.append(RecordFailure(bad, stage, describe(exc)))
-            guard.failed(ids[bad], stage, exc)
-            rest = np.delete(idx, exc.index)
-            if len(rest):
-                pending.append(rest)
+        except (SequenceTooLarge, NonFiniteEmbedding) as exc:
+            # Records that fail alone; the call's finished rows are kept.
+            kept = exc.done if exc.done is not None else np.zeros(len(idx), dtype=bool)
+            for pos in exc.indices:
+                failures.append(RecordFailure(int(idx[pos]), stage, describe(exc)))
+                logger.warning("%s: %s failed: %s", stage, ids[int(idx[pos])], describe(exc))
+                if not kept.any():
+                    guard.failed(ids[int(idx[pos])], stage, exc)
+            if kept.any():
+                guard.succeeded()
+                pieces.append((idx[kept], exc.values[kept]))
+                stats.append(exc.stats)
+            rest = np.ones(len(idx), dtype=bool)
+            rest[kept] = False
+            rest[exc.indices] = False
+            if rest.any():
+                pending.append(idx[rest])
             continue
         except Exception as exc:  # noqa: BLE001 - whatever a forward raises is recorded per record
             if len(idx) == 1:
@@ -177,30 +193,38 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
 
     def dnabert(idx: np.ndarray) -> tuple[np.ndarray, Any]:
         return embed_dnabert(dnabert_model, tokenizer, [nucleotides[i] for i in idx],
-                             toks_per_batch=meta["dnabert_toks_per_batch"], device=device)
+                             toks_per_batch=meta["dnabert_toks_per_batch"], device=device,
+                             budget=models.budget("dnabert"))
 
     def esm(idx: np.ndarray) -> tuple[np.ndarray, Any]:
         return embed_esm(esm_model, alphabet, [proteins[i] for i in idx],
-                         toks_per_batch=meta["toks_per_batch"], device=device)
+                         toks_per_batch=meta["toks_per_batch"], device=device,
+                         budget=models.budget("esm"))
 
     guard = FailureGuard()
     failures: list[RecordFailure] = []
     arrays: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"worker": get_worker().address}
-    for stage, embed in (("dnabert", dnabert), ("esm", esm)):
-        # Only the first copy of an input is embedded; the others read its row.
-        first = np.ones(len(rows), dtype=bool) if rows.sources is None \
-            else rows.sources[stage] == here
-        for f in failures:
-            first[f.index] = False
-        todo = np.flatnonzero(first).astype(np.int64)
-        pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids, guard=guard)
-        failures += new
-        values = np.zeros((len(rows), dims[stage]), dtype=np.float32)
-        for idx, piece in pieces:
-            values[idx] = piece
-        arrays[stage] = values
-        info[stage] = {**_merge_stats(stats), "rows": len(rows), "unique": len(todo)}
+    # One embedding task per device, even where the scheduler would run two (a worker
+    # started with more than one GPU resource).
+    with models.holding_device():
+        for stage, embed in (("dnabert", dnabert), ("esm", esm)):
+            # Only the first copy of an input is embedded; the others read its row.
+            first = np.ones(len(rows), dtype=bool) if rows.sources is None \
+                else rows.sources[stage] == here
+            for f in failures:
+                first[f.index] = False
+            todo = np.flatnonzero(first).astype(np.int64)
+            pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids,
+                                                  guard=guard)
+            failures += new
+            values = np.zeros((len(rows), dims[stage]), dtype=np.float32)
+            for idx, piece in pieces:
+                values[idx] = piece
+            arrays[stage] = values
+            info[stage] = {**_merge_stats(stats), "rows": len(rows), "unique": len(todo)}
+            budget = models.budget(stage)  # as learned so far on this worker
+            info[stage]["budget_tokens"] = budget.current if budget.ceiling else None
     failed_rows = [{"row": row_start + f.index, "id": ids[f.index], "stage": f.stage,
                     "error": f.error} for f in sorted(failures, key=lambda f: f.index)]
     record_embedding(len(rows) - len(failed_rows),

@@ -1,0 +1,88 @@
+"""``virnuc-dask doctor`` on this machine (no GPU: every GPU line says so), its golden case,
+and checks that must fail."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from distributed import Client, LocalCluster
+from helpers import TINY
+
+from virnuc_dask.cli.main import main
+from virnuc_dask.tools import doctor
+
+KEYS = ("torch", "disk", "models", "dask_cuda", "cluster", "gpus", "devices", "sdpa",
+        "predict")
+
+
+def test_doctor_passes_here_and_says_no_gpu(tmp_path, capsys):
+    report = tmp_path / "doctor.json"
+    code = main(["doctor", "--out", str(tmp_path), "--json", str(report), "-q"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0, lines
+    assert [line.split(":")[0] for line in lines] == [f"✓ {key}" for key in KEYS]
+    document = json.loads(report.read_text())
+    assert document["ok"] is True and all(document[key]["ok"] for key in KEYS)
+    for key in ("dask_cuda", "gpus", "devices"):
+        assert "no GPU" in document[key]["text"], key
+    assert "driver no GPU" in document["torch"]["text"]
+    assert document["cluster"]["type"] == "LocalCluster"
+    assert document["predict"]["max_score_diff"] <= 1e-5
+    (worker,) = document["predict"]["workers"].values()
+    assert worker["device"] == "cpu" and worker["precision"] == "fp32"
+    assert worker["tf32"]["tf32_off"] is True
+    sdpa = next(iter(document["sdpa"]["workers"].values()))
+    assert set(sdpa) == {f"{m}/{p}" for m in ("esm", "dnabert") for p in ("fp32", "bf16", "fp16")}
+    assert sdpa["esm/fp32"]["max_diff_vs_math"] < 1e-4
+    assert not list(tmp_path.glob("doctor-*"))  # scratch files removed
+
+
+def test_model_widths_are_checked(tmp_path):
+    from virnuc_dask.tools.demo import build_classifier
+
+    assert doctor.check_models(**TINY).ok
+    wrong = build_classifier(tmp_path / "mlp.pth", input_dim=100)
+    check = doctor.check_models(TINY["esm_model"], TINY["dnabert_model"], str(wrong))
+    assert not check.ok and "classifier_input 100 != DNABERT-S + ESM-2" in check.text
+    missing = doctor.check_models(str(tmp_path / "none.pt"), None, None)
+    assert not missing.ok and "cannot load" in missing.text
+
+
+def test_too_little_disk_fails(tmp_path):
+    check = doctor.check_disk(tmp_path, minimum=2**62)
+    assert not check.ok and "GiB free at" in check.text
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+def test_the_packaged_golden_case_is_what_predict_gives(client, tmp_path):
+    """Made once with write_golden; making it again gives the same files."""
+    doctor.write_golden(tmp_path / "golden", tmp_path / "work", client)
+    for name in ("input.fa", "prediction_results.txt", "models.json"):
+        assert (tmp_path / "golden" / name).read_bytes() == \
+            (doctor.golden_dir() / name).read_bytes(), name
+
+
+def test_predict_check_fails_on_scores_off_the_golden_case(client, tmp_path, monkeypatch):
+    shipped = doctor.golden_dir()
+    golden = tmp_path / "golden"
+    shutil.copytree(shipped, golden)
+    text = (golden / "prediction_results.txt").read_text().splitlines()
+    name, label, s1, s2 = text[3].split("\t")
+    text[3] = "\t".join([name, label, f"{float(s1) + 3e-5:.8g}", s2])
+    (golden / "prediction_results.txt").write_text("\n".join(text) + "\n")
+    monkeypatch.setattr(doctor, "golden_dir", lambda: golden)
+    check = doctor.check_predict(client, tmp_path / "work", gpus=False)
+    assert not check.ok and 2e-5 < check.detail["max_score_diff"] < 4e-5
+    # a GPU node whose workers ran on the CPU fails too
+    monkeypatch.setattr(doctor, "golden_dir", lambda: shipped)
+    check = doctor.check_predict(client, tmp_path / "work2", gpus=True)
+    assert not check.ok and "not as started" in check.text
+    assert check.detail["max_score_diff"] <= 1e-5
