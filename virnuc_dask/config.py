@@ -26,7 +26,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")
 JOBQUEUE_SYSTEMS = ("slurm", "pbs")
 WORKER_TYPES = ("gpu", "cpu")
-JOB_CLUSTERS = JOBQUEUE_SYSTEMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +99,11 @@ class Settings:
         if self.worker_type is not None and self.worker_type not in WORKER_TYPES:
             raise ConfigError(f"worker_type must be one of {', '.join(WORKER_TYPES)}, got "
                               f"{self.worker_type!r}")
-        if self.worker_type is not None and self.cluster not in (*JOB_CLUSTERS, "slurm-runner"):
+        if self.worker_type is not None and self.cluster not in (*JOBQUEUE_SYSTEMS, "slurm-runner"):
             raise ConfigError(f"worker_type applies to cluster slurm, pbs or slurm-runner, not "
                               f"{self.cluster!r}")
         for key in ("job_processes", "job_cores", "job_memory"):
-            if getattr(self, key) is not None and self.cluster not in JOB_CLUSTERS:
+            if getattr(self, key) is not None and self.cluster not in JOBQUEUE_SYSTEMS:
                 raise ConfigError(f"{key} applies to cluster slurm or pbs, not "
                                   f"{self.cluster!r}")
         if self.jobs is not None and self.cluster not in ("slurm", "pbs"):
