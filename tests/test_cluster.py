@@ -9,6 +9,8 @@ or scheduler file and must reproduce the original's outputs.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 import dask
 import pytest
 from distributed import Client, LocalCluster
-from helpers import TINY, assert_matches_reference
+from helpers import TINY, assert_matches_reference, write_perf_reads
 
 from virnuc_dask.cluster.start import (
     WORKER_ENV,
@@ -29,6 +31,7 @@ from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
 BIN = Path(sys.executable).parent
+REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "reference"
 STAGES = ("read_orfs", "dedup", "partition", "embed", "classify", "write-results")
 
 
@@ -201,7 +204,8 @@ def test_slurm_runner_ranks_of_one_job_match_original(reference, tmp_path):
              str(reference / "dev" / "boundaries" / "input.fa"), "--length", "500",
              "--esm-model", TINY["esm_model"], "--dnabert-model", TINY["dnabert_model"],
              "--classifier", TINY["classifier"], "--precision", "fp32",
-             "--partition-rows", "37", "--out", "out", "--cluster", "slurm-runner"],
+             "--partition-rows", "37", "--out", "out", "--cluster", "slurm-runner",
+             "--worker-type", "cpu"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         logs = [proc.communicate(timeout=300)[0] for proc in procs]
@@ -213,3 +217,55 @@ def test_slurm_runner_ranks_of_one_job_match_original(reference, tmp_path):
     assert "dashboard: http://" in logs[1]  # the client rank
     assert_matches_reference(tmp_path / "out", reference / "dev" / "boundaries" / "L500")
     assert not list((tmp_path / "out").glob(".scheduler-*.json"))
+
+
+def test_scheduler_without_workers_ends_the_run(tmp_path):
+    with LocalCluster(n_workers=0, dashboard_address=":0") as cluster:
+        started = time.monotonic()
+        proc = _predict_cli(REFERENCE_DIR, tmp_path, "basic", 300, "--scheduler",
+                            cluster.scheduler_address, "--out", "out",
+                            "--no-worker-timeout", "3")
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - started < 60
+    assert f"no worker connected to the scheduler at {cluster.scheduler_address} for 0:0" \
+        in proc.stderr
+    assert "(--no-worker-timeout 3)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_workers_lost_mid_run_end_it_and_keep_finished_partitions(tmp_path):
+    reads = write_perf_reads(tmp_path / "reads.fa", 500, seed=5, prefix="lost")
+    log = tmp_path / "run.log"
+    with LocalCluster(n_workers=0, dashboard_address=":0") as cluster:
+        env = {**os.environ, WORKER_ENV_VARIABLE: WORKER_ENV_VALUE}
+        worker = subprocess.Popen(
+            [str(BIN / "dask"), "worker", cluster.scheduler_address, "--nthreads", "2",
+             "--resources", "GPU=1", "--dashboard-address", ":0"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            with open(log, "w") as fh:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "virnuc_dask", "predict", str(reads), "--length",
+                     "300", "--esm-model", TINY["esm_model"], "--dnabert-model",
+                     TINY["dnabert_model"], "--classifier", TINY["classifier"],
+                     "--precision", "fp32", "--partition-rows", "40", "--out", "out",
+                     "--scheduler", cluster.scheduler_address, "--no-worker-timeout", "4",
+                     "--progress-interval", "0.5"],
+                    cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 120
+            while not re.search(r"· [1-9]\d*/\d+ partitions", log.read_text()):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            os.killpg(worker.pid, signal.SIGKILL)
+            lost = time.monotonic()
+            proc.wait(timeout=60)
+        finally:
+            for p in (worker, proc):
+                if p.poll() is None:
+                    p.kill()
+    text = log.read_text()
+    assert proc.returncode == 1, text
+    assert time.monotonic() - lost < 60
+    assert "no worker connected to the scheduler at" in text
+    assert "(gone)" in text
+    assert "Traceback" not in text
+    assert list((tmp_path / "out" / "partitions").iterdir())

@@ -16,6 +16,7 @@ import dask
 import pytest
 from distributed import Client, LocalCluster
 from helpers import REFERENCE, TINY
+from rich.console import Console
 
 from virnuc_dask.cli.logs import forward_worker_logs
 from virnuc_dask.cli.progress import RunProgress, TerminalProgress, stage_table, status_line
@@ -270,3 +271,26 @@ def test_live_display_polls_the_workers_gpu_figures(client):
         activity = progress.activity()
     assert activity and set(progress._gpus.values()) == {"no GPU"}
     assert "[no GPU]" in progress.line()
+
+
+def test_jobs_without_workers_replace_the_time_left_and_lost_workers_show_as_gone():
+    state = RunProgress(clock=lambda: 100.0)
+    state.record("embed", 0, 4, orfs_total=400, orfs_reused=0)
+    state.record("embed", 1, 4, partitions=[{"worker": "tcp://w1", "dnabert":
+                 {"sequences": 100, "real_tokens": 900, "seconds": 1.0},
+                 "esm": {"sequences": 100, "real_tokens": 1500, "seconds": 2.0}}])
+    state.clock = lambda: 110.0
+    line = status_line(state, {})
+    assert "ETA" in line and "tcp://w1 1 partitions 100 ORFs 33.3 ORF/s (gone)" in line
+    pending = ["no worker connected 0:05", "job 12 pending (Resources) 0:05"]
+    line = status_line(state, {}, cluster=pending)
+    assert "ETA" not in line
+    assert line.endswith("| cluster: no worker connected 0:05; job 12 pending (Resources) 0:05")
+    console = Console(record=True, width=160)
+    progress = TerminalProgress(enabled=False, interval=60, console=console,
+                                cluster_status=lambda: pending)
+    progress.state = state
+    console.print(progress)
+    text = console.export_text()
+    assert "job 12 pending (Resources) 0:05" in text
+    assert "gone" in text

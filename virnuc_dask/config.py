@@ -26,6 +26,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
 CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")
 JOBQUEUE_SYSTEMS = ("slurm", "pbs")
+WORKER_TYPES = ("gpu", "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,13 @@ class Settings:
     cluster: str = "local"
     jobs: int | None = None
     cluster_config: str | None = None
+    worker_type: str | None = None
+    job_processes: int | None = None
+    job_cores: int | None = None
+    job_memory: str | None = None
+    job_replacements: int = 8
+    start_timeout: float | None = None
+    no_worker_timeout: float = 300.0
     performance_report: str | None = None
     toks_per_batch: int | None = None
     dnabert_toks_per_batch: int | None = None
@@ -63,11 +71,22 @@ class Settings:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("workers", "threads", "jobs", "toks_per_batch", "dnabert_toks_per_batch"):
+        for key in ("workers", "threads", "jobs", "toks_per_batch", "dnabert_toks_per_batch",
+                    "job_processes", "job_cores"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
                 raise ConfigError(f"{key} must be a positive integer or null, got {value!r}")
+        if isinstance(self.job_replacements, bool) or not isinstance(self.job_replacements, int) \
+                or self.job_replacements < 0:
+            raise ConfigError(f"job_replacements must be an integer >= 0, got "
+                              f"{self.job_replacements!r}")
+        for key in ("start_timeout", "no_worker_timeout"):
+            value = getattr(self, key)
+            if (value is not None or key == "no_worker_timeout") and (
+                    isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise ConfigError(f"{key} must be a number of seconds > 0"
+                                  f"{' or null' if key == 'start_timeout' else ''}, got {value!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -83,6 +102,16 @@ class Settings:
             raise ConfigError(
                 f"cluster {self.cluster!r} starts its own scheduler; it cannot be combined "
                 "with scheduler or scheduler_file")
+        if self.worker_type is not None and self.worker_type not in WORKER_TYPES:
+            raise ConfigError(f"worker_type must be one of {', '.join(WORKER_TYPES)}, got "
+                              f"{self.worker_type!r}")
+        if self.worker_type is not None and self.cluster not in (*JOBQUEUE_SYSTEMS, "slurm-runner"):
+            raise ConfigError(f"worker_type applies to cluster slurm, pbs or slurm-runner, not "
+                              f"{self.cluster!r}")
+        for key in ("job_processes", "job_cores", "job_memory"):
+            if getattr(self, key) is not None and self.cluster not in JOBQUEUE_SYSTEMS:
+                raise ConfigError(f"{key} applies to cluster slurm or pbs, not "
+                                  f"{self.cluster!r}")
         if self.jobs is not None and self.cluster not in ("slurm", "pbs"):
             raise ConfigError(f"jobs applies to cluster slurm or pbs, not {self.cluster!r}")
         if self.cluster_config is not None and self.cluster not in ("slurm", "pbs"):

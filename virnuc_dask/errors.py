@@ -52,3 +52,7 @@ def first_line(exc: BaseException) -> str:
     """The exception's message on one line (its type's name when it has none)."""
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split("\n"))
+
+
+class ClusterError(VirnucError):
+    """The cluster cannot run the work: a job was rejected or ended, no worker came."""

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from virnuc_dask import __version__
 from virnuc_dask.cli.options import verbosity
-from virnuc_dask.errors import VirnucError, first_line
+from virnuc_dask.errors import ClusterError, VirnucError, first_line
 
 logger = logging.getLogger("virnuc_dask")
 
@@ -58,6 +58,8 @@ def error_message(exc: BaseException) -> str:
                 "crash in native code); see the worker logs, or try smaller --partition-rows")
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, ClusterError):  # may end with the last lines of a job's log
+        return str(exc).strip()
     return first_line(exc)
 
 

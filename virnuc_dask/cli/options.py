@@ -8,6 +8,7 @@ from virnuc_dask.config import (
     CLUSTERS,
     DEVICES,
     PRECISIONS,
+    WORKER_TYPES,
     ConfigError,
     Settings,
     load_settings,
@@ -16,7 +17,9 @@ from virnuc_dask.config import (
 # The settings a run's flags may override (names of ``Settings`` fields).
 RUN_SETTINGS = ("out", "length", "esm_model", "dnabert_model", "classifier", "model_cache",
                 "offline", "precision", "device", "workers", "threads", "gpus", "scheduler",
-                "scheduler_file", "cluster", "jobs", "cluster_config", "performance_report",
+                "scheduler_file", "cluster", "jobs", "cluster_config", "worker_type",
+                "job_processes", "job_cores", "job_memory", "job_replacements", "start_timeout",
+                "no_worker_timeout", "performance_report",
                 "toks_per_batch", "dnabert_toks_per_batch", "partition_rows", "blocksize",
                 "dedup", "overwrite")
 
@@ -29,6 +32,44 @@ def positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def memory_size(text: str) -> str:
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an amount of memory such as 16GiB, got {text!r}") from None
+    return text
+
+
+def add_job_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--worker-type`` and the batch job size, for ``predict`` and ``job-script``."""
+    parser.add_argument("--worker-type", choices=WORKER_TYPES,
+                        help="workers of --cluster slurm|pbs|slurm-runner: gpu (default; "
+                        "dask-cuda workers, one per GPU, GPUs requested) or cpu (plain Dask "
+                        "workers, no GPU request)")
+    parser.add_argument("--job-processes", type=positive_int, metavar="N",
+                        help="worker processes per batch job (gpu: GPUs per job); default "
+                        "from --cluster-config or the worker type (1)")
+    parser.add_argument("--job-cores", type=positive_int, metavar="N",
+                        help="CPUs per batch job; default from --cluster-config or the "
+                        "worker type (gpu 8, cpu 2)")
+    parser.add_argument("--job-memory", type=memory_size, metavar="SIZE",
+                        help="host memory per batch job, e.g. 16GiB; default from "
+                        "--cluster-config or the worker type (gpu 32GiB, cpu 4GiB)")
 
 
 def add_logging(parser: argparse.ArgumentParser) -> None:
@@ -111,13 +152,24 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                      "--scheduler-file FILE); waits for the file to appear")
     run.add_argument("--cluster", choices=CLUSTERS,
                      help="cluster to start: local (default), slurm or pbs (dask-jobqueue "
-                     "jobs of dask-cuda GPU workers), slurm-runner (ranks of one srun, see "
+                     "batch jobs, see --worker-type), slurm-runner (ranks of one srun, see "
                      "cluster/slurm-batch.sh)")
-    run.add_argument("--jobs", type=int, metavar="N", help="batch jobs to submit for --cluster "
-                     "slurm|pbs (default 1; each job runs one worker per GPU)")
+    run.add_argument("--jobs", type=int, metavar="N", help="batch jobs to keep running for "
+                     "--cluster slurm|pbs (default 1); jobs that end are replaced")
     run.add_argument("--cluster-config", metavar="FILE",
                      help="YAML in dask-jobqueue's layout (jobqueue: slurm: ...) overriding "
                      "the packaged cluster/jobqueue.yaml")
+    add_job_options(run)
+    run.add_argument("--job-replacements", type=int, metavar="N",
+                     help="at most N batch jobs are submitted to replace jobs that ended "
+                     "(walltime, preemption, scancel); default 8")
+    run.add_argument("--start-timeout", type=positive_seconds, metavar="SECONDS",
+                     help="stop when batch jobs stay pending this long with no worker "
+                     "connected (default: wait as long as the queue takes)")
+    run.add_argument("--no-worker-timeout", type=positive_seconds, metavar="SECONDS",
+                     help="stop after this long without any connected worker: a --scheduler "
+                     "without workers, a running job whose worker does not connect "
+                     "(default 300)")
     run.add_argument("--performance-report", metavar="FILE.html",
                      help="save Dask's performance report of the run (task stream, worker "
                      "profiles, bandwidth) to FILE.html")

@@ -51,9 +51,10 @@ def run_settings(settings: Settings, *, verbosity: str = "normal",
     from virnuc_dask.dataflow.run import run_prediction
     from virnuc_dask.tools.report import summary_text
 
-    def display(client):
-        forward_worker_logs(client, verbosity)
-        return TerminalProgress(client=client, interval=progress_interval,
+    def display(cluster):
+        forward_worker_logs(cluster.client, verbosity)
+        return TerminalProgress(client=cluster.client, interval=progress_interval,
+                                cluster_status=cluster.status_lines,
                                 enabled=False if verbosity == "quiet" else None)
 
     result, _ = run_prediction(settings, progress=display)

@@ -33,7 +33,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rich.console import Console, Group
@@ -163,14 +163,16 @@ class RunProgress:
         for entry in detail.get("partitions", ()):
             worker = self.workers.setdefault(entry["worker"], WorkerState(entry["worker"]))
             worker.partitions += 1
-            worker.orfs += int(entry["esm"]["sequences"])
+            # ORFs handled: every row of the partition (copies of an input take its
+            # first copy's embedding and are counted without being embedded again).
+            worker.orfs += int(entry["esm"].get("rows", entry["esm"]["sequences"]))
             self.orfs_failed += len(entry.get("failed", ()))
             for key in MODELS:
                 stats = entry[key]
                 state = self.stages[key]
                 if state.started is None:  # no opening event: count from here
                     state.started = now
-                state.done += int(stats["sequences"])
+                state.done += int(stats.get("rows", stats["sequences"]))
                 state.counts["partitions"] = state.counts.get("partitions", 0) + 1
                 state.counts["tokens"] = state.counts.get("tokens", 0) + int(stats["real_tokens"])
                 state.counts["padded_tokens"] = (state.counts.get("padded_tokens", 0)
@@ -290,8 +292,8 @@ def _fraction(state: StageState) -> float | None:
     return min(1.0, state.done / state.total)
 
 
-def stage_table(progress: RunProgress, now: float | None = None) -> Table:
-    """One row per stage: bar, units done, rate, elapsed, time left."""
+def stage_table(progress: RunProgress, now: float | None = None, *, eta: bool = True) -> Table:
+    """One row per stage: bar, units done, rate, elapsed, time left (unless not ``eta``)."""
     now = progress.clock() if now is None else now
     table = Table(box=None, pad_edge=False, show_edge=False, expand=False)
     for name, kw in (("stage", {}), ("", {"width": 24}), ("done", {}), ("rate", {}),
@@ -304,7 +306,7 @@ def stage_table(progress: RunProgress, now: float | None = None) -> Table:
                           pulse=fraction is None)
         mark = "✓ " if state.finished is not None else "  "
         table.add_row(mark + state.label, bar, done, rate, _duration(state.elapsed(now)),
-                      _duration(progress.eta(key, now)))
+                      _duration(progress.eta(key, now)) if eta else "")
     return table
 
 
@@ -349,7 +351,7 @@ def worker_table(progress: RunProgress, activity: Mapping[str, str],
     return table
 
 
-def _embed_words(progress: RunProgress, now: float) -> str:
+def _embed_words(progress: RunProgress, now: float, *, eta: bool = True) -> str:
     esm = progress.stage("esm")
     c = esm.counts
     text = f"embedding: {esm.done:,}/{esm.total or 0:,} ORFs"
@@ -361,9 +363,9 @@ def _embed_words(progress: RunProgress, now: float) -> str:
     rate = progress.embed_rate(now)
     if rate:
         text += f" · {rate:,.1f} ORF/s"
-    eta = progress.eta("esm", now)
-    if eta is not None:
-        text += f" · ETA {_duration(eta)}"
+    left = progress.eta("esm", now) if eta else None
+    if left is not None:
+        text += f" · ETA {_duration(left)}"
     for key, name in MODELS.items():
         tps, share = progress.tokens_per_s(key), progress.model_share(key)
         if tps and share is not None:
@@ -372,14 +374,14 @@ def _embed_words(progress: RunProgress, now: float) -> str:
 
 
 def status_line(progress: RunProgress, activity: Mapping[str, str] | None = None,
-                gpus: Mapping[str, Any] | None = None) -> str:
-    """The whole state in one log line."""
+                gpus: Mapping[str, Any] | None = None, cluster: list[str] | None = None) -> str:
+    """The whole state in one log line; ``cluster``: jobs without workers (no ETA then)."""
     now = progress.clock()
     parts = [f"progress {_duration(now - progress.started)}"]
     for key, state in progress.stages.items():
         if state.started is None or key == "dnabert":
             continue
-        text = _embed_words(progress, now) if key == "esm" else \
+        text = _embed_words(progress, now, eta=not cluster) if key == "esm" else \
             f"{state.label}: {_stage_text(state, progress)[0]}"
         parts.append(text + (" ✓" if state.finished is not None else ""))
     workers = []
@@ -388,13 +390,15 @@ def status_line(progress: RunProgress, activity: Mapping[str, str] | None = None
         text = f"{address} {w.partitions} partitions {w.orfs:,} ORFs"
         if w.orfs_per_s:
             text += f" {w.orfs_per_s:.1f} ORF/s"
-        if activity and address in activity:
-            text += f" ({activity[address]})"
+        if activity is not None:
+            text += f" ({activity.get(address, 'gone')})"
         if gpus and address in gpus:
             text += f" [{gpu_text(gpus[address], progress.gpu_peak.get(address))}]"
         workers.append(text)
     if workers:
         parts.append("workers: " + "; ".join(workers))
+    if cluster:
+        parts.append("cluster: " + "; ".join(cluster))
     return " | ".join(parts)
 
 
@@ -429,7 +433,9 @@ class TerminalProgress:
 
     ``enabled`` None: live when stderr is a terminal. ``interval``: seconds between
     log lines when not live. ``client``: a distributed Client to list its workers and
-    what they run (optional).
+    what they run (optional). ``cluster_status``: returns lines about batch jobs that
+    have no worker yet and lost workers (``job 123 pending (Resources) 4:10``); while
+    there are any, they are shown instead of the time left.
 
     Usage::
 
@@ -438,13 +444,15 @@ class TerminalProgress:
     """
 
     def __init__(self, *, enabled: bool | None = None, interval: float = 30.0,
-                 client=None, console: Console | None = None) -> None:
+                 client=None, console: Console | None = None,
+                 cluster_status: Callable[[], list[str]] | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.live = self.console.is_terminal if enabled is None else enabled
         if interval <= 0:
             raise ValueError(f"progress interval must be > 0 seconds, got {interval}")
         self.interval = interval
         self.client = client
+        self.cluster_status = cluster_status
         self.state = RunProgress()
         self._activity: dict[str, str] = {}
         self._gpus: dict[str, Any] = {}
@@ -477,17 +485,24 @@ class TerminalProgress:
                 logger.debug("could not poll worker activity: %s", exc)
         return self._activity
 
+    def cluster(self) -> list[str]:
+        return self.cluster_status() if self.cluster_status is not None else []
+
     def __rich__(self) -> Group:
+        cluster = self.cluster()
         with self.state.lock:
-            parts = [stage_table(self.state)]
+            parts = [stage_table(self.state, eta=not cluster)]
             activity = self.activity()
             if activity or self.state.workers:
                 parts += [Text(""), worker_table(self.state, activity, self._gpus)]
+        parts += [Text(line, style="yellow") for line in cluster]
         return Group(*parts)
 
     def line(self) -> str:
+        cluster = self.cluster()
         with self.state.lock:
-            return status_line(self.state, self.activity(), self._gpus)
+            return status_line(self.state, self.activity() if self.client else None,
+                               self._gpus, cluster)
 
     def __enter__(self) -> TerminalProgress:
         if self.live:

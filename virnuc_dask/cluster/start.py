@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -43,11 +44,15 @@ import yaml
 from dask.utils import format_bytes, parse_bytes
 from distributed import Client, LocalCluster
 
-from virnuc_dask.config import JOBQUEUE_SYSTEMS, ConfigError
+from virnuc_dask.cluster.guard import Guard
+from virnuc_dask.cluster.jobs import watched_job_class
+from virnuc_dask.config import JOBQUEUE_SYSTEMS, WORKER_TYPES, ConfigError
 
 logger = logging.getLogger(__name__)
 
 JOBQUEUE_DEFAULTS = Path(__file__).with_name("jobqueue.yaml")
+# Seconds the client of an interrupted --cluster slurm-runner rank waits for its close.
+INTERRUPTED_CLOSE_S = 2
 
 # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers. Setting that variable
 # turns off glibc's dynamic mmap threshold, so every large torch CPU buffer is mmap'ed and
@@ -117,33 +122,112 @@ def torch_threads_by_host(client: Client) -> dict[str, int]:
     return {host: max(1, max(ns) // len(ns)) for host, ns in per_host.items()}
 
 
+@dataclasses.dataclass
+class RunCluster:
+    """The client of a run and the guard that watches its workers (and batch jobs)."""
+
+    client: Client
+    guard: Guard | None = None
+
+    def status_lines(self) -> list[str]:
+        """Jobs without a worker yet (``job 123 pending (Resources) 4:10``) and lost workers."""
+        return self.guard.status_lines() if self.guard is not None else []
+
+
 @contextlib.contextmanager
 def open_client(settings) -> Iterator[Client]:
     """A client on the cluster ``settings`` ask for; a cluster started here stops on exit."""
+    with open_cluster(settings) as run:
+        yield run.client
+
+
+@contextlib.contextmanager
+def open_cluster(settings) -> Iterator[RunCluster]:
+    """Start or connect to the cluster ``settings`` ask for; wait (bounded) for a worker.
+
+    Every wait ends: the :class:`Guard` stops the run with a :class:`ClusterError` that
+    says why when jobs are rejected or end, or no worker comes.
+    """
     if settings.scheduler or settings.scheduler_file:
-        with _connect(settings) as client:
-            yield client
+        with _connect(settings) as client, _guarded(client, settings) as guard:
+            guard.wait_for_workers(1)
+            yield RunCluster(client, guard)
     elif settings.cluster in JOBQUEUE_SYSTEMS:
-        options = jobqueue_options(settings.cluster, config_file=settings.cluster_config)
+        worker_type = settings.worker_type or "gpu"
+        options = jobqueue_options(settings.cluster, config_file=settings.cluster_config,
+                                   worker_type=worker_type, processes=settings.job_processes,
+                                   cores=settings.job_cores, memory=settings.job_memory)
         cls = _jobqueue_class(settings.cluster)
         _check_submit_command(cls.job_cls)
-        with cls(**options) as cluster, Client(cluster) as client:
-            jobs = settings.jobs or 1
+        jobs = settings.jobs or 1
+        with cls(job_cls=watched_job_class(cls.job_cls), **options) as cluster, \
+                Client(cluster) as client, \
+                _guarded(client, settings, cluster=cluster, jobs=jobs) as guard:
             cluster.scale(jobs=jobs)
-            logger.info("%s: %d job(s) of %d GPU worker(s) submitted; waiting for the first "
-                        "worker to start", settings.cluster, jobs, options["processes"])
-            client.wait_for_workers(1)
-            yield client
+            logger.info("%s: %d job(s) of %d %s worker(s) submitted; waiting for the first "
+                        "worker to start", settings.cluster, jobs, options["processes"],
+                        worker_type.upper())
+            guard.wait_for_workers(1)
+            yield RunCluster(client, guard)
     elif settings.cluster == "slurm-runner":
-        with dask.config.set(WORKER_ENV), slurm_runner(settings) as runner, \
-                Client(runner) as client:
-            client.wait_for_workers(runner.n_workers)
-            yield client
+        with dask.config.set(WORKER_ENV):
+            yield from _in_allocation(settings)
     else:
         with dask.config.set(WORKER_ENV), _start_local(settings) as cluster, \
                 Client(cluster) as client:
             logger.info("local cluster: %d worker(s)", len(cluster.workers))
-            yield client
+            yield RunCluster(client)
+
+
+@contextlib.contextmanager
+def _guarded(client: Client, settings, *, cluster: Any = None, jobs: int = 0
+             ) -> Iterator[Guard]:
+    """A running guard; an error raised while it has stopped the run becomes its reason."""
+    guard = Guard(client, cluster=cluster, system=settings.cluster if cluster else None,
+                  jobs=jobs, replacements=settings.job_replacements,
+                  start_timeout=settings.start_timeout,
+                  no_worker_timeout=settings.no_worker_timeout)
+    with guard:
+        try:
+            yield guard
+        except Exception:
+            if guard.failure is not None:
+                raise guard.failure from None
+            raise
+
+
+def _in_allocation(settings) -> Iterator[RunCluster]:
+    # Scheduler and worker ranks stay in slurm_runner() until the client rank is done,
+    # then end the process (SystemExit); only the client rank gets further.
+    runner = slurm_runner(settings)
+    client = Client(runner)
+    try:
+        with _guarded(client, settings) as guard:
+            guard.wait_for_workers(1)
+            try:
+                client.wait_for_workers(runner.n_workers, timeout=settings.no_worker_timeout)
+            except TimeoutError:
+                logger.warning("%d of %d worker ranks connected within %g s; going on with "
+                               "them", len(guard.workers), runner.n_workers,
+                               settings.no_worker_timeout)
+            yield RunCluster(client, guard)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            # SIGTERM (scancel, walltime) or Ctrl-C reach every rank of the step: the
+            # scheduler rank is gone or going, so nothing is closed through it.
+            with contextlib.suppress(Exception):
+                client.close(timeout=INTERRUPTED_CLOSE_S)
+            raise
+        _close_allocation(client, runner)
+        raise
+    _close_allocation(client, runner)
+
+
+def _close_allocation(client: Client, runner) -> None:
+    """Close the client, then stop the scheduler rank (which stops the worker ranks)."""
+    with contextlib.suppress(OSError, TimeoutError):
+        client.close(timeout=INTERRUPTED_CLOSE_S * 5)
+    runner.close()
 
 
 def _connect(settings) -> Client:
@@ -229,8 +313,18 @@ def _register_jobqueue_defaults() -> None:
     # After dask_jobqueue's own defaults: update_defaults replaces a value only while it
     # still equals the previous default, so the user's Dask config keeps priority.
     if not _registered:
-        dask.config.update_defaults(yaml.safe_load(JOBQUEUE_DEFAULTS.read_text()))
+        packaged = yaml.safe_load(JOBQUEUE_DEFAULTS.read_text())
+        dask.config.update_defaults({"jobqueue": packaged["jobqueue"]})
         _registered.append(JOBQUEUE_DEFAULTS)
+
+
+def worker_profile(worker_type: str) -> dict[str, Any]:
+    """Job size and worker command of ``--worker-type`` (``worker-types`` in jobqueue.yaml)."""
+    if worker_type not in WORKER_TYPES:
+        raise ConfigError(
+            f"worker type must be one of {', '.join(WORKER_TYPES)}, got {worker_type!r}")
+    profiles = yaml.safe_load(JOBQUEUE_DEFAULTS.read_text())["worker-types"]
+    return {k.replace("-", "_"): v for k, v in profiles[worker_type].items()}
 
 
 def _read_cluster_config(path: str | os.PathLike[str], system: str) -> dict[str, Any]:
@@ -266,16 +360,20 @@ _GPU_DIRECTIVE = ("--gres=gpu", "--gpus", "-G ", "-G=", "--gres gpu")
 
 
 def jobqueue_options(system: str, *, config_file: str | os.PathLike[str] | None = None,
-                     ) -> dict[str, Any]:
+                     worker_type: str = "gpu", processes: int | None = None,
+                     cores: int | None = None, memory: str | None = None) -> dict[str, Any]:
     """Keyword arguments for dask-jobqueue's ``SLURMCluster``/``PBSCluster``.
 
-    Packaged defaults < Dask's config < ``config_file``; then the GPU request and the
-    nanny environment line are added (see ``jobqueue.yaml``). Every value is passed
-    explicitly, so jobs submitted later do not depend on the config at that time.
+    The worker type's profile < packaged defaults < Dask's config < ``config_file`` <
+    ``processes``/``cores``/``memory``; then the GPU request (``gpu`` workers) and the
+    nanny environment line are added (see ``jobqueue.yaml``), the GPU request only
+    where ``job-directives-skip`` does not name it. Every value is passed explicitly,
+    so jobs submitted later do not depend on the config at that time.
     """
     if system not in JOBQUEUE_SYSTEMS:
         raise ConfigError(
             f"cluster system must be one of {', '.join(JOBQUEUE_SYSTEMS)}, got {system!r}")
+    profile = worker_profile(worker_type)
     _import_jobqueue()
     section = dict(dask.config.get(f"jobqueue.{system}"))
     if config_file is not None:
@@ -295,52 +393,94 @@ def jobqueue_options(system: str, *, config_file: str | os.PathLike[str] | None 
                 options[new] = [*value, *(options.get(new) or [])]
             else:
                 options.setdefault(new, value)
-    processes = options.get("processes")
+    for key, value in profile.items():
+        options.setdefault(key, value)
+    for key, value in (("processes", processes), ("cores", cores), ("memory", memory)):
+        if value is not None:
+            options[key] = value
+    processes = options["processes"]
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        what = "GPUs per job" if worker_type == "gpu" else "worker processes per job"
         raise ConfigError(
-            f"jobqueue.{system}.processes must be the number of GPUs per job (a positive "
+            f"jobqueue.{system}.processes must be the number of {what} (a positive "
             f"integer), got {processes!r}")
-    for key in ("cores", "memory"):
-        if key not in options:
-            raise ConfigError(f"jobqueue.{system}.{key} is not set; it sizes each job")
+    cores = options["cores"]
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < processes:
+        raise ConfigError(
+            f"jobqueue.{system}.cores must be the CPUs per job, at least processes "
+            f"({processes}), got {cores!r}")
+    try:
+        parse_bytes(options["memory"])
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"jobqueue.{system}.memory must be the host memory per job, e.g. 32GiB, got "
+            f"{options['memory']!r}") from None
     options["job_script_prologue"] = [*(options.get("job_script_prologue") or []),
                                       WORKER_ENV_EXPORT]
+    if worker_type == "gpu":
+        _add_gpu_request(system, options)
+    return options
+
+
+def _skipped(line: str, options: Mapping[str, Any]) -> bool:
+    # dask-jobqueue's own rule for its directives: a line containing any skip text.
+    return any(skip in line for skip in options.get("job_directives_skip") or ())
+
+
+def _add_gpu_request(system: str, options: dict[str, Any]) -> None:
+    processes = options["processes"]
     if system == "slurm":
         directives = list(options.get("job_extra_directives") or [])
-        if not any(d.strip().startswith(_GPU_DIRECTIVE) for d in directives):
-            directives.append(f"--gres=gpu:{processes}")
+        gres = f"--gres=gpu:{processes}"
+        if not any(d.strip().startswith(_GPU_DIRECTIVE) for d in directives) and \
+                not _skipped(f"#SBATCH {gres}", options):
+            directives.append(gres)
         options["job_extra_directives"] = directives
     elif options.get("resource_spec") is None:
         from dask_jobqueue.pbs import pbs_format_bytes_ceil
 
         memory = pbs_format_bytes_ceil(parse_bytes(options["memory"]))
-        options["resource_spec"] = (
-            f"select=1:ncpus={options['cores']}:ngpus={processes}:mem={memory}")
-    return options
+        spec = f"select=1:ncpus={options['cores']}:ngpus={processes}:mem={memory}"
+        if not _skipped(f"#PBS -l {spec}", options):
+            options["resource_spec"] = spec
 
 
 def per_gpu_worker(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Threads and memory limit each dask-cuda worker gets from ``jobqueue_options``."""
+    """Threads and memory limit each worker process gets from ``jobqueue_options``."""
     processes = options["processes"]
     return {"threads": int(options["cores"] / processes),
             "memory_limit": format_bytes(parse_bytes(options["memory"]) / processes)}
 
 
+_JOB_PROFILE = ("worker_type", "processes", "cores", "memory")
+
+
+def _options(system: str, config_file, overrides: dict[str, Any]) -> dict[str, Any]:
+    profile = {k: overrides.pop(k) for k in _JOB_PROFILE if k in overrides}
+    if profile.get("worker_type") is None:
+        profile.pop("worker_type", None)
+    return {**jobqueue_options(system, config_file=config_file, **profile), **overrides}
+
+
 def jobqueue_cluster(system: str, *, config_file: str | os.PathLike[str] | None = None,
                      **overrides: Any):
-    """A dask-jobqueue cluster of dask-cuda GPU workers; ``cluster.scale(jobs=n)`` submits.
+    """A dask-jobqueue cluster; ``cluster.scale(jobs=n)`` submits.
 
+    ``worker_type`` (``gpu``: dask-cuda workers, one per GPU; ``cpu``), ``processes``,
+    ``cores`` and ``memory`` size the jobs (see :func:`jobqueue_options`); other
     ``overrides`` are keyword arguments of ``SLURMCluster``/``PBSCluster`` and win
     over every configuration file.
 
     Usage::
 
-        cluster = jobqueue_cluster("slurm", queue="gpu", walltime="12:00:00")
+        cluster = jobqueue_cluster("slurm", worker_type="cpu", cores=16,
+                                   queue="batch", walltime="12:00:00")
         cluster.scale(jobs=4)
 
     """
-    options = {**jobqueue_options(system, config_file=config_file), **overrides}
-    return _jobqueue_class(system)(**options)
+    options = _options(system, config_file, dict(overrides))
+    cls = _jobqueue_class(system)
+    return cls(job_cls=watched_job_class(cls.job_cls), **options)
 
 
 def _jobqueue_class(system: str):
@@ -350,8 +490,11 @@ def _jobqueue_class(system: str):
 
 def job_script(system: str, *, config_file: str | os.PathLike[str] | None = None,
                scheduler: str = "tcp://<scheduler>:8786", **overrides: Any) -> str:
-    """The script one job of ``jobqueue_cluster`` runs, built without starting anything."""
-    options = {**jobqueue_options(system, config_file=config_file), **overrides}
+    """The script one job of ``jobqueue_cluster`` runs, built without starting anything.
+
+    Takes the same ``worker_type``/``processes``/``cores``/``memory`` and overrides.
+    """
+    options = _options(system, config_file, dict(overrides))
     for cluster_only in ("scheduler_options", "shared_temp_directory"):
         options.pop(cluster_only, None)
     job_cls = _jobqueue_class(system).job_cls
@@ -373,10 +516,10 @@ def slurm_runner(settings):
     """dask-jobqueue's ``SLURMRunner``: this rank becomes scheduler, client or worker.
 
     Rank 0 runs the scheduler and rank 1 the client (the rest of the command); every
-    other rank runs a worker: a dask-cuda ``CUDAWorker`` (one worker per GPU of its
-    node) where GPUs are visible, else one CPU worker. The scheduler file goes into
-    the output directory, named after the job id. Scheduler and worker ranks exit
-    when the client rank is done.
+    other rank runs a worker: with ``worker_type`` gpu (the default) a dask-cuda
+    ``CUDAWorker`` (one worker per GPU of its node), with cpu one CPU worker. The
+    scheduler file goes into the output directory, named after the job id. Scheduler
+    and worker ranks exit when the client rank is done.
     """
     _import_jobqueue()
     from dask_jobqueue.slurm import SLURMRunner
@@ -386,11 +529,17 @@ def slurm_runner(settings):
     signal.signal(signal.SIGINT, _exit_quietly)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    gpus = visible_gpus(settings.gpus)
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
-    if gpus:
+    if (settings.worker_type or "gpu") == "gpu":
+        gpus = visible_gpus(settings.gpus)
+        if not gpus and int(os.environ.get("SLURM_PROCID") or 0) >= 2:
+            raise ConfigError(
+                "--cluster slurm-runner with GPU workers (--worker-type gpu, the default), "
+                f"but this worker rank on {os.uname().nodename} sees no GPU "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
+                "request GPUs (#SBATCH --gres=gpu:N) or pass --worker-type cpu")
         worker_class = "dask_cuda.CUDAWorker"  # takes resources as text, like its CLI
-        worker_options = {"nthreads": max(1, cpus // len(gpus)), "resources": "GPU=1"}
+        worker_options = {"nthreads": max(1, cpus // max(1, len(gpus))), "resources": "GPU=1"}
     else:
         worker_class = "distributed.Nanny"
         worker_options = {"nthreads": settings.threads or 2, "resources": {"GPU": 1}}
@@ -406,5 +555,3 @@ def slurm_runner(settings):
 def _exit_quietly(*_: object) -> None:
     sys.exit(0)
 
-
-# -- `virnuc-dask job-script` --------------------------------------------------------------

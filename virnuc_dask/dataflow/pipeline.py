@@ -580,7 +580,7 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
             "tokens": dict.fromkeys(MODEL_ARRAYS, 0),
             "model_seconds": dict.fromkeys(MODEL_ARRAYS, 0.0)})
         w["partitions"] += 1
-        w["orfs"] += entry["esm"]["sequences"]
+        w["orfs"] += entry["esm"].get("rows", entry["esm"]["sequences"])  # copies included
         w["seconds"] += entry["esm"]["seconds"] + entry["dnabert"]["seconds"]
         w["store_seconds"] += entry.get("store_seconds", 0.0)
         for m in MODEL_ARRAYS:
