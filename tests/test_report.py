@@ -19,7 +19,9 @@ from virnuc_dask.cluster.start import WORKER_ENV
 from virnuc_dask.config import load_settings
 from virnuc_dask.core.chunking import chunk_spans
 from virnuc_dask.dataflow.pipeline import predict
-from virnuc_dask.tools.report import COLOURS, figure_tracks, load_run, summary_text
+from virnuc_dask.dataflow.summary_text import summary_text
+from virnuc_dask.tools.figures import figure_tracks
+from virnuc_dask.tools.report_data import COLOURS, load_run
 
 CASE, LENGTH = "mixed", 300
 

@@ -49,7 +49,7 @@ def run_settings(settings: Settings, *, verbosity: str = "normal",
     from virnuc_dask.cli.logs import forward_worker_logs
     from virnuc_dask.cli.progress import TerminalProgress
     from virnuc_dask.dataflow.run import run_prediction
-    from virnuc_dask.tools.report import summary_text
+    from virnuc_dask.dataflow.summary_text import summary_text
 
     def display(cluster):
         forward_worker_logs(cluster.client, verbosity)

@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.report import ReportError, summary_text, write_report
+    from virnuc_dask.dataflow.summary_text import summary_text
+    from virnuc_dask.errors import ReportError
+    from virnuc_dask.tools.report import write_report
 
     if args.top < 0:
         raise ReportError(f"--top must be >= 0, got {args.top}")

@@ -587,7 +587,7 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
             w["tokens"][m] += entry[m]["real_tokens"]
             w["model_seconds"][m] += entry[m]["seconds"]
             stage = stages[m]
-            stage["orfs"] += entry[m]["sequences"]
+            stage["orfs"] += entry[m].get("rows", entry[m]["sequences"])
             for key in ("batches", "real_tokens", "padded_tokens", "oom_splits", "seconds"):
                 stage[key] += entry[m].get(key, 0)
     computed = sum(w["orfs"] for w in workers.values())
