@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -55,7 +55,14 @@ class BlockOrfs:
         return BlockOrfs(self.block, reads, orfs)
 
 
-def orfs_from_records(records: Iterable[Record], chunk_size: int, block: int = 0) -> BlockOrfs:
+#: ``select(chunk_id, chunk_sequence) -> [Orf]``: which frames of a chunk become ORFs.
+#: Prediction keeps every stop-free frame; training selects more strictly
+#: (:class:`virnuc_dask.core.training_orfs.TrainingSelection`).
+Selection = Callable[[str, str], list[Orf]]
+
+
+def orfs_from_records(records: Iterable[Record], chunk_size: int, block: int = 0,
+                      select: Selection = six_frame_orfs) -> BlockOrfs:
     """Chunk and translate every acceptable record; records with a problem keep no ORF."""
     reads: list[ReadInfo] = []
     orfs: list[Orf] = []
@@ -67,15 +74,16 @@ def orfs_from_records(records: Iterable[Record], chunk_size: int, block: int = 0
         before = len(orfs)
         chunks = chunk_record(rec.id, rec.sequence, chunk_size)
         for chunk_id, chunk_seq in chunks:
-            orfs.extend(six_frame_orfs(chunk_id, chunk_seq))
+            orfs.extend(select(chunk_id, chunk_seq))
         reads.append(ReadInfo(rec.id, len(rec.sequence), len(chunks), len(orfs) - before,
                               rec.path, rec.line))
     return BlockOrfs(block, reads, orfs)
 
 
-def read_orfs(block: FastaBlock, chunk_size: int) -> BlockOrfs:
+def read_orfs(block: FastaBlock, chunk_size: int,
+              select: Selection = six_frame_orfs) -> BlockOrfs:
     """Read one FASTA block and build its ORF table."""
-    return orfs_from_records(read_block(block), chunk_size, block.index)
+    return orfs_from_records(read_block(block), chunk_size, block.index, select)
 
 
 def content_hashes(texts: Sequence[str]) -> np.ndarray:
