@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,7 +32,7 @@ import platform
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from distributed import Client, wait
 from virnuc_dask import __version__
 from virnuc_dask.cluster.start import torch_threads_by_host
 from virnuc_dask.core.fasta import FastaBlock, check_input, plan_blocks
-from virnuc_dask.core.orfs import BlockOrfs, id_hashes, read_orfs
+from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
+from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow import scratch
 from virnuc_dask.dataflow.dashboard import (
     EMBED_STAGE,
@@ -115,9 +117,10 @@ class RunResult:
 # -- tasks (run on workers) ---------------------------------------------------------------
 
 def _read_block(block: FastaBlock, chunk_size: int, root: str, buckets: int,
-                excluded: dict[int, str] | None = None) -> tuple[int, np.ndarray]:
+                excluded: dict[int, str] | None = None,
+                select: Selection = six_frame_orfs) -> tuple[int, np.ndarray]:
     """Read and translate one block into the scratch; (ORFs, read id hashes)."""
-    table = read_orfs(block, chunk_size)
+    table = read_orfs(block, chunk_size, select)
     if excluded:
         table = table.without_reads(excluded)
     write_table(root, table, buckets=buckets)
@@ -206,7 +209,7 @@ def fingerprint(settings, precision: str) -> dict[str, Any]:
         "length": settings.length,
         "esm_model": _model_identity(settings.esm_model),
         "dnabert_model": _model_identity(settings.dnabert_model),
-        "classifier": _file_digest(settings.classifier),
+        "classifier": _file_digest(settings.classifier) if settings.classifier else None,
         "precision": precision,
         "partition_rows": settings.partition_rows,
         "blocksize": settings.blocksize,
@@ -320,18 +323,70 @@ def preflight(settings) -> None:
     _prepare_out(settings)
 
 
+@dataclasses.dataclass
+class Embedded:
+    """What :func:`embed_inputs` leaves: the ORF tables in the scratch ``root``, the store
+    holding every ORF's embeddings (rows in input order), the partition plan and stats."""
+
+    store: EmbeddingStore
+    blocks: list
+    root: str
+    buckets: int
+    counts: list[int]
+    plan: list[tuple[int, list[tuple[int, int, int]]]]
+    todo: list[int]
+    partition_stats: list[dict[str, Any]]
+    facts: dict[str, Any]
+    empty_inputs: list[tuple[str, str, str]]
+    reads: int
+    dedup: dict[str, dict[str, int]]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts)
+
+
 def predict(settings, client: Client, *, progress: Progress | None = None) -> RunResult:
     """Run the whole prediction for ``settings`` on ``client``'s cluster."""
     tick = progress or (lambda stage, done, total, **detail: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     preflight(settings)
+    with embedding_scratch(settings) as root:
+        embedded = embed_inputs(settings, client, root=root, tick=tick, timings=timings)
+        return _run(settings, client, tick, embedded, timings, t0)
+
+
+@contextlib.contextmanager
+def embedding_scratch(settings) -> Iterator[str]:
+    """The run's scratch directory (ORF tables as columns), removed at the end."""
+    out = Path(settings.out)
+    root = str(scratch.reset(out))
+    try:
+        yield root
+    finally:
+        scratch.remove(out)
+
+
+def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
+                 timings: dict[str, float], select: Selection = six_frame_orfs,
+                 fingerprint_extra: dict[str, Any] | None = None,
+                 check_counts: Callable[[list, list[int]], None] | None = None) -> Embedded:
+    """Load the models, read and translate the inputs, embed every ORF into the store.
+
+    ``select`` picks a chunk's ORFs (prediction: every stop-free frame);
+    ``fingerprint_extra`` (what the selection depends on) joins the store's fingerprint;
+    ``check_counts(blocks, orfs_per_block)`` may reject the inputs before anything is
+    embedded. Without ``settings.classifier`` no classifier is loaded (training).
+    """
+    t0 = time.perf_counter()
     out = Path(settings.out)
     blocks = plan_blocks(list(settings.inputs), settings.blocksize)
     tick("models", 0, 1)
 
     spec = ModelSpec(esm_model=settings.esm_model, dnabert_model=settings.dnabert_model,
-                     classifier=str(Path(settings.classifier).resolve()),
+                     classifier=None if settings.classifier is None
+                     else str(Path(settings.classifier).resolve()),
                      precision=settings.precision, device=settings.device,
                      model_cache=settings.model_cache,
                      offline=settings.offline, threads=settings.threads,
@@ -343,34 +398,14 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
     statuses = wait_for_models(client, since=registered)
     facts = {**_model_facts(statuses), "registered": registered}
     dims = {"dnabert": facts["dnabert"], "esm": facts["esm"]}
-    if facts["classifier_input"] != dims["dnabert"] + dims["esm"]:
+    if settings.classifier is not None and \
+            facts["classifier_input"] != dims["dnabert"] + dims["esm"]:
         raise ModelLoadError(
             f"{settings.classifier}: classifier expects {facts['classifier_input']} features, "
             f"but DNABERT-S ({dims['dnabert']}) + ESM-2 ({dims['esm']}) give "
             f"{dims['dnabert'] + dims['esm']}")
     timings["load_models"] = time.perf_counter() - t0
     tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
-
-    root = str(scratch.reset(out))
-    try:
-        return _run(settings, client, tick, blocks, facts, dims, root, timings, t0)
-    finally:
-        scratch.remove(out)
-
-
-def _dedup_buckets(settings) -> int:
-    """Hash buckets of a run with dedup: one per ~64 MiB of (decompressed) input."""
-    if not settings.dedup:
-        return 0
-    size = 0
-    for path in settings.inputs:
-        nbytes, compressed = check_input(path)
-        size += nbytes * (4 if compressed else 1)
-    return max(1, -(-size // DEDUP_BUCKET_BYTES))
-
-
-def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunResult:
-    out = Path(settings.out)
     # Read and translate every block into the scratch; only counts come back.
     t = time.perf_counter()
     tick("read", 0, len(blocks))
@@ -378,7 +413,7 @@ def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunR
     # (No retries: a read fails because of the file, and would fail again.)
     summaries = client.gather(client.map(
         _read_block, blocks, chunk_size=settings.length, root=root, buckets=buckets,
-        key=[unique_key("read_orfs") for _ in blocks]))
+        select=select, key=[unique_key("read_orfs") for _ in blocks]))
     empty_inputs = _empty_inputs(blocks, [len(h) for _, h in summaries])
     duplicates = _find_duplicates([h for _, h in summaries])
     counts = [n for n, _ in summaries]
@@ -386,7 +421,7 @@ def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunR
     del summaries
     for block, excluded in duplicates.items():  # rare: written again without those reads
         counts[block] = client.submit(_read_block, blocks[block], settings.length, root,
-                                      buckets, excluded, key=unique_key("read_orfs")
+                                      buckets, excluded, select, key=unique_key("read_orfs")
                                       ).result()[0]
     total_rows = sum(counts)
     offsets = np.cumsum([0] + counts)
@@ -400,11 +435,13 @@ def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunR
             dedup[m]["unique"] = sum(u for (mm, _), (_, u) in zip(jobs, found, strict=True)
                                      if mm == m)
     timings["read_translate"] = time.perf_counter() - t
+    if check_counts is not None:
+        check_counts(blocks, counts)
     tick("read", len(blocks), len(blocks), reads=reads, orfs=total_rows)
 
     # Open or create the store; reuse finished partitions of the same run.
     store = EmbeddingStore(out)
-    fp = fingerprint(settings, facts["precision"])
+    fp = {**fingerprint(settings, facts["precision"]), **(fingerprint_extra or {})}
     fp["rows"] = total_rows
     if store.exists() and not settings.overwrite:
         diffs = _fingerprint_differences(store.fingerprint, fp)
@@ -432,6 +469,29 @@ def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunR
          orfs_reused=total_rows - sum(hi - lo for p in todo for _, lo, hi in plan[p][1]))
     partition_stats = _embed(client, settings, store, root, buckets, plan, todo, tick)
     timings["embed"] = time.perf_counter() - t
+    return Embedded(store, blocks, root, buckets, counts, plan, todo, partition_stats, facts,
+                    empty_inputs, reads, dedup)
+
+
+
+def _dedup_buckets(settings) -> int:
+    """Hash buckets of a run with dedup: one per ~64 MiB of (decompressed) input."""
+    if not settings.dedup:
+        return 0
+    size = 0
+    for path in settings.inputs:
+        nbytes, compressed = check_input(path)
+        size += nbytes * (4 if compressed else 1)
+    return max(1, -(-size // DEDUP_BUCKET_BYTES))
+
+
+def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
+    out = Path(settings.out)
+    store, blocks, root, buckets = (embedded.store, embedded.blocks, embedded.root,
+                                    embedded.buckets)
+    plan, todo, partition_stats = embedded.plan, embedded.todo, embedded.partition_stats
+    facts, empty_inputs, total_rows = embedded.facts, embedded.empty_inputs, embedded.rows
+    offsets = np.cumsum([0] + embedded.counts)
 
     # Classify lazily from the store.
     t = time.perf_counter()
@@ -475,7 +535,7 @@ def _run(settings, client, tick, blocks, facts, dims, root, timings, t0) -> RunR
     timings["total"] = time.perf_counter() - t0
 
     summary = _summary(settings, client, facts, total, plan, todo, partition_stats, timings)
-    summary["dedup"] = {"enabled": bool(buckets), **dedup}
+    summary["dedup"] = {"enabled": bool(buckets), **embedded.dedup}
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return RunResult(out, total, len(plan), len(plan) - len(todo), summary)
 

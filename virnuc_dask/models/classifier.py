@@ -10,8 +10,11 @@ run. The weights are then copied into a fresh :class:`MLPClassifier`.
 from __future__ import annotations
 
 import collections
+import copy
+import io
 import os
 import pickle
+import types
 import zipfile
 
 import numpy as np
@@ -92,3 +95,33 @@ def score(model: MLPClassifier, features: np.ndarray) -> np.ndarray:
         return np.zeros((0, model.output_layer.out_features), dtype=np.float32)
     logits = model(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
     return torch.softmax(logits, dim=1).numpy()
+
+
+class _MainPickler(pickle._Pickler):
+    """Writes :class:`MLPClassifier` as ``__main__.MLPClassifier``, the name under which the
+    original's ``train.py`` pickled its model and its ``prediction.py`` looks it up."""
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        if obj is MLPClassifier:
+            self.write(pickle.GLOBAL + b"__main__\nMLPClassifier\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+_MAIN_PICKLE = types.SimpleNamespace(__name__="pickle", Pickler=_MainPickler,
+                                     Unpickler=pickle.Unpickler)
+
+
+def classifier_bytes(model: MLPClassifier) -> bytes:
+    """``model`` (on the CPU, in eval mode) as a ``torch.save``-d whole module of class
+    ``__main__.MLPClassifier``: the format of the published ``300_model.pth``.
+
+    The original ``prediction.py`` loads it with a plain ``torch.load`` (its own
+    ``MLPClassifier`` in ``__main__``), :func:`load_classifier` with its restricted
+    unpickler. The bytes depend only on the weights (the same weights, the same file).
+    """
+    model = copy.deepcopy(model).cpu().eval()
+    buffer = io.BytesIO()
+    torch.save(model, buffer, pickle_module=_MAIN_PICKLE, pickle_protocol=2)
+    return buffer.getvalue()

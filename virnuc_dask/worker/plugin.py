@@ -69,7 +69,7 @@ class ModelSpec:
 
     esm_model: str
     dnabert_model: str
-    classifier: str
+    classifier: str | None = None  # None: the embedding models only (training)
     precision: str = "auto"
     device: str = "auto"
     model_cache: str | None = None
@@ -181,7 +181,7 @@ class ModelPlugin(WorkerPlugin):
         # The same layers through fused attention kernels; fp32 agreement with fair-esm's
         # forward is tested in tests/test_esm_fast.py.
         self.esm = SdpaEsm2(esm)
-        self.classifier = load_classifier(spec.classifier)
+        self.classifier = None if spec.classifier is None else load_classifier(spec.classifier)
         self.state = "ready"
         logger.info("models ready on %s (%s, %d torch threads)", device, self.precision,
                     torch.get_num_threads())
@@ -233,7 +233,8 @@ class ModelPlugin(WorkerPlugin):
     @property
     def dims(self) -> dict[str, int]:
         return {"dnabert": self.dnabert.hidden_size, "esm": self.esm.embed_dim,
-                "classifier_input": self.classifier.input_dim}
+                "classifier_input": None if self.classifier is None
+                else self.classifier.input_dim}
 
     def status(self) -> dict[str, Any]:
         """State, device, precision and error of this worker's models (plain data)."""
