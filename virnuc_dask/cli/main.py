@@ -30,7 +30,7 @@ logger = logging.getLogger("virnuc_dask")
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
 
 COMMANDS: tuple[str, ...] = ("predict", "demo", "validate", "report", "models", "job_script",
-                             "bench", "doctor")
+                             "bench", "doctor", "train", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
