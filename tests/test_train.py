@@ -251,11 +251,15 @@ def test_protein_reference_restricts_the_frames(client, data, tmp_path):
     """Only frames found in the reference become training rows; the summary says so."""
     from Bio.Seq import Seq
 
+    from virnuc_dask.core.chunking import chunk_record
+    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.training_orfs import ProteinReference, training_orfs
+
     reference = tmp_path / "ref.faa"
     with open(reference, "w") as fh:
         for path in (data["viral"], data["other"]):
             lines = path.read_text().splitlines()
-            for i in range(0, 60, 2):  # the forward frame of every 2nd of the first reads
+            for i in range(0, 60, 2):  # the forward frame of the first 30 reads
                 seq = lines[i + 1]
                 fh.write(f">p{i}_{path.stem}\nM{Seq(seq[:len(seq) // 3 * 3]).translate()}K\n")
     result = train(_settings(tmp_path / "ref"),
@@ -263,9 +267,19 @@ def test_protein_reference_restricts_the_frames(client, data, tmp_path):
                    TrainOptions(epochs=1), client)
     group = zarr.open_group(tmp_path / "ref" / "embeddings.zarr", mode="r")
     ids = list(group["ids"][:])
-    assert ids and all(i.endswith("F1") for i in ids)
-    reads = {i.split("_chunk_")[0] for i in ids}
-    assert reads <= {f"{p}_{k:05d}" for p in ("vir", "oth") for k in range(0, 30)}
+    proteins = ProteinReference(r.sequence for block in plan_blocks([str(reference)])
+                                for r in read_block(block))
+    expected, unrestricted = [], 0
+    for path in (data["viral"], data["other"]):
+        for block in plan_blocks([str(path)]):
+            for record in read_block(block):
+                for chunk_id, chunk in chunk_record(record.id, record.sequence, 300):
+                    expected += [o.id for o in training_orfs(chunk_id, chunk, proteins)]
+                    unrestricted += len(training_orfs(chunk_id, chunk, None))
+    assert ids == expected
+    assert 60 <= len(ids) < unrestricted / 2
+    assert {i.split("_chunk_")[0] for i in ids if i.endswith("chunk_1F1")} == \
+        {f"{p}_{k:05d}" for p in ("vir", "oth") for k in range(0, 30)}
     assert result.summary["selection"]["mode"] == "protein reference"
     assert result.summary["selection"]["protein_reference"] == [str(reference)]
 
