@@ -16,15 +16,11 @@ from helpers import TINY
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
+from virnuc_dask.errors import TrainingDataError
 from virnuc_dask.models.classifier import load_classifier
 from virnuc_dask.train.evaluate import evaluate
-from virnuc_dask.train.run import (
-    LOG_COLUMNS,
-    TrainingDataError,
-    train,
-    train_inputs,
-)
-from virnuc_dask.train.trainer import TrainOptions
+from virnuc_dask.train.options import TrainOptions
+from virnuc_dask.train.run import LOG_COLUMNS, train, train_inputs
 
 _SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
           if a + b + c not in ("TAA", "TAG", "TGA")]
@@ -299,3 +295,43 @@ def test_train_command_line(data, tmp_path):
     assert len((out / "training_log.tsv").read_text().splitlines()) == 3
     assert load_classifier(out / "model.pth").input_dim > 0
     assert main([*argv[:-3], "--classifier", TINY["classifier"], "--out", str(out)]) == 1
+
+
+def test_kill_during_training_then_rerun_resumes(data, tmp_path):
+    """kill -9 of the whole command (client, scheduler, workers) once two epochs are logged;
+    the rerun keeps the finished epochs and continues after the last checkpoint."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    argv = ["train", "--viral", str(data["viral_test"]), "--other", str(data["other_test"]),
+            "--length", "300", "--esm-model", TINY["esm_model"], "--dnabert-model",
+            TINY["dnabert_model"], "--epochs", "30", "--patience", "30", "--seed", "5",
+            "--workers", "1", "--threads", "1", "--partition-rows", "64", "--out", str(out),
+            "-q"]
+    log = out / "training_log.tsv"
+    proc = subprocess.Popen([sys.executable, "-m", "virnuc_dask", *argv],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    before = log.read_text().splitlines()
+    assert len(before) >= 3 and not (out / "model.pth").exists()
+    from virnuc_dask.cli.main import main
+
+    assert main([*argv[:-1]]) == 0
+    after = (out / "training_log.tsv").read_text().splitlines()
+    assert len(after) == 31
+    # the epochs logged before the kill are kept as they were, the rest follow on
+    assert after[:len(before)] == before
+    assert [int(line.split("\t")[0]) for line in after[1:]] == list(range(1, 31))
+    assert json.loads((out / "training_summary.json").read_text())["epochs_run"] == 30

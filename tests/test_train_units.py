@@ -22,7 +22,8 @@ from virnuc_dask.train.data import (
     validation_split,
 )
 from virnuc_dask.train.metrics import binary_metrics, roc_auc, roc_curve
-from virnuc_dask.train.trainer import TrainOptions, new_classifier
+from virnuc_dask.train.options import TrainOptions
+from virnuc_dask.train.trainer import new_classifier
 
 
 def _pairwise_auc(labels, scores):

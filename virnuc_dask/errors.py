@@ -44,6 +44,11 @@ class FastaFormatError(VirnucError, ValueError):
         return (type(self), (self.path, self.line, self.record, self.problem))
 
 
+class TrainingDataError(VirnucError):
+    """Labelled inputs that cannot train or evaluate a classifier (a class without usable
+    record, a file given for both classes, too few rows to hold out a validation set)."""
+
+
 class ReportError(VirnucError):
     """The output directory does not hold what a report needs."""
 

@@ -5,28 +5,28 @@ from __future__ import annotations
 import argparse
 import logging
 
-from virnuc_dask.config import ConfigError
+from virnuc_dask.cli.options import add_logging, add_progress, add_run_options
+from virnuc_dask.cli.train import add_labelled_inputs
+from virnuc_dask.errors import ConfigError
 
 logger = logging.getLogger("virnuc_dask")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from virnuc_dask.cli.main import _add_progress, _add_run_options
-    from virnuc_dask.cli.train import add_labelled_inputs
-
     parser = subparsers.add_parser(
         "evaluate", help="measure a classifier on labelled viral and other sequences",
         description="Predict the --viral and the --other files with --classifier (into "
         "DIR/viral and DIR/other, the usual result files) and report accuracy, precision, "
         "recall, F1, ROC AUC and the confusion matrix at ORF, chunk and read level, as text "
-        "(evaluation.txt, also logged) and JSON (evaluation.json). Exit 0 complete, 2 some "
-        "records failed, 1 failed.")
+        "(evaluation.txt, also logged) and JSON (evaluation.json). Re-running the same "
+        "command resumes. Exit 0 complete, 2 some records failed, 1 failed.")
     add_labelled_inputs(parser)
     parser.add_argument("-o", "--out", metavar="DIR", help="output directory")
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="start afresh instead of resuming an evaluation in --out")
-    _add_run_options(parser)
-    _add_progress(parser)
+    add_run_options(parser)
+    add_progress(parser)
+    add_logging(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -35,11 +35,9 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from virnuc_dask.cli.logs import forward_worker_logs
-    from virnuc_dask.cli.main import settings_from_args, verbosity
+    from virnuc_dask.cli.options import settings_from_args, verbosity
     from virnuc_dask.cli.progress import TerminalProgress
-    from virnuc_dask.cluster.start import open_client
-    from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
-    from virnuc_dask.train.evaluate import evaluate, metrics_text
+    from virnuc_dask.train.evaluate import metrics_text, run_evaluation
 
     if args.classifier is None:
         raise ConfigError("no classifier given: pass --classifier model.pth")
@@ -48,14 +46,13 @@ def run(args: argparse.Namespace) -> int:
     args.inputs = [*viral, *other]
     settings = settings_from_args(args)
     level = verbosity(args)
-    with open_client(settings) as client:
+
+    def display(client):
         forward_worker_logs(client, level)
-        logger.info("dashboard: %s", dashboard_link(client)
-                    or "none (the scheduler runs without one; it needs bokeh)")
-        with performance_report(settings.performance_report), \
-                TerminalProgress(client=client, interval=args.progress_interval,
-                                 enabled=False if level == "quiet" else None) as progress:
-            result = evaluate(settings, viral, other, client, progress=progress)
-    logger.info("evaluation of %s (%s):\n%s", settings.classifier, result.out / "evaluation.json",
-                metrics_text(result.metrics))
+        return TerminalProgress(client=client, interval=args.progress_interval,
+                                enabled=False if level == "quiet" else None)
+
+    result = run_evaluation(settings, viral, other, progress=display)
+    logger.info("evaluation of %s (%s):\n%s", settings.classifier,
+                result.out / "evaluation.json", metrics_text(result.metrics))
     return result.exit_code

@@ -6,7 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from virnuc_dask.config import ConfigError
+from virnuc_dask.cli.options import add_logging, add_progress, add_run_options
+from virnuc_dask.errors import ConfigError
+from virnuc_dask.train.options import TrainOptions
 
 logger = logging.getLogger("virnuc_dask")
 
@@ -50,9 +52,6 @@ def add_labelled_inputs(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from virnuc_dask.cli.main import _add_progress, _add_run_options
-    from virnuc_dask.train.trainer import TrainOptions
-
     d = TrainOptions()
     parser = subparsers.add_parser(
         "train", help="train a classifier on labelled viral and other sequences",
@@ -99,56 +98,51 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     hyper.add_argument("--shuffle-window", type=_positive_int, default=d.shuffle_window,
                        help="store chunks shuffled together per window (memory: window x "
                        f"--partition-rows rows; default {d.shuffle_window})")
-    _add_run_options(parser)
-    _add_progress(parser)
+    add_run_options(parser)
+    add_progress(parser)
+    add_logging(parser)
     parser.set_defaults(run=run)
     return parser
 
 
-def options_from_args(args: argparse.Namespace):
-    from virnuc_dask.train.trainer import TrainOptions
-
-    return TrainOptions(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-                        lr=args.lr, momentum=args.momentum, step_size=args.lr_step,
-                        gamma=args.lr_gamma, patience=args.patience,
-                        validation=args.validation_fraction, hidden=args.hidden,
-                        shuffle_window=args.shuffle_window)
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    try:
+        return TrainOptions(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                            lr=args.lr, momentum=args.momentum, step_size=args.lr_step,
+                            gamma=args.lr_gamma, patience=args.patience,
+                            validation=args.validation_fraction, hidden=args.hidden,
+                            shuffle_window=args.shuffle_window)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     from virnuc_dask.cli.logs import forward_worker_logs
-    from virnuc_dask.cli.main import settings_from_args, verbosity
+    from virnuc_dask.cli.options import settings_from_args, verbosity
     from virnuc_dask.cli.progress import TerminalProgress
-    from virnuc_dask.cluster.start import open_client
-    from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
-    from virnuc_dask.train.run import preflight_training, train, train_inputs
+    from virnuc_dask.train.run import run_training, train_inputs
 
     if args.classifier is not None:
         raise ConfigError("train writes a classifier (model.pth in --out); --classifier is "
                           "an option of predict and evaluate")
-    try:
-        options = options_from_args(args)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    options = options_from_args(args)
     inputs = train_inputs(args.viral, args.other, args.protein_reference or ())
     args.inputs = list(inputs.files)
     settings = settings_from_args(args)
     level = verbosity(args)
-    preflight_training(settings, inputs)  # bad inputs fail here, before any cluster starts
-    with open_client(settings) as client:
+
+    def display(client):
         forward_worker_logs(client, level)
-        logger.info("dashboard: %s", dashboard_link(client)
-                    or "none (the scheduler runs without one; it needs bokeh)")
-        with performance_report(settings.performance_report), \
-                TerminalProgress(client=client, interval=args.progress_interval,
-                                 enabled=False if level == "quiet" else None) as progress:
-            result = train(settings, inputs, options, client, progress=progress)
+        return TerminalProgress(client=client, interval=args.progress_interval,
+                                enabled=False if level == "quiet" else None)
+
+    result = run_training(settings, inputs, options, progress=display)
     s = result.summary
     logger.info("trained %s: %d epochs (best %d%s); validation accuracy %.4f, F1 %.4f, "
-                "ROC AUC %s; selection: %s", result.model, s["epochs_run"], s["best_epoch"],
+                "ROC AUC %s; ORFs: %s", result.model, s["epochs_run"], s["best_epoch"],
                 ", stopped early" if s["stopped_early"] else "", s["best"]["accuracy"],
                 s["best"]["f1"], "NA" if s["best"]["roc_auc"] is None
-                else f"{s['best']['roc_auc']:.4f}", s["selection"]["mode"])
+                else f"{s['best']['roc_auc']:.4f}", s["selection"]["description"])
     logger.info("log: %s; summary: %s", Path(result.out) / "training_log.tsv",
                 Path(result.out) / "training_summary.json")
     return 0

@@ -36,7 +36,8 @@ def validation_split(usable: np.ndarray, fraction: float, seed: int) -> np.ndarr
     indices are those of the usable rows (in the original: all rows; it has no failed
     records), kept in an ``array`` (8 bytes per row) rather than a list.
     """
-    indices = array.array("q", np.flatnonzero(usable).tolist())
+    indices = array.array("q")
+    indices.frombytes(np.flatnonzero(usable).astype(np.int64).tobytes())
     random.Random(seed).shuffle(indices)
     held_out = int(len(indices) * fraction)
     split = np.full(len(usable), UNUSED, dtype=np.int8)

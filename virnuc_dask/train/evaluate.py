@@ -17,6 +17,7 @@ result files:
 from __future__ import annotations
 
 import array
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,9 +30,10 @@ from distributed import Client
 
 from virnuc_dask.dataflow.outputs import PREDICTIONS, READS
 from virnuc_dask.dataflow.pipeline import Progress, predict, preflight
+from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
+from virnuc_dask.errors import TrainingDataError
 from virnuc_dask.train.metrics import METRICS, binary_metrics
-from virnuc_dask.train.run import TrainingDataError
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +157,23 @@ def evaluate(settings, viral: tuple[str, ...], other: tuple[str, ...], client: C
     atomic_write_text(out / JSON, json.dumps(document, indent=2) + "\n")
     atomic_write_text(out / TEXT, metrics_text(metrics))
     return EvaluationResult(out, metrics, exit_code)
+
+
+def run_evaluation(settings, viral: tuple[str, ...], other: tuple[str, ...], *,
+                   client: Client | None = None,
+                   progress: ProgressFactory | None = None) -> EvaluationResult:
+    """:func:`evaluate` with the cluster the settings name (unless a client is given)."""
+    from virnuc_dask.cluster.start import open_client
+    from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
+
+    for files, name in ((viral, "viral"), (other, "other")):
+        preflight(settings.replace(inputs=files, out=str(Path(settings.out) / name)))
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(open_client(settings))
+        logger.info("dashboard: %s", dashboard_link(client)
+                    or "none (the scheduler runs without one; it needs bokeh)")
+        stack.enter_context(client.as_current())
+        stack.enter_context(performance_report(settings.performance_report))
+        sink = stack.enter_context(progress(client)) if progress is not None else None
+        return evaluate(settings, viral, other, client, progress=sink)

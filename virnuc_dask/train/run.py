@@ -20,9 +20,11 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,11 +45,13 @@ from virnuc_dask.dataflow.pipeline import (
     _prepare_out,
     embed_inputs,
 )
+from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
-from virnuc_dask.errors import OutputDirError, VirnucError
+from virnuc_dask.errors import OutputDirError, TrainingDataError, VirnucError
 from virnuc_dask.models.classifier import classifier_bytes
 from virnuc_dask.train.data import UNUSED, VALIDATION, validation_split
-from virnuc_dask.train.trainer import CHECKPOINT, TrainOptions, best_model, load_checkpoint
+from virnuc_dask.train.options import TrainOptions
+from virnuc_dask.train.trainer import CHECKPOINT, best_model, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +63,6 @@ LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "accuracy", "precision", "reca
 # How long the cluster may have no worker at all while an epoch runs.
 NO_WORKER_S = 300.0
 POLL_S = 10.0
-
-
-class TrainingDataError(VirnucError):
-    """The labelled inputs cannot train a classifier (a class without usable record, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,9 +327,27 @@ def _summary(settings, inputs: TrainInputs, options: TrainOptions, embedded: Emb
 def train_inputs(viral: Sequence[str], other: Sequence[str],
                  protein_reference: Sequence[str] = ()) -> TrainInputs:
     """:class:`TrainInputs` with absolute paths (workers may run in another directory)."""
-    import os
-
     def absolute(paths: Sequence[str]) -> tuple[str, ...]:
-        return tuple(os.path.abspath(os.path.expanduser(p)) for p in paths)
+        return tuple(os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths)
 
     return TrainInputs(absolute(viral), absolute(other), absolute(protein_reference))
+
+
+def run_training(settings, inputs: TrainInputs, options: TrainOptions, *,
+                 client: Client | None = None,
+                 progress: ProgressFactory | None = None) -> TrainResult:
+    """:func:`train` with the cluster the settings name (unless a client is given), the
+    dashboard link logged and Dask's performance report kept when asked."""
+    from virnuc_dask.cluster.start import open_client
+    from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
+
+    preflight_training(settings, inputs)  # bad inputs fail here, before any cluster starts
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(open_client(settings))
+        logger.info("dashboard: %s", dashboard_link(client)
+                    or "none (the scheduler runs without one; it needs bokeh)")
+        stack.enter_context(client.as_current())
+        stack.enter_context(performance_report(settings.performance_report))
+        sink = stack.enter_context(progress(client)) if progress is not None else None
+        return train(settings, inputs, options, client, progress=sink)
