@@ -233,6 +233,14 @@ def test_swapped_labels_invert_the_metrics(client, trained, data, tmp_path):
     text = (tmp_path / "eval_right" / "evaluation.txt").read_text()
     assert text.splitlines()[0].split()[:3] == ["level", "n", "accuracy"]
     assert (tmp_path / "eval_right" / "viral" / "prediction_results.txt").is_file()
+    from virnuc_dask.cli.main import main
+
+    assert main(["report", str(tmp_path / "eval_right"), "--png", str(tmp_path / "png")]) == 0
+    page = (tmp_path / "eval_right" / "report.html").read_text()
+    assert "ROC curves" in page and page.count("<svg") == 2
+    assert f"{right.metrics['read']['accuracy']:.4f}" in page
+    assert {p.name for p in (tmp_path / "png").iterdir()} == {"roc_curves.png",
+                                                             "score_histograms.png"}
 
 
 def test_a_class_without_usable_record_names_its_files(client, data, tmp_path):

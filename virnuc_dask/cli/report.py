@@ -15,7 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "read calls, score distributions, and read tracks (each ORF's score along its read, "
         "coloured by call) for the top reads or the reads given with --ids. Prints the run "
         "summary.")
-    parser.add_argument("outdir", metavar="OUTDIR", help="the --out directory of a predict run")
+    parser.add_argument("outdir", metavar="OUTDIR", help="the --out directory of a predict "
+                        "run, or of an evaluate run (metrics, ROC curves, score histograms)")
     parser.add_argument("--html", metavar="FILE",
                         help="where to write the report (default: OUTDIR/report.html)")
     parser.add_argument("--png", metavar="DIR", help="also write the figures as PNG files "
@@ -40,6 +41,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise ReportError(f"--top must be >= 0, got {args.top}")
+    from virnuc_dask.tools.evaluation_report import is_evaluation, write_evaluation_report
+
+    if is_evaluation(args.outdir):
+        written = write_evaluation_report(args.outdir, html_path=args.html, png_dir=args.png)
+        for path in (written["html"], *written["pngs"]):
+            print(f"report: {path}")
+        return 0
     written = write_report(args.outdir, html_path=args.html, png_dir=args.png, top=args.top,
                            ids=args.ids, length=args.length)
     data = written["data"]

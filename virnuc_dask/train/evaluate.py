@@ -121,14 +121,14 @@ def metrics_text(metrics: dict[str, Any]) -> str:
         m = metrics[level]
         lines.append(f"{level:<6} {m['n']:>8} " + " ".join(f"{cell(m[k]):>9}" for k in METRICS))
     lines.append("")
-    lines.append("confusion (rows: true class; columns: called other, called viral)")
+    lines.append("confusion matrices (viral is the positive class)")
     for level in LEVELS:
         c = metrics[level]["confusion"]
-        unscored = metrics[level]["unscored"]
-        lines.append(f"{level:<6} other {c['tn']:>8} {c['fp']:>8}   viral {c['fn']:>8} "
-                     f"{c['tp']:>8}" + (f"   unscored reads: viral {unscored['viral']}, "
-                                        f"other {unscored['other']}"
-                                        if level == "read" else ""))
+        lines.append(f"{level:<6} true other: called other {c['tn']}, called viral {c['fp']}; "
+                     f"true viral: called other {c['fn']}, called viral {c['tp']}")
+    unscored = metrics["read"]["unscored"]
+    lines.append(f"reads without a call (no ORF, or every ORF failed): viral "
+                 f"{unscored['viral']}, other {unscored['other']}")
     return "\n".join(lines) + "\n"
 
 
