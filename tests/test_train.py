@@ -343,3 +343,16 @@ def test_kill_during_training_then_rerun_resumes(data, tmp_path):
     assert after[:len(before)] == before
     assert [int(line.split("\t")[0]) for line in after[1:]] == list(range(1, 11))
     assert json.loads((out / "training_summary.json").read_text())["epochs_run"] == 10
+
+
+@pytest.mark.slow
+def test_default_hyper_parameters_learn_base_composition(client, tmp_path):
+    """A few thousand reads whose classes differ only in codon GC content: the original's
+    hyper-parameters reach a validation accuracy far above chance in a few epochs."""
+    viral = write_class_reads(tmp_path / "v.fa", 1000, gc=0.6, seed=21, prefix="v")
+    other = write_class_reads(tmp_path / "o.fa", 1000, gc=0.4, seed=22, prefix="o")
+    result = train(_settings(tmp_path / "out", partition_rows=1024),
+                   train_inputs([viral], [other]), TrainOptions(epochs=5), client)
+    best = result.summary["best"]
+    assert result.summary["data"]["orfs"] > 3000
+    assert best["accuracy"] > 0.9 and best["roc_auc"] > 0.95
