@@ -9,6 +9,19 @@
 | ``run_summary.json`` | what the run did, how fast, where |
 | ``embeddings.zarr/`` | the embeddings and scores (the resume state, with ``partitions/``) |
 | ``.scratch/`` | while a run lasts: its ORF tables and dedup index, rebuilt by every run |
+
+A ``train`` directory holds ``embeddings.zarr/`` and ``partitions/`` too (with labels and
+the validation split), and:
+
+| name | content |
+|---|---|
+| ``model.pth`` | the trained classifier (a pickled ``__main__.MLPClassifier``) |
+| ``training_log.tsv`` | one line per epoch |
+| ``training_summary.json`` | data, split, options, best epoch and its metrics |
+| ``training/`` | the checkpoint of the last finished epoch and what it was trained on |
+
+An ``evaluate`` directory holds one prediction run directory per class (``viral/``,
+``other/``), ``evaluation.json`` and ``evaluation.txt``.
 """
 
 from __future__ import annotations
@@ -21,3 +34,10 @@ SUMMARY = "run_summary.json"
 STORE = "embeddings.zarr"
 MANIFEST = "partitions"
 SCRATCH = ".scratch"
+
+MODEL = "model.pth"
+TRAINING_LOG = "training_log.tsv"
+TRAINING_SUMMARY = "training_summary.json"
+TRAINING_STATE = "training"
+EVALUATION = "evaluation.json"
+EVALUATION_TEXT = "evaluation.txt"

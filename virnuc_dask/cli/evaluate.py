@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from virnuc_dask.cli.logs import forward_worker_logs
     from virnuc_dask.cli.options import settings_from_args, verbosity
     from virnuc_dask.cli.progress import TerminalProgress
+    from virnuc_dask.rundir import EVALUATION
     from virnuc_dask.train.evaluate import metrics_text, run_evaluation
 
     if args.classifier is None:
@@ -54,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_evaluation(settings, viral, other, progress=display)
     logger.info("evaluation of %s (%s):\n%s", settings.classifier,
-                result.out / "evaluation.json", metrics_text(result.metrics))
+                result.out / EVALUATION, metrics_text(result.metrics))
     return result.exit_code

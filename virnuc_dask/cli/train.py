@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from virnuc_dask.cli.logs import forward_worker_logs
     from virnuc_dask.cli.options import settings_from_args, verbosity
     from virnuc_dask.cli.progress import TerminalProgress
+    from virnuc_dask.rundir import TRAINING_LOG, TRAINING_SUMMARY
     from virnuc_dask.train.run import run_training, train_inputs
 
     if args.classifier is not None:
@@ -143,6 +144,6 @@ def run(args: argparse.Namespace) -> int:
                 ", stopped early" if s["stopped_early"] else "", s["best"]["accuracy"],
                 s["best"]["f1"], "NA" if s["best"]["roc_auc"] is None
                 else f"{s['best']['roc_auc']:.4f}", s["selection"]["description"])
-    logger.info("log: %s; summary: %s", Path(result.out) / "training_log.tsv",
-                Path(result.out) / "training_summary.json")
+    logger.info("log: %s; summary: %s", Path(result.out) / TRAINING_LOG,
+                Path(result.out) / TRAINING_SUMMARY)
     return 0

@@ -28,19 +28,19 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from virnuc_dask.dataflow.outputs import PREDICTIONS, READS
 from virnuc_dask.dataflow.pipeline import Progress, predict, preflight
 from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
 from virnuc_dask.errors import TrainingDataError
+from virnuc_dask.rundir import EVALUATION as JSON
+from virnuc_dask.rundir import EVALUATION_TEXT as TEXT
+from virnuc_dask.rundir import PREDICTIONS, READS
 from virnuc_dask.train.metrics import METRICS, binary_metrics
 
 logger = logging.getLogger(__name__)
 
 LEVELS = ("orf", "chunk", "read")
 CLASSES = (("viral", 1), ("other", 0))
-JSON = "evaluation.json"
-TEXT = "evaluation.txt"
 
 
 @dataclasses.dataclass

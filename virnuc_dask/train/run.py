@@ -49,15 +49,15 @@ from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
 from virnuc_dask.errors import OutputDirError, TrainingDataError, VirnucError
 from virnuc_dask.models.classifier import classifier_bytes
+from virnuc_dask.rundir import MODEL, TRAINING_STATE
+from virnuc_dask.rundir import TRAINING_LOG as LOG
+from virnuc_dask.rundir import TRAINING_SUMMARY as SUMMARY
 from virnuc_dask.train.data import UNUSED, VALIDATION, validation_split
 from virnuc_dask.train.options import TrainOptions
 from virnuc_dask.train.trainer import CHECKPOINT, best_model, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-MODEL = "model.pth"
-LOG = "training_log.tsv"
-SUMMARY = "training_summary.json"
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
                "roc_auc", "lr", "seconds")
 # How long the cluster may have no worker at all while an epoch runs.
@@ -225,7 +225,7 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
             f"of {options.validation} and train on the rest")
     _write_rows(embedded, labels, split)
 
-    directory = out / "training"
+    directory = out / TRAINING_STATE
     directory.mkdir(exist_ok=True)
     fp = _training_fingerprint(settings, inputs, options, embedded.store.store_id)
     fp_path = directory / "fingerprint.json"
