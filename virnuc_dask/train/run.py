@@ -11,7 +11,7 @@ Usage::
 
     from distributed import Client
     from virnuc_dask.train.run import TrainInputs, train
-    from virnuc_dask.train.trainer import TrainOptions
+    from virnuc_dask.train.options import TrainOptions
 
     with Client() as client:
         result = train(settings, TrainInputs(viral=("v.fa",), other=("o.fa",)),
