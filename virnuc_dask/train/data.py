@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import zarr
 
-from virnuc_dask.dataflow.store import MODEL_ARRAYS
+from virnuc_dask.dataflow.store import MODEL_ARRAYS, read_rows
 
 __all__ = ["TRAIN", "UNUSED", "VALIDATION", "chunk_rows", "train_batches",
            "validation_rows", "validation_split"]
@@ -57,7 +57,9 @@ def _read_chunk(group: zarr.Group, chunk: int, size: int, want: int
     if not len(keep):
         width = sum(group[name].shape[1] for name in MODEL_ARRAYS)
         return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
-    features = np.concatenate([group[name][lo:hi][keep] for name in MODEL_ARRAYS], axis=1)
+    # Through the dedup sources: a copy of an input embedded once reads its first row.
+    features = np.concatenate([read_rows(group, name, lo, hi)[keep] for name in MODEL_ARRAYS],
+                              axis=1)
     return features, group["labels"][lo:hi][keep].astype(np.int64)
 
 

@@ -38,12 +38,13 @@ from virnuc_dask.core.fasta import check_input
 from virnuc_dask.core.training_orfs import TrainingSelection, load_reference
 from virnuc_dask.dataflow.dashboard import unique_key
 from virnuc_dask.dataflow.pipeline import (
+    MODEL_RESOURCES,
     Embedded,
     Progress,
-    _embed_resources,
     _file_digest,
     _prepare_out,
     embed_inputs,
+    embedding_scratch,
 )
 from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
@@ -205,10 +206,11 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
              "protein_reference": [{"path": p, "sha256": _file_digest(p)}
                                    for p in inputs.protein_reference],
              "classes": {"viral": list(inputs.viral), "other": list(inputs.other)}}
-    embedded = embed_inputs(
-        settings, client, tick=tick, timings=timings,
-        select=TrainingSelection(inputs.protein_reference), fingerprint_extra=extra,
-        check_counts=lambda blocks, counts: _check_classes(inputs, blocks, counts))
+    with embedding_scratch(settings) as root:
+        embedded = embed_inputs(
+            settings, client, root=root, tick=tick, timings=timings,
+            select=TrainingSelection(inputs.protein_reference), fingerprint_extra=extra,
+            check_counts=lambda blocks, counts: _check_classes(inputs, blocks, counts))
 
     labels = _row_labels(inputs, embedded)
     usable = np.ones(len(labels), dtype=bool)
@@ -245,7 +247,8 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
     input_dim = embedded.facts["dnabert"] + embedded.facts["esm"]
     job = {"dir": str(directory), "store": str(embedded.store.path),
            "options": options.as_dict(), "input_dim": input_dim, "threads": settings.threads}
-    resources = _embed_resources(client)
+    # On a worker with its models loaded (its device), one task at a time per worker.
+    resources = MODEL_RESOURCES
     t = time.perf_counter()
     history = list(state["history"]) if state else []
     finished = bool(state and state["finished"])
