@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from virnuc_dask.errors import ReportError
-from virnuc_dask.tools.report import CSS, _pyplot, _svg
+from virnuc_dask.tools.figures import _pyplot, _svg
+from virnuc_dask.tools.report import CSS
 from virnuc_dask.train.evaluate import JSON, LEVELS, level_scores
 from virnuc_dask.train.metrics import METRICS, roc_curve
 
