@@ -106,10 +106,13 @@ class Guard:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2 * self.poll + 30)
+            # Interrupted (SIGTERM, Ctrl-C): the scheduler may be gone, and a poll of it
+            # waits for connection timeouts; the thread is a daemon, let it go.
+            interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+            self._thread.join(timeout=0.5 if interrupted else 2 * self.poll + 30)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll):

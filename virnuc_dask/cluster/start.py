@@ -214,7 +214,9 @@ def _in_allocation(settings) -> Iterator[RunCluster]:
     except BaseException as exc:
         if not isinstance(exc, Exception):
             # SIGTERM (scancel, walltime) or Ctrl-C reach every rank of the step: the
-            # scheduler rank is gone or going, so nothing is closed through it.
+            # scheduler rank is gone or going, so nothing is closed through it, and the
+            # client's failing reconnection to it is expected, not worth a traceback.
+            logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
             with contextlib.suppress(Exception):
                 client.close(timeout=INTERRUPTED_CLOSE_S)
             raise
