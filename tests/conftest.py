@@ -66,7 +66,7 @@ def client():
     import dask
     from distributed import Client, LocalCluster
 
-    from virnuc_dask.cluster.start import WORKER_ENV
+    from virnuc_dask.cluster.workers import WORKER_ENV
 
     with dask.config.set(WORKER_ENV), \
             LocalCluster(n_workers=1, threads_per_worker=2, processes=True,

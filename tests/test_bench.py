@@ -151,9 +151,9 @@ def test_more_workers_than_gpus_is_refused_at_once(monkeypatch, tmp_path, capsys
     """A one-GPU node: --workers 1,2 cannot start two GPU workers; no waiting for them."""
     import time
 
-    import virnuc_dask.cluster.start as start
+    import virnuc_dask.cluster.workers as workers
 
-    monkeypatch.setattr(start, "visible_gpus", lambda gpus=None: ["0"])
+    monkeypatch.setattr(workers, "visible_gpus", lambda gpus=None: ["0"])
     t = time.monotonic()
     code = main(["bench", "--size", "tiny", "--reads", "8", "--workers", "1,2",
                  "--work-dir", str(tmp_path)])

@@ -21,12 +21,8 @@ import pytest
 from distributed import Client, LocalCluster
 from helpers import TINY, assert_matches_reference, write_perf_reads
 
-from virnuc_dask.cluster.start import (
-    WORKER_ENV,
-    WORKER_ENV_VALUE,
-    WORKER_ENV_VARIABLE,
-    open_client,
-)
+from virnuc_dask.cluster.start import open_client
+from virnuc_dask.cluster.workers import WORKER_ENV, WORKER_ENV_VALUE, WORKER_ENV_VARIABLE
 from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.pipeline import predict
 

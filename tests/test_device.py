@@ -128,7 +128,7 @@ def test_dask_cuda_workers_each_get_their_first_device(tmp_path):
     ("", None, []),
 ])
 def test_gpus_option_counts_within_cuda_visible_devices(monkeypatch, env, gpus, expected):
-    from virnuc_dask.cluster.start import visible_gpus
+    from virnuc_dask.cluster.workers import visible_gpus
 
     if env is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -138,7 +138,7 @@ def test_gpus_option_counts_within_cuda_visible_devices(monkeypatch, env, gpus, 
 
 
 def test_gpus_outside_the_allocation_are_refused(monkeypatch):
-    from virnuc_dask.cluster.start import visible_gpus
+    from virnuc_dask.cluster.workers import visible_gpus
     from virnuc_dask.config import ConfigError
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")

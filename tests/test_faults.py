@@ -26,7 +26,7 @@ import zarr
 from distributed import Client, LocalCluster
 from helpers import REFERENCE, TINY
 
-from virnuc_dask.cluster.start import WORKER_ENV
+from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.config import load_settings
 from virnuc_dask.core.fasta import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records

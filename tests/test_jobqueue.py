@@ -13,15 +13,15 @@ import dask
 import pytest
 
 from virnuc_dask.cli.main import main
-from virnuc_dask.cluster.start import (
+from virnuc_dask.cluster.jobqueue import (
     JOBQUEUE_DEFAULTS,
-    WORKER_ENV_EXPORT,
     job_script,
     jobqueue_cluster,
     jobqueue_options,
-    open_client,
     per_gpu_worker,
 )
+from virnuc_dask.cluster.start import open_client
+from virnuc_dask.cluster.workers import WORKER_ENV_EXPORT
 from virnuc_dask.config import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

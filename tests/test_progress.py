@@ -20,7 +20,7 @@ from rich.console import Console
 
 from virnuc_dask.cli.logs import forward_worker_logs
 from virnuc_dask.cli.progress import RunProgress, TerminalProgress, stage_table, status_line
-from virnuc_dask.cluster.start import WORKER_ENV
+from virnuc_dask.cluster.workers import WORKER_ENV
 
 
 def partition(worker: str, orfs: int, dn_tokens: int, dn_s: float, esm_tokens: int,

@@ -15,7 +15,7 @@ from distributed import Client, LocalCluster
 from helpers import REFERENCE, TINY
 
 from virnuc_dask.cli.main import main
-from virnuc_dask.cluster.start import WORKER_ENV
+from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.config import load_settings
 from virnuc_dask.core.chunking import chunk_spans
 from virnuc_dask.dataflow.pipeline import predict

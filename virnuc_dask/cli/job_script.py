@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.cluster.start import job_script
+    from virnuc_dask.cluster.jobqueue import job_script
 
     print(job_script(args.system, config_file=args.cluster_config,
                      worker_type=args.worker_type, processes=args.job_processes,

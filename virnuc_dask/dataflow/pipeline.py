@@ -43,7 +43,7 @@ import zarr
 from distributed import Client, wait
 
 from virnuc_dask import __version__
-from virnuc_dask.cluster.start import torch_threads_by_host
+from virnuc_dask.cluster.workers import torch_threads_by_host
 from virnuc_dask.core.fasta import FastaBlock, check_input, plan_blocks
 from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
 from virnuc_dask.core.translate import six_frame_orfs

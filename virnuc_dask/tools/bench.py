@@ -181,7 +181,7 @@ def _timer(into: dict[str, float], key: str) -> Iterator[None]:
 def check_worker_counts(counts: Sequence[int], gpus: Sequence[str] | None = None) -> None:
     """Refuse worker counts a local cluster cannot start: on a GPU node it starts one
     worker per visible GPU, at most (NVML is asked; no CUDA context is created)."""
-    from virnuc_dask.cluster.start import visible_gpus
+    from virnuc_dask.cluster.workers import visible_gpus
 
     gpus = visible_gpus() if gpus is None else list(gpus)
     if gpus and max(counts) > len(gpus):

@@ -371,7 +371,8 @@ def run_checks(*, out: Path, esm_model: str | None = None, dnabert_model: str | 
                classifier: str | None = None, quick: bool = False,
                on_check: Callable[[Check], None] = lambda check: None) -> list[Check]:
     """Every check; ``on_check`` is called as each finishes (for a live report)."""
-    from virnuc_dask.cluster.start import open_client, visible_gpus
+    from virnuc_dask.cluster.start import open_client
+    from virnuc_dask.cluster.workers import visible_gpus
     from virnuc_dask.config import load_settings
 
     checks: list[Check] = []

@@ -412,7 +412,7 @@ def measure_matmul(dtype_name: str, device: str) -> float:
 
 def _hardware(settings: Settings) -> tuple[str, str, int]:
     """(device, precision, devices) a run with ``settings`` would use on this machine."""
-    from virnuc_dask.cluster.start import visible_gpus
+    from virnuc_dask.cluster.workers import visible_gpus
     from virnuc_dask.worker.plugin import resolve_precision
 
     gpus = visible_gpus(settings.gpus)
