@@ -10,6 +10,7 @@ from distributed import Client, LocalCluster, get_worker
 from helpers import REFERENCE, TINY
 
 from virnuc_dask.config import load_settings
+from virnuc_dask.dataflow import pipeline
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.models.esm_fast import SdpaEsm2
 
@@ -26,6 +27,20 @@ def test_the_faster_worker_takes_a_proportionally_larger_share(tmp_path, monkeyp
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(SdpaEsm2, "forward", forward)
+    # The run starts once one worker has its models; here both must take part from the
+    # start (on a loaded machine one may finish loading well after the other).
+    real_wait = pipeline.wait_for_models
+
+    def wait_for_both(client, **kwargs):
+        deadline = time.monotonic() + 120
+        while True:
+            statuses = real_wait(client, **kwargs)
+            if [s["state"] for s in statuses.values()] == ["ready", "ready"] or \
+                    time.monotonic() > deadline:
+                return statuses
+            time.sleep(0.2)
+
+    monkeypatch.setattr(pipeline, "wait_for_models", wait_for_both)
     settings = load_settings(inputs=[str(INPUT)], overrides={
         "out": str(tmp_path), "length": 300, "precision": "fp32", "blocksize": 4096,
         "partition_rows": 6, "threads": 1, **TINY})
@@ -43,6 +58,7 @@ def test_the_faster_worker_takes_a_proportionally_larger_share(tmp_path, monkeyp
             names = {a: w["name"] for a, w in
                      client.scheduler_info(n_workers=-1)["workers"].items()}
             result = predict(settings, client)
+    assert not result.summary["workers_failed"], result.summary["workers_failed"]
     workers = {names[a]: w for a, w in result.summary["workers"].items()}
     fast, slow = workers["fast"], workers["slow"]
     print(f"fast: {fast['partitions']} partitions, share {fast['share']:.2f}, "

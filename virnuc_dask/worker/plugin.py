@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import socket
 import threading
@@ -297,6 +298,8 @@ def model_status(client: Client) -> dict[str, dict[str, Any]]:
     return client.run(_status, on_error="ignore")
 
 
+# How long the client lets failed workers finish leaving before it reports them.
+LEAVE_WAIT_S = 15.0
 # Worker and client clocks may differ a little (other hosts).
 CLOCK_SLACK_S = 2.0
 
@@ -320,10 +323,19 @@ def wait_for_models(client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT,
     error), when no worker is left, or after ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
+    deadline_leave = math.inf
     while True:
         statuses = model_status(client)
         if any(s["state"] == "ready" for s in statuses.values()):
             return statuses
+        if not any(s["state"] in ("new", "loading") for s in statuses.values()):
+            deadline_leave = min(deadline_leave, time.monotonic() + LEAVE_WAIT_S)
+        leaving = [a for a, s in statuses.items() if s["state"] == "failed"]
+        if leaving and time.monotonic() < min(deadline_leave, deadline):
+            # Failed workers close themselves; let them finish before the caller, about
+            # to stop, closes the cluster under them.
+            time.sleep(poll)
+            continue
         if not any(s["state"] in ("new", "loading") for s in statuses.values()):
             failures = load_failures(client, since=since)
             reasons = "; ".join(f["error"] for f in failures) or \
