@@ -221,3 +221,20 @@ def test_esm_checkpoint_is_memory_mapped_not_copied():
     data = _read_checkpoint(path)
     maps = Path("/proc/self/maps").read_text()
     assert str(path) in maps and data["model"]
+
+
+def test_safe_loads_in_threads_do_not_withdraw_each_others_allowance():
+    """The workers of an in-process cluster load their models at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from virnuc_dask.models.classifier import load_classifier
+    from virnuc_dask.models.esm2 import load_esm
+
+    def load(n: int) -> int:
+        if n % 2:
+            return load_esm(TINY["esm_model"])[0].embed_dim
+        return load_classifier(TINY["classifier"]).input_dim
+
+    with ThreadPoolExecutor(4) as pool:
+        widths = list(pool.map(load, range(16)))
+    assert len(widths) == 16

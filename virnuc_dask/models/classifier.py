@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.models.safeload import allowing
 
 
 class MLPClassifier(nn.Module):
@@ -60,7 +61,7 @@ _ALLOWED = [
 def load_classifier(path: str | os.PathLike[str]) -> MLPClassifier:
     """Load a VirNucPro classifier file (pickled module or plain state dict), in eval mode."""
     try:
-        with torch.serialization.safe_globals(_ALLOWED):
+        with allowing(_ALLOWED):
             obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: classifier file not found") from None

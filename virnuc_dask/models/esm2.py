@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import pickle
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -22,11 +21,11 @@ import filelock
 import torch
 
 from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.models.safeload import allowing
 
 logger = logging.getLogger(__name__)
 
 HUB_URL = "https://dl.fbaipublicfiles.com/fair-esm"
-_SAFE_LOAD = threading.Lock()
 
 
 def hub_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -88,10 +87,8 @@ def _read_checkpoint(path: Path) -> dict:
     copied into the model) instead of being a second copy in the worker's memory,
     which for ESM-2 3B is 11 GB."""
     # fair-esm pickles its hyper-parameters as an argparse.Namespace; allow exactly that
-    # class under torch's safe (weights-only) loading instead of disabling it. The
-    # allowance is process-wide state that the context manager restores on exit: one
-    # load at a time, or a thread leaving it would withdraw it from another's load.
-    with _SAFE_LOAD, torch.serialization.safe_globals([argparse.Namespace]):
+    # class under torch's safe (weights-only) loading instead of disabling it.
+    with allowing([argparse.Namespace]):
         try:
             return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError as exc:

@@ -338,8 +338,10 @@ def esm_shape(source: str) -> ModelShape | None:
 def _esm_file_shape(path: str) -> tuple[int, int] | None:
     import torch
 
+    from virnuc_dask.models.safeload import allowing
+
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with allowing([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         cfg = data["cfg"]["model"]
         return int(cfg.encoder_layers), int(cfg.encoder_embed_dim)
