@@ -12,13 +12,8 @@ from helpers import TINY
 from torch.utils.flop_counter import FlopCounterMode
 
 from virnuc_dask.cli.main import main
-from virnuc_dask.tools.bench import (
-    REQUIRED_KEYS,
-    dnabert_shape,
-    esm_shape,
-    matmul_peak,
-    model_flops,
-)
+from virnuc_dask.models.flops import matmul_peak, module_shape
+from virnuc_dask.tools.bench import REQUIRED_KEYS
 
 
 def test_bench_runs_and_writes_sane_json(tmp_path, capsys):
@@ -77,7 +72,7 @@ def test_flops_match_torch_flop_counter_on_fair_esm():
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(torch.randint(4, 24, (1, length)), repr_layers=[model.num_layers])
     lm_head = 2 * length * (e * e + e * vocab)  # fair-esm computes logits; embedding doesn't
-    assert model_flops(np.array([length]), **esm_shape(model)) == \
+    assert module_shape(model).flops_of(np.array([length])) == \
         counter.get_total_flops() - lm_head
 
 
@@ -89,7 +84,7 @@ def test_dnabert_flops_count_every_linear_layer():
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(torch.randint(5, 100, (1, length)))  # SDPA on CPU is not counted by torch
     attention = 4 * length**2 * cfg.hidden_size * cfg.num_hidden_layers
-    assert model_flops(np.array([length]), **dnabert_shape(model)) == \
+    assert module_shape(model).flops_of(np.array([length])) == \
         counter.get_total_flops() + attention
 
 

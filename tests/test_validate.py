@@ -16,7 +16,8 @@ from virnuc_dask.cli.main import main
 from virnuc_dask.config import load_settings
 from virnuc_dask.core.fasta import Record, plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
-from virnuc_dask.tools.validate import esm_shape, validate
+from virnuc_dask.models.flops import esm_source_shape
+from virnuc_dask.tools.validate import validate
 
 
 def run_validate(capsys, *argv: str) -> tuple[int, str]:
@@ -178,7 +179,7 @@ def test_estimate_uses_the_models_shapes_and_token_counts(tmp_path):
         (tokens != alphabet.padding_idx).sum())
     assert est["esm_tokens"] == sum(len(o.protein) + 2 for o in orfs)
     # every weight matrix of the layers and the LM head is counted, nothing else
-    shape = esm_shape(TINY["esm_model"])
+    shape = esm_source_shape(TINY["esm_model"])
     matrices = sum(p.numel() for name, p in model.layers.named_parameters() if p.dim() == 2)
     assert shape.layers * shape.weights_per_layer == matrices
     head = model.lm_head

@@ -49,6 +49,7 @@ import torch
 
 from virnuc_dask.errors import VirnucError
 from virnuc_dask.formatting import si
+from virnuc_dask.models.flops import matmul_peak, module_shape
 from virnuc_dask.models.sizes import SIZES
 from virnuc_dask.rundir import STORE
 
@@ -123,50 +124,6 @@ def _release(device: torch.device) -> None:
 
         gc.collect()
         torch.cuda.empty_cache()
-
-
-def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
-                size: int | None = None, repeats: int = 5, rounds: int = 3) -> float:
-    """Best FLOP/s of ``size`` x ``size`` GEMMs on ``device`` (the attainable peak)."""
-    device = torch.device(device)
-    n = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = math.inf
-    with torch.inference_mode():
-        a @ b
-        _sync(device)
-        for _ in range(rounds):
-            t = time.perf_counter()
-            for _ in range(repeats):
-                a @ b
-            _sync(device)
-            best = min(best, (time.perf_counter() - t) / repeats)
-    return 2.0 * n**3 / best
-
-
-def linear_params(layers: torch.nn.Module) -> int:
-    """Weights of the ``nn.Linear`` modules in ``layers``: 2 FLOPs each per token."""
-    return sum(m.weight.numel() for m in layers.modules() if isinstance(m, torch.nn.Linear))
-
-
-def model_flops(lengths: np.ndarray, *, params: int, width: int, layers: int) -> float:
-    """Forward FLOPs of sequences of ``lengths`` tokens, each in its own unpadded batch:
-    ``2 * params`` per token plus ``QK^T`` and ``AV`` (``2 * L^2 * width`` each) per layer."""
-    lengths = np.asarray(lengths, dtype=np.float64)
-    return float(2.0 * params * lengths.sum() + 4.0 * width * layers * (lengths**2).sum())
-
-
-def esm_shape(model: torch.nn.Module) -> dict[str, int]:
-    layers = getattr(model, "esm", model).layers
-    return {"params": linear_params(layers), "width": model.embed_dim,
-            "layers": model.num_layers}
-
-
-def dnabert_shape(model: torch.nn.Module) -> dict[str, int]:
-    cfg = model.config
-    return {"params": linear_params(model.encoder), "width": cfg.hidden_size,
-            "layers": cfg.num_hidden_layers}
 
 
 # -- the parts of a bench run ---------------------------------------------------------------
@@ -527,14 +484,15 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     models = {"esm": esm, "alphabet": alphabet, "dnabert": dnabert, "tokenizer": tokenizer}
     esm_lengths = np.array([len(o.protein) + 2 for o in orfs])
     dn_lengths = np.array([len(t) for t in tokenizer.encode([o.nucleotide for o in orfs])])
-    flops = {"esm": model_flops(esm_lengths, **esm_shape(esm)),
-             "dnabert": model_flops(dn_lengths, **dnabert_shape(dnabert))}
+    flops = {"esm": module_shape(esm).flops_of(esm_lengths),
+             "dnabert": module_shape(dnabert).flops_of(dn_lengths)}
     prefetch = prefetch_effect(models, orfs[:min(options.partition_rows, SAMPLE_ORFS)],
                                device=device)
     loads["prefetch"] = os.getloadavg()[0]
     peaks.append(matmul_peak(device, peak_dtype))
-    shapes = {"esm": {**esm_shape(esm), "heads": esm.heads},
-              "dnabert": {**dnabert_shape(dnabert), "heads": dnabert.config.num_attention_heads}}
+    shapes = {"esm": {**module_shape(esm).as_dict(), "heads": esm.heads},
+              "dnabert": {**module_shape(dnabert).as_dict(),
+                          "heads": dnabert.config.num_attention_heads}}
     del models, esm, dnabert
     _release(device)
     # The stage figures come from the run with the fewest workers (one worker has the

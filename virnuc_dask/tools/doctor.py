@@ -130,7 +130,7 @@ def device_report(*, quick: bool = False) -> dict[str, Any]:
     """This worker's view: NVML vs torch, its device, the precision auto picks, rates."""
     import torch
 
-    from virnuc_dask.tools.bench import matmul_peak
+    from virnuc_dask.models.flops import matmul_peak
     from virnuc_dask.worker import device as devices
     from virnuc_dask.worker.precision import resolve_precision
 

@@ -33,11 +33,9 @@ measured here.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import hashlib
-import json
 import logging
 import zlib
 from collections.abc import Iterable, Sequence
@@ -50,6 +48,12 @@ from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import FastaFormatError, Record, plan_blocks, read_block
 from virnuc_dask.core.orfs import content_hashes, orfs_from_records
 from virnuc_dask.formatting import duration_words, si
+from virnuc_dask.models.flops import (
+    dnabert_source_shape,
+    esm_source_shape,
+    matmul_peak,
+)
+from virnuc_dask.worker.precision import DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +64,6 @@ LONG_READ = 100_000
 DNABERT_BP_PER_TOKEN = 4.76
 SAMPLE_FOR_TOKENIZER = 2000
 #: Shapes of the published models: layers, width, feed-forward width.
-ESM_SHAPES = {
-    "esm2_t6_8M_UR50D": (6, 320), "esm2_t12_35M_UR50D": (12, 480),
-    "esm2_t30_150M_UR50D": (30, 640), "esm2_t33_650M_UR50D": (33, 1280),
-    "esm2_t36_3B_UR50D": (36, 2560), "esm2_t48_15B_UR50D": (48, 5120),
-}
-DNABERT_SHAPES = {"zhihan1996/DNABERT-S": (12, 768, 3072)}
 ASSUMED_UTILIZATION = 0.5
 
 
@@ -303,82 +301,6 @@ def _ids_at(files: Sequence[FileStats], wanted: dict[int, set[int]]) -> dict[tup
 # -- run-time estimate --------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelShape:
-    """What the FLOP count of a transformer encoder needs."""
-
-    name: str
-    layers: int
-    width: int
-    weights_per_layer: int
-    head_weights: int = 0
-
-    def flops(self, tokens: float, tokens_sq: float) -> float:
-        """Forward FLOPs of sequences with ``sum(n) = tokens``, ``sum(n**2) = tokens_sq``:
-        2 per weight per token, plus ``QK^T`` and ``AV`` (``4 * width * n`` per token per layer).
-        """
-        weights = self.layers * self.weights_per_layer + self.head_weights
-        return 2.0 * weights * tokens + 4.0 * self.layers * self.width * tokens_sq
-
-
-def esm_shape(source: str) -> ModelShape | None:
-    """Shape of an ESM-2 hub name or local ``.pt``; None if neither is known here."""
-    name = Path(source).name.removesuffix(".pt")
-    shape = ESM_SHAPES.get(name)
-    if shape is None and Path(source).is_file():
-        shape = _esm_file_shape(source)
-    if shape is None:
-        return None
-    layers, d = shape
-    # attention 4 d^2, feed-forward 2 * d * 4d; fair-esm's forward also runs its LM head
-    return ModelShape(f"{layers} layers x {d}", layers, d, 12 * d * d,
-                      head_weights=d * d + 33 * d)
-
-
-def _esm_file_shape(path: str) -> tuple[int, int] | None:
-    import torch
-
-    from virnuc_dask.models.safeload import allowing
-
-    try:
-        with allowing([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        cfg = data["cfg"]["model"]
-        return int(cfg.encoder_layers), int(cfg.encoder_embed_dim)
-    except (OSError, RuntimeError, KeyError, AttributeError, TypeError, ValueError) as exc:
-        logger.warning("%s: cannot read the ESM-2 shape (%s); no estimate", path, exc)
-        return None
-
-
-def dnabert_shape(source: str, model_cache: str | None = None) -> ModelShape | None:
-    """Shape of a DNABERT-S directory or hub id (from its config.json where available)."""
-    config = _dnabert_config_path(source, model_cache)
-    if config is not None:
-        values = json.loads(Path(config).read_text())
-        shape = (int(values["num_hidden_layers"]), int(values["hidden_size"]),
-                 int(values["intermediate_size"]))
-    else:
-        shape = DNABERT_SHAPES.get(source)
-    if shape is None:
-        return None
-    layers, d, inner = shape
-    # attention 4 d^2; gated MLP: d -> 2 * inner (gate and value), inner -> d
-    return ModelShape(f"{layers} layers x {d}", layers, d,
-                      4 * d * d + 3 * d * inner)
-
-
-def _dnabert_config_path(source: str, model_cache: str | None) -> str | None:
-    if Path(source).is_dir():
-        path = Path(source) / "config.json"
-        return str(path) if path.is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(source, "config.json", cache_dir=model_cache)
-    return found if isinstance(found, str) else None
-
-
 def dnabert_tokens(source: str, sample: Sequence[str], bases: int, bases_sq: int,
                    orfs: int, model_cache: str | None = None) -> tuple[float, float, str]:
     """Estimated DNABERT-S tokens ``(sum n, sum n^2, how)``: bp per token measured with the
@@ -401,17 +323,6 @@ def dnabert_tokens(source: str, sample: Sequence[str], bases: int, bases_sq: int
     return tokens, tokens_sq, how
 
 
-def measure_matmul(dtype_name: str, device: str) -> float:
-    """FLOP/s of a large square matrix multiply on ``device`` (``bench.matmul_peak``,
-    with few repeats: about a second on a CPU)."""
-    import torch
-
-    from virnuc_dask.tools.bench import matmul_peak
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
-    return matmul_peak(device, dtype, repeats=1, rounds=2)
-
-
 def _hardware(settings: Settings) -> tuple[str, str, int]:
     """(device, precision, devices) a run with ``settings`` would use on this machine."""
     from virnuc_dask.cluster.workers import visible_gpus
@@ -429,8 +340,8 @@ def _hardware(settings: Settings) -> tuple[str, str, int]:
 
 def estimate(files: Sequence[FileStats], settings: Settings) -> dict[str, Any]:
     """Model FLOPs of all ORFs and the time they take at the measured matmul rate."""
-    esm = esm_shape(settings.esm_model)
-    dnabert = dnabert_shape(settings.dnabert_model, settings.model_cache)
+    esm = esm_source_shape(settings.esm_model)
+    dnabert = dnabert_source_shape(settings.dnabert_model, settings.model_cache)
     missing = [name for name, shape in (("ESM-2", esm), ("DNABERT-S", dnabert))
                if shape is None]
     if missing:
@@ -444,7 +355,7 @@ def estimate(files: Sequence[FileStats], settings: Settings) -> dict[str, Any]:
         sum(f.nucleotide_sq for f in files), orfs, settings.model_cache)
     dn_flops = dnabert.flops(dn_tokens, dn_sq)
     device, precision, devices = _hardware(settings)
-    peak = measure_matmul(precision, device)
+    peak = matmul_peak(device, DTYPES[precision], repeats=1, rounds=2)
     total = esm_flops + dn_flops
     floor = total / (peak * devices)
     return {
