@@ -100,7 +100,7 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
     from esm.model.esm2 import ESM2
 
     from virnuc_dask.models.dnabert import DnabertConfig, DnabertS
-    from virnuc_dask.tools.bench import SIZES
+    from virnuc_dask.models.sizes import SIZES
 
     e, d = SIZES[size]["esm"], SIZES[size]["dnabert"]
     with torch.device("meta"):
@@ -133,7 +133,7 @@ def test_bench_classifier_takes_both_embedding_widths(tmp_path, given):
     """The classifier built for the bench reads DNABERT-S + ESM-2 embeddings: of the
     ``--size small`` models (256 + 320), or of the files given instead (64 + 64)."""
     from virnuc_dask.models.classifier import load_classifier
-    from virnuc_dask.tools.bench import build_models
+    from virnuc_dask.tools.bench_kit import build_models
 
     files = {}
     if given:

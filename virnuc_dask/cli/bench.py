@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from virnuc_dask.cli.options import add_logging
 from virnuc_dask.config import ConfigError
+from virnuc_dask.formatting import si
 from virnuc_dask.models.sizes import SIZES
 
 
@@ -68,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from virnuc_dask.tools.bench import BenchOptions, bench, render
+    from virnuc_dask.tools.bench import BenchOptions, bench
 
     if args.input is None and args.reads is None:
         args.reads = 2000
@@ -83,3 +85,74 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0
+
+
+def _fmt_rate(value: float | None, unit: str = "") -> str:
+    return si(value, unit, missing="-")
+
+
+def render(result: dict[str, Any]) -> Any:
+    """The bench result as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=f"virnuc-dask bench: {result['reads']} reads, {result['orfs']} ORFs, "
+                  f"{result['device']} {result['precision']}, size {result['size']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("detail")
+    add = table.add_row
+    add("matmul peak", _fmt_rate(result["matmul_peak_flops"], "FLOP/s"),
+        f"{result['peak_dtype']} GEMM, {result['torch_threads']} threads, best of "
+        f"{len(result['matmul_peak_samples'])} samples (lowest "
+        f"{_fmt_rate(min(result['matmul_peak_samples']), 'FLOP/s')})")
+    for m, name in (("esm", "ESM-2"), ("dnabert", "DNABERT-S")):
+        s = result["stages"][m]
+        p = result["prefetch"][m]
+        add(f"{name} stage", f"{s['utilization']:.0%} of peak",
+            f"{_fmt_rate(s['tokens_per_s'], 'tok/s')}, {_fmt_rate(s['flop_per_s'], 'FLOP/s')}, "
+            f"padding eff. {s['padding_efficiency']:.3f}, {s['batches']} batches"
+            + (f", {s['workers']} workers at once" if s.get("workers", 1) > 1 else ""))
+        add(f"{name} prefetch", f"x{p['ratio']:.2f}",
+            f"{_fmt_rate(p['tokens_per_s_prefetch'], 'tok/s')} with, "
+            f"{_fmt_rate(p['tokens_per_s_inline'], 'tok/s')} without; batch preparation "
+            f"{p['prepare_share']:.1%} of the stage")
+    add("padding efficiency", f"{result['padding_efficiency']:.3f}", "both stages")
+    if result["store_share"] is not None:
+        add("store beside embedding", f"{result['store_share']:.1%}",
+            "of a partition's embed + write time is writing, done in a task of its own "
+            "(the device is not held for it)")
+    for r in result["scaling"]:
+        add(f"predict, {r['workers']} worker(s)", f"{r['reads_per_s']:.1f} reads/s",
+            f"{r['reads_per_s_per_worker']:.1f} reads/s per worker, {r['seconds']:.1f} s")
+    if result["scaling_ratio"] is not None:
+        add("scaling", f"x{result['scaling_ratio']:.2f}",
+            f"{result['scaling'][-1]['workers']} vs {result['scaling'][0]['workers']} workers")
+    o = result["original_style"]
+    if o:
+        add("original way", f"{o['reads_per_s']:.1f} reads/s",
+            f"{o['seconds']:.1f} s (ESM-2 {o['timings_s']['esm']:.1f} s, DNABERT-S "
+            f"{o['timings_s']['dnabert']:.1f} s); max score diff "
+            f"{o['max_score_diff_vs_pipeline']:.1e}")
+        add("speedup vs original", f"x{result['speedup_vs_original']:.2f}",
+            f"predict on {result['workers']} worker(s)")
+        u = o["utilization"]
+        add("bound at peak", f"x{o['speedup_bound_end_to_end']:.2f}",
+            f"original way's time over its FLOPs at the peak (embeddings only "
+            f"x{o['speedup_bound_embedding']:.2f}); it runs ESM-2 at {u['esm']:.0%}, "
+            f"DNABERT-S at {u['dnabert']:.0%} of peak")
+        i = o["interleaved"]
+        add("embedding speedup", f"x{i['embedding_speedup']:.2f}",
+            f"ESM-2 x{i['esm_speedup']:.2f}, DNABERT-S x{i['dnabert_speedup']:.2f}: "
+            f"{i['orfs']} ORFs, both ways alternating")
+    for name, p in result["precision_agreement"].items():
+        if "error" in p:
+            add(f"{name} vs fp32", "n/a", p["error"])
+            continue
+        add(f"{name} vs fp32", f"{p['labels_flipped']}/{p['orfs']} flipped",
+            f"cosine ESM-2 min {p['esm_cosine_min']:.5f} mean {p['esm_cosine_mean']:.5f}; "
+            f"DNABERT-S min {p['dnabert_cosine_min']:.5f} mean {p['dnabert_cosine_mean']:.5f}")
+    loads = result["load_average"]
+    add("bench time", f"{result['bench_seconds']:.0f} s",
+        f"1-min load average {min(loads.values()):.1f}-{max(loads.values()):.1f} on "
+        f"{result['cpu_count']} cores (other processes disturb timings)")
+    return table

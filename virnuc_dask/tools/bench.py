@@ -33,14 +33,12 @@ From the command line::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +46,19 @@ import numpy as np
 import torch
 
 from virnuc_dask.errors import VirnucError
-from virnuc_dask.formatting import si
 from virnuc_dask.models.flops import matmul_peak, module_shape
-from virnuc_dask.models.sizes import SIZES
 from virnuc_dask.rundir import STORE
+from virnuc_dask.tools.agreement import precision_agreement
+from virnuc_dask.tools.bench_kit import (
+    _release,
+    build_models,
+    read_orfs_of,
+    write_bench_input,
+)
+from virnuc_dask.tools.original import interleaved_speedup, run_original_style
 
 logger = logging.getLogger(__name__)
 
-ORIGINAL_TOKS_PER_BATCH = 2048
 SAMPLE_ORFS = 256  # ORFs of the with/without-prefetch and original/ours comparisons
 WORKER_START_TIMEOUT = 120.0
 REQUIRED_KEYS = ("matmul_peak_flops", "esm_utilization", "dnabert_utilization",
@@ -63,77 +66,7 @@ REQUIRED_KEYS = ("matmul_peak_flops", "esm_utilization", "dnabert_utilization",
                  "speedup_vs_original", "workers")
 
 
-# -- inputs and models -------------------------------------------------------------------
-
-def write_bench_input(path: Path, reads: int, *, seed: int = 2000) -> Path:
-    """Coding-like reads of 400-600 bp, like the reference perf inputs."""
-    from virnuc_dask.tools.demo import example_reads, write_fasta
-
-    write_fasta(path, example_reads(reads, seed, min_length=400, max_length=600,
-                                    random_every=0))
-    return path
-
-
-def build_models(directory: Path, size: str, *, esm_model: str | None = None,
-                 dnabert_model: str | None = None) -> dict[str, str]:
-    """Model files in the real formats: given ones, else random ones of ``size``; and a
-    random classifier for their embedding widths."""
-    from virnuc_dask.models.dnabert import DnabertConfig, resolve_dnabert_dir
-    from virnuc_dask.models.esm2 import load_esm
-    from virnuc_dask.tools.demo import build_classifier, build_dnabert, build_esm
-
-    directory.mkdir(parents=True, exist_ok=True)
-    shape = SIZES[size]
-    if esm_model is None:
-        e = shape["esm"]
-        esm_model = str(build_esm(directory / f"esm2_t{e['layers']}_{e['dim']}_bench.pt", **e))
-        esm_dim = e["dim"]  # not read back: with --size real that is an 11 GB load
-    else:
-        esm_dim = load_esm(esm_model)[0].embed_dim
-    if dnabert_model is None:
-        d = shape["dnabert"]
-        dnabert_model = str(build_dnabert(directory / "dnabert_s_bench", **d))
-    dnabert_dim = DnabertConfig.from_json(
-        resolve_dnabert_dir(dnabert_model) / "config.json").hidden_size
-    classifier = build_classifier(directory / "mlp_bench.pth", input_dim=dnabert_dim + esm_dim)
-    return {"esm_model": esm_model, "dnabert_model": dnabert_model,
-            "classifier": str(classifier)}
-
-
-def read_orfs_of(path: str, length: int) -> tuple[int, list]:
-    """(reads, ORFs) of a FASTA file, read and translated here."""
-    from virnuc_dask.core.fasta import plan_blocks, read_block
-    from virnuc_dask.core.orfs import orfs_from_records
-
-    records = [r for block in plan_blocks([path]) for r in read_block(block)]
-    return len(records), orfs_from_records(records, length).orfs
-
-
-# -- hardware and FLOP accounting -----------------------------------------------------------
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _release(device: torch.device) -> None:
-    """Hand this process's cached GPU memory back, for the workers (same GPUs) and the
-    models loaded next: with the real sizes, two copies do not fit."""
-    if device.type == "cuda":
-        import gc
-
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
 # -- the parts of a bench run ---------------------------------------------------------------
-
-@contextlib.contextmanager
-def _timer(into: dict[str, float], key: str) -> Iterator[None]:
-    t = time.perf_counter()
-    yield
-    into[key] = time.perf_counter() - t
-
 
 def check_worker_counts(counts: Sequence[int], gpus: Sequence[str] | None = None) -> None:
     """Refuse worker counts a local cluster cannot start: on a GPU node it starts one
@@ -233,175 +166,6 @@ def prefetch_effect(models: dict[str, Any], orfs: list, *, device: torch.device,
                     share = min(share, stats.prepare_seconds / stats.seconds)
         out[stage] = {"tokens_per_s_prefetch": best[True], "tokens_per_s_inline": best[False],
                       "ratio": best[True] / best[False], "prepare_share": share}
-    return out
-
-
-@torch.inference_mode()
-def original_dnabert(model: torch.nn.Module, tokenizer: Any, sequences: Sequence[str], *,
-                     device: torch.device) -> np.ndarray:
-    """DNABERT-S the original way: one unpadded sequence per call, mean over all tokens."""
-    out = np.zeros((len(sequences), model.hidden_size), dtype=np.float32)
-    for i, seq in enumerate(sequences):
-        (ids,) = tokenizer.encode([seq])
-        hidden = model(torch.tensor([ids], device=device))
-        out[i] = hidden.mean(dim=1)[0].float().cpu().numpy()
-    return out
-
-
-@torch.inference_mode()
-def original_esm(model: torch.nn.Module, alphabet: Any, proteins: Sequence[str], *,
-                 device: torch.device) -> np.ndarray:
-    """ESM-2 the original way: fair-esm's ``FastaBatchedDataset`` batches of 2048 tokens,
-    its batch converter and its own forward; mean over residues ``1..min(len, 1024)``."""
-    from esm import FastaBatchedDataset
-
-    dataset = FastaBatchedDataset([str(i) for i in range(len(proteins))], list(proteins))
-    batches = dataset.get_batch_indices(ORIGINAL_TOKS_PER_BATCH, extra_toks_per_seq=1)
-    loader = torch.utils.data.DataLoader(
-        dataset, collate_fn=alphabet.get_batch_converter(), batch_sampler=batches)
-    out = np.zeros((len(proteins), model.embed_dim), dtype=np.float32)
-    layer = model.num_layers
-    for labels, strs, toks in loader:
-        rep = model(toks.to(device), repr_layers=[layer])["representations"][layer]
-        for i, label in enumerate(labels):
-            n = min(1024, len(strs[i]))
-            out[int(label)] = rep[i, 1:n + 1].mean(0).float().cpu().numpy()
-    return out
-
-
-def run_original_style(paths: dict[str, str], fasta: str, length: int, *,
-                       device: torch.device) -> dict[str, Any]:
-    """The workload as VirNucPro's ``prediction.py`` runs it, in this process.
-
-    Reading and six-frame translation use this package's functions (faster than the
-    original's Biopython loops, so the comparison favours the original); the original's
-    intermediate ``.pt``/FASTA files are not written.
-    """
-    from virnuc_dask.models.classifier import load_classifier, score
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
-
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    with _timer(times, "load_models"):
-        dnabert, tokenizer = load_dnabert(paths["dnabert_model"], device=device)
-        esm, alphabet = load_esm(paths["esm_model"], device=device)
-        classifier = load_classifier(paths["classifier"])
-    with _timer(times, "read_translate"):
-        reads, orfs = read_orfs_of(fasta, length)
-    with _timer(times, "dnabert"):
-        dn = original_dnabert(dnabert, tokenizer, [o.nucleotide for o in orfs], device=device)
-    with _timer(times, "esm"):
-        es = original_esm(esm, alphabet, [o.protein for o in orfs], device=device)
-    with _timer(times, "classify"):
-        scores = score(classifier, np.concatenate([dn, es], axis=1))
-    seconds = time.perf_counter() - t0
-    return {"reads": reads, "orfs": len(orfs), "seconds": seconds,
-            "reads_per_s": reads / seconds,
-            "timings_s": {k: round(v, 3) for k, v in times.items()}, "scores": scores}
-
-
-def interleaved_speedup(paths: dict[str, str], orfs: list, *, device: torch.device,
-                        precision: str, rounds: int = 2) -> dict[str, float]:
-    """Embedding time of the original way over this package's, on the same ORFs, the two
-    alternating ``rounds`` times (best of each): a ratio that a shared machine's changing
-    load disturbs far less than two long runs minutes apart."""
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
-    from virnuc_dask.models.esm_fast import SdpaEsm2
-    from virnuc_dask.worker.embed import embed_dnabert, embed_esm
-    from virnuc_dask.worker.plugin import DTYPES
-
-    nucleotides = [o.nucleotide for o in orfs]
-    proteins = [o.protein for o in orfs]
-    dn_ref, tok = load_dnabert(paths["dnabert_model"], device=device)
-    esm_ref, alphabet = load_esm(paths["esm_model"], device=device)
-    dtype = DTYPES[precision]
-    dn_ours = load_dnabert(paths["dnabert_model"], device=device, dtype=dtype)[0]
-    esm_ours = SdpaEsm2(load_esm(paths["esm_model"], device=device, dtype=dtype)[0])
-    runs = {
-        ("dnabert", "original"): lambda: original_dnabert(dn_ref, tok, nucleotides,
-                                                          device=device),
-        ("dnabert", "ours"): lambda: embed_dnabert(dn_ours, tok, nucleotides, device=device),
-        ("esm", "original"): lambda: original_esm(esm_ref, alphabet, proteins, device=device),
-        ("esm", "ours"): lambda: embed_esm(esm_ours, alphabet, proteins, device=device),
-    }
-    best = dict.fromkeys(runs, math.inf)
-    for _ in range(rounds):
-        for key, run in runs.items():
-            t = time.perf_counter()
-            run()
-            _sync(device)
-            best[key] = min(best[key], time.perf_counter() - t)
-    out = {f"{m}_speedup": best[(m, "original")] / best[(m, "ours")] for m in ("dnabert", "esm")}
-    out["embedding_speedup"] = (best[("dnabert", "original")] + best[("esm", "original")]) / (
-        best[("dnabert", "ours")] + best[("esm", "ours")])
-    out["orfs"] = len(orfs)
-    return out
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.where(norms == 0, 1.0, norms)
-
-
-def precision_agreement(
-    *, esm_model: str, dnabert_model: str, classifier: str, nucleotides: Sequence[str],
-    proteins: Sequence[str], precisions: Sequence[str] = ("bf16", "fp16"),
-    device: torch.device | str = "cpu",
-) -> dict[str, dict[str, Any]]:
-    """Each precision against fp32 on the same ORFs, through the pipeline's embedding path.
-
-    Per precision: cosine similarity of each model's embeddings (min, mean), ORF labels
-    flipped (argmax of the classifier's scores), largest score difference, seconds of
-    embedding. A precision the device cannot run is reported with its error instead.
-    ``bf16-mixed`` is :func:`.precision.to_mixed`: bf16 weights and matrix products,
-    everything else (LayerNorm, softmax, the residual stream) in fp32.
-    """
-    from virnuc_dask.models.classifier import load_classifier, score
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
-    from virnuc_dask.models.esm_fast import SdpaEsm2
-    from virnuc_dask.worker.embed import embed_dnabert, embed_esm
-    from virnuc_dask.worker.precision import DTYPES, to_mixed
-
-    device = torch.device(device)
-    mlp = load_classifier(classifier)
-
-    def embed(precision: str) -> tuple[np.ndarray, np.ndarray, float]:
-        mixed = precision == "bf16-mixed"
-        dtype = torch.float32 if mixed else DTYPES[precision]
-        dn_model, tokenizer = load_dnabert(dnabert_model, device=device, dtype=dtype)
-        esm, alphabet = load_esm(esm_model, device=device, dtype=dtype)
-        if mixed:
-            to_mixed(dn_model)
-            to_mixed(esm)
-        t = time.perf_counter()
-        dn, _ = embed_dnabert(dn_model, tokenizer, nucleotides, device=device)
-        es, _ = embed_esm(SdpaEsm2(esm), alphabet, proteins, device=device)
-        return dn, es, time.perf_counter() - t
-
-    base_dn, base_es, _ = embed("fp32")
-    base_scores = score(mlp, np.concatenate([base_dn, base_es], axis=1))
-    base_labels = base_scores[:, 1] > base_scores[:, 0]
-    out: dict[str, dict[str, Any]] = {}
-    for precision in precisions:
-        try:
-            dn, es, seconds = embed(precision)
-        except (RuntimeError, ArithmeticError) as exc:  # e.g. no kernel for this dtype here
-            out[precision] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
-            continue
-        scores = score(mlp, np.concatenate([dn, es], axis=1))
-        cos = {"dnabert": _cosine(base_dn, dn), "esm": _cosine(base_es, es)}
-        out[precision] = {
-            "orfs": len(proteins), "seconds": seconds,
-            **{f"{m}_cosine_min": float(c.min()) for m, c in cos.items()},
-            **{f"{m}_cosine_mean": float(c.mean()) for m, c in cos.items()},
-            "labels_flipped": int(((scores[:, 1] > scores[:, 0]) != base_labels).sum()),
-            "max_score_diff": float(np.abs(scores - base_scores).max()),
-        }
     return out
 
 
@@ -578,72 +342,3 @@ def _first_reads(src: Path, dest: Path, n: int) -> Path:
     return dest
 
 
-def _fmt_rate(value: float | None, unit: str = "") -> str:
-    return si(value, unit, missing="-")
-
-
-def render(result: dict[str, Any]) -> Any:
-    """The bench result as a rich table."""
-    from rich.table import Table
-
-    table = Table(title=f"virnuc-dask bench: {result['reads']} reads, {result['orfs']} ORFs, "
-                  f"{result['device']} {result['precision']}, size {result['size']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("detail")
-    add = table.add_row
-    add("matmul peak", _fmt_rate(result["matmul_peak_flops"], "FLOP/s"),
-        f"{result['peak_dtype']} GEMM, {result['torch_threads']} threads, best of "
-        f"{len(result['matmul_peak_samples'])} samples (lowest "
-        f"{_fmt_rate(min(result['matmul_peak_samples']), 'FLOP/s')})")
-    for m, name in (("esm", "ESM-2"), ("dnabert", "DNABERT-S")):
-        s = result["stages"][m]
-        p = result["prefetch"][m]
-        add(f"{name} stage", f"{s['utilization']:.0%} of peak",
-            f"{_fmt_rate(s['tokens_per_s'], 'tok/s')}, {_fmt_rate(s['flop_per_s'], 'FLOP/s')}, "
-            f"padding eff. {s['padding_efficiency']:.3f}, {s['batches']} batches"
-            + (f", {s['workers']} workers at once" if s.get("workers", 1) > 1 else ""))
-        add(f"{name} prefetch", f"x{p['ratio']:.2f}",
-            f"{_fmt_rate(p['tokens_per_s_prefetch'], 'tok/s')} with, "
-            f"{_fmt_rate(p['tokens_per_s_inline'], 'tok/s')} without; batch preparation "
-            f"{p['prepare_share']:.1%} of the stage")
-    add("padding efficiency", f"{result['padding_efficiency']:.3f}", "both stages")
-    if result["store_share"] is not None:
-        add("store beside embedding", f"{result['store_share']:.1%}",
-            "of a partition's embed + write time is writing, done in a task of its own "
-            "(the device is not held for it)")
-    for r in result["scaling"]:
-        add(f"predict, {r['workers']} worker(s)", f"{r['reads_per_s']:.1f} reads/s",
-            f"{r['reads_per_s_per_worker']:.1f} reads/s per worker, {r['seconds']:.1f} s")
-    if result["scaling_ratio"] is not None:
-        add("scaling", f"x{result['scaling_ratio']:.2f}",
-            f"{result['scaling'][-1]['workers']} vs {result['scaling'][0]['workers']} workers")
-    o = result["original_style"]
-    if o:
-        add("original way", f"{o['reads_per_s']:.1f} reads/s",
-            f"{o['seconds']:.1f} s (ESM-2 {o['timings_s']['esm']:.1f} s, DNABERT-S "
-            f"{o['timings_s']['dnabert']:.1f} s); max score diff "
-            f"{o['max_score_diff_vs_pipeline']:.1e}")
-        add("speedup vs original", f"x{result['speedup_vs_original']:.2f}",
-            f"predict on {result['workers']} worker(s)")
-        u = o["utilization"]
-        add("bound at peak", f"x{o['speedup_bound_end_to_end']:.2f}",
-            f"original way's time over its FLOPs at the peak (embeddings only "
-            f"x{o['speedup_bound_embedding']:.2f}); it runs ESM-2 at {u['esm']:.0%}, "
-            f"DNABERT-S at {u['dnabert']:.0%} of peak")
-        i = o["interleaved"]
-        add("embedding speedup", f"x{i['embedding_speedup']:.2f}",
-            f"ESM-2 x{i['esm_speedup']:.2f}, DNABERT-S x{i['dnabert_speedup']:.2f}: "
-            f"{i['orfs']} ORFs, both ways alternating")
-    for name, p in result["precision_agreement"].items():
-        if "error" in p:
-            add(f"{name} vs fp32", "n/a", p["error"])
-            continue
-        add(f"{name} vs fp32", f"{p['labels_flipped']}/{p['orfs']} flipped",
-            f"cosine ESM-2 min {p['esm_cosine_min']:.5f} mean {p['esm_cosine_mean']:.5f}; "
-            f"DNABERT-S min {p['dnabert_cosine_min']:.5f} mean {p['dnabert_cosine_mean']:.5f}")
-    loads = result["load_average"]
-    add("bench time", f"{result['bench_seconds']:.0f} s",
-        f"1-min load average {min(loads.values()):.1f}-{max(loads.values()):.1f} on "
-        f"{result['cpu_count']} cores (other processes disturb timings)")
-    return table

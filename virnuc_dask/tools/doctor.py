@@ -320,9 +320,9 @@ def check_predict(client, work: Path, *, gpus: bool) -> Check:
 # -- checks on the cluster --------------------------------------------------------------------
 
 def _fmt_rate(value: float, unit: str) -> str:
-    from virnuc_dask.tools.bench import _fmt_rate as fmt
+    from virnuc_dask.formatting import si
 
-    return fmt(value, unit)
+    return si(value, unit, missing="-")
 
 
 def _worker_checks(reports: dict[str, dict[str, Any]]) -> list[Check]:

@@ -1,0 +1,78 @@
+"""bf16 and fp16 (and bf16 weights with fp32 accumulation) against fp32, on the same ORFs
+through the pipeline's embedding path."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.where(norms == 0, 1.0, norms)
+
+
+def precision_agreement(
+    *, esm_model: str, dnabert_model: str, classifier: str, nucleotides: Sequence[str],
+    proteins: Sequence[str], precisions: Sequence[str] = ("bf16", "fp16"),
+    device: torch.device | str = "cpu",
+) -> dict[str, dict[str, Any]]:
+    """Each precision against fp32 on the same ORFs, through the pipeline's embedding path.
+
+    Per precision: cosine similarity of each model's embeddings (min, mean), ORF labels
+    flipped (argmax of the classifier's scores), largest score difference, seconds of
+    embedding. A precision the device cannot run is reported with its error instead.
+    ``bf16-mixed`` is :func:`.precision.to_mixed`: bf16 weights and matrix products,
+    everything else (LayerNorm, softmax, the residual stream) in fp32.
+    """
+    from virnuc_dask.models.classifier import load_classifier, score
+    from virnuc_dask.models.dnabert import load_dnabert
+    from virnuc_dask.models.esm2 import load_esm
+    from virnuc_dask.models.esm_fast import SdpaEsm2
+    from virnuc_dask.worker.embed import embed_dnabert, embed_esm
+    from virnuc_dask.worker.precision import DTYPES, to_mixed
+
+    device = torch.device(device)
+    mlp = load_classifier(classifier)
+
+    def embed(precision: str) -> tuple[np.ndarray, np.ndarray, float]:
+        mixed = precision == "bf16-mixed"
+        dtype = torch.float32 if mixed else DTYPES[precision]
+        dn_model, tokenizer = load_dnabert(dnabert_model, device=device, dtype=dtype)
+        esm, alphabet = load_esm(esm_model, device=device, dtype=dtype)
+        if mixed:
+            to_mixed(dn_model)
+            to_mixed(esm)
+        t = time.perf_counter()
+        dn, _ = embed_dnabert(dn_model, tokenizer, nucleotides, device=device)
+        es, _ = embed_esm(SdpaEsm2(esm), alphabet, proteins, device=device)
+        return dn, es, time.perf_counter() - t
+
+    base_dn, base_es, _ = embed("fp32")
+    base_scores = score(mlp, np.concatenate([base_dn, base_es], axis=1))
+    base_labels = base_scores[:, 1] > base_scores[:, 0]
+    out: dict[str, dict[str, Any]] = {}
+    for precision in precisions:
+        try:
+            dn, es, seconds = embed(precision)
+        except (RuntimeError, ArithmeticError) as exc:  # e.g. no kernel for this dtype here
+            out[precision] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            continue
+        scores = score(mlp, np.concatenate([dn, es], axis=1))
+        cos = {"dnabert": _cosine(base_dn, dn), "esm": _cosine(base_es, es)}
+        out[precision] = {
+            "orfs": len(proteins), "seconds": seconds,
+            **{f"{m}_cosine_min": float(c.min()) for m, c in cos.items()},
+            **{f"{m}_cosine_mean": float(c.mean()) for m, c in cos.items()},
+            "labels_flipped": int(((scores[:, 1] > scores[:, 0]) != base_labels).sum()),
+            "max_score_diff": float(np.abs(scores - base_scores).max()),
+        }
+    return out
+
+
