@@ -260,11 +260,12 @@ def test_full_filesystem(previous, small_filesystem):
 
 @pytest.mark.slow
 def test_file_size_limit(previous, tmp_path):
-    """EFBIG (ulimit -f) while embedding, then while writing the results of a finished run."""
+    """EFBIG (ulimit -f) while writing the ORF tables beside the store, then while writing
+    the results of a finished run."""
     expected, _ = previous
     out = tmp_path / "out"
     proc = run_cli([BASIC], out, limit_file_size=8192)
-    assert_fails_cleanly(proc, str(out / "embeddings.zarr"), "File too large")
+    assert_fails_cleanly(proc, str(out / ".scratch"), "File too large")
     proc = run_cli([BASIC], out)
     assert proc.returncode == 0, proc.stderr
     for name in RESULTS:

@@ -111,8 +111,9 @@ def test_dedup_agrees_with_no_dedup_and_embeds_each_input_once(client, tmp_path)
         assert dedup[model]["total"] == total
         assert 0.6 * total < dedup[model]["unique"] < 0.75 * total, dedup
         # Each unique input was embedded exactly once.
-        assert once.summary["embedding"][model]["orfs"] == dedup[model]["unique"]
-        assert plain.summary["embedding"][model]["orfs"] == total
+        assert once.summary["embedding"][model]["embedded"] == dedup[model]["unique"]
+        assert plain.summary["embedding"][model]["embedded"] == total
+        assert once.summary["embedding"][model]["orfs"] == total
     # The store holds each copy's source; the rows read through it equal the full run's.
     stored = zarr.open_group(tmp_path / "once" / "embeddings.zarr", mode="r")
     full = zarr.open_group(tmp_path / "all" / "embeddings.zarr", mode="r")

@@ -632,8 +632,10 @@ def _completed(client: Client, work: list, futures: list):
 
 def _summary(settings, client, facts, total, plan, todo, partition_stats, timings):
     workers: dict[str, dict[str, Any]] = {}
-    stages = {m: {"orfs": 0, "batches": 0, "real_tokens": 0, "padded_tokens": 0,
-                  "oom_splits": 0, "seconds": 0.0} for m in MODEL_ARRAYS}
+    # ``orfs``: the ORFs of the computed partitions; ``embedded``: those the model ran on
+    # (the first copy of each input, with dedup).
+    stages = {m: {"orfs": 0, "embedded": 0, "batches": 0, "real_tokens": 0,
+                  "padded_tokens": 0, "oom_splits": 0, "seconds": 0.0} for m in MODEL_ARRAYS}
     for entry in partition_stats:
         w = workers.setdefault(entry["worker"], {
             "partitions": 0, "orfs": 0, "seconds": 0.0, "store_seconds": 0.0,
@@ -648,6 +650,7 @@ def _summary(settings, client, facts, total, plan, todo, partition_stats, timing
             w["model_seconds"][m] += entry[m]["seconds"]
             stage = stages[m]
             stage["orfs"] += entry[m].get("rows", entry[m]["sequences"])
+            stage["embedded"] += entry[m]["sequences"]
             for key in ("batches", "real_tokens", "padded_tokens", "oom_splits", "seconds"):
                 stage[key] += entry[m].get(key, 0)
     computed = sum(w["orfs"] for w in workers.values())

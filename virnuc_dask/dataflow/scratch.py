@@ -27,6 +27,7 @@ distinct sequences is below 10^-20.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -64,8 +65,21 @@ def _block_dir(root: Path, block: int) -> Path:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, array)
+    # Through Python's own write: a full disk is an OSError naming the file (numpy's
+    # tofile reports only a short write).
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    _write(path, buffer.getbuffer())
+
+
+def _write(path: Path, data) -> None:
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
 
 
 def write_table(root: str | os.PathLike[str], table: BlockOrfs, *, buckets: int = 0) -> None:
@@ -80,8 +94,7 @@ def write_table(root: str | os.PathLike[str], table: BlockOrfs, *, buckets: int 
         ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
         _save(where / f"{name}.data.npy", np.frombuffer(b"".join(encoded), dtype=np.uint8))
         _save(where / f"{name}.ends.npy", ends)
-    with open(where / "reads.pkl", "wb") as fh:
-        pickle.dump(table.reads, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    _write(where / "reads.pkl", pickle.dumps(table.reads, protocol=pickle.HIGHEST_PROTOCOL))
     if buckets:
         for model, column in MODEL_INPUTS.items():
             hashes = content_hashes(columns[column])

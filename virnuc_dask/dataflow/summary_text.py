@@ -78,8 +78,11 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("throughput", f"{_rate(summary['reads_per_s'])} reads/s end to end"))
     for key, stage in summary.get("embedding", {}).items():
         if stage.get("orfs"):
-            text = (f"{stage['orfs']:,} ORFs, {stage.get('real_tokens', 0):,} tokens, "
-                    f"{_rate(stage.get('tokens_per_s'))} tokens/s of worker time")
+            text = f"{stage['orfs']:,} ORFs"
+            if stage.get("embedded", stage["orfs"]) != stage["orfs"]:
+                text += f" ({stage['embedded']:,} embedded, the others copies)"
+            text += (f", {stage.get('real_tokens', 0):,} tokens, "
+                     f"{_rate(stage.get('tokens_per_s'))} tokens/s of worker time")
             if stage.get("padding_efficiency"):
                 text += f", padding efficiency {stage['padding_efficiency']:.2f}"
             if stage.get("oom_splits"):
