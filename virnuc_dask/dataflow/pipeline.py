@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
-import os
-import platform
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,20 +38,26 @@ import numpy as np
 import zarr
 from distributed import Client, wait
 
-from virnuc_dask import __version__
 from virnuc_dask.cluster.workers import torch_threads_by_host
 from virnuc_dask.core.fasta import FastaBlock, check_input, plan_blocks
 from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
+from virnuc_dask.core.plan import (
+    duplicate_reads,
+    failed_rows,
+    files_without_records,
+    plan_partitions,
+    rows_in_block,
+)
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow import scratch
 from virnuc_dask.dataflow.dashboard import (
     EMBED_STAGE,
     STORE_STAGE,
     ThroughputMetrics,
-    gpu_metrics,
     task_key,
     unique_key,
 )
+from virnuc_dask.dataflow.identity import fingerprint, fingerprint_differences, prepare_out
 from virnuc_dask.dataflow.outputs import BlockCounts, assemble, remove_results, write_block
 from virnuc_dask.dataflow.scratch import (
     dedup_bucket,
@@ -71,6 +73,7 @@ from virnuc_dask.dataflow.store import (
     lazy_rows,
     naming,
 )
+from virnuc_dask.dataflow.summary import model_facts, run_summary
 from virnuc_dask.errors import ModelLoadError, OutputDirError, SystemicFailure
 from virnuc_dask.models.classifier import score
 from virnuc_dask.rundir import SUMMARY
@@ -167,127 +170,6 @@ def _write_block(root: str, block: int, row_start: int, store_path: str, parts: 
 
 # -- client side ----------------------------------------------------------------------------
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sampled_digest(path: Path, *, whole: int = 64 << 20, samples: int = 8) -> str:
-    """SHA-256 of a file, or for a file over ``whole`` bytes of its size and evenly spaced
-    1 MiB samples: any other checkpoint (even of the same shape) differs in every sample,
-    and a 6 GB model is identified in milliseconds."""
-    size = path.stat().st_size
-    if size <= whole:
-        return _file_digest(str(path))
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        for k in range(samples):
-            fh.seek((size - (1 << 20)) * k // (samples - 1))
-            digest.update(fh.read(1 << 20))
-    return f"sampled:{digest.hexdigest()}"
-
-
-def _model_identity(source: str) -> str:
-    """A model by content (a local file or directory, wherever it lies) or by hub name."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return _sampled_digest(path)
-    if path.is_dir():
-        return ",".join(f"{p.name}={_sampled_digest(p)}"
-                        for p in sorted(path.iterdir()) if p.is_file())
-    return source
-
-
-def fingerprint(settings, precision: str) -> dict[str, Any]:
-    """What must be equal for a stored partition to be reused."""
-    return {
-        "inputs": [{"path": str(Path(p).resolve()), "sha256": _file_digest(p)}
-                   for p in settings.inputs],
-        "length": settings.length,
-        "esm_model": _model_identity(settings.esm_model),
-        "dnabert_model": _model_identity(settings.dnabert_model),
-        "classifier": _file_digest(settings.classifier) if settings.classifier else None,
-        "precision": precision,
-        "partition_rows": settings.partition_rows,
-        "blocksize": settings.blocksize,
-        "dedup": settings.dedup,
-    }
-
-
-def _fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
-def _prepare_out(settings) -> Path:
-    out = Path(settings.out)
-    probe = out / f".write-test-{os.getpid()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(probe, "w") as fh:
-            fh.write("ok")
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise OutputDirError(
-            f"{out}: cannot write in the output directory: {exc.strerror}") from None
-    finally:
-        probe.unlink(missing_ok=True)
-    return out
-
-
-def _find_duplicates(hashes: list[np.ndarray]) -> dict[int, dict[int, str]]:
-    """Per block, the positions of reads whose id already occurred earlier in the input."""
-    allh = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-    _, first = np.unique(allh, return_index=True)
-    dup = np.ones(len(allh), dtype=bool)
-    dup[first] = False
-    out: dict[int, dict[int, str]] = {}
-    offsets = np.cumsum([0] + [len(h) for h in hashes])
-    for pos in np.flatnonzero(dup):
-        block = int(np.searchsorted(offsets, pos, side="right") - 1)
-        out.setdefault(block, {})[int(pos - offsets[block])] = "duplicate read id"
-    return out
-
-
-def _plan_partitions(counts: list[int], rows: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
-    """Cut the input-order ORF rows into partitions: (row_start, [(block, lo, hi), ...])."""
-    offsets = np.cumsum([0] + counts)
-    total = int(offsets[-1])
-    plan = []
-    for start in range(0, total, rows):
-        stop = min(start + rows, total)
-        pieces = []
-        for block, (b0, b1) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
-            lo, hi = max(start, b0), min(stop, b1)
-            if lo < hi:
-                pieces.append((block, int(lo - b0), int(hi - b0)))
-        plan.append((start, pieces))
-    return plan
-
-
-def _empty_inputs(blocks: list, reads_per_block: list[int]) -> list[tuple[str, str, str]]:
-    """A failed-records row (path, ``input``, why) for each input file without a record."""
-    reads: dict[str, int] = {}
-    for block, n in zip(blocks, reads_per_block, strict=True):
-        reads[block.path] = reads.get(block.path, 0) + n
-    return [(path, "input", "holds no FASTA record (empty file)")
-            for path, n in reads.items() if not n]
-
-
-def _failed_rows(entries) -> dict[int, tuple[str, str]]:
-    """Failed ORFs of the manifest entries as {global row: (stage, error)}."""
-    return {int(f["row"]): (f["stage"], f["error"])
-            for entry in entries for f in entry.get("failed", ())}
-
-
-def _in_block(failed: dict[int, tuple[str, str]], offsets: np.ndarray,
-              block: int) -> dict[int, tuple[str, str]]:
-    lo, hi = int(offsets[block]), int(offsets[block + 1])
-    return {r: f for r, f in failed.items() if lo <= r < hi}
-
 
 # Tasks that use the models ask for the resource a worker offers once its models are
 # loaded: one at a time per worker, never on a worker whose load failed.
@@ -320,7 +202,7 @@ def preflight(settings) -> None:
         raise ModelLoadError(f"{settings.classifier}: classifier file not found")
     for path in settings.inputs:
         check_input(path)
-    _prepare_out(settings)
+    prepare_out(settings)
 
 
 @dataclasses.dataclass
@@ -396,7 +278,7 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
     client.register_plugin(ThroughputMetrics())
     # Bounded: stops when every worker failed to load (naming each) or after a timeout.
     statuses = wait_for_models(client, since=registered)
-    facts = {**_model_facts(statuses), "registered": registered}
+    facts = {**model_facts(statuses), "registered": registered}
     dims = {"dnabert": facts["dnabert"], "esm": facts["esm"]}
     if settings.classifier is not None and \
             facts["classifier_input"] != dims["dnabert"] + dims["esm"]:
@@ -414,8 +296,8 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
     summaries = client.gather(client.map(
         _read_block, blocks, chunk_size=settings.length, root=root, buckets=buckets,
         select=select, key=[unique_key("read_orfs") for _ in blocks]))
-    empty_inputs = _empty_inputs(blocks, [len(h) for _, h in summaries])
-    duplicates = _find_duplicates([h for _, h in summaries])
+    empty_inputs = files_without_records(blocks, [len(h) for _, h in summaries])
+    duplicates = duplicate_reads([h for _, h in summaries])
     counts = [n for n, _ in summaries]
     reads = sum(len(h) for _, h in summaries)
     del summaries
@@ -444,7 +326,7 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
     fp = {**fingerprint(settings, facts["precision"]), **(fingerprint_extra or {})}
     fp["rows"] = total_rows
     if store.exists() and not settings.overwrite:
-        diffs = _fingerprint_differences(store.fingerprint, fp)
+        diffs = fingerprint_differences(store.fingerprint, fp)
         if diffs:
             raise OutputDirError(
                 f"{out} holds a run with different {', '.join(diffs)}; "
@@ -455,7 +337,7 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
         store = EmbeddingStore.create(out, rows=total_rows, dims=dims,
                                       chunk_rows=settings.partition_rows, classes=2,
                                       fingerprint=fp, dedup=bool(buckets))
-    plan = _plan_partitions(counts, settings.partition_rows)
+    plan = plan_partitions(counts, settings.partition_rows)
     done = {p for p in store.done_partitions() if p < len(plan)}
     todo = [p for p in range(len(plan)) if p not in done]
     logger.info("%d ORFs in %d partitions, %d already done", total_rows, len(plan), len(done))
@@ -471,7 +353,6 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
     timings["embed"] = time.perf_counter() - t
     return Embedded(store, blocks, root, buckets, counts, plan, todo, partition_stats, facts,
                     empty_inputs, reads, dedup)
-
 
 
 def _dedup_buckets(settings) -> int:
@@ -517,11 +398,11 @@ def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir()
     # Failed records: of partitions finished earlier, and of this run's (some unrecorded).
-    failed = _failed_rows([*store.entries().values(), *partition_stats])
+    failed = failed_rows([*store.entries().values(), *partition_stats])
     try:
         counted = client.gather([
             client.submit(_write_block, root, b, int(offsets[b]), str(store.path),
-                          str(parts), failed if buckets else _in_block(failed, offsets, b),
+                          str(parts), failed if buckets else rows_in_block(failed, offsets, b),
                           key=unique_key("write-results"))
             for b in range(len(blocks))])
         total = BlockCounts(failed=len(empty_inputs))
@@ -534,21 +415,10 @@ def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
     tick("write", len(blocks), len(blocks), reads=total.reads)
     timings["total"] = time.perf_counter() - t0
 
-    summary = _summary(settings, client, facts, total, plan, todo, partition_stats, timings)
+    summary = run_summary(settings, client, facts, total, plan, todo, partition_stats, timings)
     summary["dedup"] = {"enabled": bool(buckets), **embedded.dedup}
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return RunResult(out, total, len(plan), len(plan) - len(todo), summary)
-
-
-def _model_facts(statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Widths, precision and device of the first worker whose models are ready."""
-    ready = [s for _, s in sorted(statuses.items()) if s["state"] == "ready"]
-    first = ready[0]
-    precisions = sorted({s["precision"] for s in ready})
-    if len(precisions) > 1:
-        logger.warning("workers embed in different precisions (%s); each is listed in "
-                       "the run summary", ", ".join(precisions))
-    return {**first["dims"], "precision": first["precision"], "device": first["device"]}
 
 
 def _embed(client, settings, store, root, buckets, plan, todo, tick) -> list[dict[str, Any]]:
@@ -630,76 +500,3 @@ def _completed(client: Client, work: list, futures: list):
         yield from done
 
 
-def _summary(settings, client, facts, total, plan, todo, partition_stats, timings):
-    workers: dict[str, dict[str, Any]] = {}
-    # ``orfs``: the ORFs of the computed partitions; ``embedded``: those the model ran on
-    # (the first copy of each input, with dedup).
-    stages = {m: {"orfs": 0, "embedded": 0, "batches": 0, "real_tokens": 0,
-                  "padded_tokens": 0, "oom_splits": 0, "seconds": 0.0} for m in MODEL_ARRAYS}
-    for entry in partition_stats:
-        w = workers.setdefault(entry["worker"], {
-            "partitions": 0, "orfs": 0, "seconds": 0.0, "store_seconds": 0.0,
-            "tokens": dict.fromkeys(MODEL_ARRAYS, 0),
-            "model_seconds": dict.fromkeys(MODEL_ARRAYS, 0.0)})
-        w["partitions"] += 1
-        w["orfs"] += entry["esm"].get("rows", entry["esm"]["sequences"])  # copies included
-        w["seconds"] += entry["esm"]["seconds"] + entry["dnabert"]["seconds"]
-        w["store_seconds"] += entry.get("store_seconds", 0.0)
-        for m in MODEL_ARRAYS:
-            w["tokens"][m] += entry[m]["real_tokens"]
-            w["model_seconds"][m] += entry[m]["seconds"]
-            stage = stages[m]
-            stage["orfs"] += entry[m].get("rows", entry[m]["sequences"])
-            stage["embedded"] += entry[m]["sequences"]
-            for key in ("batches", "real_tokens", "padded_tokens", "oom_splits", "seconds"):
-                stage[key] += entry[m].get(key, 0)
-    computed = sum(w["orfs"] for w in workers.values())
-    info = client.scheduler_info(n_workers=-1)
-    statuses = model_status(client)
-    for w in workers.values():
-        w["orfs_per_s"] = w["orfs"] / w["seconds"] if w["seconds"] else None
-        w["tokens_per_s"] = {m: w["tokens"][m] / s if s else None
-                             for m, s in w["model_seconds"].items()}
-        # Dynamic scheduling: a faster device takes a larger share of the partitions.
-        w["share"] = w["orfs"] / computed if computed else None
-    for address, status in statuses.items():
-        if status["state"] != "ready":
-            continue
-        w = workers.setdefault(address, {"partitions": 0, "orfs": 0, "share": 0.0})
-        w.update(device=status["device"], precision=status["precision"],
-                 device_name=status.get("device_info", {}).get("name"),
-                 tf32=status.get("matmul"), threads=status.get("threads"),
-                 gpu=gpu_metrics(info["workers"].get(address, {}), status.get("memory")))
-    failed_workers = [{k: f.get(k) for k in ("worker", "host", "device", "error")}
-                      for f in load_failures(client, since=facts["registered"])]
-    for stage in stages.values():
-        stage["tokens_per_s"] = stage["real_tokens"] / stage["seconds"] if stage["seconds"] \
-            else None
-        stage["padding_efficiency"] = stage["real_tokens"] / stage["padded_tokens"] \
-            if stage["padded_tokens"] else None
-    nthreads = {a: w.get("nthreads") for a, w in info["workers"].items()}
-    return {
-        "version": __version__,
-        "status": "partial" if total.failed else "complete",
-        "inputs": list(settings.inputs),
-        "length": settings.length,
-        "models": {"esm": {"source": settings.esm_model, "dim": facts["esm"]},
-                   "dnabert": {"source": settings.dnabert_model, "dim": facts["dnabert"]},
-                   "classifier": {"source": settings.classifier,
-                                  "input_dim": facts["classifier_input"]}},
-        "precision": facts["precision"],
-        "device": facts["device"],
-        "workers_failed": failed_workers,
-        "cluster": {"scheduler": info.get("address"), "workers": len(info["workers"]),
-                    "dashboard": getattr(client, "dashboard_link", None),
-                    "host": socket.gethostname(), "platform": platform.platform(),
-                    "threads_per_worker": nthreads},
-        "counts": dataclasses.asdict(total),
-        "partitions": {"total": len(plan), "computed": len(todo),
-                       "reused": len(plan) - len(todo)},
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "reads_per_s": total.reads / timings["total"] if timings["total"] else None,
-        "workers": workers,
-        "embedding": stages,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }

@@ -41,10 +41,10 @@ from virnuc_dask.dataflow.pipeline import (
     MODEL_RESOURCES,
     Embedded,
     Progress,
-    _file_digest,
-    _prepare_out,
     embed_inputs,
     embedding_scratch,
+    file_digest,
+    prepare_out,
 )
 from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
@@ -111,7 +111,7 @@ def preflight_training(settings, inputs: TrainInputs) -> None:
         check_input(path)
     for path in inputs.protein_reference:
         check_input(path)
-    _prepare_out(settings)
+    prepare_out(settings)
 
 
 def _check_classes(inputs: TrainInputs, blocks: list, counts: list[int]) -> None:
@@ -133,7 +133,7 @@ def _row_labels(inputs: TrainInputs, embedded: Embedded) -> np.ndarray:
     return np.repeat(per_block, embedded.counts)
 
 
-def _failed_rows(embedded: Embedded) -> np.ndarray:
+def failed_rows(embedded: Embedded) -> np.ndarray:
     entries = [*embedded.store.entries().values(), *embedded.partition_stats]
     rows = {f["row"] for entry in entries for f in entry.get("failed", ())}
     # Partitions of which nothing could be embedded are not recorded as done; their rows
@@ -203,7 +203,7 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
     if inputs.protein_reference:
         load_reference(inputs.protein_reference)  # a bad reference fails here, not on workers
     extra = {"selection": "training",
-             "protein_reference": [{"path": p, "sha256": _file_digest(p)}
+             "protein_reference": [{"path": p, "sha256": file_digest(p)}
                                    for p in inputs.protein_reference],
              "classes": {"viral": list(inputs.viral), "other": list(inputs.other)}}
     with embedding_scratch(settings) as root:
@@ -214,7 +214,7 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
 
     labels = _row_labels(inputs, embedded)
     usable = np.ones(len(labels), dtype=bool)
-    usable[_failed_rows(embedded)] = False
+    usable[failed_rows(embedded)] = False
     for name, value in (("viral", 1), ("other", 0)):
         if not (usable & (labels == value)).any():
             files = inputs.viral if value else inputs.other
@@ -280,7 +280,7 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
     tmp.replace(model_path)
     atomic_write_text(out / LOG, _log_text(state["history"]))
     timings["total"] = time.perf_counter() - t0
-    summary = _summary(settings, inputs, options, embedded, labels, split, state, timings,
+    summary = run_summary(settings, inputs, options, embedded, labels, split, state, timings,
                        model_path)
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return TrainResult(out, model_path, summary)
@@ -293,7 +293,7 @@ def _class_counts(labels: np.ndarray, split: np.ndarray, value: int) -> dict[str
             "unused": int((mine & (split == UNUSED)).sum())}
 
 
-def _summary(settings, inputs: TrainInputs, options: TrainOptions, embedded: Embedded,
+def run_summary(settings, inputs: TrainInputs, options: TrainOptions, embedded: Embedded,
              labels: np.ndarray, split: np.ndarray, state: dict[str, Any],
              timings: dict[str, float], model_path: Path) -> dict[str, Any]:
     history = state["history"]

@@ -1,0 +1,82 @@
+"""A run's identity: digests of its inputs and models and the settings that decide its
+numbers (the fingerprint a resumed run must match), and the output directory it may use."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from virnuc_dask.errors import OutputDirError
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sampled_digest(path: Path, *, whole: int = 64 << 20, samples: int = 8) -> str:
+    """SHA-256 of a file, or for a file over ``whole`` bytes of its size and evenly spaced
+    1 MiB samples: any other checkpoint (even of the same shape) differs in every sample,
+    and a 6 GB model is identified in milliseconds."""
+    size = path.stat().st_size
+    if size <= whole:
+        return file_digest(str(path))
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for k in range(samples):
+            fh.seek((size - (1 << 20)) * k // (samples - 1))
+            digest.update(fh.read(1 << 20))
+    return f"sampled:{digest.hexdigest()}"
+
+
+def _model_identity(source: str) -> str:
+    """A model by content (a local file or directory, wherever it lies) or by hub name."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _sampled_digest(path)
+    if path.is_dir():
+        return ",".join(f"{p.name}={_sampled_digest(p)}"
+                        for p in sorted(path.iterdir()) if p.is_file())
+    return source
+
+
+def fingerprint(settings, precision: str) -> dict[str, Any]:
+    """What must be equal for a stored partition to be reused."""
+    return {
+        "inputs": [{"path": str(Path(p).resolve()), "sha256": file_digest(p)}
+                   for p in settings.inputs],
+        "length": settings.length,
+        "esm_model": _model_identity(settings.esm_model),
+        "dnabert_model": _model_identity(settings.dnabert_model),
+        "classifier": file_digest(settings.classifier) if settings.classifier else None,
+        "precision": precision,
+        "partition_rows": settings.partition_rows,
+        "blocksize": settings.blocksize,
+        "dedup": settings.dedup,
+    }
+
+
+def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def prepare_out(settings) -> Path:
+    out = Path(settings.out)
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(probe, "w") as fh:
+            fh.write("ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OutputDirError(
+            f"{out}: cannot write in the output directory: {exc.strerror}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    return out
