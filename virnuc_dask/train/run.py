@@ -37,14 +37,13 @@ from virnuc_dask import __version__
 from virnuc_dask.core.fasta import check_input
 from virnuc_dask.core.training_orfs import TrainingSelection, load_reference
 from virnuc_dask.dataflow.dashboard import unique_key
+from virnuc_dask.dataflow.identity import file_digest, prepare_out
 from virnuc_dask.dataflow.pipeline import (
     MODEL_RESOURCES,
     Embedded,
     Progress,
     embed_inputs,
     embedding_scratch,
-    file_digest,
-    prepare_out,
 )
 from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
@@ -133,7 +132,7 @@ def _row_labels(inputs: TrainInputs, embedded: Embedded) -> np.ndarray:
     return np.repeat(per_block, embedded.counts)
 
 
-def failed_rows(embedded: Embedded) -> np.ndarray:
+def _failed_rows(embedded: Embedded) -> np.ndarray:
     entries = [*embedded.store.entries().values(), *embedded.partition_stats]
     rows = {f["row"] for entry in entries for f in entry.get("failed", ())}
     # Partitions of which nothing could be embedded are not recorded as done; their rows
@@ -214,7 +213,7 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
 
     labels = _row_labels(inputs, embedded)
     usable = np.ones(len(labels), dtype=bool)
-    usable[failed_rows(embedded)] = False
+    usable[_failed_rows(embedded)] = False
     for name, value in (("viral", 1), ("other", 0)):
         if not (usable & (labels == value)).any():
             files = inputs.viral if value else inputs.other
@@ -280,7 +279,7 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
     tmp.replace(model_path)
     atomic_write_text(out / LOG, _log_text(state["history"]))
     timings["total"] = time.perf_counter() - t0
-    summary = run_summary(settings, inputs, options, embedded, labels, split, state, timings,
+    summary = _summary(settings, inputs, options, embedded, labels, split, state, timings,
                        model_path)
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return TrainResult(out, model_path, summary)
@@ -293,7 +292,7 @@ def _class_counts(labels: np.ndarray, split: np.ndarray, value: int) -> dict[str
             "unused": int((mine & (split == UNUSED)).sum())}
 
 
-def run_summary(settings, inputs: TrainInputs, options: TrainOptions, embedded: Embedded,
+def _summary(settings, inputs: TrainInputs, options: TrainOptions, embedded: Embedded,
              labels: np.ndarray, split: np.ndarray, state: dict[str, Any],
              timings: dict[str, float], model_path: Path) -> dict[str, Any]:
     history = state["history"]
