@@ -40,16 +40,24 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "tests" / "data" / "reference" / "models"
-TINY = {"--esm-model": MODELS / "esm2_t2_64_tiny.pt",
-        "--dnabert-model": MODELS / "dnabert_s_tiny",
-        "--classifier": MODELS / "mlp_tiny.pth"}
-_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
-          if a + b + c not in ("TAA", "TAG", "TGA")]
+TINY = {
+    "--esm-model": MODELS / "esm2_t2_64_tiny.pt",
+    "--dnabert-model": MODELS / "dnabert_s_tiny",
+    "--classifier": MODELS / "mlp_tiny.pth",
+}
+_SENSE = [
+    a + b + c
+    for a in "ACGT"
+    for b in "ACGT"
+    for c in "ACGT"
+    if a + b + c not in ("TAA", "TAG", "TGA")
+]
 MIB = 2**20
 
 
-def write_reads(path: Path, n: int, *, duplicate_share: float = 0.0, distinct: int = 0,
-                seed: int = 7) -> Path:
+def write_reads(
+    path: Path, n: int, *, duplicate_share: float = 0.0, distinct: int = 0, seed: int = 7
+) -> Path:
     """``n`` coding-like reads of 400-600 bp; ``duplicate_share`` of them copies of others
     (or, ``distinct`` > 0: every read a copy of one of ``distinct`` sequences)."""
     if path.exists():
@@ -80,7 +88,7 @@ def write_reads(path: Path, n: int, *, duplicate_share: float = 0.0, distinct: i
             fh.write(f">read_{i + 1:08d}\n{seq}\n")
     if duplicate_share:  # copies scattered through the file, as PCR duplicates are
         lines = tmp.read_text().splitlines()
-        records = [lines[k:k + 2] for k in range(0, len(lines), 2)]
+        records = [lines[k : k + 2] for k in range(0, len(lines), 2)]
         rng.shuffle(records)
         tmp.write_text("".join(f"{h}\n{s}\n" for h, s in records))
     tmp.rename(path)
@@ -115,12 +123,27 @@ class Sampler(threading.Thread):
 
 
 def run(reads: Path, out: Path, interval: float, *extra: str) -> dict:
-    command = [sys.executable, "-m", "virnuc_dask", "predict", str(reads), "--out", str(out),
-               "--length", "500", "--precision", "fp32", "--workers", "1", "--overwrite",
-               "--quiet", *[str(x) for kv in TINY.items() for x in kv], *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "virnuc_dask",
+        "predict",
+        str(reads),
+        "--out",
+        str(out),
+        "--length",
+        "500",
+        "--precision",
+        "fp32",
+        "--workers",
+        "1",
+        "--overwrite",
+        "--quiet",
+        *[str(x) for kv in TINY.items() for x in kv],
+        *extra,
+    ]
     t = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = Sampler(proc.pid, interval)
     sampler.start()
     _, stderr = proc.communicate(timeout=6 * 3600)
@@ -131,25 +154,38 @@ def run(reads: Path, out: Path, interval: float, *extra: str) -> dict:
         raise RuntimeError(f"{command} exited {proc.returncode}:\n{stderr}")
     summary = json.loads((out / "run_summary.json").read_text())
     client = sampler.peaks.get(proc.pid, (0, ""))[0]
-    others = sorted((rss for pid, (rss, _) in sampler.peaks.items() if pid != proc.pid),
-                    reverse=True)
-    return {"reads": summary["counts"]["reads"], "orfs": summary["counts"]["orfs"],
-            "wall_s": wall, "run_s": summary["timings_s"]["total"],
-            "reads_per_s": summary["reads_per_s"], "embed_s": summary["timings_s"]["embed"],
-            "model_s": sum(s["seconds"] for s in summary["embedding"].values()),
-            "dedup": summary.get("dedup"), "client_mib": client / MIB,
-            "worker_mib": (others[0] / MIB) if others else 0.0,
-            "other_mib": [round(x / MIB) for x in others[1:]]}
+    others = sorted(
+        (rss for pid, (rss, _) in sampler.peaks.items() if pid != proc.pid), reverse=True
+    )
+    return {
+        "reads": summary["counts"]["reads"],
+        "orfs": summary["counts"]["orfs"],
+        "wall_s": wall,
+        "run_s": summary["timings_s"]["total"],
+        "reads_per_s": summary["reads_per_s"],
+        "embed_s": summary["timings_s"]["embed"],
+        "model_s": sum(s["seconds"] for s in summary["embedding"].values()),
+        "dedup": summary.get("dedup"),
+        "client_mib": client / MIB,
+        "worker_mib": (others[0] / MIB) if others else 0.0,
+        "other_mib": [round(x / MIB) for x in others[1:]],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, nargs="*", default=[20_000, 200_000])
-    parser.add_argument("--dup-reads", type=int, default=20_000,
-                        help="reads of the 30 %% duplicate input (0: skip)")
-    parser.add_argument("--distinct", type=int, default=0, metavar="K",
-                        help="reads are copies of K distinct sequences: the model work stays "
-                        "that of K reads while everything else scales with --reads")
+    parser.add_argument(
+        "--dup-reads", type=int, default=20_000, help="reads of the 30 %% duplicate input (0: skip)"
+    )
+    parser.add_argument(
+        "--distinct",
+        type=int,
+        default=0,
+        metavar="K",
+        help="reads are copies of K distinct sequences: the model work stays "
+        "that of K reads while everything else scales with --reads",
+    )
     parser.add_argument("--work", type=Path, default=Path("bench-samples"))
     parser.add_argument("--interval", type=float, default=0.2)
     args = parser.parse_args(argv)
@@ -163,23 +199,33 @@ def main(argv: list[str] | None = None) -> int:
         reads = write_reads(args.work / f"{name}.fa", n, distinct=args.distinct)
         r = run(reads, args.work / f"out_{name}", args.interval)
         label = f"{n:,} reads" + (f" ({args.distinct:,} distinct)" if args.distinct else "")
-        print(f"| {label} | {r['orfs']:,} | {r['run_s']:.0f} s | {r['reads_per_s']:.0f} | "
-              f"{r['worker_mib']:.0f} MiB | {r['client_mib']:.0f} MiB | "
-              f"{r['other_mib']} MiB |", flush=True)
+        print(
+            f"| {label} | {r['orfs']:,} | {r['run_s']:.0f} s | {r['reads_per_s']:.0f} | "
+            f"{r['worker_mib']:.0f} MiB | {r['client_mib']:.0f} MiB | "
+            f"{r['other_mib']} MiB |",
+            flush=True,
+        )
     if args.dup_reads:
-        reads = write_reads(args.work / f"dup30_{args.dup_reads}.fa", args.dup_reads,
-                            duplicate_share=0.3, seed=11)
+        reads = write_reads(
+            args.work / f"dup30_{args.dup_reads}.fa", args.dup_reads, duplicate_share=0.3, seed=11
+        )
         every = run(reads, args.work / "dup_all", args.interval, "--no-dedup")
         once = run(reads, args.work / "dup_once", args.interval)
         print(f"\n30 % duplicate reads ({args.dup_reads:,} reads, {once['orfs']:,} ORFs):")
         for model in ("dnabert", "esm"):
             d = once["dedup"][model]
-            print(f"  {model}: {d['unique']:,} unique of {d['total']:,} inputs "
-                  f"({d['unique'] / d['total']:.1%})")
-        print(f"  embedding stage: {every['embed_s']:.1f} s without dedup, {once['embed_s']:.1f}"
-              f" s with: ratio {once['embed_s'] / every['embed_s']:.2f}")
-        print(f"  model time: {every['model_s']:.1f} s without, {once['model_s']:.1f} s with: "
-              f"ratio {once['model_s'] / every['model_s']:.2f}")
+            print(
+                f"  {model}: {d['unique']:,} unique of {d['total']:,} inputs "
+                f"({d['unique'] / d['total']:.1%})"
+            )
+        print(
+            f"  embedding stage: {every['embed_s']:.1f} s without dedup, {once['embed_s']:.1f}"
+            f" s with: ratio {once['embed_s'] / every['embed_s']:.2f}"
+        )
+        print(
+            f"  model time: {every['model_s']:.1f} s without, {once['model_s']:.1f} s with: "
+            f"ratio {once['model_s'] / every['model_s']:.2f}"
+        )
         print(f"  whole run: {every['run_s']:.1f} s without, {once['run_s']:.1f} s with")
     load = psutil.getloadavg()
     print(f"load average {load[0]:.1f} at the end (the machine may be shared)")

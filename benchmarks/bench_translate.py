@@ -40,7 +40,7 @@ def original(seqid: str, chunk: str) -> Result:
         return s.translate(str.maketrans("ACGTacgt", "TGCAtgca"))[::-1]
 
     def translate_frame(s: str, frame: int) -> str:
-        return "".join(CODON_TABLE.get(s[i:i + 3], "") for i in range(frame, len(s) - 2, 3))
+        return "".join(CODON_TABLE.get(s[i : i + 3], "") for i in range(frame, len(s) - 2, 3))
 
     proteins = [translate_frame(sequence, f) for f in range(3)]
     proteins += [translate_frame(revcomp(sequence), f) for f in range(3)]
@@ -49,10 +49,15 @@ def original(seqid: str, chunk: str) -> Result:
         if "*" not in item and item:
             seq_len = len(item) * 3
             if num <= 3:
-                out.append((seqid + "F" + str(num), sequence[num - 1:num + seq_len], item))
+                out.append((seqid + "F" + str(num), sequence[num - 1 : num + seq_len], item))
             else:
-                out.append((seqid + "R" + str(num - 3),
-                            revcomp(sequence)[num - 3 - 1:num - 3 + seq_len], item))
+                out.append(
+                    (
+                        seqid + "R" + str(num - 3),
+                        revcomp(sequence)[num - 3 - 1 : num - 3 + seq_len],
+                        item,
+                    )
+                )
     return out
 
 
@@ -80,13 +85,13 @@ def struct_dict(seqid: str, chunk: str) -> Result:
         m = (n - f) // 3
         if m == 0:
             continue
-        codons = _unpacker(m)(src[f:f + 3 * m])
+        codons = _unpacker(m)(src[f : f + 3 * m])
         if not _STOPS.isdisjoint(codons):
             continue
         protein = "".join(map(_BYTES_TABLE.get, codons, repeat("")))
         if protein:
             text = s if fi < 3 else src.decode("ascii")
-            out.append((seqid + NAMES[fi], text[f:f + 3 * len(protein) + 1], protein))
+            out.append((seqid + NAMES[fi], text[f : f + 3 * len(protein) + 1], protein))
     return out
 
 
@@ -126,7 +131,7 @@ def numpy_codes(seqid: str, chunk: str) -> Result:
         else:
             rc_text = rc_text or b.translate(_COMP)[::-1].decode("ascii")
             text = rc_text
-        out.append((seqid + NAMES[fi], text[f:f + 3 * len(protein) + 1], protein.decode()))
+        out.append((seqid + NAMES[fi], text[f : f + 3 * len(protein) + 1], protein.decode()))
     return out
 
 
@@ -150,14 +155,19 @@ def make_chunks(kind: str, count: int, seed: int = 1) -> list[tuple[str, str]]:
             if rng.random() < 0.5:
                 seq = seq.translate(str.maketrans("ACGT", "TGCA"))[::-1]
             if kind == "messy":
-                seq = "".join(rng.choice("NRYKMSWBDHVn") if rng.random() < 0.02
-                              else (c.lower() if rng.random() < 0.3 else c) for c in seq)
+                seq = "".join(
+                    rng.choice("NRYKMSWBDHVn")
+                    if rng.random() < 0.02
+                    else (c.lower() if rng.random() < 0.3 else c)
+                    for c in seq
+                )
         chunks.append((f"read{i:06d}_chunk_1", seq))
     return chunks
 
 
-def measure(method: Callable[[str, str], Result], chunks: list[tuple[str, str]],
-            repeat_: int) -> tuple[float, int]:
+def measure(
+    method: Callable[[str, str], Result], chunks: list[tuple[str, str]], repeat_: int
+) -> tuple[float, int]:
     best, orfs = float("inf"), 0
     for _ in range(repeat_):
         start = time.perf_counter()
@@ -171,21 +181,29 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    methods = {"original": original, "struct_dict": struct_dict, "numpy": numpy_codes,
-               "virnuc_dask": virnuc_dask}
+    methods = {
+        "original": original,
+        "struct_dict": struct_dict,
+        "numpy": numpy_codes,
+        "virnuc_dask": virnuc_dask,
+    }
     for kind in ("coding", "messy", "random"):
         chunks = make_chunks(kind, args.chunks)
         expected = [original(cid, seq) for cid, seq in chunks]
         for name, method in methods.items():
             assert [method(cid, seq) for cid, seq in chunks] == expected, name
-        print(f"{kind}: {len(chunks)} chunks of 300-500 bp, "
-              f"{sum(map(len, expected))} ORFs (outputs identical for all methods)")
+        print(
+            f"{kind}: {len(chunks)} chunks of 300-500 bp, "
+            f"{sum(map(len, expected))} ORFs (outputs identical for all methods)"
+        )
         base = None
         for name, method in methods.items():
             seconds, orfs = measure(method, chunks, args.repeat)
             base = base or seconds
-            print(f"  {name:12s} {orfs / seconds:10.0f} ORFs/s {len(chunks) / seconds:10.0f} "
-                  f"chunks/s   x{base / seconds:5.1f} vs original")
+            print(
+                f"  {name:12s} {orfs / seconds:10.0f} ORFs/s {len(chunks) / seconds:10.0f} "
+                f"chunks/s   x{base / seconds:5.1f} vs original"
+            )
 
 
 if __name__ == "__main__":

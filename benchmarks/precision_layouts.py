@@ -30,8 +30,9 @@ from virnuc_dask.tools.demo import build_classifier, build_dnabert, build_esm
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--esm", default="30x640x20", help="layers x width x heads")
-    parser.add_argument("--dnabert", default="12x768x12x3072",
-                        help="layers x hidden x heads x intermediate")
+    parser.add_argument(
+        "--dnabert", default="12x768x12x3072", help="layers x hidden x heads x intermediate"
+    )
     parser.add_argument("--orfs", type=int, default=48)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", metavar="FILE")
@@ -42,18 +43,24 @@ def main() -> None:
     dl, dh, dheads, di = (int(x) for x in args.dnabert.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        esm = build_esm(work / f"esm2_t{layers}_{dim}_layout.pt", layers=layers, dim=dim,
-                        heads=heads)
-        dnabert = build_dnabert(work / "dnabert", hidden=dh, layers=dl, heads=dheads,
-                                intermediate=di)
+        esm = build_esm(
+            work / f"esm2_t{layers}_{dim}_layout.pt", layers=layers, dim=dim, heads=heads
+        )
+        dnabert = build_dnabert(
+            work / "dnabert", hidden=dh, layers=dl, heads=dheads, intermediate=di
+        )
         classifier = build_classifier(work / "mlp.pth", input_dim=dim + dh)
         fasta = write_bench_input(work / "reads.fa", max(8, args.orfs // 2))
         _, orfs = read_orfs_of(str(fasta), 500)
-        orfs = orfs[:args.orfs]
+        orfs = orfs[: args.orfs]
         result = precision_agreement(
-            esm_model=str(esm), dnabert_model=str(dnabert), classifier=str(classifier),
-            nucleotides=[o.nucleotide for o in orfs], proteins=[o.protein for o in orfs],
-            precisions=("bf16", "bf16-mixed"))
+            esm_model=str(esm),
+            dnabert_model=str(dnabert),
+            classifier=str(classifier),
+            nucleotides=[o.nucleotide for o in orfs],
+            proteins=[o.protein for o in orfs],
+            precisions=("bf16", "bf16-mixed"),
+        )
     result["layouts"] = {"esm": args.esm, "dnabert": args.dnabert, "orfs": len(orfs)}
     text = json.dumps(result, indent=2)
     print(text)  # noqa: T201 - a script's output

@@ -42,8 +42,9 @@ demo
 
 # %%
 with dask.config.set(WORKER_ENV):
-    cluster = LocalCluster(n_workers=1, threads_per_worker=2, resources={"GPU": 1},
-                           dashboard_address=":0")
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=2, resources={"GPU": 1}, dashboard_address=":0"
+    )
 client = Client(cluster)
 print("dashboard:", client.dashboard_link)
 
@@ -54,10 +55,17 @@ print("dashboard:", client.dashboard_link)
 # the result files are written; a performance report of the run goes to an HTML file.
 
 # %%
-result = predict(demo["input"], out=work / "results", classifier=demo["classifier"],
-                 esm_model=str(demo["esm"]), dnabert_model=str(demo["dnabert"]),
-                 length=300, precision="fp32", client=client,
-                 performance_report=work / "performance-report.html")
+result = predict(
+    demo["input"],
+    out=work / "results",
+    classifier=demo["classifier"],
+    esm_model=str(demo["esm"]),
+    dnabert_model=str(demo["dnabert"]),
+    length=300,
+    precision="fp32",
+    client=client,
+    performance_report=work / "performance-report.html",
+)
 print(result.counts)
 result.paths
 
@@ -75,8 +83,9 @@ print("first ORFs:", list(result.ids[:3].compute()))
 
 # %%
 esm = result.embeddings["esm"]  # [ORFs, ESM-2 width]
-print("ESM-2 embeddings:", esm.shape, "mean norm",
-      float((esm ** 2).sum(axis=1).mean().compute() ** 0.5))
+print(
+    "ESM-2 embeddings:", esm.shape, "mean norm", float((esm**2).sum(axis=1).mean().compute() ** 0.5)
+)
 
 # %% [markdown]
 # Per-read calls are in `read_predictions.tsv`:
@@ -92,8 +101,11 @@ print("\n".join(result.paths["reads"].read_text().splitlines()[:4]))
 
 # %%
 for address, totals in worker_throughput(client).items():
-    print(address, f"{totals['embedded_orfs']:.0f} ORFs, "
-          f"{totals['embed_orfs_per_s']:.0f} ORFs/s of model time")
+    print(
+        address,
+        f"{totals['embedded_orfs']:.0f} ORFs, "
+        f"{totals['embed_orfs_per_s']:.0f} ORFs/s of model time",
+    )
 
 # %%
 client.close()

@@ -17,8 +17,10 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and os.environ.get("CI") == "true" and item.get_closest_marker("slurm"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
-        report.longrepr = (f"{item.nodeid}: a slurm test was skipped under CI=true ({reason}); "
-                           "CI must install slurm-wlm and munge and run as root (.ci/run)")
+        report.longrepr = (
+            f"{item.nodeid}: a slurm test was skipped under CI=true ({reason}); "
+            "CI must install slurm-wlm and munge and run as root (.ci/run)"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +34,10 @@ def slurm(tmp_path_factory):
 
     missing = missing_programs()
     if missing:
-        pytest.skip(f"SLURM is not installed (missing {', '.join(missing)}; "
-                    "apt-get install slurm-wlm munge)")
+        pytest.skip(
+            f"SLURM is not installed (missing {', '.join(missing)}; "
+            "apt-get install slurm-wlm munge)"
+        )
     if os.geteuid() != 0:
         pytest.skip("the test SLURM runs slurmd, which starts jobs, as root")
     cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
@@ -56,8 +60,9 @@ def reads_2k(tmp_path_factory) -> Path:
     """2,000 coding-like reads of 400–600 bp (generated, the same every run)."""
     from helpers import write_perf_reads
 
-    return write_perf_reads(tmp_path_factory.mktemp("perf") / "reads_2k.fa", 2000, seed=2,
-                            prefix="perf2k")
+    return write_perf_reads(
+        tmp_path_factory.mktemp("perf") / "reads_2k.fa", 2000, seed=2, prefix="perf2k"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +73,15 @@ def client():
 
     from virnuc_dask.cluster.workers import WORKER_ENV
 
-    with dask.config.set(WORKER_ENV), \
-            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                         resources={"GPU": 1}, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        dask.config.set(WORKER_ENV),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            resources={"GPU": 1},
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client

@@ -55,8 +55,9 @@ def assert_matches_reference(out: Path, ref: Path) -> None:
     ref_labels, ref_scores = read_results(ref / "prediction_results.txt")
     assert labels == ref_labels
     assert np.abs(scores - ref_scores).max() <= 1e-5
-    assert (out / "prediction_results_highestscore.csv").read_bytes() == \
-        (ref / "prediction_results_highestscore.csv").read_bytes()
+    assert (out / "prediction_results_highestscore.csv").read_bytes() == (
+        ref / "prediction_results_highestscore.csv"
+    ).read_bytes()
     group = zarr.open_group(out / "embeddings.zarr", mode="r")
     for array, tsv in (("dnabert", "dnabert_s_embeddings.tsv"), ("esm", "esm_embeddings.tsv")):
         ids, expected = read_embeddings_tsv(ref / tsv)
@@ -66,12 +67,24 @@ def assert_matches_reference(out: Path, ref: Path) -> None:
 
 
 # Coding-like reads: random sense codons, so most frames of most chunks are stop-free.
-_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
-          if a + b + c not in ("TAA", "TAG", "TGA")]
+_SENSE = [
+    a + b + c
+    for a in "ACGT"
+    for b in "ACGT"
+    for c in "ACGT"
+    if a + b + c not in ("TAA", "TAG", "TGA")
+]
 
 
-def write_perf_reads(path: Path, n: int, *, seed: int = 2, prefix: str = "perf",
-                     min_length: int = 400, max_length: int = 600) -> Path:
+def write_perf_reads(
+    path: Path,
+    n: int,
+    *,
+    seed: int = 2,
+    prefix: str = "perf",
+    min_length: int = 400,
+    max_length: int = 600,
+) -> Path:
     """``n`` coding-like reads, ``min_length``–``max_length`` bp, upper case, wrapped at 60
     (the shape of a sequencer's assembled reads); the same file for the same arguments."""
     rng = random.Random(seed)
@@ -81,12 +94,13 @@ def write_perf_reads(path: Path, n: int, *, seed: int = 2, prefix: str = "perf",
             seq = "".join(rng.choices(_SENSE, k=length // 3 + 1))[:length]
             fh.write(f">{prefix}_{i + 1:06d}\n")
             for j in range(0, length, 60):
-                fh.write(seq[j:j + 60] + "\n")
+                fh.write(seq[j : j + 60] + "\n")
     return path
 
 
-def write_duplicated_reads(path: Path, n: int, *, share: float = 0.3, seed: int = 3,
-                           prefix: str = "dup") -> Path:
+def write_duplicated_reads(
+    path: Path, n: int, *, share: float = 0.3, seed: int = 3, prefix: str = "dup"
+) -> Path:
     """``n`` coding-like reads of which ``share`` are exact copies (new ids) of others,
     scattered through the file, as PCR duplicates are."""
     rng = random.Random(seed)

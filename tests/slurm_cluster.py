@@ -30,8 +30,11 @@ CLIENTS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
 
 def missing_programs() -> list[str]:
     """SLURM and munge programs this machine lacks (empty when a cluster can start)."""
-    return [p for p in (*DAEMONS, *CLIENTS) if shutil.which(p) is None
-            and not Path("/usr/sbin", p).exists()]
+    return [
+        p
+        for p in (*DAEMONS, *CLIENTS)
+        if shutil.which(p) is None and not Path("/usr/sbin", p).exists()
+    ]
 
 
 def _program(name: str) -> str:
@@ -46,8 +49,9 @@ def _free_port() -> int:
 
 def node_line() -> str:
     """This node as ``slurmd -C`` describes it (``NodeName=vm CPUs=2 ... RealMemory=...``)."""
-    out = subprocess.run([_program("slurmd"), "-C"], capture_output=True, text=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+        [_program("slurmd"), "-C"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     (line,) = [x for x in out.splitlines() if x.startswith("NodeName=")]
     return line.strip()
 
@@ -113,12 +117,20 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self.write_config()
         log = self.base / "log"
         env = self.env()
-        self._spawn("munged", [_program("munged"), "--foreground", "--force",
-                               f"--socket={self.munge_socket}",
-                               f"--key-file={self.base / 'munge' / 'munge.key'}",
-                               f"--pid-file={self.base / 'munge' / 'munged.pid'}",
-                               f"--seed-file={self.base / 'munge' / 'munged.seed'}",
-                               f"--log-file={log / 'munged.log'}"], env)
+        self._spawn(
+            "munged",
+            [
+                _program("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={self.base / 'munge' / 'munge.key'}",
+                f"--pid-file={self.base / 'munge' / 'munged.pid'}",
+                f"--seed-file={self.base / 'munge' / 'munged.seed'}",
+                f"--log-file={log / 'munged.log'}",
+            ],
+            env,
+        )
         self._wait_for(lambda: self.munge_socket.exists(), "munged's socket", 20)
         self._spawn("slurmctld", [_program("slurmctld"), "-D", "-i", "-f", str(self.conf)], env)
         self._spawn("slurmd", [_program("slurmd"), "-D", "-f", str(self.conf)], env)
@@ -126,13 +138,23 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         out = open(self.base / "log" / f"{name}.out", "wb")  # noqa: SIM115 - the daemon's
-        self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env,
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
 
     def node_idle(self) -> bool:
-        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env(),
-                              capture_output=True, text=True, timeout=20)
+        proc = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return proc.returncode == 0 and proc.stdout.strip() == "idle"
 
     def _wait_for(self, ready, what: str, timeout: float) -> None:
@@ -141,30 +163,45 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"{name} exited with {proc.returncode} while waiting "
-                                       f"for {what}; see {self.base / 'log'}")
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode} while waiting "
+                        f"for {what}; see {self.base / 'log'}"
+                    )
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"waited {timeout:.0f} s for {what}; see the logs in "
-                                   f"{self.base / 'log'}")
+                raise TimeoutError(
+                    f"waited {timeout:.0f} s for {what}; see the logs in {self.base / 'log'}"
+                )
             time.sleep(0.5)
 
     def jobs(self) -> list[str]:
         """Ids of the jobs in the queue (pending or running)."""
-        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env(), capture_output=True,
-                             text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
         return out.split()
 
     def job_state(self, job_id: str) -> str:
         """State of a job, also shortly after it ended (COMPLETED, FAILED, CANCELLED ...)."""
-        out = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
-                             env=self.env(), capture_output=True, text=True, timeout=20,
-                             check=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
         return out.strip()
 
     def cancel_all(self) -> None:
-        subprocess.run(["scancel", "--full", "-u", "root"], env=self.env(),
-                       capture_output=True, timeout=20)
+        subprocess.run(
+            ["scancel", "--full", "-u", "root"], env=self.env(), capture_output=True, timeout=20
+        )
 
     def stop(self) -> None:
         """Stop the daemons by PID: slurmd, slurmctld, then munged."""

@@ -14,11 +14,18 @@ from virnuc_dask.config import ConfigError
 
 def test_predict_returns_lazy_arrays_and_paths(client, reference, tmp_path):
     ref = reference / "dev" / "boundaries" / "L300"
-    result = predict(reference / "dev" / "boundaries" / "input.fa", out=tmp_path / "out",
-                     classifier=TINY["classifier"], client=client, length=300,
-                     esm_model=TINY["esm_model"], dnabert_model=TINY["dnabert_model"],
-                     precision="fp32", partition_rows=37,
-                     performance_report=tmp_path / "report.html")
+    result = predict(
+        reference / "dev" / "boundaries" / "input.fa",
+        out=tmp_path / "out",
+        classifier=TINY["classifier"],
+        client=client,
+        length=300,
+        esm_model=TINY["esm_model"],
+        dnabert_model=TINY["dnabert_model"],
+        precision="fp32",
+        partition_rows=37,
+        performance_report=tmp_path / "report.html",
+    )
     assert isinstance(result, Prediction)
     assert result.exit_code == 0
     assert result.dashboard_link == client.dashboard_link
@@ -39,10 +46,16 @@ def test_predict_returns_lazy_arrays_and_paths(client, reference, tmp_path):
 
 
 def test_predict_starts_and_stops_its_own_cluster(reference, tmp_path):
-    result = predict([str(reference / "dev" / "basic" / "input.fa")], out=tmp_path,
-                     classifier=TINY["classifier"], length=500,
-                     esm_model=TINY["esm_model"], dnabert_model=TINY["dnabert_model"],
-                     precision="fp32", workers=1)
+    result = predict(
+        [str(reference / "dev" / "basic" / "input.fa")],
+        out=tmp_path,
+        classifier=TINY["classifier"],
+        length=500,
+        esm_model=TINY["esm_model"],
+        dnabert_model=TINY["dnabert_model"],
+        precision="fp32",
+        workers=1,
+    )
     assert result.exit_code == 0
     assert_matches_reference(tmp_path, reference / "dev" / "basic" / "L500")
     # The arrays read from disk and need no cluster.

@@ -27,24 +27,51 @@ import torch
 from helpers import REFERENCE, TINY
 
 BASIC = REFERENCE / "dev" / "basic" / "input.fa"
-RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
-           "read_predictions.tsv", "failed_records.tsv")
+RESULTS = (
+    "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+    "read_predictions.tsv",
+    "failed_records.tsv",
+)
 
 
-def run_cli(inputs, out: Path, *extra: str, limit_file_size: int | None = None,
-            **models: str) -> subprocess.CompletedProcess:
+def run_cli(
+    inputs, out: Path, *extra: str, limit_file_size: int | None = None, **models: str
+) -> subprocess.CompletedProcess:
     chosen = {**TINY, **models}
-    command = [sys.executable, "-m", "virnuc_dask", "predict", *map(str, inputs),
-               "--out", str(out), "--length", "300", "--precision", "fp32",
-               "--partition-rows", "37", "--esm-model", chosen["esm_model"],
-               "--dnabert-model", chosen["dnabert_model"], "--classifier", chosen["classifier"],
-               *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "virnuc_dask",
+        "predict",
+        *map(str, inputs),
+        "--out",
+        str(out),
+        "--length",
+        "300",
+        "--precision",
+        "fp32",
+        "--partition-rows",
+        "37",
+        "--esm-model",
+        chosen["esm_model"],
+        "--dnabert-model",
+        chosen["dnabert_model"],
+        "--classifier",
+        chosen["classifier"],
+        *extra,
+    ]
 
     def limit() -> None:  # Python ignores SIGXFSZ: writes past the limit fail with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
 
-    return subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          preexec_fn=limit if limit_file_size else None)
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit if limit_file_size else None,
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -60,8 +87,11 @@ def assert_fails_cleanly(proc: subprocess.CompletedProcess, *fragments: str) -> 
 
 
 def digests(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
 
 
 def rows(path: Path) -> list[list[str]]:
@@ -78,6 +108,7 @@ def previous(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 # -- inputs and models that stop a run ------------------------------------------------------
+
 
 def truncated_gzip(tmp: Path, copies: int) -> Path:
     data = gzip.compress(BASIC.read_bytes() * copies)
@@ -144,38 +175,61 @@ def bad_fastq(tmp: Path, name: str, tail: str, *, compressed: bool = False) -> P
 STOPPERS = {
     "FASTQ quality length": (
         lambda tmp: ([BASIC, bad_fastq(tmp, "q.fq", "@r4\nACGT\n+\nIII\n")], {}),
-        ["q.fq: line 16: record 'r4': sequence and quality lengths differ"]),
+        ["q.fq: line 16: record 'r4': sequence and quality lengths differ"],
+    ),
     "FASTQ without '+'": (
-        lambda tmp: ([bad_fastq(tmp, "p.fq.gz", "@r4\nACGT\nACGT\n+\nIIIIIIII\n",
-                               compressed=True)], {}),
-        ["p.fq.gz: line 15: record 'r4': missing '+' line"]),
-    "FASTQ truncated": (lambda tmp: ([bad_fastq(tmp, "t.fq", "@r4\nACGT\n")], {}),
-                        ["t.fq: line 13: record 'r4': truncated record"]),
+        lambda tmp: (
+            [bad_fastq(tmp, "p.fq.gz", "@r4\nACGT\nACGT\n+\nIIIIIIII\n", compressed=True)],
+            {},
+        ),
+        ["p.fq.gz: line 15: record 'r4': missing '+' line"],
+    ),
+    "FASTQ truncated": (
+        lambda tmp: ([bad_fastq(tmp, "t.fq", "@r4\nACGT\n")], {}),
+        ["t.fq: line 13: record 'r4': truncated record"],
+    ),
     "FASTA record in FASTQ": (
         lambda tmp: ([bad_fastq(tmp, "f.fq", ">r4\nACGT\n")], {}),
-        ["f.fq: line 13: record 'r4': a FASTA record ('>' header) in a FASTQ file"]),
+        ["f.fq: line 13: record 'r4': a FASTA record ('>' header) in a FASTQ file"],
+    ),
     # name: (inputs and models from tmp, fragments of the one error line)
     "missing input": (lambda tmp: ([tmp / "nope.fa"], {}), ["nope.fa", "not found"]),
-    "not FASTA": (lambda tmp: ([not_fasta(tmp)], {}),
-                  ["reads.txt: line 1: not FASTA: expected a '>' header line", "read_id"]),
+    "not FASTA": (
+        lambda tmp: ([not_fasta(tmp)], {}),
+        ["reads.txt: line 1: not FASTA: expected a '>' header line", "read_id"],
+    ),
     "binary garbage": (lambda tmp: ([binary_file(tmp)], {}), ["garbage.bin", "not FASTA"]),
-    "binary after a header": (lambda tmp: ([BASIC, binary_after_header(tmp)], {}),
-                              ["garbage.fa: line 5: record 'r2': binary data (NUL byte)"]),
-    "truncated gzip": (lambda tmp: ([truncated_gzip(tmp, 1)], {}),
-                       ["reads1.fa.gz", "corrupt or truncated gzip data"]),
+    "binary after a header": (
+        lambda tmp: ([BASIC, binary_after_header(tmp)], {}),
+        ["garbage.fa: line 5: record 'r2': binary data (NUL byte)"],
+    ),
+    "truncated gzip": (
+        lambda tmp: ([truncated_gzip(tmp, 1)], {}),
+        ["reads1.fa.gz", "corrupt or truncated gzip data"],
+    ),
     "truncated gzip, found while reading": (
         lambda tmp: ([truncated_gzip(tmp, 4)], {}),
-        ["reads4.fa.gz: line ", "corrupt or truncated gzip data"]),
-    "classifier width": (lambda tmp: ([BASIC], narrow_classifier(tmp)),
-                         ["classifier expects 100 features", "give 128"]),
+        ["reads4.fa.gz: line ", "corrupt or truncated gzip data"],
+    ),
+    "classifier width": (
+        lambda tmp: ([BASIC], narrow_classifier(tmp)),
+        ["classifier expects 100 features", "give 128"],
+    ),
     "corrupt classifier": (
-        lambda tmp: ([BASIC], {"classifier": str(truncated(TINY["classifier"], tmp,
-                                                           "mlp.pth", 3000))}),
-        ["mlp.pth: not a loadable VirNucPro classifier"]),
-    "corrupt ESM-2": (lambda tmp: ([BASIC], corrupt_esm(tmp)),
-                      ["esm2_t2_64_tiny.pt: not a loadable fair-esm ESM-2 checkpoint"]),
-    "corrupt DNABERT-S": (lambda tmp: ([BASIC], corrupt_dnabert(tmp)),
-                          ["cannot read DNABERT-S weights", "pytorch_model.bin"]),
+        lambda tmp: (
+            [BASIC],
+            {"classifier": str(truncated(TINY["classifier"], tmp, "mlp.pth", 3000))},
+        ),
+        ["mlp.pth: not a loadable VirNucPro classifier"],
+    ),
+    "corrupt ESM-2": (
+        lambda tmp: ([BASIC], corrupt_esm(tmp)),
+        ["esm2_t2_64_tiny.pt: not a loadable fair-esm ESM-2 checkpoint"],
+    ),
+    "corrupt DNABERT-S": (
+        lambda tmp: ([BASIC], corrupt_dnabert(tmp)),
+        ["cannot read DNABERT-S weights", "pytorch_model.bin"],
+    ),
 }
 
 
@@ -193,8 +247,9 @@ def test_unwritable_output_directory(tmp_path):
     parent = tmp_path / "locked"
     parent.mkdir()
     if os.geteuid() == 0:  # root writes through permissions: use a read-only filesystem
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
-                                  str(parent)], capture_output=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(parent)], capture_output=True
+        )
         if mounted.returncode:
             pytest.skip("running as root without a way to mount a read-only filesystem")
     else:
@@ -210,6 +265,7 @@ def test_unwritable_output_directory(tmp_path):
 
 
 # -- a full output directory ------------------------------------------------------------------
+
 
 def fill(path: Path, leave: int) -> None:
     """Fill the filesystem of ``path`` up to ``leave`` free bytes."""
@@ -230,8 +286,9 @@ def small_filesystem(tmp_path):
         pytest.skip("mounting a size-limited tmpfs needs root")
     mount = tmp_path / "small"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                      capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
@@ -279,6 +336,7 @@ def test_file_size_limit(previous, tmp_path):
 
 # -- inputs whose bad records are skipped, and odd inputs that are fine ---------------------
 
+
 def write(tmp: Path, name: str, data: str | bytes) -> Path:
     path = tmp / name
     path.write_bytes(data.encode() if isinstance(data, str) else data)
@@ -292,8 +350,7 @@ def run_partial(tmp: Path, inputs) -> tuple[list[list[str]], dict[str, list[str]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and not error_lines(proc.stderr)
     assert "records failed; see" in proc.stderr
-    return (rows(out / "failed_records.tsv"),
-            {r[0]: r for r in rows(out / "read_predictions.tsv")})
+    return (rows(out / "failed_records.tsv"), {r[0]: r for r in rows(out / "read_predictions.tsv")})
 
 
 ORF_READ = "ATGAAACCCGGGTTTAAACCCGGGATGCCC"
@@ -350,9 +407,10 @@ def test_windows_line_endings_give_the_same_results(previous, tmp_path):
 def test_a_read_of_one_megabase(tmp_path):
     rng = random.Random(7)
     sequence = "".join(rng.choice("ACGT") for _ in range(1_000_000))
-    lines = "\n".join(sequence[i:i + 80] for i in range(0, len(sequence), 80))
-    proc = run_cli([write(tmp_path, "long.fa", f">long\n{lines}\n>short\n{ORF_READ}\n")],
-                   tmp_path / "out")
+    lines = "\n".join(sequence[i : i + 80] for i in range(0, len(sequence), 80))
+    proc = run_cli(
+        [write(tmp_path, "long.fa", f">long\n{lines}\n>short\n{ORF_READ}\n")], tmp_path / "out"
+    )
     assert proc.returncode == 0, proc.stderr
     reads = {r[0]: r for r in rows(tmp_path / "out" / "read_predictions.tsv")}
     assert reads["long"][1:3] == ["1000000", "3334"]
@@ -367,8 +425,15 @@ def test_input_without_any_orf(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     out = tmp_path / "out"
-    for name in ("prediction_results.txt", "prediction_results_highestscore.csv",
-                 "failed_records.tsv"):
+    for name in (
+        "prediction_results.txt",
+        "prediction_results_highestscore.csv",
+        "failed_records.tsv",
+    ):
         assert len((out / name).read_text().splitlines()) == 1, name
     assert [(r[0], r[-1]) for r in rows(out / "read_predictions.tsv")] == [
-        ("a", "no_orf"), ("b", "no_orf"), ("c", "no_orf"), ("d", "no_orf")]
+        ("a", "no_orf"),
+        ("b", "no_orf"),
+        ("c", "no_orf"),
+        ("d", "no_orf"),
+    ]

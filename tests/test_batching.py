@@ -57,10 +57,11 @@ def test_pipeline_partitions_of_perf_inputs_pad_little(tmp_path, n):
     for length in (300, 500):
         lengths = np.array([len(o.protein) + 2 for o in orfs_from_records(records, length).orfs])
         for budget in (2048, 32768):  # CPU default, GPU ceiling
-            parts = [lengths[i:i + 2048] for i in range(0, len(lengths), 2048)]
+            parts = [lengths[i : i + 2048] for i in range(0, len(lengths), 2048)]
             real = sum(int(p.sum()) for p in parts)
-            padded = sum(int(p[b].max()) * len(b) for p in parts
-                         for b in token_budget_batches(p, budget))
+            padded = sum(
+                int(p[b].max()) * len(b) for p in parts for b in token_budget_batches(p, budget)
+            )
             assert real / padded >= 0.97, (length, budget)
 
 

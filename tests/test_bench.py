@@ -18,9 +18,24 @@ from virnuc_dask.tools.bench import REQUIRED_KEYS
 
 def test_bench_runs_and_writes_sane_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--size", "tiny", "--reads", "24", "--workers", "1",
-                 "--precision-orfs", "16", "--work-dir", str(tmp_path / "work"),
-                 "--json", str(out), "-q"])
+    code = main(
+        [
+            "bench",
+            "--size",
+            "tiny",
+            "--reads",
+            "24",
+            "--workers",
+            "1",
+            "--precision-orfs",
+            "16",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+            "-q",
+        ]
+    )
     assert code == 0
     assert "speedup vs original" in capsys.readouterr().out
     result = json.loads(out.read_text())
@@ -31,18 +46,21 @@ def test_bench_runs_and_writes_sane_json(tmp_path, capsys):
     assert 0.5 < result["padding_efficiency"] <= 1
     assert result["pipeline_reads_per_s"] > 0 and result["original_style_reads_per_s"] > 0
     assert result["speedup_vs_original"] == pytest.approx(
-        result["pipeline_reads_per_s"] / result["original_style_reads_per_s"])
+        result["pipeline_reads_per_s"] / result["original_style_reads_per_s"]
+    )
     assert result["workers"] == 1 and [r["workers"] for r in result["scaling"]] == [1]
     assert result["reads"] == 24 and result["orfs"] >= 24
     # the pipeline and the original way computed the same scores
     assert result["original_style"]["max_score_diff_vs_pipeline"] <= 1e-5
     # the bound: the original way's time over the pipeline's FLOPs run at the peak
     original = result["original_style"]
-    at_peak = sum(result["stages"][m]["flops"] for m in ("esm", "dnabert")) / \
-        result["matmul_peak_flops"]
+    at_peak = (
+        sum(result["stages"][m]["flops"] for m in ("esm", "dnabert")) / result["matmul_peak_flops"]
+    )
     assert result["speedup_bound"] == pytest.approx(original["seconds"] / at_peak)
     assert original["speedup_bound_embedding"] == pytest.approx(
-        (original["timings_s"]["esm"] + original["timings_s"]["dnabert"]) / at_peak, rel=1e-3)
+        (original["timings_s"]["esm"] + original["timings_s"]["dnabert"]) / at_peak, rel=1e-3
+    )
     assert result["speedup_bound"] >= original["speedup_bound_embedding"] > 1
     assert all(0 < u < 1.5 for u in original["utilization"].values())
     assert 0 < result["store_share"] < 1
@@ -72,8 +90,7 @@ def test_flops_match_torch_flop_counter_on_fair_esm():
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(torch.randint(4, 24, (1, length)), repr_layers=[model.num_layers])
     lm_head = 2 * length * (e * e + e * vocab)  # fair-esm computes logits; embedding doesn't
-    assert module_shape(model).flops_of(np.array([length])) == \
-        counter.get_total_flops() - lm_head
+    assert module_shape(model).flops_of(np.array([length])) == counter.get_total_flops() - lm_head
 
 
 def test_dnabert_flops_count_every_linear_layer():
@@ -84,8 +101,7 @@ def test_dnabert_flops_count_every_linear_layer():
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(torch.randint(5, 100, (1, length)))  # SDPA on CPU is not counted by torch
     attention = 4 * length**2 * cfg.hidden_size * cfg.num_hidden_layers
-    assert module_shape(model).flops_of(np.array([length])) == \
-        counter.get_total_flops() + attention
+    assert module_shape(model).flops_of(np.array([length])) == counter.get_total_flops() + attention
 
 
 def test_matmul_peak_is_a_rate():
@@ -104,11 +120,22 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
 
     e, d = SIZES[size]["esm"], SIZES[size]["dnabert"]
     with torch.device("meta"):
-        model = ESM2(num_layers=e["layers"], embed_dim=e["dim"], attention_heads=e["heads"],
-                     alphabet=esm.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
-        dnabert = DnabertS(DnabertConfig(
-            vocab_size=4096, hidden_size=d["hidden"], num_hidden_layers=d["layers"],
-            num_attention_heads=d["heads"], intermediate_size=d["intermediate"]))
+        model = ESM2(
+            num_layers=e["layers"],
+            embed_dim=e["dim"],
+            attention_heads=e["heads"],
+            alphabet=esm.Alphabet.from_architecture("ESM-1b"),
+            token_dropout=True,
+        )
+        dnabert = DnabertS(
+            DnabertConfig(
+                vocab_size=4096,
+                hidden_size=d["hidden"],
+                num_hidden_layers=d["layers"],
+                num_attention_heads=d["heads"],
+                intermediate_size=d["intermediate"],
+            )
+        )
     assert sum(p.numel() for p in model.parameters()) == esm_params
     assert 116e6 < sum(p.numel() for p in dnabert.parameters()) < 118e6
 
@@ -125,7 +152,6 @@ def test_stage_figures_of_concurrent_workers_are_the_machine_rate():
     assert two["utilization"] == pytest.approx(2.0) and two["tokens_per_s"] == pytest.approx(180)
     assert two["seconds"] == pytest.approx(5.0) and two["worker_seconds"] == pytest.approx(10.0)
     assert two["padding_efficiency"] == one["padding_efficiency"] == pytest.approx(0.9)
-
 
 
 @pytest.mark.parametrize("given", [False, True])
@@ -150,12 +176,15 @@ def test_more_workers_than_gpus_is_refused_at_once(monkeypatch, tmp_path, capsys
 
     monkeypatch.setattr(workers, "visible_gpus", lambda gpus=None: ["0"])
     t = time.monotonic()
-    code = main(["bench", "--size", "tiny", "--reads", "8", "--workers", "1,2",
-                 "--work-dir", str(tmp_path)])
+    code = main(
+        ["bench", "--size", "tiny", "--reads", "8", "--workers", "1,2", "--work-dir", str(tmp_path)]
+    )
     assert code == 1 and time.monotonic() - t < 10
     err = capsys.readouterr().err
-    assert "--workers 1,2 asks for 2 GPU workers, but this node has 1 visible GPU(s) (0)" \
-        in err and "use --workers 1" in err
+    assert (
+        "--workers 1,2 asks for 2 GPU workers, but this node has 1 visible GPU(s) (0)" in err
+        and "use --workers 1" in err
+    )
     assert not (tmp_path / "models").exists()  # refused before any work
 
 
@@ -168,9 +197,15 @@ def test_fewer_workers_started_than_asked_ends_the_wait(monkeypatch, tmp_path):
     from virnuc_dask.errors import VirnucError
     from virnuc_dask.tools.bench import run_pipeline
 
-    monkeypatch.setattr(start, "_new_local_cluster", lambda settings: LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"))
+    monkeypatch.setattr(
+        start,
+        "_new_local_cluster",
+        lambda settings: LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ),
+    )
     settings = load_settings(inputs=[], overrides={"out": str(tmp_path / "p"), **TINY})
-    with pytest.raises(VirnucError, match="1 of the 2 workers asked for started within 2 s; "
-                       "use --workers 1"):
+    with pytest.raises(
+        VirnucError, match="1 of the 2 workers asked for started within 2 s; use --workers 1"
+    ):
         run_pipeline(settings, 2, timeout=2)

@@ -51,18 +51,51 @@ def hand_started(tmp_path_factory):
     scheduler_file = base / "scheduler.json"
     env = {**os.environ, WORKER_ENV_VARIABLE: WORKER_ENV_VALUE}
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    procs = [subprocess.Popen(
-        [str(BIN / "dask"), "scheduler", "--port", "0", "--dashboard-address", ":0",
-         "--scheduler-file", str(scheduler_file)],
-        cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            cwd=elsewhere,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         _wait_for_file(scheduler_file, procs)
         for name in ("w1", "w2"):
-            procs.append(subprocess.Popen(
-                [str(BIN / "dask"), "worker", "--scheduler-file", str(scheduler_file),
-                 "--nthreads", "2", "--resources", "GPU=1", "--name", name,
-                 "--dashboard-address", ":0", "--local-directory", str(elsewhere)],
-                cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        "--scheduler-file",
+                        str(scheduler_file),
+                        "--nthreads",
+                        "2",
+                        "--resources",
+                        "GPU=1",
+                        "--name",
+                        name,
+                        "--dashboard-address",
+                        ":0",
+                        "--local-directory",
+                        str(elsewhere),
+                    ],
+                    cwd=elsewhere,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
             yield client, scheduler_file
@@ -78,17 +111,40 @@ def hand_started(tmp_path_factory):
 
 def _predict_cli(reference, cwd: Path, case: str, length: int, *extra: str):
     return subprocess.run(
-        [sys.executable, "-m", "virnuc_dask", "predict",
-         str(reference / "dev" / case / "input.fa"), "--length", str(length),
-         "--esm-model", TINY["esm_model"], "--dnabert-model", TINY["dnabert_model"],
-         "--classifier", TINY["classifier"], "--precision", "fp32", "--partition-rows", "37",
-         "--blocksize", "4096", *extra],
-        cwd=cwd, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "virnuc_dask",
+            "predict",
+            str(reference / "dev" / case / "input.fa"),
+            "--length",
+            str(length),
+            "--esm-model",
+            TINY["esm_model"],
+            "--dnabert-model",
+            TINY["dnabert_model"],
+            "--classifier",
+            TINY["classifier"],
+            "--precision",
+            "fp32",
+            "--partition-rows",
+            "37",
+            "--blocksize",
+            "4096",
+            *extra,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _embedded_orfs(client: Client) -> float:
-    return sum(w["metrics"].get("embedded_orfs", 0)
-               for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    return sum(
+        w["metrics"].get("embedded_orfs", 0)
+        for w in client.scheduler_info(n_workers=-1)["workers"].values()
+    )
 
 
 def test_workers_started_by_hand_run_without_malloc_trim(hand_started):
@@ -103,8 +159,18 @@ def test_predict_on_scheduler_address_matches_original(hand_started, reference, 
     before = _embedded_orfs(client)
     address = client.scheduler.address
     # Relative paths from the client's directory: the workers run elsewhere.
-    proc = _predict_cli(reference, tmp_path, "basic", 300, "--scheduler", address,
-                        "--out", "out", "--performance-report", "report.html")
+    proc = _predict_cli(
+        reference,
+        tmp_path,
+        "basic",
+        300,
+        "--scheduler",
+        address,
+        "--out",
+        "out",
+        "--performance-report",
+        "report.html",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "dashboard: http://" in proc.stderr
@@ -114,8 +180,9 @@ def test_predict_on_scheduler_address_matches_original(hand_started, reference, 
     assert "Dask Performance Report" in report
 
     # Stages are readable task prefixes on the scheduler (task stream, progress).
-    prefixes = set(client.run_on_scheduler(
-        lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
+    prefixes = set(
+        client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    )
     assert set(STAGES) <= prefixes
     assert not {"_take", "_gather", "_first", "_write_block"} & prefixes
 
@@ -125,21 +192,37 @@ def test_predict_on_scheduler_address_matches_original(hand_started, reference, 
         time.sleep(0.5)
     assert _embedded_orfs(client) - before == 250  # ORFs of basic at 300 bp
     for worker in client.scheduler_info(n_workers=-1)["workers"].values():
-        assert {"embedded_orfs", "embedded_tokens", "embed_seconds",
-                "embed_orfs_per_s"} <= set(worker["metrics"])
+        assert {"embedded_orfs", "embedded_tokens", "embed_seconds", "embed_orfs_per_s"} <= set(
+            worker["metrics"]
+        )
     # ... and the Fine Performance Metrics page splits embedding time and work by model.
-    fine = client.run_on_scheduler(lambda dask_scheduler: [
-        k for k in dask_scheduler.cumulative_worker_metrics
-        if isinstance(k, tuple) and k[:2] == ("execute", "embed")])
-    assert {("execute", "embed", model, unit) for model in ("dnabert", "esm")
-            for unit in ("seconds", "tokens")} <= set(fine)
+    fine = client.run_on_scheduler(
+        lambda dask_scheduler: [
+            k
+            for k in dask_scheduler.cumulative_worker_metrics
+            if isinstance(k, tuple) and k[:2] == ("execute", "embed")
+        ]
+    )
+    assert {
+        ("execute", "embed", model, unit)
+        for model in ("dnabert", "esm")
+        for unit in ("seconds", "tokens")
+    } <= set(fine)
     assert ("execute", "embed", "embedded", "orfs") in fine
 
 
 def test_predict_with_scheduler_file_matches_original(hand_started, reference, tmp_path):
     _, scheduler_file = hand_started
-    proc = _predict_cli(reference, tmp_path, "messy", 500, "--scheduler-file",
-                        str(scheduler_file), "--out", str(tmp_path / "out"))
+    proc = _predict_cli(
+        reference,
+        tmp_path,
+        "messy",
+        500,
+        "--scheduler-file",
+        str(scheduler_file),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert_matches_reference(tmp_path / "out", reference / "dev" / "messy" / "L500")
 
@@ -147,40 +230,58 @@ def test_predict_with_scheduler_file_matches_original(hand_started, reference, t
 def test_workers_without_gpu_resource_still_embed(reference, tmp_path):
     settings = load_settings(
         inputs=[str(reference / "dev" / "mixed" / "input.fa")],
-        overrides={"out": str(tmp_path), "length": 500, "precision": "fp32",
-                   "partition_rows": 64, **TINY})
-    with dask.config.set(WORKER_ENV), \
-            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                         dashboard_address=":0") as cluster, Client(cluster) as client:
+        overrides={
+            "out": str(tmp_path),
+            "length": 500,
+            "precision": "fp32",
+            "partition_rows": 64,
+            **TINY,
+        },
+    )
+    with (
+        dask.config.set(WORKER_ENV),
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         result = predict(settings, client)
     assert result.exit_code == 0
     assert_matches_reference(tmp_path, reference / "dev" / "mixed" / "L500")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"cluster": "slurm", "scheduler": "tcp://h:8786"}, "cannot be combined"),
-    ({"scheduler": "tcp://h:8786", "scheduler_file": "s.json"}, "choose one"),
-    ({"jobs": 2}, "jobs applies to cluster slurm or pbs"),
-    ({"cluster": "sge"}, "cluster must be one of local, slurm, pbs, slurm-runner"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"cluster": "slurm", "scheduler": "tcp://h:8786"}, "cannot be combined"),
+        ({"scheduler": "tcp://h:8786", "scheduler_file": "s.json"}, "choose one"),
+        ({"jobs": 2}, "jobs applies to cluster slurm or pbs"),
+        ({"cluster": "sge"}, "cluster must be one of local, slurm, pbs, slurm-runner"),
+    ],
+)
 def test_cluster_settings_that_contradict_each_other(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(overrides=overrides)
 
 
 def test_scheduler_that_is_neither_address_nor_file(tmp_path):
-    settings = load_settings(overrides={"scheduler": str(tmp_path / "missing.json"),
-                                        "out": str(tmp_path)})
-    with pytest.raises(ConfigError, match="neither an address .* nor an existing scheduler file"), \
-            open_client(settings):
+    settings = load_settings(
+        overrides={"scheduler": str(tmp_path / "missing.json"), "out": str(tmp_path)}
+    )
+    with (
+        pytest.raises(ConfigError, match="neither an address .* nor an existing scheduler file"),
+        open_client(settings),
+    ):
         pass
 
 
 def test_absolute_paths_keep_hub_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "reads.fa").write_text(">r\nACGT\n")
-    settings = load_settings(inputs=["reads.fa"], overrides={
-        "out": "out", "classifier": "m.pth", "model_cache": "~/models"}).with_absolute_paths()
+    settings = load_settings(
+        inputs=["reads.fa"],
+        overrides={"out": "out", "classifier": "m.pth", "model_cache": "~/models"},
+    ).with_absolute_paths()
     assert settings.inputs == (str(tmp_path / "reads.fa"),)
     assert settings.out == str(tmp_path / "out")
     assert settings.classifier == str(tmp_path / "m.pth")
@@ -193,16 +294,47 @@ def test_slurm_runner_ranks_of_one_job_match_original(reference, tmp_path):
     """What cluster/slurm-batch.sh starts: the same command as ranks 0, 1, 2 of a job."""
     procs = []
     for rank in range(3):
-        env = {**os.environ, "SLURM_PROCID": str(rank), "SLURM_NTASKS": "3",
-               "SLURM_JOB_ID": "4242", "CUDA_VISIBLE_DEVICES": ""}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "virnuc_dask", "predict",
-             str(reference / "dev" / "boundaries" / "input.fa"), "--length", "500",
-             "--esm-model", TINY["esm_model"], "--dnabert-model", TINY["dnabert_model"],
-             "--classifier", TINY["classifier"], "--precision", "fp32",
-             "--partition-rows", "37", "--out", "out", "--cluster", "slurm-runner",
-             "--worker-type", "cpu"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "SLURM_PROCID": str(rank),
+            "SLURM_NTASKS": "3",
+            "SLURM_JOB_ID": "4242",
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "virnuc_dask",
+                    "predict",
+                    str(reference / "dev" / "boundaries" / "input.fa"),
+                    "--length",
+                    "500",
+                    "--esm-model",
+                    TINY["esm_model"],
+                    "--dnabert-model",
+                    TINY["dnabert_model"],
+                    "--classifier",
+                    TINY["classifier"],
+                    "--precision",
+                    "fp32",
+                    "--partition-rows",
+                    "37",
+                    "--out",
+                    "out",
+                    "--cluster",
+                    "slurm-runner",
+                    "--worker-type",
+                    "cpu",
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     try:
         logs = [proc.communicate(timeout=300)[0] for proc in procs]
     finally:
@@ -218,13 +350,24 @@ def test_slurm_runner_ranks_of_one_job_match_original(reference, tmp_path):
 def test_scheduler_without_workers_ends_the_run(tmp_path):
     with LocalCluster(n_workers=0, dashboard_address=":0") as cluster:
         started = time.monotonic()
-        proc = _predict_cli(REFERENCE_DIR, tmp_path, "basic", 300, "--scheduler",
-                            cluster.scheduler_address, "--out", "out",
-                            "--no-worker-timeout", "3")
+        proc = _predict_cli(
+            REFERENCE_DIR,
+            tmp_path,
+            "basic",
+            300,
+            "--scheduler",
+            cluster.scheduler_address,
+            "--out",
+            "out",
+            "--no-worker-timeout",
+            "3",
+        )
     assert proc.returncode == 1, proc.stderr
     assert time.monotonic() - started < 60
-    assert f"no worker connected to the scheduler at {cluster.scheduler_address} for 0:0" \
+    assert (
+        f"no worker connected to the scheduler at {cluster.scheduler_address} for 0:0"
         in proc.stderr
+    )
     assert "(--no-worker-timeout 3)" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -234,19 +377,56 @@ def test_workers_lost_mid_run_end_it_and_keep_finished_partitions(tmp_path):
     with LocalCluster(n_workers=0, dashboard_address=":0") as cluster:
         env = {**os.environ, WORKER_ENV_VARIABLE: WORKER_ENV_VALUE}
         worker = subprocess.Popen(
-            [str(BIN / "dask"), "worker", cluster.scheduler_address, "--nthreads", "2",
-             "--resources", "GPU=1", "--dashboard-address", ":0"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                str(BIN / "dask"),
+                "worker",
+                cluster.scheduler_address,
+                "--nthreads",
+                "2",
+                "--resources",
+                "GPU=1",
+                "--dashboard-address",
+                ":0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             with open(log, "w") as fh:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "virnuc_dask", "predict", str(reads), "--length",
-                     "300", "--esm-model", TINY["esm_model"], "--dnabert-model",
-                     TINY["dnabert_model"], "--classifier", TINY["classifier"],
-                     "--precision", "fp32", "--partition-rows", "40", "--out", "out",
-                     "--scheduler", cluster.scheduler_address, "--no-worker-timeout", "4",
-                     "--progress-interval", "0.5"],
-                    cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT)
+                    [
+                        sys.executable,
+                        "-m",
+                        "virnuc_dask",
+                        "predict",
+                        str(reads),
+                        "--length",
+                        "300",
+                        "--esm-model",
+                        TINY["esm_model"],
+                        "--dnabert-model",
+                        TINY["dnabert_model"],
+                        "--classifier",
+                        TINY["classifier"],
+                        "--precision",
+                        "fp32",
+                        "--partition-rows",
+                        "40",
+                        "--out",
+                        "out",
+                        "--scheduler",
+                        cluster.scheduler_address,
+                        "--no-worker-timeout",
+                        "4",
+                        "--progress-interval",
+                        "0.5",
+                    ],
+                    cwd=tmp_path,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                )
             deadline = time.monotonic() + 120
             while not re.search(r"· [1-9]\d*/\d+ partitions", log.read_text()):
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()

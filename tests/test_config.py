@@ -15,8 +15,9 @@ def test_defaults_file_matches_settings_fields():
 def test_config_file_then_flags(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("length: 300\ntoks_per_batch: 4096\n")
-    settings = load_settings(inputs=["a.fa"], config_file=cfg,
-                             overrides={"toks_per_batch": 1024, "precision": None})
+    settings = load_settings(
+        inputs=["a.fa"], config_file=cfg, overrides={"toks_per_batch": 1024, "precision": None}
+    )
     assert settings.length == 300
     assert settings.toks_per_batch == 1024
     assert settings.precision == "auto"
@@ -30,12 +31,15 @@ def test_unknown_key_is_an_error_naming_allowed_keys(tmp_path):
         load_settings(config_file=cfg)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"length": 0}, "length must be a positive integer"),
-    ({"precision": "fp8"}, "precision must be one of auto, fp32, bf16, fp16"),
-    ({"workers": -1}, "workers must be a positive integer or null"),
-    ({"overwrite": "yes"}, "overwrite must be true or false"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"length": 0}, "length must be a positive integer"),
+        ({"precision": "fp8"}, "precision must be one of auto, fp32, bf16, fp16"),
+        ({"workers": -1}, "workers must be a positive integer or null"),
+        ({"overwrite": "yes"}, "overwrite must be true or false"),
+    ],
+)
 def test_bad_values(values, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(overrides=values)

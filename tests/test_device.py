@@ -17,8 +17,15 @@ from virnuc_dask.worker.device import (
 
 
 def facts(**changes) -> DeviceProbe:
-    values = {"nvml_gpus": 0, "visible": None, "cuda_available": False, "cuda_devices": 0,
-              "torch_version": "2.13.0+cpu", "cuda_build": None, "driver": None}
+    values = {
+        "nvml_gpus": 0,
+        "visible": None,
+        "cuda_available": False,
+        "cuda_devices": 0,
+        "torch_version": "2.13.0+cpu",
+        "cuda_build": None,
+        "driver": None,
+    }
     return DeviceProbe(**{**values, **changes})
 
 
@@ -35,19 +42,24 @@ def test_a_usable_gpu_is_taken():
     assert decide("cpu", gpu).type == "cpu"  # asked for
 
 
-@pytest.mark.parametrize("seen", [{"nvml_gpus": 4}, {"visible": ("2",)},
-                                  {"visible": ("GPU-8a1c",), "nvml_gpus": 8}])
+@pytest.mark.parametrize(
+    "seen", [{"nvml_gpus": 4}, {"visible": ("2",)}, {"visible": ("GPU-8a1c",), "nvml_gpus": 8}]
+)
 def test_cpu_only_torch_on_a_gpu_worker_is_an_error(seen):
-    with pytest.raises(DeviceError, match="started for GPUs .* torch 2.13.0\\+cpu is a "
-                       "CPU-only build; install a CUDA build .* or pass --device cpu"):
+    with pytest.raises(
+        DeviceError,
+        match="started for GPUs .* torch 2.13.0\\+cpu is a "
+        "CPU-only build; install a CUDA build .* or pass --device cpu",
+    ):
         decide("auto", facts(**seen))
     assert decide("cpu", facts(**seen)).type == "cpu"
 
 
 def test_driver_too_old_for_the_build_is_an_error():
     old = facts(nvml_gpus=1, cuda_build="12.8", driver="470.57", torch_version="2.13.0")
-    with pytest.raises(DeviceError, match="built for CUDA 12.8\\) cannot use them with "
-                       "driver 470.57"):
+    with pytest.raises(
+        DeviceError, match="built for CUDA 12.8\\) cannot use them with driver 470.57"
+    ):
         decide("auto", old)
 
 
@@ -58,14 +70,23 @@ def test_cuda_asked_without_any_gpu_is_an_error():
         decide("gpu", facts())
 
 
-@pytest.mark.parametrize("value, expected", [
-    (None, None), ("", ()), ("-1", ()), ("0", ("0",)), ("1, 3", ("1", "3")),
-    ("GPU-aa,GPU-bb", ("GPU-aa", "GPU-bb"))])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, None),
+        ("", ()),
+        ("-1", ()),
+        ("0", ("0",)),
+        ("1, 3", ("1", "3")),
+        ("GPU-aa,GPU-bb", ("GPU-aa", "GPU-bb")),
+    ],
+)
 def test_cuda_visible_devices(value, expected):
     assert parse_visible(value) == expected
 
 
 # -- several workers on one multi-GPU node --------------------------------------------------
+
 
 def claim_all(orders: list[list[str]], tmp_path) -> list[object]:
     """Each list is one worker's visible devices in order; all claim at the same time."""
@@ -99,8 +120,9 @@ def test_more_workers_than_gpus_refuse_with_how_to_fix(tmp_path):
     refused = [c for c in claims if isinstance(c, DeviceError)]
     held = [c for c in claims if not isinstance(c, DeviceError)]
     assert len(refused) == 1 and sorted(c.name for c in held) == ["GPU-a", "GPU-b"]
-    assert "all 2 GPU(s) this worker sees on node1 are held by other virnuc-dask workers" \
-        in str(refused[0])
+    assert "all 2 GPU(s) this worker sees on node1 are held by other virnuc-dask workers" in str(
+        refused[0]
+    )
     assert "CUDA_VISIBLE_DEVICES=<one id>" in str(refused[0])
     # a device given back (a worker closed) can be taken again
     held[0].release()
@@ -118,15 +140,19 @@ def test_dask_cuda_workers_each_get_their_first_device(tmp_path):
 
 # -- GPUs of a local cluster --------------------------------------------------------------------
 
-@pytest.mark.parametrize("env, gpus, expected", [
-    (None, "0,1", ["0", "1"]),
-    ("2,3", "0", ["2"]),  # a job's allocation: --gpus counts within it
-    ("2,3", "1,0", ["3", "2"]),
-    ("GPU-aa,GPU-bb", "1", ["GPU-bb"]),
-    ("2,3", "GPU-cc", ["GPU-cc"]),
-    ("2,3", None, ["2", "3"]),
-    ("", None, []),
-])
+
+@pytest.mark.parametrize(
+    "env, gpus, expected",
+    [
+        (None, "0,1", ["0", "1"]),
+        ("2,3", "0", ["2"]),  # a job's allocation: --gpus counts within it
+        ("2,3", "1,0", ["3", "2"]),
+        ("GPU-aa,GPU-bb", "1", ["GPU-bb"]),
+        ("2,3", "GPU-cc", ["GPU-cc"]),
+        ("2,3", None, ["2", "3"]),
+        ("", None, []),
+    ],
+)
 def test_gpus_option_counts_within_cuda_visible_devices(monkeypatch, env, gpus, expected):
     from virnuc_dask.cluster.workers import visible_gpus
 
@@ -160,8 +186,9 @@ def test_dask_cuda_workers_keep_the_project_preload(monkeypatch):
         def __init__(self, **kwargs):
             seen.update(kwargs)
 
-    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(
-        LocalCUDACluster=FakeCluster))
+    monkeypatch.setitem(
+        sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeCluster)
+    )
     monkeypatch.setattr(start, "visible_gpus", lambda gpus=None: ["0", "1"])
     start._start_local(load_settings(inputs=[], overrides={"workers": 1}))
     assert "virnuc_dask.cluster.start" in seen["preload"]

@@ -32,7 +32,6 @@ LENGTHS = ["L300", "L500"]
 TOL = 1e-5
 
 
-
 def read_fasta(path: Path) -> tuple[list[str], list[str]]:
     ids: list[str] = []
     seqs: list[str] = []

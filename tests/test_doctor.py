@@ -13,8 +13,7 @@ from helpers import TINY
 from virnuc_dask.cli.main import main
 from virnuc_dask.tools import doctor
 
-KEYS = ("torch", "disk", "models", "dask_cuda", "cluster", "gpus", "devices", "sdpa",
-        "predict")
+KEYS = ("torch", "disk", "models", "dask_cuda", "cluster", "gpus", "devices", "sdpa", "predict")
 
 
 def test_doctor_passes_here_and_says_no_gpu(tmp_path, capsys):
@@ -57,8 +56,12 @@ def test_too_little_disk_fails(tmp_path):
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -66,8 +69,9 @@ def test_the_packaged_golden_case_is_what_predict_gives(client, tmp_path):
     """Made once with write_golden; making it again gives the same files."""
     doctor.write_golden(tmp_path / "golden", tmp_path / "work", client)
     for name in ("input.fa", "prediction_results.txt", "models.json"):
-        assert (tmp_path / "golden" / name).read_bytes() == \
-            (doctor.golden_dir() / name).read_bytes(), name
+        assert (tmp_path / "golden" / name).read_bytes() == (
+            doctor.golden_dir() / name
+        ).read_bytes(), name
 
 
 def test_predict_check_fails_on_scores_off_the_golden_case(client, tmp_path, monkeypatch):

@@ -53,8 +53,10 @@ def dna(n: int, seed: int) -> str:
 
 def proteins(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    return ["".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(1, 200)))
-            for _ in range(n)]
+    return [
+        "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(1, 200)))
+        for _ in range(n)
+    ]
 
 
 def test_prefetch_gives_the_same_rows(esm, dnabert):
@@ -70,8 +72,9 @@ def test_prefetch_gives_the_same_rows(esm, dnabert):
     a, sa = embed_dnabert(dn_model, tokenizer, seqs, toks_per_batch=900, prefetch=True)
     b, sb = embed_dnabert(dn_model, tokenizer, seqs, toks_per_batch=900, prefetch=False)
     np.testing.assert_array_equal(a, b)
-    alone = np.vstack([embed_dnabert(dn_model, tokenizer, [s], toks_per_batch=10_000)[0]
-                       for s in seqs[::9]])
+    alone = np.vstack(
+        [embed_dnabert(dn_model, tokenizer, [s], toks_per_batch=10_000)[0] for s in seqs[::9]]
+    )
     np.testing.assert_allclose(a[::9], alone, rtol=0, atol=1e-5)
     assert sa.real_tokens == sb.real_tokens and sa.real_tokens <= sa.padded_tokens
 
@@ -88,8 +91,9 @@ def test_cpu_budget_when_none_is_given(esm):
 def test_activation_estimates_grow_with_width_and_length(esm, dnabert):
     model, _ = esm
     dn_model, _ = dnabert
-    assert esm_bytes_per_token(model, 200) > esm_bytes_per_token(model, 100) > \
-        4 * 16 * model.embed_dim
+    assert (
+        esm_bytes_per_token(model, 200) > esm_bytes_per_token(model, 100) > 4 * 16 * model.embed_dim
+    )
     assert dnabert_bytes_per_token(dn_model, 100) >= 4 * 24 * dn_model.hidden_size
 
 
@@ -115,8 +119,7 @@ def test_dnabert_oom_halves_batches(dnabert, monkeypatch, prefetch):
     seqs = [dna(120, s) for s in range(9)]
     expected, _ = embed_dnabert(model, tokenizer, seqs, toks_per_batch=100_000)
     calls = failing_forward(model, monkeypatch, when=lambda ids: ids.shape[0] > 2)
-    got, stats = embed_dnabert(model, tokenizer, seqs, toks_per_batch=100_000,
-                               prefetch=prefetch)
+    got, stats = embed_dnabert(model, tokenizer, seqs, toks_per_batch=100_000, prefetch=prefetch)
     # 9 fails, the budget halves (5 of them are cut to 4 + 1); 4 fails, the budget halves
     # again; from then on every batch is cut to fit: no third OOM.
     assert calls[0] == 9 and [c for c in calls if c > 2] == [9, 4] and stats.oom_splits == 2
@@ -127,8 +130,9 @@ def test_dnabert_oom_halves_batches(dnabert, monkeypatch, prefetch):
 def test_dnabert_single_sequence_oom_names_its_position(dnabert, monkeypatch):
     model, tokenizer = dnabert
     seqs = [dna(60, 1), dna(900, 2), dna(60, 3)]
-    failing_forward(model, monkeypatch, when=lambda ids: ids.shape[1] > 100,
-                    exc=torch.OutOfMemoryError(OOM))
+    failing_forward(
+        model, monkeypatch, when=lambda ids: ids.shape[1] > 100, exc=torch.OutOfMemoryError(OOM)
+    )
     with pytest.raises(SequenceTooLarge, match="DNABERT-S: out of memory on a single") as err:
         embed_dnabert(model, tokenizer, seqs, toks_per_batch=100_000)
     assert err.value.index == 1 and err.value.model == "DNABERT-S"
@@ -145,8 +149,9 @@ def test_esm_single_sequence_oom_names_its_position(esm, monkeypatch):
 
 def test_other_errors_are_not_taken_for_oom(esm, monkeypatch):
     model, alphabet = esm
-    calls = failing_forward(model, monkeypatch, when=lambda ids: True,
-                            exc=RuntimeError("expected scalar type Float"))
+    calls = failing_forward(
+        model, monkeypatch, when=lambda ids: True, exc=RuntimeError("expected scalar type Float")
+    )
     with pytest.raises(RuntimeError, match="expected scalar type"):
         embed_esm(model, alphabet, proteins(6, 3), toks_per_batch=100_000)
     assert len(calls) == 1
@@ -218,6 +223,7 @@ def test_cuda_path_matches_cpu(esm, dnabert):
 
 # -- the token budget learned from OOM ---------------------------------------------------------
 
+
 def memory_limit(model, monkeypatch, *, tokens: list[int | None]):
     """``model`` runs out of memory on a batch of more than ``tokens[0]`` padded tokens
     (None: never); returns the list of (padded tokens, ran) of every forward."""
@@ -239,8 +245,10 @@ def test_after_an_oom_later_batches_and_calls_are_cut_to_fit(esm, monkeypatch):
     from virnuc_dask.core.batching import TokenBudget
 
     model, alphabet = esm
-    prots = ["".join(random.Random(s).choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(60))
-             for s in range(40)]
+    prots = [
+        "".join(random.Random(s).choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(60))
+        for s in range(40)
+    ]
     expected, _ = embed_esm(model, alphabet, prots, toks_per_batch=4000)
     limit = [1000]
     forwards = memory_limit(model, monkeypatch, tokens=limit)
@@ -283,9 +291,9 @@ def test_a_sequence_too_large_keeps_the_finished_batches(esm, monkeypatch):
     def embed(idx):
         return embed_esm(model, alphabet, [prots[i] for i in idx], toks_per_batch=2000)
 
-    pieces, _, failures = isolate_failures(embed, np.arange(30), stage="esm",
-                                           ids=[f"p{i}" for i in range(30)],
-                                           guard=FailureGuard())
+    pieces, _, failures = isolate_failures(
+        embed, np.arange(30), stage="esm", ids=[f"p{i}" for i in range(30)], guard=FailureGuard()
+    )
     assert [(f.index, f.error.split(":")[0]) for f in failures] == [(7, "SequenceTooLarge")]
     rows = np.concatenate([idx for idx, _ in pieces])
     assert sorted(rows) == [i for i in range(30) if i != 7]
@@ -298,13 +306,15 @@ def test_a_sequence_too_large_keeps_the_finished_batches(esm, monkeypatch):
 
 # -- precision fallbacks and padding ----------------------------------------------------------
 
+
 def test_fp16_overflow_is_computed_again_in_fp32_not_failed(monkeypatch):
     """An overflow (injected where the model computes in fp16) gives an fp32 result for
     that record; the fp16 weights are the same afterwards."""
     model, alphabet = load_esm(TINY["esm_model"], dtype=torch.float16)
     fast = SdpaEsm2(model)
-    reference, _ = embed_esm(SdpaEsm2(load_esm(TINY["esm_model"])[0]), alphabet,
-                             proteins(6, 9), toks_per_batch=100_000)
+    reference, _ = embed_esm(
+        SdpaEsm2(load_esm(TINY["esm_model"])[0]), alphabet, proteins(6, 9), toks_per_batch=100_000
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     def overflow(module, args, output):
@@ -315,12 +325,10 @@ def test_fp16_overflow_is_computed_again_in_fp32_not_failed(monkeypatch):
     model.emb_layer_norm_after.register_forward_hook(overflow)
     got, stats = embed_esm(fast, alphabet, proteins(6, 9), toks_per_batch=100_000)
     assert np.isfinite(got).all() and stats.recomputed_fp32 == 1
-    cos = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(
-        reference, axis=1)
+    cos = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
     assert cos.min() > 0.999
     after = model.state_dict()
-    assert all(after[k].dtype == torch.float16 and torch.equal(after[k], before[k])
-               for k in before)
+    assert all(after[k].dtype == torch.float16 and torch.equal(after[k], before[k]) for k in before)
 
 
 def test_fp16_overflow_in_the_pipeline_is_not_a_failed_record(monkeypatch):
@@ -336,9 +344,12 @@ def test_fp16_overflow_in_the_pipeline_is_not_a_failed_record(monkeypatch):
 
     model.encoder.layer[-1].register_forward_hook(overflow)
     pieces, _, failures = isolate_failures(
-        lambda idx: embed_dnabert(model, tokenizer, [seqs[i] for i in idx],
-                                  toks_per_batch=100_000),
-        np.arange(5), stage="dnabert", ids=[str(i) for i in range(5)], guard=FailureGuard())
+        lambda idx: embed_dnabert(model, tokenizer, [seqs[i] for i in idx], toks_per_batch=100_000),
+        np.arange(5),
+        stage="dnabert",
+        ids=[str(i) for i in range(5)],
+        guard=FailureGuard(),
+    )
     assert not failures and sorted(np.concatenate([i for i, _ in pieces])) == list(range(5))
 
 
@@ -352,8 +363,7 @@ def nan_at_padding(module, args, output):
 def test_nan_at_a_padded_position_does_not_reach_real_rows(esm, dnabert):
     model, alphabet = esm
     prots = ["MKVLAAGIVG" * 4, "MKVL"]  # one batch: the second is padded by 36
-    alone = np.vstack([embed_esm(model, alphabet, [p], toks_per_batch=10_000)[0]
-                       for p in prots])
+    alone = np.vstack([embed_esm(model, alphabet, [p], toks_per_batch=10_000)[0] for p in prots])
     hook = model.esm.layers[0].fc2.register_forward_hook(nan_at_padding)
     try:
         got, stats = embed_esm(model, alphabet, prots, toks_per_batch=10_000)
@@ -364,8 +374,9 @@ def test_nan_at_a_padded_position_does_not_reach_real_rows(esm, dnabert):
 
     dn_model, tokenizer = dnabert
     seqs = [dna(200, 1), dna(40, 2)]
-    alone = np.vstack([embed_dnabert(dn_model, tokenizer, [s], toks_per_batch=10_000)[0]
-                       for s in seqs])
+    alone = np.vstack(
+        [embed_dnabert(dn_model, tokenizer, [s], toks_per_batch=10_000)[0] for s in seqs]
+    )
     hook = dn_model.encoder.layer[0].register_forward_hook(nan_at_padding)
     try:
         got, stats = embed_dnabert(dn_model, tokenizer, seqs, toks_per_batch=10_000)

@@ -32,8 +32,7 @@ def test_batch_composition_does_not_change_results(esm):
     rng = np.random.default_rng(1)
     aas = list("ACDEFGHIKLMNPQRSTVWY")
     proteins = ["".join(rng.choice(aas, size=n)) for n in (1, 5, 40, 41, 166, 3)]
-    alone = np.vstack([embed_esm(model, alphabet, [p], toks_per_batch=10_000)[0]
-                       for p in proteins])
+    alone = np.vstack([embed_esm(model, alphabet, [p], toks_per_batch=10_000)[0] for p in proteins])
     batched, _ = embed_esm(model, alphabet, proteins, toks_per_batch=10_000)
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
@@ -76,7 +75,8 @@ def test_hub_name_resolves_from_staged_cache(tmp_path, reference):
     staged.mkdir()
     for suffix in (".pt", "-contact-regression.pt"):
         (staged / f"esm2_t2_64_tiny{suffix}").write_bytes(
-            (reference / "models" / f"esm2_t2_64_tiny{suffix}").read_bytes())
+            (reference / "models" / f"esm2_t2_64_tiny{suffix}").read_bytes()
+        )
     path = resolve_esm_path("esm2_t2_64_tiny", cache_dir=tmp_path, offline=True)
     model, _ = load_esm("esm2_t2_64_tiny", cache_dir=tmp_path, offline=True)
     assert path.parent == staged and model.embed_dim == 64
@@ -96,5 +96,6 @@ def test_fast_tokens_equal_fair_esm_encode(esm):
 
     _, alphabet = esm
     proteins = ["MKVLAAGIRSTWY", "ACDEFGHIKLMNPQRSTVWY", "X", "BZUO", "M"]
-    assert [t.tolist() for t in esm_tokens(alphabet, proteins)] == \
-        [alphabet.encode(p) for p in proteins]
+    assert [t.tolist() for t in esm_tokens(alphabet, proteins)] == [
+        alphabet.encode(p) for p in proteins
+    ]

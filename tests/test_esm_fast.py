@@ -33,8 +33,9 @@ def tiny(reference):
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
     """Another layout: 3 layers, 80-d, 5 heads of 16 (random weights, real format)."""
-    path = build_esm(tmp_path_factory.mktemp("esm") / "esm2_t3_80_test.pt",
-                     layers=3, dim=80, heads=5)
+    path = build_esm(
+        tmp_path_factory.mktemp("esm") / "esm2_t3_80_test.pt", layers=3, dim=80, heads=5
+    )
     return load_esm(str(path))
 
 
@@ -72,12 +73,20 @@ def compare_all_layers(model, alphabet, tokens: torch.Tensor) -> float:
 @pytest.mark.parametrize("length", LENGTHS)
 def test_reference_proteins_every_layer(reference, tiny, case, length):
     model, alphabet = tiny
-    proteins = [p for _, p in read_fasta_pairs(
-        reference / "dev" / case / f"L{length}" / "input_identified_protein.faa")]
+    proteins = [
+        p
+        for _, p in read_fasta_pairs(
+            reference / "dev" / case / f"L{length}" / "input_identified_protein.faa"
+        )
+    ]
     order = np.argsort([len(p) for p in proteins])
     for batch in np.array_split(order, max(1, len(order) // 24)):  # padded, mixed lengths
-        assert compare_all_layers(model, alphabet, batch_tokens(
-            alphabet, [proteins[i] for i in batch])) <= TOL
+        assert (
+            compare_all_layers(
+                model, alphabet, batch_tokens(alphabet, [proteins[i] for i in batch])
+            )
+            <= TOL
+        )
 
 
 @pytest.mark.parametrize("case", CASES)

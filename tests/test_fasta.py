@@ -29,8 +29,11 @@ def biopython(path: Path) -> list[tuple[str, str]]:
 
 
 def read_all(paths: list[Path], blocksize: int) -> list[Record]:
-    return [rec for block in plan_blocks([str(p) for p in paths], blocksize)
-            for rec in read_block(block)]
+    return [
+        rec
+        for block in plan_blocks([str(p) for p in paths], blocksize)
+        for rec in read_block(block)
+    ]
 
 
 def header_lines(path: Path) -> list[int]:
@@ -124,8 +127,9 @@ def test_block_indices_are_global_and_records_unique(tmp_path: Path) -> None:
     fake.write_text(">p\nAC\n")
     assert [(r.id, r.sequence) for r in read_all([fake], 3)] == [("p", "AC")]
     assert [blk.index for blk in blocks] == list(range(len(blocks)))
-    assert [blk for blk in blocks if blk.path == str(b)] == [FastaBlock(str(b), blocks[-2].index,
-                                                                         0, None, 1)]
+    assert [blk for blk in blocks if blk.path == str(b)] == [
+        FastaBlock(str(b), blocks[-2].index, 0, None, 1)
+    ]
     assert blocks[-1] == FastaBlock(str(c), len(blocks) - 1, 0, None, 1)
     ids = [r.id for blk in blocks for r in read_block(blk)]
     assert ids == [f"a{i}" for i in range(30)] + ["b1", "b2", "c1"]
@@ -159,7 +163,9 @@ def test_leading_blank_lines_are_accepted(tmp_path: Path) -> None:
     path.write_bytes(b"\n\r\n  \n>a x\nAC\n>b\nG\n")
     for bs in range(1, 30):
         assert [(r.id, r.sequence, r.line) for r in read_all([path], bs)] == [
-            ("a", "AC", 4), ("b", "G", 6)]
+            ("a", "AC", 4),
+            ("b", "G", 6),
+        ]
 
 
 def _error(path: Path, blocksize: int = 64 * 2**20) -> FastaFormatError:
@@ -168,13 +174,16 @@ def _error(path: Path, blocksize: int = 64 * 2**20) -> FastaFormatError:
     return info.value
 
 
-@pytest.mark.parametrize("content, line", [
-    (b"hello\n>a\nAC\n", 1),
-    (b"\n\n  some text\n>a\nAC\n", 3),
-    (b"ACGT\nACGT\n", 1),
-    (b"  >a\nAC\n", 1),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", 1),
-])
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        (b"hello\n>a\nAC\n", 1),
+        (b"\n\n  some text\n>a\nAC\n", 3),
+        (b"ACGT\nACGT\n", 1),
+        (b"  >a\nAC\n", 1),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", 1),
+    ],
+)
 def test_not_fasta(tmp_path: Path, content: bytes, line: int) -> None:
     path = tmp_path / "bad.fa"
     path.write_bytes(content)
@@ -190,11 +199,14 @@ def test_not_fasta(tmp_path: Path, content: bytes, line: int) -> None:
     assert _error(path).problem.startswith("not FASTA")
 
 
-@pytest.mark.parametrize("content, line, record, problem", [
-    (b">a\nAC\n>b\nAC\x00GT\n", 4, "b", "NUL"),
-    (b">a\nAC\n>b\nAC\n\xff\xfeGT\n", 5, "b", "UTF-8"),
-    (b">a\nAC\n>b\xc3 x\nAC\n", 3, "b\ufffd", "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, line, record, problem",
+    [
+        (b">a\nAC\n>b\nAC\x00GT\n", 4, "b", "NUL"),
+        (b">a\nAC\n>b\nAC\n\xff\xfeGT\n", 5, "b", "UTF-8"),
+        (b">a\nAC\n>b\xc3 x\nAC\n", 3, "b\ufffd", "UTF-8"),
+    ],
+)
 def test_binary_or_undecodable(tmp_path: Path, content, line, record, problem) -> None:
     path = tmp_path / "bin.fa"
     path.write_bytes(content)
@@ -243,15 +255,21 @@ def test_error_survives_pickling() -> None:
     assert pickle.loads(pickle.dumps(rec)) == rec
 
 
-@pytest.mark.parametrize("sequence, problem", [
-    ("ACGTUNRYKMSWBDHVacgtunrykmswbdhv", None),
-    ("A", None),
-    ("", "empty sequence"),
-    ("ACXGT1X", "contains characters that are not IUPAC nucleotide codes: 'X','1'"),
-    ("AC-*.", "contains characters that are not IUPAC nucleotide codes: '-','*','.'"),
-    ("A\u00e9C", "contains characters that are not IUPAC nucleotide codes: '\u00e9'"),
-    ("ACEFIJLOPQ", "contains characters that are not IUPAC nucleotide codes: "
-                   "'E','F','I','J','L',... (8 distinct)"),
-])
+@pytest.mark.parametrize(
+    "sequence, problem",
+    [
+        ("ACGTUNRYKMSWBDHVacgtunrykmswbdhv", None),
+        ("A", None),
+        ("", "empty sequence"),
+        ("ACXGT1X", "contains characters that are not IUPAC nucleotide codes: 'X','1'"),
+        ("AC-*.", "contains characters that are not IUPAC nucleotide codes: '-','*','.'"),
+        ("A\u00e9C", "contains characters that are not IUPAC nucleotide codes: '\u00e9'"),
+        (
+            "ACEFIJLOPQ",
+            "contains characters that are not IUPAC nucleotide codes: "
+            "'E','F','I','J','L',... (8 distinct)",
+        ),
+    ],
+)
 def test_record_problem(sequence: str, problem: str | None) -> None:
     assert record_problem(Record("r", sequence, "in.fa", 1)) == problem

@@ -14,18 +14,25 @@ from virnuc_dask.core.fasta import FastaFormatError, inspect_input, plan_blocks,
 
 def _reads(n: int, seed: int = 1) -> list[tuple[str, str]]:
     rng = random.Random(seed)
-    return [(f"r{i} lane=1 sample {i}", "".join(rng.choices("ACGTN", k=rng.randint(0, 180))))
-            for i in range(n)]
+    return [
+        (f"r{i} lane=1 sample {i}", "".join(rng.choices("ACGTN", k=rng.randint(0, 180))))
+        for i in range(n)
+    ]
 
 
 def _fastq(reads, newline: str = "\n", plus_title: bool = False) -> str:
-    return "".join(f"@{t}{newline}{s}{newline}+{t if plus_title else ''}{newline}"
-                   f"{'F' * len(s)}{newline}" for t, s in reads)
+    return "".join(
+        f"@{t}{newline}{s}{newline}+{t if plus_title else ''}{newline}{'F' * len(s)}{newline}"
+        for t, s in reads
+    )
 
 
 def _records(paths, blocksize: int) -> list[tuple[str, str, str, int]]:
-    return [(r.id, r.sequence, Path(r.path).name, r.line)
-            for b in plan_blocks([str(p) for p in paths], blocksize) for r in read_block(b)]
+    return [
+        (r.id, r.sequence, Path(r.path).name, r.line)
+        for b in plan_blocks([str(p) for p in paths], blocksize)
+        for r in read_block(b)
+    ]
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
@@ -53,7 +60,7 @@ def test_gzip_multi_member_and_bgzip_detected_from_content(tmp_path):
     members = tmp_path / "members.dat"  # no telling name: the content decides
     with open(members, "wb") as fh:
         for k in range(0, len(raw), 1000):
-            fh.write(gzip.compress(raw[k:k + 1000]))
+            fh.write(gzip.compress(raw[k : k + 1000]))
     bgz = tmp_path / "reads.fq.bgz"
     with bgzf.BgzfWriter(str(bgz), "wb") as fh:
         fh.write(raw)
@@ -70,19 +77,31 @@ def test_mixed_formats_in_one_sample(tmp_path):
     fa.write_text(">f1\nAC\nGT\n")
     fqgz = tmp_path / "c.fq.gz"
     fqgz.write_bytes(gzip.compress(_fastq([("z1", "TTT")]).encode()))
-    assert [(i, s) for i, s, _, _ in _records([fq, fa, fqgz], 7)] == \
-        [("q1", "ACGT"), ("q2", "GGCC"), ("f1", "ACGT"), ("z1", "TTT")]
+    assert [(i, s) for i, s, _, _ in _records([fq, fa, fqgz], 7)] == [
+        ("q1", "ACGT"),
+        ("q2", "GGCC"),
+        ("f1", "ACGT"),
+        ("z1", "TTT"),
+    ]
 
 
 GOOD = "@a x\nACGT\n+\nIIII\n"
 MALFORMED = {
-    "quality shorter": (GOOD + "@b\nACGTA\n+\nIIII\n@c\nA\n+\nI\n", 8, "b",
-                        "sequence and quality lengths differ (5 bases, 4 quality values)"),
+    "quality shorter": (
+        GOOD + "@b\nACGTA\n+\nIIII\n@c\nA\n+\nI\n",
+        8,
+        "b",
+        "sequence and quality lengths differ (5 bases, 4 quality values)",
+    ),
     "missing plus": (GOOD + "@b\nACGT\nACGT\n+\nIIII\n", 7, "b", "missing '+' line"),
     "truncated": (GOOD + "@b\nACGT\n+\n", 5, "b", "truncated record: 3 of its 4 lines"),
     "truncated header only": (GOOD + "@b\n", 5, "b", "truncated record: 1 of its 4 lines"),
-    "fasta record": (GOOD + ">b\nACGT\n@c\nA\n+\nI\n", 5, "b",
-                     "a FASTA record ('>' header) in a FASTQ file"),
+    "fasta record": (
+        GOOD + ">b\nACGT\n@c\nA\n+\nI\n",
+        5,
+        "b",
+        "a FASTA record ('>' header) in a FASTQ file",
+    ),
     "blank line": (GOOD + "\n" + GOOD, 5, None, "blank line inside FASTQ records"),
     "other plus title": (GOOD + "@b\nAC\n+c\nII\n", 7, "b", "repeats a different title"),
 }

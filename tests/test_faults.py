@@ -37,15 +37,21 @@ from virnuc_dask.worker.embed import SequenceTooLarge
 from virnuc_dask.worker.plugin import PLUGIN_NAME
 from virnuc_dask.worker.task import SYSTEMIC_FAILURES, FailureGuard, isolate_failures
 
-RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
-           "read_predictions.tsv", "failed_records.tsv")
+RESULTS = (
+    "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+    "read_predictions.tsv",
+    "failed_records.tsv",
+)
 INPUT = REFERENCE / "dev" / "basic" / "input.fa"
 
 
 # -- bisection, on plain functions --------------------------------------------------------
 
+
 def embedder(bad: set[int], calls: list[int], too_large: set[int] = frozenset()):
     """A stand-in model: row i embeds to [i, i]; raises when a batch holds a bad row."""
+
     def embed(idx: np.ndarray):
         calls.append(len(idx))
         for pos, i in enumerate(idx):
@@ -54,13 +60,15 @@ def embedder(bad: set[int], calls: list[int], too_large: set[int] = frozenset())
         if bad & set(idx.tolist()):
             raise IndexError("index out of range in self")
         return np.stack([idx, idx], axis=1).astype(np.float32), None
+
     return embed
 
 
 def run(n: int, embed) -> tuple[dict[int, np.ndarray], list]:
     ids = [f"orf{i}" for i in range(n)]
-    pieces, _, failures = isolate_failures(embed, np.arange(n), stage="esm", ids=ids,
-                                           guard=FailureGuard())
+    pieces, _, failures = isolate_failures(
+        embed, np.arange(n), stage="esm", ids=ids, guard=FailureGuard()
+    )
     rows = {int(i): v for idx, values in pieces for i, v in zip(idx, values, strict=True)}
     return rows, failures
 
@@ -105,9 +113,15 @@ def test_isolated_failures_do_not_add_up_to_a_systemic_one():
 
 # -- the real pipeline ------------------------------------------------------------------------
 
+
 def local_cluster(workers: int):
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                        resources={"GPU": 1}, dashboard_address=":0")
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        resources={"GPU": 1},
+        dashboard_address=":0",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +131,15 @@ def client():
 
 
 def settings_for(out: Path, **overrides):
-    values = {"out": str(out), "length": 300, "precision": "fp32", "blocksize": 4096,
-              "partition_rows": 16, **TINY, **overrides}
+    values = {
+        "out": str(out),
+        "length": 300,
+        "precision": "fp32",
+        "blocksize": 4096,
+        "partition_rows": 16,
+        **TINY,
+        **overrides,
+    }
     return load_settings(inputs=[str(INPUT)], overrides=values)
 
 
@@ -156,8 +177,7 @@ def read_scores(path: Path) -> dict[str, tuple[str, float, float]]:
     return {r[0]: (r[1], float(r[2]), float(r[3])) for r in rows}
 
 
-def test_records_that_make_the_model_fail_are_listed_and_the_rest_finish(client, clean,
-                                                                          tmp_path):
+def test_records_that_make_the_model_fail_are_listed_and_the_rest_finish(client, clean, tmp_path):
     ids, tokens = orf_tokens()
     seen = collections.Counter(t for ts in tokens for t in ts)
     chosen = sorted(t for t, n in seen.items() if n == 1)[:2]
@@ -170,25 +190,28 @@ def test_records_that_make_the_model_fail_are_listed_and_the_rest_finish(client,
         for n, token_id in enumerate(chosen):
             spec["model"]["vocab"][inverse[token_id]] = vocab_size + n
 
-    settings = settings_for(tmp_path / "out",
-                            dnabert_model=broken_dnabert(tmp_path, renumber))
+    settings = settings_for(tmp_path / "out", dnabert_model=broken_dnabert(tmp_path, renumber))
     result = predict(settings, client)
     out = tmp_path / "out"
 
     assert result.exit_code == 2
     assert (result.counts.orfs_failed, result.counts.failed) == (2, 2)
-    failed = [line.split("\t") for line in (out / "failed_records.tsv").read_text()
-              .splitlines()[1:]]
-    assert failed == [[i, "dnabert", "IndexError: index out of range in self"]
-                      for i in expected]
-    got, want = read_scores(out / "prediction_results.txt"), read_scores(
-        clean / "prediction_results.txt")
+    failed = [
+        line.split("\t") for line in (out / "failed_records.tsv").read_text().splitlines()[1:]
+    ]
+    assert failed == [[i, "dnabert", "IndexError: index out of range in self"] for i in expected]
+    got, want = (
+        read_scores(out / "prediction_results.txt"),
+        read_scores(clean / "prediction_results.txt"),
+    )
     assert sorted(got) == sorted(set(want) - set(expected))
     for orf_id, (label, s1, s2) in got.items():
         assert label == want[orf_id][0]
         assert abs(s1 - want[orf_id][1]) <= 1e-5 and abs(s2 - want[orf_id][2]) <= 1e-5
-    reads = {r.split("\t")[0]: r.split("\t") for r in
-             (out / "read_predictions.tsv").read_text().splitlines()[1:]}
+    reads = {
+        r.split("\t")[0]: r.split("\t")
+        for r in (out / "read_predictions.tsv").read_text().splitlines()[1:]
+    }
     for orf_id in expected:
         read = reads[orf_id.rsplit("_chunk_", 1)[0]]
         assert read[-1] in ("virus", "others", "failed") and read[4] != "0"
@@ -229,15 +252,29 @@ def has_models(dask_worker) -> bool:
 def two_workers(restart: bool):
     """Two one-thread workers: both under nannies (a killed one is restarted), or one
     started as a separate ``dask worker --no-nanny`` process (a killed one is gone)."""
-    with dask.config.set(WORKER_ENV), local_cluster(2 if restart else 1) as cluster, \
-            Client(cluster) as client:
+    with (
+        dask.config.set(WORKER_ENV),
+        local_cluster(2 if restart else 1) as cluster,
+        Client(cluster) as client,
+    ):
         if restart:
             yield client, None
             return
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dask")), "worker", cluster.scheduler_address,
-             "--no-nanny", "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(Path(sys.executable).with_name("dask")),
+                "worker",
+                cluster.scheduler_address,
+                "--no-nanny",
+                "--nthreads",
+                "1",
+                "--resources",
+                "GPU=1",
+                "--no-dashboard",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             client.wait_for_workers(2, timeout=120)
             yield client, proc.pid
@@ -256,10 +293,17 @@ def test_worker_killed_while_embedding_loses_nothing(clean, tmp_path, restart):
         def kill_once(stage, done, total, **detail):
             if stage == "embed" and done >= 1 and not killed:
                 # Workers hold no ORF tables: those are in the scratch beside the store.
-                tables = sum(1 for keys in client.has_what().values() for key in keys
-                             if str(key).startswith("read_orfs"))
-                victim = detail["partitions"][0]["worker"] if external is None else next(
-                    w for w, pid in before.items() if pid == external)
+                tables = sum(
+                    1
+                    for keys in client.has_what().values()
+                    for key in keys
+                    if str(key).startswith("read_orfs")
+                )
+                victim = (
+                    detail["partitions"][0]["worker"]
+                    if external is None
+                    else next(w for w, pid in before.items() if pid == external)
+                )
                 os.kill(before[victim], signal.SIGKILL)
                 killed.update(at=done, victim=victim, tables=tables)
 
@@ -278,7 +322,6 @@ def test_worker_killed_while_embedding_loses_nothing(clean, tmp_path, restart):
     assert result.exit_code == 0
     for name in RESULTS:
         assert (tmp_path / name).read_bytes() == (clean / name).read_bytes(), name
-    a, b = zarr.open_group(tmp_path / "embeddings.zarr"), zarr.open_group(
-        clean / "embeddings.zarr")
+    a, b = zarr.open_group(tmp_path / "embeddings.zarr"), zarr.open_group(clean / "embeddings.zarr")
     for name in ("ids", "dnabert", "esm", "scores"):
         assert np.array_equal(a[name][:], b[name][:]), name

@@ -36,14 +36,24 @@ def run(client, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("golden")
     reads = (REFERENCE / "dev" / "basic" / "input.fa").read_text().splitlines()[:40]
     fasta = tmp / "input.fa"
-    fasta.write_text("\n".join(reads) + "\n>no_orf\nTAATAATAA\n>digits\nACGT12ACGT\n"
-                     ">empty\n>last_good\n" + reads[1] + "\n")
+    fasta.write_text(
+        "\n".join(reads) + "\n>no_orf\nTAATAATAA\n>digits\nACGT12ACGT\n"
+        ">empty\n>last_good\n" + reads[1] + "\n"
+    )
     out = tmp / "out"
     # Every ORF embedded (last_good repeats a read): with dedup, which copies share a
     # batch changes the scores' last digits (tests/test_samples.py compares the two).
-    settings = load_settings(inputs=[str(fasta)], overrides={
-        "out": str(out), "length": 300, "precision": "fp32", "partition_rows": 16,
-        "dedup": False, **TINY})
+    settings = load_settings(
+        inputs=[str(fasta)],
+        overrides={
+            "out": str(out),
+            "length": 300,
+            "precision": "fp32",
+            "partition_rows": 16,
+            "dedup": False,
+            **TINY,
+        },
+    )
     assert predict(settings, client).exit_code == 2
     return out
 
@@ -60,14 +70,21 @@ def _portable(text: str, out: Path) -> str:
     return text.replace(str(out.parent / "input.fa"), "input.fa")
 
 
-@pytest.mark.parametrize("name", ["read_predictions.tsv", "failed_records.tsv",
-                                  "prediction_results.txt",
-                                  "prediction_results_highestscore.csv"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "read_predictions.tsv",
+        "failed_records.tsv",
+        "prediction_results.txt",
+        "prediction_results_highestscore.csv",
+    ],
+)
 def test_result_file_matches_golden(run, name):
     _compare(name, _portable((run / name).read_text(), run))
 
 
 def test_run_summary_keys_match_golden(run):
     summary = json.loads((run / "run_summary.json").read_text())
-    _compare("run_summary_keys.json", json.dumps(_key_tree(summary), indent=1,
-                                                 sort_keys=True) + "\n")
+    _compare(
+        "run_summary_keys.json", json.dumps(_key_tree(summary), indent=1, sort_keys=True) + "\n"
+    )

@@ -24,14 +24,20 @@ def test_gpu_extra_imports_dask_cuda_and_keeps_torch(tmp_path):
     python = str(venv / "bin" / "python")
 
     def pip(*args: str) -> None:
-        proc = subprocess.run([python, "-m", "pip", "install", "--quiet", *args],
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [python, "-m", "pip", "install", "--quiet", *args],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
     pip("torch==2.13.0")
     pip("-e", f"{ROOT}[gpu]")
-    probe = ("import dask_cuda, dask, distributed, torch; from cuda import bindings; "
-             "print(torch.__version__, dask.__version__, distributed.__version__)")
+    probe = (
+        "import dask_cuda, dask, distributed, torch; from cuda import bindings; "
+        "print(torch.__version__, dask.__version__, distributed.__version__)"
+    )
     proc = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     torch_version, dask_version, distributed_version = proc.stdout.split()

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
-             ) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+def commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
     """Every (sub)command's parser, keyed by its words after ``virnuc-dask``."""
     found = {prefix: parser}
     for action in parser._actions:
@@ -29,8 +30,11 @@ def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
 
 
 COMMANDS = commands(build_parser())
-LEAVES = {words: p for words, p in COMMANDS.items()
-          if words and not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)}
+LEAVES = {
+    words: p
+    for words, p in COMMANDS.items()
+    if words and not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)
+}
 
 
 def options(parser: argparse.ArgumentParser) -> list[str]:
@@ -53,8 +57,11 @@ def readme_command_lines() -> list[list[str]]:
 
 @pytest.mark.parametrize("words", sorted(LEAVES), ids=" ".join)
 def test_every_option_is_in_the_readme(words):
-    missing = [o for o in options(LEAVES[words]) if not re.search(
-        rf"(?<![\w-]){re.escape(o)}(?![\w-])", README)]
+    missing = [
+        o
+        for o in options(LEAVES[words])
+        if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", README)
+    ]
     assert not missing, f"virnuc-dask {' '.join(words)}: not in README.md: {missing}"
 
 
@@ -98,8 +105,10 @@ def test_readme_command_lines_parse():
 
 
 def test_quick_start_commands_are_unchanged():
-    assert ('python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && '
-            'pip install -e ".[test]" && virnuc-dask demo --out virnuc-demo') in README
+    assert (
+        "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
+        'pip install -e ".[test]" && virnuc-dask demo --out virnuc-demo'
+    ) in README
     assert ". .venv/bin/activate && python -m pytest" in README
     assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
 

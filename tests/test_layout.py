@@ -38,9 +38,14 @@ MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
 def _graph(*, top_level_only: bool) -> dict[str, set[str]]:
-    return {name: {m for m in _imports(path, top_level_only=top_level_only)
-                   if m in MODULES and m != name and m != "virnuc_dask"}
-            for name, path in MODULES.items()}
+    return {
+        name: {
+            m
+            for m in _imports(path, top_level_only=top_level_only)
+            if m in MODULES and m != name and m != "virnuc_dask"
+        }
+        for name, path in MODULES.items()
+    }
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -52,7 +57,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -80,12 +85,22 @@ def test_core_is_pure():
     for name, path in MODULES.items():
         if name.startswith("virnuc_dask.core."):
             heavy = {m.split(".")[0] for m in _imports(path, top_level_only=False)} & {
-                "torch", "dask", "distributed", "zarr", "esm", "tokenizers"}
+                "torch",
+                "dask",
+                "distributed",
+                "zarr",
+                "esm",
+                "tokenizers",
+            }
             assert not heavy, f"{name} imports {heavy}"
-            inner = {m for m in _imports(path, top_level_only=False)
-                     if m.startswith("virnuc_dask.") and m in MODULES}
+            inner = {
+                m
+                for m in _imports(path, top_level_only=False)
+                if m.startswith("virnuc_dask.") and m in MODULES
+            }
             assert inner <= {m for m in MODULES if m.startswith("virnuc_dask.core")} | {
-                "virnuc_dask.errors"}, f"{name} imports {inner}"
+                "virnuc_dask.errors"
+            }, f"{name} imports {inner}"
 
 
 def test_argparse_and_print_only_in_cli():
@@ -93,23 +108,53 @@ def test_argparse_and_print_only_in_cli():
         if name.startswith("virnuc_dask.cli") or name == "virnuc_dask.__main__":
             continue
         tree = ast.parse(path.read_text())
-        assert "argparse" not in {m.split(".")[0] for m in _imports(path, top_level_only=False)
-                                  if m != "argparse.Namespace"} or name in ALLOWED_ARGPARSE, name
-        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-                 and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        assert (
+            "argparse"
+            not in {
+                m.split(".")[0]
+                for m in _imports(path, top_level_only=False)
+                if m != "argparse.Namespace"
+            }
+            or name in ALLOWED_ARGPARSE
+        ), name
+        calls = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
+        ]
         assert not calls, f"{name} prints (line {calls[0].lineno})" if calls else ""
 
 
 # fair-esm checkpoints pickle an argparse.Namespace of the model's options: building one is
 # writing the model format, not parsing a command line.
-ALLOWED_ARGPARSE = {"virnuc_dask.tools.demo", "virnuc_dask.models.esm2",
-                    "virnuc_dask.models.flops", "virnuc_dask.models.safeload"}
+ALLOWED_ARGPARSE = {
+    "virnuc_dask.tools.demo",
+    "virnuc_dask.models.esm2",
+    "virnuc_dask.models.flops",
+    "virnuc_dask.models.safeload",
+}
 
 
 def test_help_does_not_import_torch_or_distributed():
-    code = ("import sys\nfrom virnuc_dask.cli.main import build_parser\nbuild_parser()\n"
-            "print(sorted(m for m in ('torch', 'distributed', 'dask', 'numpy', 'zarr') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    code = (
+        "import sys\nfrom virnuc_dask.cli.main import build_parser\nbuild_parser()\n"
+        "print(sorted(m for m in ('torch', 'distributed', 'dask', 'numpy', 'zarr') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff_is_clean(command):
+    root = PACKAGE.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "."],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

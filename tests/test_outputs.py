@@ -60,19 +60,32 @@ def test_failed_orfs_are_listed_instead_of_scored(tmp_path):
     assert lines(tmp_path / f"{FAILED}.0000000") == [  # in input order
         f"{ids[r1[0]]}\tdnabert\tIndexError: index out of range in self",
         "bad\tread\tcontains characters that are not IUPAC nucleotide codes: '!' (in.fa, line 3)",
-        *(f"{ids[i]}\tesm\tSequenceTooLarge: too long" for i in r2)]
+        *(f"{ids[i]}\tesm\tSequenceTooLarge: too long" for i in r2),
+    ]
     reads = {row.split("\t")[0]: row.split("\t") for row in lines(tmp_path / f"{READS}.0000000")}
     # r1 is judged on its other ORFs; r2 lost all of them; r3 never had one.
     best = max(scores[i][1] for i in r1[1:])
     viral = best >= max(scores[i][0] for i in r1[1:])
-    assert reads["r1"] == ["r1", "9", "1", "1", "5", str(int(viral)), str(best),
-                           "virus" if viral else "others"]
+    assert reads["r1"] == [
+        "r1",
+        "9",
+        "1",
+        "1",
+        "5",
+        str(int(viral)),
+        str(best),
+        "virus" if viral else "others",
+    ]
     assert reads["r2"][5:] == ["0", "NA", "failed"]
     assert reads["bad"][-1] == "failed"
     assert reads["r3"][-1] == "no_orf"
     assert lines(tmp_path / f"{HIGHEST}.0000000") == [f"r1_chunk_1\t{viral}"]
     assert (counts.failed, counts.orfs_failed, counts.reads_failed, counts.reads_no_orf) == (
-        1 + len(failed), len(failed), 2, 1)
+        1 + len(failed),
+        len(failed),
+        2,
+        1,
+    )
 
 
 def test_assemble_replaces_the_results_only_when_all_are_complete(tmp_path):
@@ -83,8 +96,10 @@ def test_assemble_replaces_the_results_only_when_all_are_complete(tmp_path):
     write_block(table, scores, parts)
     assemble(parts, out, 1, [("empty.fa", "input", "holds no FASTA record (empty file)")])
     first = {name: (out / name).read_bytes() for name in (PREDICTIONS, HIGHEST, READS, FAILED)}
-    assert lines(out / FAILED)[:2] == ["id\tstage\terror",
-                                      "empty.fa\tinput\tholds no FASTA record (empty file)"]
+    assert lines(out / FAILED)[:2] == [
+        "id\tstage\terror",
+        "empty.fa\tinput\tholds no FASTA record (empty file)",
+    ]
     assert first[PREDICTIONS].startswith(b"Sequence_ID\tPrediction\tscore1\tscore2\n")
 
     # A second run whose last part file is missing (say, it could not be written): nothing

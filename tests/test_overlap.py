@@ -23,8 +23,14 @@ def test_store_runs_as_its_own_unrestricted_task(client, reference, tmp_path):
 
     settings = load_settings(
         inputs=[str(reference / "dev" / "mixed" / "input.fa")],
-        overrides={"out": str(tmp_path), "length": 300, "precision": "fp32",
-                   "partition_rows": 16, **TINY})
+        overrides={
+            "out": str(tmp_path),
+            "length": 300,
+            "precision": "fp32",
+            "partition_rows": 16,
+            **TINY,
+        },
+    )
     with get_task_stream(client) as stream:
         result = predict(settings, client, progress=progress)
     assert result.exit_code == 0 and result.partitions >= 4

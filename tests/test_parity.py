@@ -18,15 +18,23 @@ def test_pipeline_matches_original(client, reference, tmp_path, case, length):
     # Small blocks and partitions, so that partitions span blocks and blocks span partitions.
     settings = load_settings(
         inputs=[str(reference / "dev" / case / "input.fa")],
-        overrides={"out": str(tmp_path), "length": length, "precision": "fp32",
-                   "blocksize": 4096, "partition_rows": 37, **TINY})
+        overrides={
+            "out": str(tmp_path),
+            "length": length,
+            "precision": "fp32",
+            "blocksize": 4096,
+            "partition_rows": 37,
+            **TINY,
+        },
+    )
     result = predict(settings, client)
     assert result.exit_code == 0
     assert result.partitions > 1
     assert_matches_reference(tmp_path, reference / "dev" / case / f"L{length}")
     reads = (tmp_path / "read_predictions.tsv").read_text().splitlines()
-    n_reads = sum(1 for line in (reference / "dev" / case / "input.fa").open()
-                  if line.startswith(">"))
+    n_reads = sum(
+        1 for line in (reference / "dev" / case / "input.fa").open() if line.startswith(">")
+    )
     assert len(reads) == 1 + n_reads
 
 
@@ -35,11 +43,29 @@ def test_cli_on_default_cluster_matches_original(reference, tmp_path, length):
     case = "mixed"
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "virnuc_dask", "predict",
-         str(reference / "dev" / case / "input.fa"), "--length", str(length),
-         "--esm-model", TINY["esm_model"], "--dnabert-model", TINY["dnabert_model"],
-         "--classifier", TINY["classifier"], "--out", str(out), "--precision", "fp32"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "virnuc_dask",
+            "predict",
+            str(reference / "dev" / case / "input.fa"),
+            "--length",
+            str(length),
+            "--esm-model",
+            TINY["esm_model"],
+            "--dnabert-model",
+            TINY["dnabert_model"],
+            "--classifier",
+            TINY["classifier"],
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert_matches_reference(out, reference / "dev" / case / f"L{length}")

@@ -34,29 +34,37 @@ from virnuc_dask.worker.plugin import (
 from virnuc_dask.worker.task import embed_partition
 
 INPUT = REFERENCE / "dev" / "basic" / "input.fa"
-RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
-           "read_predictions.tsv")
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_predictions.tsv")
 
 
 def settings_for(out: Path, **overrides):
-    values = {"out": str(out), "length": 300, "precision": "fp32", "blocksize": 4096,
-              "partition_rows": 16, "threads": 1, **TINY, **overrides}
+    values = {
+        "out": str(out),
+        "length": 300,
+        "precision": "fp32",
+        "blocksize": 4096,
+        "partition_rows": 16,
+        "threads": 1,
+        **TINY,
+        **overrides,
+    }
     return load_settings(inputs=[str(INPUT)], overrides=values)
 
 
 def two_workers(scheduler_port: int = 0, **envs: dict[str, str]) -> SpecCluster:
     """A cluster of one nanny-run worker per ``envs`` entry, each with its environment."""
-    workers = {name: {"cls": Nanny, "options": {"nthreads": 1, "env": env,
-                                                "resources": {"GPU": 1}}}
-               for name, env in envs.items()}
-    scheduler = {"cls": Scheduler,
-                 "options": {"dashboard_address": ":0", "port": scheduler_port}}
+    workers = {
+        name: {"cls": Nanny, "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}}}
+        for name, env in envs.items()
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "port": scheduler_port}}
     return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False)
 
 
 def worker_named(client: Client, name: str) -> str:
-    return next(a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
-                if w["name"] == name)
+    return next(
+        a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == name
+    )
 
 
 def test_a_worker_that_cannot_load_a_model_costs_that_worker_not_the_run(tmp_path):
@@ -69,9 +77,11 @@ def test_a_worker_that_cannot_load_a_model_costs_that_worker_not_the_run(tmp_pat
         shutil.copy(esm.parent / name, models / name)
     # "~/models/..." is a file on one worker's node and missing on the other's.
     on_home = f"~/models/{esm.name}"
-    with dask.config.set(WORKER_ENV), \
-            two_workers(good={"HOME": str(home_good)}, bad={"HOME": str(home_bad)}) as cluster, \
-            Client(cluster) as client:
+    with (
+        dask.config.set(WORKER_ENV),
+        two_workers(good={"HOME": str(home_good)}, bad={"HOME": str(home_bad)}) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(2, timeout=60)
         bad = worker_named(client, "bad")
         result = predict(settings_for(tmp_path / "run", esm_model=on_home), client)
@@ -82,8 +92,9 @@ def test_a_worker_that_cannot_load_a_model_costs_that_worker_not_the_run(tmp_pat
     assert result.exit_code == 0 and clean.exit_code == 0
     assert clean.summary["workers_failed"] == []  # that failure belonged to the first run
     for name in RESULTS:
-        assert (tmp_path / "run" / name).read_bytes() == \
-            (tmp_path / "clean" / name).read_bytes(), name
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), (
+            name
+        )
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
     (failed,) = summary["workers_failed"]
     assert failed["worker"] == bad and bad not in left  # closed, not restarted
@@ -99,9 +110,11 @@ def test_a_worker_that_cannot_load_a_model_costs_that_worker_not_the_run(tmp_pat
 def test_a_gpu_worker_whose_torch_cannot_use_the_gpu_is_refused(tmp_path):
     """CUDA_VISIBLE_DEVICES names a GPU, torch here is a CPU build: that worker fails
     with the reason instead of embedding on the CPU; the other one runs everything."""
-    with dask.config.set(WORKER_ENV), \
-            two_workers(cpu={}, gpu={"CUDA_VISIBLE_DEVICES": "0"}) as cluster, \
-            Client(cluster) as client:
+    with (
+        dask.config.set(WORKER_ENV),
+        two_workers(cpu={}, gpu={"CUDA_VISIBLE_DEVICES": "0"}) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(2, timeout=60)
         gpu = worker_named(client, "gpu")
         result = predict(settings_for(tmp_path / "run"), client)
@@ -110,23 +123,29 @@ def test_a_gpu_worker_whose_torch_cannot_use_the_gpu_is_refused(tmp_path):
     assert failed["worker"] == gpu
     assert "started for GPUs (CUDA_VISIBLE_DEVICES=0)" in failed["error"]
     assert "--device cpu" in failed["error"]
-    assert result.exit_code == 0 and [w["device"] for w in summary["workers"].values()] == \
-        ["cpu"]
+    assert result.exit_code == 0 and [w["device"] for w in summary["workers"].values()] == ["cpu"]
 
 
 def test_every_worker_failing_ends_the_run_with_their_errors(tmp_path):
-    with dask.config.set(WORKER_ENV), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                         dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        dask.config.set(WORKER_ENV),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         t = time.monotonic()
-        with pytest.raises(ModelLoadError, match="no worker could load the models: worker "
-                           ".* could not load the models: ModelLoadError: .*missing.pt"):
-            predict(settings_for(tmp_path / "run", esm_model=str(tmp_path / "missing.pt")),
-                    client)
+        with pytest.raises(
+            ModelLoadError,
+            match="no worker could load the models: worker "
+            ".* could not load the models: ModelLoadError: .*missing.pt",
+        ):
+            predict(settings_for(tmp_path / "run", esm_model=str(tmp_path / "missing.pt")), client)
         assert time.monotonic() - t < 60
 
 
 # -- in-process workers: one embedding task per device, loading off the loop ---------------
+
 
 @pytest.fixture(scope="module")
 def orfs():
@@ -155,15 +174,35 @@ def test_one_embedding_task_at_a_time_per_worker(orfs, tmp_path, monkeypatch):
                 active[0] -= 1
 
     monkeypatch.setattr(SdpaEsm2, "forward", counting)
-    meta = {"partition": 0, "row_start": 0, "out": str(tmp_path), "toks_per_batch": 200,
-            "dnabert_toks_per_batch": 400}
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      resources={"GPU": 2}, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    meta = {
+        "partition": 0,
+        "row_start": 0,
+        "out": str(tmp_path),
+        "toks_per_batch": 200,
+        "dnabert_toks_per_batch": 400,
+    }
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            resources={"GPU": 2},
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         client.register_plugin(ModelPlugin(ModelSpec(**TINY, precision="fp32")))
         wait_for_models(client, timeout=60)
-        futures = [client.submit(embed_partition, orfs[i::2], {**meta, "partition": i},
-                                 resources={"GPU": 1}, pure=False) for i in range(2)]
+        futures = [
+            client.submit(
+                embed_partition,
+                orfs[i::2],
+                {**meta, "partition": i},
+                resources={"GPU": 1},
+                pure=False,
+            )
+            for i in range(2)
+        ]
         results = client.gather(futures)
     assert all(r["info"]["esm"]["batches"] >= 2 for r in results)
     assert most[0] == 1
@@ -180,8 +219,12 @@ def test_models_load_off_the_event_loop(monkeypatch):
         real(self)
 
     monkeypatch.setattr(ModelPlugin, "load", slow)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         t = time.monotonic()
         client.register_plugin(ModelPlugin(ModelSpec(**TINY)))
         assert started.wait(10)
@@ -202,8 +245,12 @@ def test_waiting_for_models_is_bounded(monkeypatch):
         raise OSError("gave up")
 
     monkeypatch.setattr(ModelPlugin, "load", stuck)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         client.register_plugin(ModelPlugin(ModelSpec(**TINY)))
         try:
             with pytest.raises(ModelLoadError, match="within 1 s .*still loading"):

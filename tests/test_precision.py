@@ -48,20 +48,36 @@ def test_unrunnable_precision_is_reported_not_raised(reference, monkeypatch):
     import virnuc_dask.worker.plugin as plugin
 
     monkeypatch.setitem(plugin.DTYPES, "fp8", torch.float8_e4m3fn)  # no CPU kernels
-    nucleotides = [s for _, s in read_fasta_pairs(
-        reference / "dev" / "basic" / "L500" / "input_identified_nucleotide.fa")][:4]
-    proteins = [s for _, s in read_fasta_pairs(
-        reference / "dev" / "basic" / "L500" / "input_identified_protein.faa")][:4]
-    result = precision_agreement(**TINY, nucleotides=nucleotides, proteins=proteins,
-                                 precisions=("fp8",))
+    nucleotides = [
+        s
+        for _, s in read_fasta_pairs(
+            reference / "dev" / "basic" / "L500" / "input_identified_nucleotide.fa"
+        )
+    ][:4]
+    proteins = [
+        s
+        for _, s in read_fasta_pairs(
+            reference / "dev" / "basic" / "L500" / "input_identified_protein.faa"
+        )
+    ][:4]
+    result = precision_agreement(
+        **TINY, nucleotides=nucleotides, proteins=proteins, precisions=("fp8",)
+    )
     assert "error" in result["fp8"]
 
 
-@pytest.mark.parametrize("capability, expected", [
-    ((9, 0), "bf16"), ((8, 0), "bf16"), ((8, 6), "bf16"),
-    ((7, 5), "fp16"), ((7, 0), "fp16"),
-    ((6, 1), "fp32"), ((5, 2), "fp32"),
-])
+@pytest.mark.parametrize(
+    "capability, expected",
+    [
+        ((9, 0), "bf16"),
+        ((8, 0), "bf16"),
+        ((8, 6), "bf16"),
+        ((7, 5), "fp16"),
+        ((7, 0), "fp16"),
+        ((6, 1), "fp32"),
+        ((5, 2), "fp32"),
+    ],
+)
 def test_auto_precision_by_compute_capability(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_precision("auto", torch.device("cuda", 0)) == expected
@@ -77,8 +93,11 @@ def test_an_fp32_worker_turns_tf32_off_whatever_the_site_set(monkeypatch):
     from virnuc_dask.worker.plugin import ModelPlugin, ModelSpec
 
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.get_float32_matmul_precision())
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")
@@ -100,13 +119,16 @@ def test_mixed_precision_against_casting_on_the_tiny_models(reference):
     ref = reference / "dev" / "basic" / "L500"
     nucleotides = [s for _, s in read_fasta_pairs(ref / "input_identified_nucleotide.fa")]
     proteins = [s for _, s in read_fasta_pairs(ref / "input_identified_protein.faa")]
-    result = precision_agreement(**TINY, nucleotides=nucleotides, proteins=proteins,
-                                 precisions=("bf16", "bf16-mixed"))
+    result = precision_agreement(
+        **TINY, nucleotides=nucleotides, proteins=proteins, precisions=("bf16", "bf16-mixed")
+    )
     for name, r in result.items():
-        print(f"{name}: ESM-2 cosine min {r['esm_cosine_min']:.6f} mean "
-              f"{r['esm_cosine_mean']:.6f}; DNABERT-S min {r['dnabert_cosine_min']:.6f} mean "
-              f"{r['dnabert_cosine_mean']:.6f}; {r['labels_flipped']}/{r['orfs']} flipped; "
-              f"max score diff {r['max_score_diff']:.4f}; {r['seconds']:.2f} s")
+        print(
+            f"{name}: ESM-2 cosine min {r['esm_cosine_min']:.6f} mean "
+            f"{r['esm_cosine_mean']:.6f}; DNABERT-S min {r['dnabert_cosine_min']:.6f} mean "
+            f"{r['dnabert_cosine_mean']:.6f}; {r['labels_flipped']}/{r['orfs']} flipped; "
+            f"max score diff {r['max_score_diff']:.4f}; {r['seconds']:.2f} s"
+        )
     cast, mixed = result["bf16"], result["bf16-mixed"]
     for model in ("esm", "dnabert"):
         assert mixed[f"{model}_cosine_min"] >= cast[f"{model}_cosine_min"]

@@ -23,13 +23,24 @@ from virnuc_dask.cli.progress import RunProgress, TerminalProgress, stage_table,
 from virnuc_dask.cluster.workers import WORKER_ENV
 
 
-def partition(worker: str, orfs: int, dn_tokens: int, dn_s: float, esm_tokens: int,
-              esm_s: float) -> dict:
-    return {"worker": worker,
-            "dnabert": {"sequences": orfs, "real_tokens": dn_tokens,
-                        "padded_tokens": dn_tokens + 10, "seconds": dn_s},
-            "esm": {"sequences": orfs, "real_tokens": esm_tokens,
-                    "padded_tokens": esm_tokens + 5, "seconds": esm_s}}
+def partition(
+    worker: str, orfs: int, dn_tokens: int, dn_s: float, esm_tokens: int, esm_s: float
+) -> dict:
+    return {
+        "worker": worker,
+        "dnabert": {
+            "sequences": orfs,
+            "real_tokens": dn_tokens,
+            "padded_tokens": dn_tokens + 10,
+            "seconds": dn_s,
+        },
+        "esm": {
+            "sequences": orfs,
+            "real_tokens": esm_tokens,
+            "padded_tokens": esm_tokens + 5,
+            "seconds": esm_s,
+        },
+    }
 
 
 class Clock:
@@ -89,8 +100,14 @@ def test_stage_table_has_a_row_per_stage():
     console = Console(width=160, record=True, file=io.StringIO())
     console.print(stage_table(state))
     text = console.export_text()
-    for label in ("loading models", "reading + translating", "embedding DNABERT-S",
-                  "embedding ESM-2", "classifying", "writing results"):
+    for label in (
+        "loading models",
+        "reading + translating",
+        "embedding DNABERT-S",
+        "embedding ESM-2",
+        "classifying",
+        "writing results",
+    ):
         assert label in text
     assert "25/50 ORFs · 1/2 partitions" in text
 
@@ -108,18 +125,43 @@ def test_non_terminal_logs_a_line_every_interval(caplog):
 
 
 def predict_command(out: Path, *extra: str, case: str = "mixed") -> list[str]:
-    return [sys.executable, "-m", "virnuc_dask", "predict",
-            str(REFERENCE / "dev" / case / "input.fa"), "--length", "300",
-            "--esm-model", TINY["esm_model"], "--dnabert-model", TINY["dnabert_model"],
-            "--classifier", TINY["classifier"], "--out", str(out), "--precision", "fp32",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "virnuc_dask",
+        "predict",
+        str(REFERENCE / "dev" / case / "input.fa"),
+        "--length",
+        "300",
+        "--esm-model",
+        TINY["esm_model"],
+        "--dnabert-model",
+        TINY["dnabert_model"],
+        "--classifier",
+        TINY["classifier"],
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        *extra,
+    ]
 
 
 def test_cli_without_terminal_prints_periodic_progress_lines(tmp_path):
     proc = subprocess.run(
-        predict_command(tmp_path / "out", "--partition-rows", "16",
-                        "--progress-interval", "0.5", "--log-file", str(tmp_path / "log")),
-        capture_output=True, text=True, timeout=300)
+        predict_command(
+            tmp_path / "out",
+            "--partition-rows",
+            "16",
+            "--progress-interval",
+            "0.5",
+            "--log-file",
+            str(tmp_path / "log"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if " progress " in line]
     assert len(lines) >= 3, proc.stderr
@@ -129,14 +171,19 @@ def test_cli_without_terminal_prints_periodic_progress_lines(tmp_path):
     assert re.search(r"workers: tcp://\S+ 19 partitions 290 ORFs [\d.]+ ORF/s", final)
     # the end-of-run summary, in the terminal and in the log file
     for text in (proc.stderr, (tmp_path / "log").read_text()):
-        assert re.search(r"^reads\s+80: \d+ viral, \d+ others, 13 without ORF, 0 failed$",
-                         text, re.M), text
+        assert re.search(
+            r"^reads\s+80: \d+ viral, \d+ others, 13 without ORF, 0 failed$", text, re.M
+        ), text
         assert re.search(r"^worker tcp://\S+\s+19 partitions, 290 ORFs", text, re.M)
 
 
 def test_quiet_prints_nothing_on_success(tmp_path):
-    proc = subprocess.run(predict_command(tmp_path / "out", "--quiet", case="basic"),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        predict_command(tmp_path / "out", "--quiet", case="basic"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
 
@@ -147,35 +194,61 @@ def test_live_display_in_a_terminal(tmp_path):
     tmux = ["tmux", "-L", f"virnuc-test-{tmp_path.name}", "-f", "/dev/null"]
     # the pane's own size, not a COLUMNS/LINES the test runner may have exported
     command = "env -u COLUMNS -u LINES " + " ".join(
-        predict_command(tmp_path / "out", "--partition-rows", "16"))
+        predict_command(tmp_path / "out", "--partition-rows", "16")
+    )
     done = tmp_path / "done"
-    subprocess.run([*tmux, "new-session", "-d", "-s", "run", "-x", "200", "-y", "50",
-                    f"{command}; echo $? > {done}; sleep 60"], check=True)
+    subprocess.run(
+        [
+            *tmux,
+            "new-session",
+            "-d",
+            "-s",
+            "run",
+            "-x",
+            "200",
+            "-y",
+            "50",
+            f"{command}; echo $? > {done}; sleep 60",
+        ],
+        check=True,
+    )
     frames = []
     try:
         deadline = time.monotonic() + 120
         while not done.exists() and time.monotonic() < deadline:
-            frames.append(subprocess.run([*tmux, "capture-pane", "-p", "-t", "run"],
-                                         capture_output=True, text=True).stdout)
+            frames.append(
+                subprocess.run(
+                    [*tmux, "capture-pane", "-p", "-t", "run"], capture_output=True, text=True
+                ).stdout
+            )
             time.sleep(0.2)
         time.sleep(0.3)
-        final = subprocess.run([*tmux, "capture-pane", "-p", "-S", "-100", "-t", "run"],
-                               capture_output=True, text=True).stdout
+        final = subprocess.run(
+            [*tmux, "capture-pane", "-p", "-S", "-100", "-t", "run"], capture_output=True, text=True
+        ).stdout
     finally:
         subprocess.run([*tmux, "kill-server"], check=False)
     assert done.read_text().strip() == "0", final
     # while embedding: both model rows part-way, and a row for the worker
-    running = [f for f in frames
-               if re.search(r"^  embedding ESM-2 .* [1-9]\d*/290 ORFs · \d+/19 partitions", f,
-                            re.M)
-               and re.search(r"^  embedding DNABERT-S .* [1-9]\d*/290 ORFs", f, re.M)]
+    running = [
+        f
+        for f in frames
+        if re.search(r"^  embedding ESM-2 .* [1-9]\d*/290 ORFs · \d+/19 partitions", f, re.M)
+        and re.search(r"^  embedding DNABERT-S .* [1-9]\d*/290 ORFs", f, re.M)
+    ]
     assert running, "no frame caught during embedding:\n" + "\n=====\n".join(frames[-20:])
     frame = running[-1]
     assert re.search(r"^worker\s+tasks\s+partitions\s+ORFs\s+ORF/s", frame, re.M), frame
     assert re.search(r"^tcp://127\.0\.0\.1:\d+\s", frame, re.M), frame
     # at the end: every stage ticked off, the worker's throughput, then the summary
-    for label in ("loading models", "reading + translating", "embedding DNABERT-S",
-                  "embedding ESM-2", "classifying", "writing results"):
+    for label in (
+        "loading models",
+        "reading + translating",
+        "embedding DNABERT-S",
+        "embedding ESM-2",
+        "classifying",
+        "writing results",
+    ):
         assert f"✓ {label}" in final, final
     assert re.search(r"^tcp://\S+\s+.*\s19\s+290\s+[\d.]+", final, re.M), final
     assert re.search(r"^status\s+complete$", final, re.M), final
@@ -194,21 +267,29 @@ def test_worker_records_reach_the_client():
     client_logger.addHandler(handler)
     client_logger.setLevel(logging.INFO)
     try:
-        with dask.config.set(WORKER_ENV), \
-                LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                             dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            dask.config.set(WORKER_ENV),
+            LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             forward_worker_logs(client, "normal")
             worker_logger = logging.getLogger("virnuc_dask.on_worker")
             client.submit(worker_logger.info, "info from a worker", pure=False).result()
             client.submit(worker_logger.warning, "warning from a worker", pure=False).result()
             deadline = time.monotonic() + 10
-            while not any("warning from" in r.getMessage() for r in received) \
-                    and time.monotonic() < deadline:
+            while (
+                not any("warning from" in r.getMessage() for r in received)
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             forward_worker_logs(client, "verbose")
             client.submit(worker_logger.info, "detail from a worker", pure=False).result()
-            while not any("detail from" in r.getMessage() for r in received) \
-                    and time.monotonic() < deadline:
+            while (
+                not any("detail from" in r.getMessage() for r in received)
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             address = next(iter(client.scheduler_info()["workers"]))
     finally:
@@ -235,9 +316,14 @@ def test_gpu_figures_from_distributed_nvml_metrics_or_no_gpu():
     from virnuc_dask.dataflow.dashboard import gpu_metrics
 
     figures = gpu_metrics(NVML_WORKER, {"reserved": 9_000_000_000, "peak": 11_000_000_000})
-    assert figures == {"utilization": 87, "memory_used": 12_100_000_000,
-                       "name": "NVIDIA A100-SXM4-80GB", "memory_total": 80_000_000_000,
-                       "process_memory": 9_000_000_000, "process_memory_peak": 11_000_000_000}
+    assert figures == {
+        "utilization": 87,
+        "memory_used": 12_100_000_000,
+        "name": "NVIDIA A100-SXM4-80GB",
+        "memory_total": 80_000_000_000,
+        "process_memory": 9_000_000_000,
+        "process_memory_peak": 11_000_000_000,
+    }
     assert gpu_metrics(CPU_WORKER) == "no GPU"
     assert gpu_metrics({}) == "no GPU"
 
@@ -254,8 +340,7 @@ def test_worker_rows_show_gpu_utilisation_and_memory_or_no_gpu():
     gpus["tcp://gpu:1"] = {**gpus["tcp://gpu:1"], "memory_used": 9e9}  # later, 9 GB
     state.record_gpus(gpus)
     console = Console(width=200, record=True)
-    console.print(worker_table(state, {"tcp://gpu:1": "embed ×1", "tcp://cpu:2": "idle"},
-                               gpus))
+    console.print(worker_table(state, {"tcp://gpu:1": "embed ×1", "tcp://cpu:2": "idle"}, gpus))
     text = console.export_text()
     gpu_row = next(line for line in text.splitlines() if "tcp://gpu:1" in line)
     cpu_row = next(line for line in text.splitlines() if "tcp://cpu:2" in line)
@@ -276,9 +361,18 @@ def test_live_display_polls_the_workers_gpu_figures(client):
 def test_jobs_without_workers_replace_the_time_left_and_lost_workers_show_as_gone():
     state = RunProgress(clock=lambda: 100.0)
     state.record("embed", 0, 4, orfs_total=400, orfs_reused=0)
-    state.record("embed", 1, 4, partitions=[{"worker": "tcp://w1", "dnabert":
-                 {"sequences": 100, "real_tokens": 900, "seconds": 1.0},
-                 "esm": {"sequences": 100, "real_tokens": 1500, "seconds": 2.0}}])
+    state.record(
+        "embed",
+        1,
+        4,
+        partitions=[
+            {
+                "worker": "tcp://w1",
+                "dnabert": {"sequences": 100, "real_tokens": 900, "seconds": 1.0},
+                "esm": {"sequences": 100, "real_tokens": 1500, "seconds": 2.0},
+            }
+        ],
+    )
     state.clock = lambda: 110.0
     line = status_line(state, {})
     assert "ETA" in line and "tcp://w1 1 partitions 100 ORFs 33.3 ORF/s (gone)" in line
@@ -287,8 +381,9 @@ def test_jobs_without_workers_replace_the_time_left_and_lost_workers_show_as_gon
     assert "ETA" not in line
     assert line.endswith("| cluster: no worker connected 0:05; job 12 pending (Resources) 0:05")
     console = Console(record=True, width=160)
-    progress = TerminalProgress(enabled=False, interval=60, console=console,
-                                cluster_status=lambda: pending)
+    progress = TerminalProgress(
+        enabled=False, interval=60, console=console, cluster_status=lambda: pending
+    )
     progress.state = state
     console.print(progress)
     text = console.export_text()

@@ -31,12 +31,25 @@ def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     settings = load_settings(
         inputs=[str(REFERENCE / "dev" / CASE / "input.fa")],
-        overrides={"out": str(out), "length": LENGTH, "precision": "fp32",
-                   "partition_rows": 64, **TINY})
-    with dask.config.set(WORKER_ENV), \
-            LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                         resources={"GPU": 1}, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+        overrides={
+            "out": str(out),
+            "length": LENGTH,
+            "precision": "fp32",
+            "partition_rows": 64,
+            **TINY,
+        },
+    )
+    with (
+        dask.config.set(WORKER_ENV),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            resources={"GPU": 1},
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         assert predict(settings, client).exit_code == 0
     return out
 
@@ -47,7 +60,7 @@ def orf_rows(out: Path, read_id: str) -> list[tuple[int, float]]:
     for line in (out / "prediction_results.txt").read_text().splitlines()[1:]:
         orf_id, _, s1, s2 = line.split("\t")
         if orf_id.startswith(f"{read_id}_chunk_"):
-            rows.append((int(orf_id[len(read_id) + 7:-2]), max(float(s1), float(s2))))
+            rows.append((int(orf_id[len(read_id) + 7 : -2]), max(float(s1), float(s2))))
     return rows
 
 
@@ -63,16 +76,27 @@ def test_summary_in_the_run_directory(run_dir):
     for worker in summary["workers"].values():
         assert worker["orfs"] == 290 and worker["tokens_per_s"]["esm"] > 0
     text = summary_text(summary)
-    assert re.search(r"^reads\s+80: \d+ viral, \d+ others, 13 without ORF, 0 failed$", text,
-                     re.M), text
+    assert re.search(
+        r"^reads\s+80: \d+ viral, \d+ others, 13 without ORF, 0 failed$", text, re.M
+    ), text
     assert re.search(r"^time\s+[\d.]+ s total: load models", text, re.M)
 
 
 def test_report_html_and_pngs(run_dir, tmp_path, capsys):
     import matplotlib.image
 
-    code = main(["report", str(run_dir), "--png", str(tmp_path / "png"), "--top", "4",
-                 "--html", str(tmp_path / "report.html")])
+    code = main(
+        [
+            "report",
+            str(run_dir),
+            "--png",
+            str(tmp_path / "png"),
+            "--top",
+            "4",
+            "--html",
+            str(tmp_path / "report.html"),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert f"report: {tmp_path / 'report.html'}" in printed
@@ -89,10 +113,8 @@ def test_report_html_and_pngs(run_dir, tmp_path, capsys):
     for read in data.reads:
         assert read.id in html
     # the top reads: called virus, the most chunks with an ORF, then the best score
-    rows = [r.split("\t") for r in
-            (run_dir / "read_predictions.tsv").read_text().splitlines()[1:]]
-    viral = sorted((r for r in rows if r[7] == "virus"),
-                   key=lambda r: (-int(r[3]), -float(r[6])))
+    rows = [r.split("\t") for r in (run_dir / "read_predictions.tsv").read_text().splitlines()[1:]]
+    viral = sorted((r for r in rows if r[7] == "virus"), key=lambda r: (-int(r[3]), -float(r[6])))
     assert [r.id for r in data.reads] == [r[0] for r in viral[:4]]
     assert data.reads[0].chunks_with_orf >= 5
 
@@ -103,13 +125,14 @@ def test_report_html_and_pngs(run_dir, tmp_path, capsys):
         ink = (image[..., :3] < 0.9).any(axis=-1).mean()
         assert ink > 0.01, f"{name}.png looks blank"
     tracks = matplotlib.image.imread(tmp_path / "png" / "read_tracks.png")[..., :3]
-    red = np.array([int(COLOURS["virus"][i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    red = np.array([int(COLOURS["virus"][i : i + 2], 16) / 255 for i in (1, 3, 5)])
     assert (np.abs(tracks - red).max(axis=-1) < 0.05).sum() > 200  # virus ORF segments drawn
 
 
 def test_tracks_put_orfs_on_their_chunk_spans(run_dir):
-    reads = [line.split("\t") for line in
-             (run_dir / "read_predictions.tsv").read_text().splitlines()[1:]]
+    reads = [
+        line.split("\t") for line in (run_dir / "read_predictions.tsv").read_text().splitlines()[1:]
+    ]
     long_read = max((r for r in reads if int(r[4]) >= 3), key=lambda r: int(r[2]))
     read_id, length = long_read[0], int(long_read[1])
     data = load_run(run_dir, ids=[read_id])
@@ -117,8 +140,11 @@ def test_tracks_put_orfs_on_their_chunk_spans(run_dir):
     ax = fig.axes[0]
     spans = chunk_spans(length, LENGTH)
     orf_colours = {COLOURS["virus"], COLOURS["others"]}
-    drawn = sorted((tuple(line.get_xdata()), float(line.get_ydata()[0]))
-                   for line in ax.lines if line.get_color() in orf_colours)
+    drawn = sorted(
+        (tuple(line.get_xdata()), float(line.get_ydata()[0]))
+        for line in ax.lines
+        if line.get_color() in orf_colours
+    )
     expected = sorted((spans[k - 1], score) for k, score in orf_rows(run_dir, read_id))
     assert len(drawn) == len(expected) >= 3
     for (xs, y), (span, score) in zip(drawn, expected, strict=True):
@@ -130,8 +156,9 @@ def test_tracks_put_orfs_on_their_chunk_spans(run_dir):
 
 
 def test_unknown_read_id_is_an_error(run_dir, tmp_path, capsys):
-    code = main(["report", str(run_dir), "--ids", "no_such_read",
-                 "--html", str(tmp_path / "r.html")])
+    code = main(
+        ["report", str(run_dir), "--ids", "no_such_read", "--html", str(tmp_path / "r.html")]
+    )
     assert code == 1
     assert "no read with id 'no_such_read'" in capsys.readouterr().err
 
@@ -143,8 +170,9 @@ def test_not_a_run_directory(tmp_path, capsys):
 
 
 def chromium() -> str | None:
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser",
-                                               "google-chrome")) if p), None)
+    return next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+    )
 
 
 @pytest.mark.skipif(chromium() is None, reason="chromium not installed")
@@ -155,16 +183,29 @@ def test_html_renders_in_headless_chromium(run_dir, tmp_path):
     assert main(["report", str(run_dir), "--html", str(report), "--top", "3"]) == 0
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
-         "--window-size=1280,2600", f"--screenshot={shot}", report.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1280,2600",
+            f"--screenshot={shot}",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     image = matplotlib.image.imread(shot)[..., :3]
     assert image.shape[:2] == (2600, 1280)
     rows_with_ink = (image < 0.85).any(axis=-1).any(axis=1)
     # text at the top and the figures further down were painted
     assert rows_with_ink[:200].any() and rows_with_ink[600:2400].mean() > 0.3
-    red = np.array([int(COLOURS["virus"][i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    red = np.array([int(COLOURS["virus"][i : i + 2], 16) / 255 for i in (1, 3, 5)])
     assert (np.abs(image - red).max(axis=-1) < 0.06).sum() > 500

@@ -27,8 +27,12 @@ from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.errors import OutputDirError
 
-RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
-           "read_predictions.tsv", "failed_records.tsv")
+RESULTS = (
+    "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+    "read_predictions.tsv",
+    "failed_records.tsv",
+)
 ARRAYS = ("ids", "dnabert", "esm", "scores")
 MIXED = REFERENCE / "dev" / "mixed" / "input.fa"
 
@@ -44,13 +48,23 @@ def assert_same_outputs(out: Path, expected: Path) -> None:
 
 
 def digests(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
 
 
 def settings_for(out: Path, inputs=(MIXED,), **overrides):
-    values = {"out": str(out), "length": 300, "precision": "fp32", "blocksize": 8192,
-              "partition_rows": 32, **TINY, **overrides}
+    values = {
+        "out": str(out),
+        "length": 300,
+        "precision": "fp32",
+        "blocksize": 8192,
+        "partition_rows": 32,
+        **TINY,
+        **overrides,
+    }
     return load_settings(inputs=[str(p) for p in inputs], overrides=values)
 
 
@@ -174,11 +188,29 @@ def test_overwrite_starts_afresh_without_stale_partitions(client, complete, tmp_
 
 # -- the command line, killed for real ------------------------------------------------------
 
+
 def cli(reads: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "virnuc_dask", "predict", str(reads), "--out", str(out),
-            "--length", "500", "--precision", "fp32", "--partition-rows", "64",
-            "--esm-model", TINY["esm_model"], "--dnabert-model", TINY["dnabert_model"],
-            "--classifier", TINY["classifier"]]
+    return [
+        sys.executable,
+        "-m",
+        "virnuc_dask",
+        "predict",
+        str(reads),
+        "--out",
+        str(out),
+        "--length",
+        "500",
+        "--precision",
+        "fp32",
+        "--partition-rows",
+        "64",
+        "--esm-model",
+        TINY["esm_model"],
+        "--dnabert-model",
+        TINY["dnabert_model"],
+        "--classifier",
+        TINY["classifier"],
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +242,13 @@ def session_alive(sid: int) -> list[int]:
 def interrupt(reads: Path, out: Path, how: str, after: int) -> int:
     """Start the CLI, interrupt it ``how`` once ``after`` partitions are finished; return
     the partitions finished when it and its workers are gone."""
-    proc = subprocess.Popen(cli(reads, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cli(reads, out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while finished(out) < after:
         assert proc.poll() is None, proc.communicate()[1]

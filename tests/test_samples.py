@@ -24,16 +24,17 @@ from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.dataflow.store import read_rows
 
-RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
-           "read_predictions.tsv")
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_predictions.tsv")
 
 
 def fasta_to_fastq(src: Path, dest: Path, *, compressed: bool = False) -> Path:
     """The records of ``src`` as four-line FASTQ (full titles kept, qualities invented)."""
     titles = [line[1:].rstrip("\r\n") for line in src.open() if line.startswith(">")]
     pairs = read_fasta_pairs(src)
-    text = "".join(f"@{title}\n{seq}\n+\n{'?' * len(seq)}\n"
-                   for title, (_, seq) in zip(titles, pairs, strict=True))
+    text = "".join(
+        f"@{title}\n{seq}\n+\n{'?' * len(seq)}\n"
+        for title, (_, seq) in zip(titles, pairs, strict=True)
+    )
     dest.write_bytes(gzip.compress(text.encode()) if compressed else text.encode())
     return dest
 
@@ -41,8 +42,16 @@ def fasta_to_fastq(src: Path, dest: Path, *, compressed: bool = False) -> Path:
 def _run(client, inputs, out: Path, length: int, **extra):
     settings = load_settings(
         inputs=[str(p) for p in inputs],
-        overrides={"out": str(out), "length": length, "precision": "fp32",
-                   "blocksize": 4096, "partition_rows": 37, **TINY, **extra})
+        overrides={
+            "out": str(out),
+            "length": length,
+            "precision": "fp32",
+            "blocksize": 4096,
+            "partition_rows": 37,
+            **TINY,
+            **extra,
+        },
+    )
     return predict(settings, client)
 
 
@@ -50,8 +59,9 @@ def _run(client, inputs, out: Path, length: int, **extra):
 @pytest.mark.parametrize("compressed", [False, True])
 def test_fastq_gives_the_original_results(client, reference, tmp_path, case, compressed):
     src = reference / "dev" / case / "input.fa"
-    fq = fasta_to_fastq(src, tmp_path / ("reads.dat" if compressed else "reads.fq"),
-                        compressed=compressed)
+    fq = fasta_to_fastq(
+        src, tmp_path / ("reads.dat" if compressed else "reads.fq"), compressed=compressed
+    )
     length = 500 if compressed else 300
     result = _run(client, [fq], tmp_path / "out", length)
     assert result.exit_code == 0
@@ -71,20 +81,24 @@ def test_mixed_formats_give_the_fasta_run(client, reference, tmp_path):
     result = _run(client, [tmp_path / "first.fq.gz", second], tmp_path / "mixed", 300)
     assert result.exit_code == 0
     for name in RESULTS:
-        assert (tmp_path / "mixed" / name).read_bytes() == \
-            (tmp_path / "fasta" / name).read_bytes(), name
+        assert (tmp_path / "mixed" / name).read_bytes() == (
+            tmp_path / "fasta" / name
+        ).read_bytes(), name
 
 
 def _predictions(out: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
-    rows = [line.split("\t") for line in
-            (out / "prediction_results.txt").read_text().splitlines()[1:]]
+    rows = [
+        line.split("\t") for line in (out / "prediction_results.txt").read_text().splitlines()[1:]
+    ]
     return [(r[0], r[1]) for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
 
 
 def _read_calls(out: Path) -> list[list[str]]:
     # All columns but max_virus_score (a score: float rounding may differ).
-    return [line.split("\t")[:6] + line.split("\t")[7:] for line in
-            (out / "read_predictions.tsv").read_text().splitlines()]
+    return [
+        line.split("\t")[:6] + line.split("\t")[7:]
+        for line in (out / "read_predictions.tsv").read_text().splitlines()
+    ]
 
 
 def test_dedup_agrees_with_no_dedup_and_embeds_each_input_once(client, tmp_path):
@@ -101,9 +115,11 @@ def test_dedup_agrees_with_no_dedup_and_embeds_each_input_once(client, tmp_path)
     assert _read_calls(tmp_path / "once") == _read_calls(tmp_path / "all")
 
     total = len(labels)
-    assert plain.summary["dedup"] == {"enabled": False,
-                                      "dnabert": {"unique": total, "total": total},
-                                      "esm": {"unique": total, "total": total}}
+    assert plain.summary["dedup"] == {
+        "enabled": False,
+        "dnabert": {"unique": total, "total": total},
+        "esm": {"unique": total, "total": total},
+    }
     dedup = once.summary["dedup"]
     assert dedup["enabled"]
     # 30 % of the reads are copies: about 30 % of the ORFs are repeated inputs.
@@ -134,8 +150,9 @@ def test_a_failed_input_fails_every_copy_as_without_dedup(client, tmp_path):
     from virnuc_dask.core.orfs import orfs_from_records
 
     reads = write_duplicated_reads(tmp_path / "dup.fa", 120, share=0.3, seed=5)
-    orfs = orfs_from_records([r for b in plan_blocks([str(reads)]) for r in read_block(b)],
-                             500).orfs
+    orfs = orfs_from_records(
+        [r for b in plan_blocks([str(reads)]) for r in read_block(b)], 500
+    ).orfs
     model = tmp_path / "dnabert"
     shutil.copytree(TINY["dnabert_model"], model)
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
@@ -144,8 +161,7 @@ def test_a_failed_input_fails_every_copy_as_without_dedup(client, tmp_path):
         for token in set(tokenizer.encode(orf.nucleotide).ids):
             holders.setdefault(token, set()).add(orf.nucleotide)
     copies = collections.Counter(o.nucleotide for o in orfs)
-    token = min(t for t, seqs in holders.items() if len(seqs) == 1
-                and copies[next(iter(seqs))] > 1)
+    token = min(t for t, seqs in holders.items() if len(seqs) == 1 and copies[next(iter(seqs))] > 1)
     spec = json.loads((model / "tokenizer.json").read_text())
     inverse = {v: k for k, v in spec["model"]["vocab"].items()}
     spec["model"]["vocab"][inverse[token]] = 4096

@@ -22,23 +22,24 @@ def test_columns_read_back_any_slice(tmp_path):
     scratch.write_table(tmp_path, _table(3, orfs))
     for lo, hi in ((0, 40), (0, 0), (5, 6), (17, 40), (39, 40)):
         assert scratch.read_column(tmp_path, 3, "ids", lo, hi) == [o[0] for o in orfs[lo:hi]]
-        assert scratch.read_column(tmp_path, 3, "nucleotide", lo, hi) == \
-            [o[1] for o in orfs[lo:hi]]
-        assert scratch.read_column(tmp_path, 3, "protein", lo, hi) == \
-            [o[2] for o in orfs[lo:hi]]
+        assert scratch.read_column(tmp_path, 3, "nucleotide", lo, hi) == [o[1] for o in orfs[lo:hi]]
+        assert scratch.read_column(tmp_path, 3, "protein", lo, hi) == [o[2] for o in orfs[lo:hi]]
     assert scratch.read_reads(tmp_path, 3) == _table(3, orfs).reads
 
 
 @pytest.mark.parametrize("buckets", [1, 3, 8])
 def test_sources_are_the_first_copy_of_each_input(tmp_path, buckets):
     rng = random.Random(buckets)
-    pool = [("".join(rng.choices("ACGT", k=6)), "".join(rng.choices("MKV", k=2)))
-            for _ in range(25)]
+    pool = [
+        ("".join(rng.choices("ACGT", k=6)), "".join(rng.choices("MKV", k=2))) for _ in range(25)
+    ]
     blocks = [[rng.choice(pool) for _ in range(rng.randint(0, 30))] for _ in range(5)]
     for b, rows in enumerate(blocks):
-        scratch.write_table(tmp_path, _table(b, [(f"o{b}_{i}", n, p)
-                                                 for i, (n, p) in enumerate(rows)]),
-                            buckets=buckets)
+        scratch.write_table(
+            tmp_path,
+            _table(b, [(f"o{b}_{i}", n, p) for i, (n, p) in enumerate(rows)]),
+            buckets=buckets,
+        )
     counts = [len(rows) for rows in blocks]
     offsets = np.cumsum([0] + counts)[:-1].tolist()
     flat = [row for rows in blocks for row in rows]
@@ -49,8 +50,7 @@ def test_sources_are_the_first_copy_of_each_input(tmp_path, buckets):
         assert sum(n for n, _ in found) == len(flat)
         assert sum(u for _, u in found) == len(first)
         for lo, hi in ((0, len(flat)), (7, 31), (len(flat) - 1, len(flat))):
-            assert scratch.sources(tmp_path, model, buckets, lo, hi).tolist() == \
-                expected[lo:hi]
+            assert scratch.sources(tmp_path, model, buckets, lo, hi).tolist() == expected[lo:hi]
 
 
 def test_content_hashes_are_128_bit_and_distinguish_inputs():

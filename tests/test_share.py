@@ -35,35 +35,49 @@ def test_the_faster_worker_takes_a_proportionally_larger_share(tmp_path, monkeyp
         deadline = time.monotonic() + 120
         while True:
             statuses = real_wait(client, **kwargs)
-            if [s["state"] for s in statuses.values()] == ["ready", "ready"] or \
-                    time.monotonic() > deadline:
+            if [s["state"] for s in statuses.values()] == [
+                "ready",
+                "ready",
+            ] or time.monotonic() > deadline:
                 return statuses
             time.sleep(0.2)
 
     monkeypatch.setattr(pipeline, "wait_for_models", wait_for_both)
-    settings = load_settings(inputs=[str(INPUT)], overrides={
-        "out": str(tmp_path), "length": 300, "precision": "fp32", "blocksize": 4096,
-        "partition_rows": 6, "threads": 1, **TINY})
+    settings = load_settings(
+        inputs=[str(INPUT)],
+        overrides={
+            "out": str(tmp_path),
+            "length": 300,
+            "precision": "fp32",
+            "blocksize": 4096,
+            "partition_rows": 6,
+            "threads": 1,
+            **TINY,
+        },
+    )
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         from distributed import Worker
 
         cluster.scale(0)
         cluster.worker_spec = {
-            name: {"cls": Worker, "options": {"nthreads": 2, "name": name,
-                                              "resources": {"GPU": 1}}}
-            for name in ("fast", "slow")}
+            name: {"cls": Worker, "options": {"nthreads": 2, "name": name, "resources": {"GPU": 1}}}
+            for name in ("fast", "slow")
+        }
         cluster.scale(2)
         with Client(cluster) as client:
             client.wait_for_workers(2, timeout=30)
-            names = {a: w["name"] for a, w in
-                     client.scheduler_info(n_workers=-1)["workers"].items()}
+            names = {
+                a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
+            }
             result = predict(settings, client)
     assert not result.summary["workers_failed"], result.summary["workers_failed"]
     workers = {names[a]: w for a, w in result.summary["workers"].items()}
     fast, slow = workers["fast"], workers["slow"]
-    print(f"fast: {fast['partitions']} partitions, share {fast['share']:.2f}, "
-          f"{fast['orfs_per_s']:.1f} ORF/s; slow: {slow['partitions']} partitions, share "
-          f"{slow['share']:.2f}, {slow['orfs_per_s']:.1f} ORF/s")
+    print(
+        f"fast: {fast['partitions']} partitions, share {fast['share']:.2f}, "
+        f"{fast['orfs_per_s']:.1f} ORF/s; slow: {slow['partitions']} partitions, share "
+        f"{slow['share']:.2f}, {slow['orfs_per_s']:.1f} ORF/s"
+    )
     assert result.exit_code == 0 and result.partitions >= 12
     assert fast["share"] + slow["share"] == 1.0
     assert fast["orfs_per_s"] > 2 * slow["orfs_per_s"]

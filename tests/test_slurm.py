@@ -18,10 +18,19 @@ pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "virnuc-dask")
-MODELS = ["--length", "300", "--esm-model", TINY["esm_model"], "--dnabert-model",
-          TINY["dnabert_model"], "--classifier", TINY["classifier"], "--precision", "fp32"]
-RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
-           "read_predictions.tsv")
+MODELS = [
+    "--length",
+    "300",
+    "--esm-model",
+    TINY["esm_model"],
+    "--dnabert-model",
+    TINY["dnabert_model"],
+    "--classifier",
+    TINY["classifier"],
+    "--precision",
+    "fp32",
+]
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_predictions.tsv")
 PARTITIONS_DONE = re.compile(r"· ([1-9]\d*)/\d+ partitions")
 
 
@@ -31,23 +40,36 @@ def assert_same_results(out: Path, expected: Path) -> None:
 
 
 def predict(slurm, cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, "predict", *args], cwd=cwd, env=slurm.env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [CLI, "predict", *args],
+        cwd=cwd,
+        env=slurm.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(slurm, command: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     with open(log, "w") as fh:
-        return subprocess.Popen(command, cwd=cwd, env=slurm.env(), stdout=fh,
-                                stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            command, cwd=cwd, env=slurm.env(), stdout=fh, stderr=subprocess.STDOUT, text=True
+        )
 
 
-def wait_for(predicate, what: str, timeout: float, proc: subprocess.Popen | None = None,
-             log: Path | None = None) -> None:
+def wait_for(
+    predicate,
+    what: str,
+    timeout: float,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"exited with {proc.returncode} before {what}:\n"
-                        f"{log.read_text() if log else ''}")
+            pytest.fail(
+                f"exited with {proc.returncode} before {what}:\n{log.read_text() if log else ''}"
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within {timeout:.0f} s\n{log.read_text() if log else ''}")
         time.sleep(0.3)
@@ -60,37 +82,77 @@ def partitions_done(log: Path) -> bool:
 @pytest.fixture(scope="module")
 def reads(tmp_path_factory) -> Path:
     """Enough reads for a run that can be interrupted mid-way (1,090 ORFs, 28 partitions)."""
-    return write_perf_reads(tmp_path_factory.mktemp("slurm-reads") / "reads.fa", 500, seed=5,
-                            prefix="hpc")
+    return write_perf_reads(
+        tmp_path_factory.mktemp("slurm-reads") / "reads.fa", 500, seed=5, prefix="hpc"
+    )
 
 
 @pytest.fixture(scope="module")
 def local_run(reads, tmp_path_factory) -> Path:
     """The same prediction of ``reads`` on a local cluster: what every run must equal."""
     out = tmp_path_factory.mktemp("slurm-local") / "out"
-    proc = subprocess.run([CLI, "predict", str(reads), *MODELS, "--partition-rows", "40",
-                           "--out", str(out), "--workers", "1", "-q"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            CLI,
+            "predict",
+            str(reads),
+            *MODELS,
+            "--partition-rows",
+            "40",
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
 
-def test_gpu_jobs_on_a_cluster_without_gpus_fail_with_sbatchs_message(slurm, reference,
-                                                                       tmp_path):
+def test_gpu_jobs_on_a_cluster_without_gpus_fail_with_sbatchs_message(slurm, reference, tmp_path):
     started = time.monotonic()
-    proc = predict(slurm, tmp_path, str(reference / "dev" / "basic" / "input.fa"), *MODELS,
-                   "--out", "out", "--cluster", "slurm", "--worker-type", "gpu", timeout=60)
+    proc = predict(
+        slurm,
+        tmp_path,
+        str(reference / "dev" / "basic" / "input.fa"),
+        *MODELS,
+        "--out",
+        "out",
+        "--cluster",
+        "slurm",
+        "--worker-type",
+        "gpu",
+        timeout=60,
+    )
     assert proc.returncode == 1, proc.stderr
     assert time.monotonic() - started < 60
-    assert "sbatch rejected the job: sbatch: error: Invalid generic resource (gres) " \
+    assert (
+        "sbatch rejected the job: sbatch: error: Invalid generic resource (gres) "
         "specification" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
     assert slurm.jobs() == []
 
 
 def test_cpu_job_gives_the_local_outputs(slurm, reference, tmp_path):
-    proc = predict(slurm, tmp_path, str(reference / "dev" / "basic" / "input.fa"), *MODELS,
-                   "--out", "out", "--cluster", "slurm", "--worker-type", "cpu", "--jobs", "1")
+    proc = predict(
+        slurm,
+        tmp_path,
+        str(reference / "dev" / "basic" / "input.fa"),
+        *MODELS,
+        "--out",
+        "out",
+        "--cluster",
+        "slurm",
+        "--worker-type",
+        "cpu",
+        "--jobs",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 job(s) of 1 CPU worker(s) submitted" in proc.stderr
     assert re.search(r"job \d+ submitted", proc.stderr)
@@ -100,12 +162,29 @@ def test_cpu_job_gives_the_local_outputs(slurm, reference, tmp_path):
     assert slurm.jobs() == []
 
 
-def test_job_cancelled_mid_run_is_replaced_and_the_run_completes(slurm, reads, local_run,
-                                                                 tmp_path):
+def test_job_cancelled_mid_run_is_replaced_and_the_run_completes(slurm, reads, local_run, tmp_path):
     log = tmp_path / "run.log"
-    proc = start(slurm, [CLI, "predict", str(reads), *MODELS, "--partition-rows", "40",
-                         "--out", "out", "--cluster", "slurm", "--worker-type", "cpu",
-                         "--progress-interval", "0.5"], tmp_path, log)
+    proc = start(
+        slurm,
+        [
+            CLI,
+            "predict",
+            str(reads),
+            *MODELS,
+            "--partition-rows",
+            "40",
+            "--out",
+            "out",
+            "--cluster",
+            "slurm",
+            "--worker-type",
+            "cpu",
+            "--progress-interval",
+            "0.5",
+        ],
+        tmp_path,
+        log,
+    )
     try:
         wait_for(lambda: partitions_done(log), "finished partition", 120, proc, log)
         (job,) = slurm.jobs()
@@ -126,22 +205,41 @@ def test_job_cancelled_mid_run_is_replaced_and_the_run_completes(slurm, reads, l
 
 def test_pending_job_is_shown_and_bounded_by_start_timeout(slurm, reference, tmp_path):
     # Another job holds both CPUs of the node: ours stays pending (Resources).
-    subprocess.run(["sbatch", "--cpus-per-task=2", "--mem=1G", "--output=/dev/null",
-                    "--wrap", "sleep 300"], env=slurm.env(), check=True, timeout=30,
-                   capture_output=True)
+    subprocess.run(
+        ["sbatch", "--cpus-per-task=2", "--mem=1G", "--output=/dev/null", "--wrap", "sleep 300"],
+        env=slurm.env(),
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
     try:
         started = time.monotonic()
-        proc = predict(slurm, tmp_path, str(reference / "dev" / "basic" / "input.fa"),
-                       *MODELS, "--out", "out", "--cluster", "slurm", "--worker-type", "cpu",
-                       "--start-timeout", "8", timeout=90)
+        proc = predict(
+            slurm,
+            tmp_path,
+            str(reference / "dev" / "basic" / "input.fa"),
+            *MODELS,
+            "--out",
+            "out",
+            "--cluster",
+            "slurm",
+            "--worker-type",
+            "cpu",
+            "--start-timeout",
+            "8",
+            timeout=90,
+        )
         elapsed = time.monotonic() - started
     finally:
         slurm.cancel_all()
     assert proc.returncode == 1, proc.stderr
     assert elapsed < 60
     assert re.search(r"job \d+ pending \(Resources\) 0:00", proc.stderr)
-    assert re.search(r"no job started within --start-timeout 8 s: job \d+ pending "
-                     r"\(Resources\) 0:\d\d; the jobs are cancelled", proc.stderr)
+    assert re.search(
+        r"no job started within --start-timeout 8 s: job \d+ pending "
+        r"\(Resources\) 0:\d\d; the jobs are cancelled",
+        proc.stderr,
+    )
     assert "Traceback" not in proc.stderr
 
 
@@ -151,25 +249,59 @@ def test_job_whose_worker_cannot_start_ends_the_run_with_its_log(slurm, referenc
     config = tmp_path / "site.yaml"
     config.write_text('jobqueue:\n  slurm:\n    job-directives-skip: ["--gres"]\n')
     started = time.monotonic()
-    proc = predict(slurm, tmp_path, str(reference / "dev" / "basic" / "input.fa"), *MODELS,
-                   "--out", "out", "--cluster", "slurm", "--worker-type", "gpu",
-                   "--job-cores", "2", "--job-memory", "2GiB", "--cluster-config",
-                   str(config), timeout=120)
+    proc = predict(
+        slurm,
+        tmp_path,
+        str(reference / "dev" / "basic" / "input.fa"),
+        *MODELS,
+        "--out",
+        "out",
+        "--cluster",
+        "slurm",
+        "--worker-type",
+        "gpu",
+        "--job-cores",
+        "2",
+        "--job-memory",
+        "2GiB",
+        "--cluster-config",
+        str(config),
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr
     assert time.monotonic() - started < 120
-    match = re.search(r"job (\d+) ended \((\w+)\) before its worker connected to the "
-                      r"scheduler; last lines of (\S+):", proc.stderr)
+    match = re.search(
+        r"job (\d+) ended \((\w+)\) before its worker connected to the "
+        r"scheduler; last lines of (\S+):",
+        proc.stderr,
+    )
     assert match, proc.stderr
     assert match.group(2) in ("failed", "completed")
     assert Path(match.group(3)) == tmp_path / f"slurm-{match.group(1)}.out"
     assert "Traceback" not in proc.stderr.split("last lines of")[0]
 
 
-def test_slurm_runner_under_srun_stops_on_scancel_and_resumes(slurm, reads, local_run,
-                                                              tmp_path):
-    command = ["srun", "--overcommit", "--ntasks=3", "--label", CLI, "predict", str(reads),
-               *MODELS, "--partition-rows", "40", "--out", "out", "--cluster",
-               "slurm-runner", "--worker-type", "cpu", "--progress-interval", "0.5"]
+def test_slurm_runner_under_srun_stops_on_scancel_and_resumes(slurm, reads, local_run, tmp_path):
+    command = [
+        "srun",
+        "--overcommit",
+        "--ntasks=3",
+        "--label",
+        CLI,
+        "predict",
+        str(reads),
+        *MODELS,
+        "--partition-rows",
+        "40",
+        "--out",
+        "out",
+        "--cluster",
+        "slurm-runner",
+        "--worker-type",
+        "cpu",
+        "--progress-interval",
+        "0.5",
+    ]
     log = tmp_path / "first.log"
     proc = start(slurm, command, tmp_path, log)
     try:
@@ -186,15 +318,16 @@ def test_slurm_runner_under_srun_stops_on_scancel_and_resumes(slurm, reads, loca
     text = log.read_text()
     for rank in range(3):
         assert f"{rank}: " in text and re.search(
-            rf"^{rank}: .*interrupted \(SIGTERM\); finished partitions are kept", text, re.M), \
-            text
+            rf"^{rank}: .*interrupted \(SIGTERM\); finished partitions are kept", text, re.M
+        ), text
     assert "Exited with exit code 143" in text
     kept = list((tmp_path / "out" / "partitions").iterdir())
     assert kept
 
     # The same command again resumes: the kept partitions are reused.
-    again = subprocess.run(command, cwd=tmp_path, env=slurm.env(), capture_output=True,
-                           text=True, timeout=180)
+    again = subprocess.run(
+        command, cwd=tmp_path, env=slurm.env(), capture_output=True, text=True, timeout=180
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     reused = re.search(r"\d+ ORFs in \d+ partitions, (\d+) already done", again.stderr)
     assert reused and int(reused.group(1)) >= 1, again.stderr
@@ -212,7 +345,8 @@ def batch_script_with(settings: str) -> str:
 def test_batch_script_runs_with_only_its_settings_edited(slurm, reference, tmp_path):
     venv = Path(sys.executable).parent.parent
     script = tmp_path / "virnuc.sh"
-    script.write_text(batch_script_with(f"""# ---- settings
+    script.write_text(
+        batch_script_with(f"""# ---- settings
 #SBATCH --job-name=virnuc-dask
 #SBATCH --nodes=1
 #SBATCH --ntasks=3
@@ -233,9 +367,16 @@ OFFLINE=yes
 setup_environment() {{
     source {venv}/bin/activate
 }}
-"""))
-    proc = subprocess.run(["sbatch", "--parsable", str(script)], cwd=tmp_path,
-                          env=slurm.env(), capture_output=True, text=True, timeout=30)
+""")
+    )
+    proc = subprocess.run(
+        ["sbatch", "--parsable", str(script)],
+        cwd=tmp_path,
+        env=slurm.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip()
     wait_for(lambda: job not in slurm.jobs(), f"end of job {job}", 180)

@@ -31,9 +31,16 @@ def no_network_env(tmp_path: Path) -> dict[str, str]:
     """Every download fails at once: proxies and hub endpoint on a closed local port."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy",)}
     closed = "http://127.0.0.1:9"
-    env.update({"https_proxy": closed, "HTTPS_PROXY": closed, "http_proxy": closed,
-                "HTTP_PROXY": closed, "HF_HOME": str(tmp_path / "hf-home"),
-                "TORCH_HOME": str(tmp_path / "torch-home")})
+    env.update(
+        {
+            "https_proxy": closed,
+            "HTTPS_PROXY": closed,
+            "http_proxy": closed,
+            "HTTP_PROXY": closed,
+            "HF_HOME": str(tmp_path / "hf-home"),
+            "TORCH_HOME": str(tmp_path / "torch-home"),
+        }
+    )
     return env
 
 
@@ -58,8 +65,12 @@ def test_staged_layout_loads_offline(tmp_path):
     assert staged.esm == root / "torch" / "checkpoints" / f"{ESM_NAME}.pt"
     assert staged.dnabert.parent.name == "snapshots"
     names = {p.name for p in staged.files()}
-    assert {f"{ESM_NAME}-contact-regression.pt", "config.json", "tokenizer.json",
-            "pytorch_model.bin"} <= names
+    assert {
+        f"{ESM_NAME}-contact-regression.pt",
+        "config.json",
+        "tokenizer.json",
+        "pytorch_model.bin",
+    } <= names
     model, _ = load_esm(ESM_NAME, cache_dir=esm_cache(root), offline=True)
     assert model.embed_dim == 64
     dnabert, _ = load_dnabert(DNABERT_ID, cache_dir=str(dnabert_cache(root)), offline=True)
@@ -77,13 +88,34 @@ def test_incomplete_stage_is_a_clear_error(tmp_path, missing):
 def test_run_from_staged_models_offline_matches_original(reference, tmp_path):
     stage_tiny(tmp_path / "models")
     proc = subprocess.run(
-        [sys.executable, "-m", "virnuc_dask", "predict",
-         str(reference / "dev" / "basic" / "input.fa"), "--length", "500",
-         "--esm-model", ESM_NAME, "--dnabert-model", DNABERT_ID,
-         "--classifier", TINY["classifier"], "--precision", "fp32",
-         "--model-cache", "models", "--offline", "--out", "out"],
-        cwd=tmp_path, env=no_network_env(tmp_path), capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "virnuc_dask",
+            "predict",
+            str(reference / "dev" / "basic" / "input.fa"),
+            "--length",
+            "500",
+            "--esm-model",
+            ESM_NAME,
+            "--dnabert-model",
+            DNABERT_ID,
+            "--classifier",
+            TINY["classifier"],
+            "--precision",
+            "fp32",
+            "--model-cache",
+            "models",
+            "--offline",
+            "--out",
+            "out",
+        ],
+        cwd=tmp_path,
+        env=no_network_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert_matches_reference(tmp_path / "out", reference / "dev" / "basic" / "L500")
 
@@ -91,8 +123,12 @@ def test_run_from_staged_models_offline_matches_original(reference, tmp_path):
 def fetch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "virnuc_dask", "models", "fetch", "--to", "models", *args],
-        cwd=tmp_path, env=no_network_env(tmp_path), capture_output=True, text=True,
-        timeout=120)
+        cwd=tmp_path,
+        env=no_network_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_fetch_without_network_fails_cleanly(tmp_path):

@@ -15,14 +15,26 @@ DIMS = {"dnabert": 3, "esm": 5}
 
 
 def new_store(tmp_path, rows=10, chunk_rows=4, fingerprint=None) -> EmbeddingStore:
-    return EmbeddingStore.create(tmp_path, rows=rows, dims=DIMS, chunk_rows=chunk_rows,
-                                 classes=2, fingerprint=fingerprint or {"inputs": "a"})
+    return EmbeddingStore.create(
+        tmp_path,
+        rows=rows,
+        dims=DIMS,
+        chunk_rows=chunk_rows,
+        classes=2,
+        fingerprint=fingerprint or {"inputs": "a"},
+    )
 
 
 def write(store: EmbeddingStore, index: int, row_start: int, n: int, failed=()) -> None:
     arrays = {name: np.full((n, dim), index + 1, dtype=np.float32) for name, dim in DIMS.items()}
-    store.write_partition(index, row_start, [f"orf{row_start + i}" for i in range(n)], arrays,
-                          {"worker": "w"}, failed=failed)
+    store.write_partition(
+        index,
+        row_start,
+        [f"orf{row_start + i}" for i in range(n)],
+        arrays,
+        {"worker": "w"},
+        failed=failed,
+    )
 
 
 def test_written_partitions_are_done_and_readable(tmp_path):
@@ -32,7 +44,8 @@ def test_written_partitions_are_done_and_readable(tmp_path):
     write(store, 2, 8, 2, failed=[{"row": 9, "id": "orf9", "stage": "esm", "error": "E: x"}])
     assert store.done_partitions() == {0, 2}
     assert store.entries()[2]["failed"] == [
-        {"row": 9, "id": "orf9", "stage": "esm", "error": "E: x"}]
+        {"row": 9, "id": "orf9", "stage": "esm", "error": "E: x"}
+    ]
     group = zarr.open_group(store.path, mode="r")
     assert list(group["ids"][8:10]) == ["orf8", "orf9"]
     assert (group["esm"][0:4] == 1).all() and (group["esm"][4:8] == 0).all()

@@ -22,12 +22,18 @@ from virnuc_dask.train.evaluate import evaluate
 from virnuc_dask.train.options import TrainOptions
 from virnuc_dask.train.run import LOG_COLUMNS, train, train_inputs
 
-_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
-          if a + b + c not in ("TAA", "TAG", "TGA")]
+_SENSE = [
+    a + b + c
+    for a in "ACGT"
+    for b in "ACGT"
+    for c in "ACGT"
+    if a + b + c not in ("TAA", "TAG", "TGA")
+]
 
 
-def write_class_reads(path: Path, n: int, *, gc: float, seed: int, prefix: str,
-                      length: tuple[int, int] = (280, 320)) -> Path:
+def write_class_reads(
+    path: Path, n: int, *, gc: float, seed: int, prefix: str, length: tuple[int, int] = (280, 320)
+) -> Path:
     """Coding-like reads whose codons lean to GC (``gc`` > 0.5) or to AT (< 0.5)."""
     rng = random.Random(seed)
     weights = [np.prod([gc if b in "GC" else 1 - gc for b in codon]) for codon in _SENSE]
@@ -40,8 +46,14 @@ def write_class_reads(path: Path, n: int, *, gc: float, seed: int, prefix: str,
 
 
 def _settings(out: Path, **extra) -> object:
-    values = {"out": str(out), "length": 300, "esm_model": TINY["esm_model"],
-              "dnabert_model": TINY["dnabert_model"], "partition_rows": 128, **extra}
+    values = {
+        "out": str(out),
+        "length": 300,
+        "esm_model": TINY["esm_model"],
+        "dnabert_model": TINY["dnabert_model"],
+        "partition_rows": 128,
+        **extra,
+    }
     return load_settings(overrides=values).with_absolute_paths()
 
 
@@ -66,8 +78,7 @@ OPTIONS = TrainOptions(epochs=4, seed=7, lr=0.01)
 @pytest.fixture(scope="module")
 def trained(client, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    result = train(_settings(out), train_inputs([data["viral"]], [data["other"]]), OPTIONS,
-                   client)
+    result = train(_settings(out), train_inputs([data["viral"]], [data["other"]]), OPTIONS, client)
     return result
 
 
@@ -80,8 +91,7 @@ def test_outputs_log_and_summary(trained):
     assert len(rows) == s["epochs_run"] and 1 <= s["epochs_run"] <= OPTIONS.epochs
     assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
     for r in rows:
-        for key in ("train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
-                    "roc_auc"):
+        for key in ("train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "roc_auc"):
             assert np.isfinite(float(r[key]))
     data = s["data"]
     assert data["viral"]["orfs"] > 0 and data["other"]["orfs"] > 0
@@ -91,8 +101,9 @@ def test_outputs_log_and_summary(trained):
     assert "no --protein-reference" in s["selection"]["description"]
     assert 1 <= s["best_epoch"] <= s["epochs_run"]
     best = rows[s["best_epoch"] - 1]
-    assert float(best["val_loss"]) == pytest.approx(min(float(r["val_loss"]) for r in rows),
-                                                    rel=1e-5)
+    assert float(best["val_loss"]) == pytest.approx(
+        min(float(r["val_loss"]) for r in rows), rel=1e-5
+    )
     # the classes differ in base composition: far above chance
     assert s["best"]["accuracy"] > 0.8 and s["best"]["roc_auc"] > 0.85
     assert json.loads((out / "training_summary.json").read_text()) == s
@@ -104,8 +115,9 @@ def test_store_labels_follow_the_files(trained):
     labels = group["labels"][:]
     split = group["split"][:]
     assert len(ids) == len(labels) == len(split) == trained.summary["data"]["orfs"]
-    assert all(label == (1 if i.startswith("vir_") else 0) for i, label in zip(ids, labels,
-                                                                                 strict=True))
+    assert all(
+        label == (1 if i.startswith("vir_") else 0) for i, label in zip(ids, labels, strict=True)
+    )
     assert set(np.unique(split)) <= {0, 1}
     assert (split == 1).sum() == trained.summary["split"]["validation"]
 
@@ -114,11 +126,14 @@ def test_model_loads_both_ways_with_identical_predictions(client, trained, data,
     """predict --classifier (restricted loader) and the original's plain torch.load of a
     pickled __main__.MLPClassifier give the same calls and scores on held-out reads."""
     model = load_classifier(trained.model)
-    assert model.input_dim == sum(trained.summary["models"][m]["dim"]
-                                  for m in ("dnabert", "esm"))
+    assert model.input_dim == sum(trained.summary["models"][m]["dim"] for m in ("dnabert", "esm"))
     out = tmp_path / "held_out"
-    result = predict(_settings(out, classifier=str(trained.model)).replace(
-        inputs=(str(data["viral_test"]), str(data["other_test"]))), client)
+    result = predict(
+        _settings(out, classifier=str(trained.model)).replace(
+            inputs=(str(data["viral_test"]), str(data["other_test"]))
+        ),
+        client,
+    )
     assert result.exit_code == 0
     script = textwrap.dedent(f"""
         import sys
@@ -156,16 +171,23 @@ def test_model_loads_both_ways_with_identical_predictions(client, trained, data,
             sys.stdout.write(f"{{seqid}}\\t{{label_map[pred.item()]}}\\t"
                              f"{{prob[0]}}\\t{{prob[1]}}\\n")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     theirs = [line.split("\t") for line in done.stdout.splitlines()]
-    ours = [line.split("\t") for line in
-            (out / "prediction_results.txt").read_text().splitlines()[1:]]
+    ours = [
+        line.split("\t") for line in (out / "prediction_results.txt").read_text().splitlines()[1:]
+    ]
     assert len(ours) == len(theirs) > 20
     assert [r[:2] for r in ours] == [r[:2] for r in theirs]
-    assert np.abs(np.array([[float(v) for v in r[2:]] for r in ours])
-                  - np.array([[float(v) for v in r[2:]] for r in theirs])).max() <= 1e-6
+    assert (
+        np.abs(
+            np.array([[float(v) for v in r[2:]] for r in ours])
+            - np.array([[float(v) for v in r[2:]] for r in theirs])
+        ).max()
+        <= 1e-6
+    )
     calls = {r[1] for r in ours}
     assert calls == {"virus", "others"}
 
@@ -186,8 +208,13 @@ def test_interrupted_training_resumes_to_the_same_model(client, trained, data, t
     log = (tmp_path / "resumed" / "training_log.tsv").read_text().splitlines()
     assert len(log) == 3
     events = []
-    result = train(settings, inputs, OPTIONS, client,
-                   progress=lambda stage, done, total, **d: events.append((stage, done)))
+    result = train(
+        settings,
+        inputs,
+        OPTIONS,
+        client,
+        progress=lambda stage, done, total, **d: events.append((stage, done)),
+    )
     assert ("train", 2) in events and ("train", 1) not in events  # started after epoch 2
     embedded = [done for stage, done in events if stage == "embed"]
     assert embedded == [0]  # every partition reused
@@ -196,13 +223,18 @@ def test_interrupted_training_resumes_to_the_same_model(client, trained, data, t
     def without_seconds(path: Path) -> list[list[str]]:
         return [line.split("\t")[:-1] for line in path.read_text().splitlines()]
 
-    assert without_seconds(result.out / "training_log.tsv") == \
-        without_seconds(trained.out / "training_log.tsv")
+    assert without_seconds(result.out / "training_log.tsv") == without_seconds(
+        trained.out / "training_log.tsv"
+    )
 
 
 def test_another_seed_gives_another_model(client, trained, data, tmp_path):
-    result = train(_settings(tmp_path / "seed8"), train_inputs([data["viral"]], [data["other"]]),
-                   TrainOptions(epochs=1, seed=8, lr=0.01), client)
+    result = train(
+        _settings(tmp_path / "seed8"),
+        train_inputs([data["viral"]], [data["other"]]),
+        TrainOptions(epochs=1, seed=8, lr=0.01),
+        client,
+    )
     assert result.model.read_bytes() != trained.model.read_bytes()
     assert result.summary["split"]["validation"] == trained.summary["split"]["validation"]
 
@@ -211,17 +243,33 @@ def test_changed_options_do_not_resume_silently(client, trained, data):
     from virnuc_dask.errors import OutputDirError
 
     with pytest.raises(OutputDirError, match="different options"):
-        train(_settings(trained.out), train_inputs([data["viral"]], [data["other"]]),
-              TrainOptions(epochs=4, seed=7, lr=0.02), client)
+        train(
+            _settings(trained.out),
+            train_inputs([data["viral"]], [data["other"]]),
+            TrainOptions(epochs=4, seed=7, lr=0.02),
+            client,
+        )
 
 
 def test_swapped_labels_invert_the_metrics(client, trained, data, tmp_path):
-    swapped = train(_settings(tmp_path / "swapped"),
-                    train_inputs([data["other"]], [data["viral"]]), OPTIONS, client)
-    right = evaluate(_settings(tmp_path / "eval_right", classifier=str(trained.model)),
-                     (str(data["viral_test"]),), (str(data["other_test"]),), client)
-    wrong = evaluate(_settings(tmp_path / "eval_swapped", classifier=str(swapped.model)),
-                     (str(data["viral_test"]),), (str(data["other_test"]),), client)
+    swapped = train(
+        _settings(tmp_path / "swapped"),
+        train_inputs([data["other"]], [data["viral"]]),
+        OPTIONS,
+        client,
+    )
+    right = evaluate(
+        _settings(tmp_path / "eval_right", classifier=str(trained.model)),
+        (str(data["viral_test"]),),
+        (str(data["other_test"]),),
+        client,
+    )
+    wrong = evaluate(
+        _settings(tmp_path / "eval_swapped", classifier=str(swapped.model)),
+        (str(data["viral_test"]),),
+        (str(data["other_test"]),),
+        client,
+    )
     for level in ("orf", "chunk", "read"):
         assert right.metrics[level]["accuracy"] > 0.75, level
         assert wrong.metrics[level]["accuracy"] < 0.25, level
@@ -239,16 +287,19 @@ def test_swapped_labels_invert_the_metrics(client, trained, data, tmp_path):
     page = (tmp_path / "eval_right" / "report.html").read_text()
     assert "ROC curves" in page and page.count("<svg") == 2
     assert f"{right.metrics['read']['accuracy']:.4f}" in page
-    assert {p.name for p in (tmp_path / "png").iterdir()} == {"roc_curves.png",
-                                                             "score_histograms.png"}
+    assert {p.name for p in (tmp_path / "png").iterdir()} == {
+        "roc_curves.png",
+        "score_histograms.png",
+    }
 
 
 def test_a_class_without_usable_record_names_its_files(client, data, tmp_path):
     ambiguous = tmp_path / "ambiguous.fa"
     ambiguous.write_text("".join(f">n{i}\n{'ACGTN' * 70}\n" for i in range(5)))
     with pytest.raises(TrainingDataError, match=r"no usable other record: .*ambiguous\.fa"):
-        train(_settings(tmp_path / "out"), train_inputs([data["viral"]], [ambiguous]),
-              OPTIONS, client)
+        train(
+            _settings(tmp_path / "out"), train_inputs([data["viral"]], [ambiguous]), OPTIONS, client
+        )
 
 
 def test_protein_reference_restricts_the_frames(client, data, tmp_path):
@@ -265,14 +316,18 @@ def test_protein_reference_restricts_the_frames(client, data, tmp_path):
             lines = path.read_text().splitlines()
             for i in range(0, 60, 2):  # the forward frame of the first 30 reads
                 seq = lines[i + 1]
-                fh.write(f">p{i}_{path.stem}\nM{Seq(seq[:len(seq) // 3 * 3]).translate()}K\n")
-    result = train(_settings(tmp_path / "ref"),
-                   train_inputs([data["viral"]], [data["other"]], [reference]),
-                   TrainOptions(epochs=1), client)
+                fh.write(f">p{i}_{path.stem}\nM{Seq(seq[: len(seq) // 3 * 3]).translate()}K\n")
+    result = train(
+        _settings(tmp_path / "ref"),
+        train_inputs([data["viral"]], [data["other"]], [reference]),
+        TrainOptions(epochs=1),
+        client,
+    )
     group = zarr.open_group(tmp_path / "ref" / "embeddings.zarr", mode="r")
     ids = list(group["ids"][:])
-    proteins = ProteinReference(r.sequence for block in plan_blocks([str(reference)])
-                                for r in read_block(block))
+    proteins = ProteinReference(
+        r.sequence for block in plan_blocks([str(reference)]) for r in read_block(block)
+    )
     expected, unrestricted = [], 0
     for path in (data["viral"], data["other"]):
         for block in plan_blocks([str(path)]):
@@ -282,8 +337,9 @@ def test_protein_reference_restricts_the_frames(client, data, tmp_path):
                     unrestricted += len(training_orfs(chunk_id, chunk, None))
     assert ids == expected
     assert 60 <= len(ids) < unrestricted / 2
-    assert {i.split("_chunk_")[0] for i in ids if i.endswith("chunk_1F1")} == \
-        {f"{p}_{k:05d}" for p in ("vir", "oth") for k in range(0, 30)}
+    assert {i.split("_chunk_")[0] for i in ids if i.endswith("chunk_1F1")} == {
+        f"{p}_{k:05d}" for p in ("vir", "oth") for k in range(0, 30)
+    }
     assert result.summary["selection"]["mode"] == "protein reference"
     assert result.summary["selection"]["protein_reference"] == [str(reference)]
 
@@ -292,10 +348,30 @@ def test_train_command_line(data, tmp_path):
     from virnuc_dask.cli.main import main
 
     out = tmp_path / "cli"
-    argv = ["train", "--viral", str(data["viral_test"]), "--other", str(data["other_test"]),
-            "--length", "300", "--esm-model", TINY["esm_model"], "--dnabert-model",
-            TINY["dnabert_model"], "--epochs", "2", "--seed", "3", "--workers", "1",
-            "--threads", "1", "--out", str(out), "-q"]
+    argv = [
+        "train",
+        "--viral",
+        str(data["viral_test"]),
+        "--other",
+        str(data["other_test"]),
+        "--length",
+        "300",
+        "--esm-model",
+        TINY["esm_model"],
+        "--dnabert-model",
+        TINY["dnabert_model"],
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "-q",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["options"]["epochs"] == 2 and summary["options"]["seed"] == 3
@@ -313,15 +389,41 @@ def test_kill_during_training_then_rerun_resumes(data, tmp_path):
     import time
 
     out = tmp_path / "killed"
-    argv = ["train", "--viral", str(data["viral_test"]), "--other", str(data["other_test"]),
-            "--length", "300", "--esm-model", TINY["esm_model"], "--dnabert-model",
-            TINY["dnabert_model"], "--epochs", "10", "--patience", "10", "--seed", "5",
-            "--workers", "1", "--threads", "1", "--partition-rows", "64", "--out", str(out),
-            "-q"]
+    argv = [
+        "train",
+        "--viral",
+        str(data["viral_test"]),
+        "--other",
+        str(data["other_test"]),
+        "--length",
+        "300",
+        "--esm-model",
+        TINY["esm_model"],
+        "--dnabert-model",
+        TINY["dnabert_model"],
+        "--epochs",
+        "10",
+        "--patience",
+        "10",
+        "--seed",
+        "5",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--partition-rows",
+        "64",
+        "--out",
+        str(out),
+        "-q",
+    ]
     log = out / "training_log.tsv"
-    proc = subprocess.Popen([sys.executable, "-m", "virnuc_dask", *argv],
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "virnuc_dask", *argv],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
@@ -340,7 +442,7 @@ def test_kill_during_training_then_rerun_resumes(data, tmp_path):
     after = (out / "training_log.tsv").read_text().splitlines()
     assert len(after) == 11
     # the epochs logged before the kill are kept as they were, the rest follow on
-    assert after[:len(before)] == before
+    assert after[: len(before)] == before
     assert [int(line.split("\t")[0]) for line in after[1:]] == list(range(1, 11))
     assert json.loads((out / "training_summary.json").read_text())["epochs_run"] == 10
 
@@ -351,8 +453,12 @@ def test_default_hyper_parameters_learn_base_composition(client, tmp_path):
     hyper-parameters reach a validation accuracy far above chance in a few epochs."""
     viral = write_class_reads(tmp_path / "v.fa", 1000, gc=0.6, seed=21, prefix="v")
     other = write_class_reads(tmp_path / "o.fa", 1000, gc=0.4, seed=22, prefix="o")
-    result = train(_settings(tmp_path / "out", partition_rows=1024),
-                   train_inputs([viral], [other]), TrainOptions(epochs=5), client)
+    result = train(
+        _settings(tmp_path / "out", partition_rows=1024),
+        train_inputs([viral], [other]),
+        TrainOptions(epochs=5),
+        client,
+    )
     best = result.summary["best"]
     assert result.summary["data"]["orfs"] > 3000
     assert best["accuracy"] > 0.9 and best["roc_auc"] > 0.95

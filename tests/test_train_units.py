@@ -65,7 +65,7 @@ def test_validation_split_is_the_originals_shuffle():
     indices = list(range(n))
     random.seed(seed)
     random.shuffle(indices)
-    expected = set(indices[:int(n * 0.1)])
+    expected = set(indices[: int(n * 0.1)])
     split = validation_split(np.ones(n, dtype=bool), 0.1, seed)
     assert set(np.flatnonzero(split == VALIDATION)) == expected
     assert (split == TRAIN).sum() == n - len(expected)
@@ -80,14 +80,16 @@ def test_validation_split_is_the_originals_shuffle():
 def _store(tmp_path, rows=1000, chunk=64, width=(3, 5)):
     group = zarr.open_group(tmp_path / "s.zarr", mode="w")
     rng = np.random.default_rng(0)
-    dn = group.create_array("dnabert", shape=(rows, width[0]), chunks=(chunk, width[0]),
-                            dtype="float32")
-    es = group.create_array("esm", shape=(rows, width[1]), chunks=(chunk, width[1]),
-                            dtype="float32")
+    dn = group.create_array(
+        "dnabert", shape=(rows, width[0]), chunks=(chunk, width[0]), dtype="float32"
+    )
+    es = group.create_array(
+        "esm", shape=(rows, width[1]), chunks=(chunk, width[1]), dtype="float32"
+    )
     values = rng.random((rows, sum(width)), dtype=np.float32)
     values[:, 0] = np.arange(rows)  # the row number, to follow rows through the batches
-    dn[:] = values[:, :width[0]]
-    es[:] = values[:, width[0]:]
+    dn[:] = values[:, : width[0]]
+    es[:] = values[:, width[0] :]
     labels = group.create_array("labels", shape=(rows,), chunks=(chunk,), dtype="int8")
     labels[:] = (np.arange(rows) % 3 == 0).astype(np.int8)
     usable = np.ones(rows, dtype=bool)
@@ -109,10 +111,14 @@ def test_batches_cover_the_training_rows_once_per_epoch(tmp_path):
         assert np.allclose(x, values[rows])
         seen.extend(rows)
     assert sorted(seen) == sorted(train_rows)
-    again = [x[:, 0].astype(int).tolist()
-             for x, _ in train_batches(group, batch_size=32, window=3, seed=1, epoch=1)]
-    other = [x[:, 0].astype(int).tolist()
-             for x, _ in train_batches(group, batch_size=32, window=3, seed=1, epoch=2)]
+    again = [
+        x[:, 0].astype(int).tolist()
+        for x, _ in train_batches(group, batch_size=32, window=3, seed=1, epoch=1)
+    ]
+    other = [
+        x[:, 0].astype(int).tolist()
+        for x, _ in train_batches(group, batch_size=32, window=3, seed=1, epoch=2)
+    ]
     assert [r for b in again for r in b] == seen
     assert [r for b in other for r in b] != seen
     # rows from several chunks are mixed within a batch
@@ -127,8 +133,7 @@ def test_batches_hold_a_window_at_a_time(tmp_path, monkeypatch):
     group, _ = _store(tmp_path, rows=2000, chunk=50)
     calls = []
     real = data._read_chunk
-    monkeypatch.setattr(data, "_read_chunk",
-                        lambda *a: calls.append(a[1]) or real(*a))
+    monkeypatch.setattr(data, "_read_chunk", lambda *a: calls.append(a[1]) or real(*a))
     batches = train_batches(group, batch_size=16, window=2, seed=0, epoch=1)
     next(batches)
     assert len(calls) == 2  # one window read, not the store
@@ -139,16 +144,18 @@ def test_batches_hold_a_window_at_a_time(tmp_path, monkeypatch):
 def test_a_single_row_last_batch_is_dropped(tmp_path):
     group, _ = _store(tmp_path, rows=100, chunk=100)
     n_train = int((group["split"][:] == TRAIN).sum())
-    sizes = [len(y) for _, y in train_batches(group, batch_size=n_train - 1, window=1,
-                                               seed=0, epoch=1)]
+    sizes = [
+        len(y) for _, y in train_batches(group, batch_size=n_train - 1, window=1, seed=0, epoch=1)
+    ]
     assert sizes == [n_train - 1]
 
 
 def test_model_file_is_the_original_format_and_deterministic(tmp_path):
     model = new_classifier(20, 8, seed=3)
     assert torch.equal(model.hidden_layer.weight, new_classifier(20, 8, seed=3).hidden_layer.weight)
-    assert not torch.equal(model.hidden_layer.weight,
-                           new_classifier(20, 8, seed=4).hidden_layer.weight)
+    assert not torch.equal(
+        model.hidden_layer.weight, new_classifier(20, 8, seed=4).hidden_layer.weight
+    )
     data = classifier_bytes(model)
     assert data == classifier_bytes(model)
     path = tmp_path / "m.pth"
@@ -177,16 +184,22 @@ def test_model_file_is_the_original_format_and_deterministic(tmp_path):
         with torch.no_grad():
             np.save({str(tmp_path / "y.npy")!r}, m(x).numpy())
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert np.allclose(np.load(tmp_path / "y.npy"), expected.numpy(), atol=1e-6)
 
 
 def test_options_are_checked():
     assert TrainOptions().as_dict()["lr"] == 2e-4
-    for bad in ({"epochs": 0}, {"batch_size": 1}, {"validation": 1.0}, {"lr": 0},
-                {"momentum": 1.0}):
+    for bad in (
+        {"epochs": 0},
+        {"batch_size": 1},
+        {"validation": 1.0},
+        {"lr": 0},
+        {"momentum": 1.0},
+    ):
         with pytest.raises(ValueError):
             TrainOptions(**bad)
     assert isinstance(MLPClassifier(4, 2, 2), torch.nn.Module)

@@ -23,8 +23,11 @@ def _frames(seq: str) -> list[str]:
     out = []
     for strand in (seq, reverse_complement(seq)):
         for f in range(3):
-            out.append("".join(CODON_TABLE.get(strand[i:i + 3], "")
-                               for i in range(f, len(strand) - 2, 3)))
+            out.append(
+                "".join(
+                    CODON_TABLE.get(strand[i : i + 3], "") for i in range(f, len(strand) - 2, 3)
+                )
+            )
     return out
 
 
@@ -40,7 +43,7 @@ def _rule(chunk_id: str, chunk: str, proteins: list[str]) -> list[tuple[str, str
         strand = seq if num <= 3 else reverse_complement(seq)
         f = (num - 1) % 3
         name = f"F{num}" if num <= 3 else f"R{num - 3}"
-        kept.append((chunk_id + name, strand[f:f + 3 * len(protein) + 1], protein))
+        kept.append((chunk_id + name, strand[f : f + 3 * len(protein) + 1], protein))
     return kept
 
 
@@ -71,7 +74,7 @@ def test_matches_the_rule_on_random_chunks(seed):
             if protein and rng.random() < 0.5:
                 if rng.random() < 0.3 and len(protein) > 3:
                     i = rng.randrange(len(protein))
-                    protein = protein[:i] + "W" + protein[i + 1:]
+                    protein = protein[:i] + "W" + protein[i + 1 :]
                 proteins.append("MA" + protein + "GK")
     reference = ProteinReference(proteins)
     kept_some = dropped_some = 0
@@ -80,8 +83,7 @@ def test_matches_the_rule_on_random_chunks(seed):
         expected = _rule(f"c{i}", chunk, proteins)
         assert got == expected, chunk
         kept_some += bool(got)
-        dropped_some += len(got) < len([p for p in _frames(chunk.upper())
-                                        if p and "*" not in p])
+        dropped_some += len(got) < len([p for p in _frames(chunk.upper()) if p and "*" not in p])
     assert kept_some > 10 and dropped_some > 10  # both branches exercised
 
 
@@ -90,7 +92,7 @@ def test_an_ambiguous_base_drops_the_chunk(base):
     chunk = "ATGAAACCCGGGTTT" * 4
     assert training_orfs("c", chunk, None)
     for pos in (0, 29, len(chunk) - 1):
-        bad = chunk[:pos] + base + chunk[pos + 1:]
+        bad = chunk[:pos] + base + chunk[pos + 1 :]
         assert training_orfs("c", bad, None) == []
         assert training_orfs("c", bad.lower(), None) == []
 

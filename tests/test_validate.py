@@ -29,16 +29,24 @@ def run_validate(capsys, *argv: str) -> tuple[int, str]:
 def reference_summary() -> dict[str, dict[str, str]]:
     lines = (REFERENCE / "dev" / "summary.tsv").read_text().splitlines()
     header = lines[0].split("\t")
-    return {row[0]: dict(zip(header, row, strict=True))
-            for row in (line.split("\t") for line in lines[1:])}
+    return {
+        row[0]: dict(zip(header, row, strict=True))
+        for row in (line.split("\t") for line in lines[1:])
+    }
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("length", LENGTHS)
 def test_counts_match_the_original(tmp_path, capsys, case, length):
     expected = reference_summary()[case]
-    code, out = run_validate(capsys, str(REFERENCE / "dev" / case / "input.fa"),
-                             "--length", str(length), "--json", str(tmp_path / "v.json"))
+    code, out = run_validate(
+        capsys,
+        str(REFERENCE / "dev" / case / "input.fa"),
+        "--length",
+        str(length),
+        "--json",
+        str(tmp_path / "v.json"),
+    )
     assert code == 0, out
     doc = json.loads((tmp_path / "v.json").read_text())
     (f,) = doc["files"]
@@ -62,8 +70,13 @@ def fasta(reads: list[tuple[str, str]]) -> bytes:
 
 def coding(n: int, seed: int = 1) -> str:
     rng = random.Random(seed)
-    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
-              if a + b + c not in ("TAA", "TAG", "TGA")]
+    codons = [
+        a + b + c
+        for a in "ACGT"
+        for b in "ACGT"
+        for c in "ACGT"
+        if a + b + c not in ("TAA", "TAG", "TGA")
+    ]
     return "".join(rng.choice(codons) for _ in range(n // 3))
 
 
@@ -77,38 +90,80 @@ def gzip_bytes(data: bytes) -> bytes:
 # (name, file content or None for a missing path, exit code, expected text in the output)
 BAD_INPUTS = [
     ("empty.fa", b"", 2, r"empty\.fa: line 1: problem: no FASTA records"),
-    ("not_fasta.fa", b"sample\tcount\nread1\t5\n", 1,
-     r"not_fasta\.fa: line 1: error: not FASTA: expected a '>' header line, found "
-     r"'sample\\tcount'"),
-    ("garbage.bin", random.Random(7).randbytes(4096), 1,
-     r"garbage\.bin: line \d+: error: not FASTA"),
-    ("garbage_after_header.fa", b">r1\nACGTACGT\n>r2\nAC\x00\xff\xfeGT\n", 1,
-     r"garbage_after_header\.fa: line 4: record 'r2': error: .*NUL"),
-    ("truncated.fa.gz", None, 1,
-     r"truncated\.fa\.gz: line (\d+): error: corrupt or truncated gzip data"),
-    ("empty_record.fa", fasta([("r1", coding(300)), ("r2", ""), ("r3", coding(300))]), 2,
-     r"empty_record\.fa: line 3: record 'r2': problem: empty sequence"),
-    ("duplicates.fa", fasta([("a", coding(300)), ("b", coding(303)), ("a", coding(306))]), 2,
-     r"duplicates\.fa: line 5: record 'a': problem: duplicate read id \(first at "
-     r".*duplicates\.fa line 1\)"),
-    ("non_iupac.fa", fasta([("r1", coding(300)), ("r2", "ACGTXZ" + coding(300)),
-                            ("r3", "AC GT")]), 2,
-     r"non_iupac\.fa: line 3: record 'r2': problem: contains characters that are not IUPAC "
-     r"nucleotide codes: 'X','Z'"),
-    ("crlf.fa", GOOD.replace(b"\n", b"\r\n"), 0,
-     r"crlf\.fa: line 1: note: Windows line endings \(CRLF\); accepted"),
-    ("long_read.fa", fasta([("big", coding(1_000_000, 3))]), 0,
-     r"long_read\.fa: line 1: record 'big': note: long read: 999,999 bp, 2,000 chunks"),
-    ("short_reads.fa", fasta([("s1", "AC"), ("s2", "A"), ("ok", coding(300))]), 0,
-     r"short_reads\.fa: line 1: record 's1': note: 2 bp: shorter than 3 bp, no ORF possible"),
-    ("header_only.fa", b">only_a_header description\n", 2,
-     r"header_only\.fa: line 1: record 'only_a_header': problem: empty sequence"),
+    (
+        "not_fasta.fa",
+        b"sample\tcount\nread1\t5\n",
+        1,
+        r"not_fasta\.fa: line 1: error: not FASTA: expected a '>' header line, found "
+        r"'sample\\tcount'",
+    ),
+    (
+        "garbage.bin",
+        random.Random(7).randbytes(4096),
+        1,
+        r"garbage\.bin: line \d+: error: not FASTA",
+    ),
+    (
+        "garbage_after_header.fa",
+        b">r1\nACGTACGT\n>r2\nAC\x00\xff\xfeGT\n",
+        1,
+        r"garbage_after_header\.fa: line 4: record 'r2': error: .*NUL",
+    ),
+    (
+        "truncated.fa.gz",
+        None,
+        1,
+        r"truncated\.fa\.gz: line (\d+): error: corrupt or truncated gzip data",
+    ),
+    (
+        "empty_record.fa",
+        fasta([("r1", coding(300)), ("r2", ""), ("r3", coding(300))]),
+        2,
+        r"empty_record\.fa: line 3: record 'r2': problem: empty sequence",
+    ),
+    (
+        "duplicates.fa",
+        fasta([("a", coding(300)), ("b", coding(303)), ("a", coding(306))]),
+        2,
+        r"duplicates\.fa: line 5: record 'a': problem: duplicate read id \(first at "
+        r".*duplicates\.fa line 1\)",
+    ),
+    (
+        "non_iupac.fa",
+        fasta([("r1", coding(300)), ("r2", "ACGTXZ" + coding(300)), ("r3", "AC GT")]),
+        2,
+        r"non_iupac\.fa: line 3: record 'r2': problem: contains characters that are not IUPAC "
+        r"nucleotide codes: 'X','Z'",
+    ),
+    (
+        "crlf.fa",
+        GOOD.replace(b"\n", b"\r\n"),
+        0,
+        r"crlf\.fa: line 1: note: Windows line endings \(CRLF\); accepted",
+    ),
+    (
+        "long_read.fa",
+        fasta([("big", coding(1_000_000, 3))]),
+        0,
+        r"long_read\.fa: line 1: record 'big': note: long read: 999,999 bp, 2,000 chunks",
+    ),
+    (
+        "short_reads.fa",
+        fasta([("s1", "AC"), ("s2", "A"), ("ok", coding(300))]),
+        0,
+        r"short_reads\.fa: line 1: record 's1': note: 2 bp: shorter than 3 bp, no ORF possible",
+    ),
+    (
+        "header_only.fa",
+        b">only_a_header description\n",
+        2,
+        r"header_only\.fa: line 1: record 'only_a_header': problem: empty sequence",
+    ),
     ("missing.fa", None, 1, r"missing\.fa: error: no such file"),
 ]
 
 
-@pytest.mark.parametrize("name, data, code, pattern", BAD_INPUTS,
-                         ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize("name, data, code, pattern", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_is_named_with_its_line(tmp_path, capsys, name, data, code, pattern):
     path = tmp_path / name
     if name == "truncated.fa.gz":
@@ -136,12 +191,16 @@ def test_short_reads_are_counted_and_the_rest_still_checked(tmp_path, capsys):
 
 def test_duplicates_across_inputs_and_exit_code_of_the_worst(tmp_path, capsys):
     one = write(tmp_path / "one.fa", fasta([("x", coding(300)), ("y", coding(300, 2))]))
-    two = write(tmp_path / "two.fa.gz", gzip_bytes(fasta([("z", coding(300)),
-                                                          ("x", coding(300, 3))])))
+    two = write(
+        tmp_path / "two.fa.gz", gzip_bytes(fasta([("z", coding(300)), ("x", coding(300, 3))]))
+    )
     code, out = run_validate(capsys, one, two)
     assert code == 2
-    assert re.search(r"two\.fa\.gz: line 3: record 'x': problem: duplicate read id "
-                     r"\(first at .*one\.fa line 1\)", out), out
+    assert re.search(
+        r"two\.fa\.gz: line 3: record 'x': problem: duplicate read id "
+        r"\(first at .*one\.fa line 1\)",
+        out,
+    ), out
     assert "(gzip)" in out
     code, out = run_validate(capsys, one, two, str(tmp_path / "absent.fa"))
     assert code == 1  # an unreadable input outweighs problems
@@ -149,8 +208,9 @@ def test_duplicates_across_inputs_and_exit_code_of_the_worst(tmp_path, capsys):
 
 def test_findings_are_capped_per_kind(tmp_path, capsys):
     reads = [(f"e{i}", "") for i in range(30)] + [("ok", coding(300))]
-    code, out = run_validate(capsys, write(tmp_path / "many.fa", fasta(reads)),
-                             "--max-findings", "5")
+    code, out = run_validate(
+        capsys, write(tmp_path / "many.fa", fasta(reads)), "--max-findings", "5"
+    )
     assert code == 2
     assert out.count("problem: empty sequence") == 5
     assert "... and 25 more problems" in out
@@ -164,8 +224,14 @@ def test_estimate_uses_the_models_shapes_and_token_counts(tmp_path):
     from virnuc_dask.models.esm2 import load_esm
 
     fa = str(REFERENCE / "dev" / "basic" / "input.fa")
-    settings = load_settings(inputs=[fa], overrides={
-        "length": 300, "esm_model": TINY["esm_model"], "dnabert_model": TINY["dnabert_model"]})
+    settings = load_settings(
+        inputs=[fa],
+        overrides={
+            "length": 300,
+            "esm_model": TINY["esm_model"],
+            "dnabert_model": TINY["dnabert_model"],
+        },
+    )
     files, est = validate([fa], settings)
     assert est is not None and "error" not in est
 
@@ -175,8 +241,7 @@ def test_estimate_uses_the_models_shapes_and_token_counts(tmp_path):
     # ESM-2 tokens: BOS + residues + EOS, as fair-esm's batch converter makes them
     converter = alphabet.get_batch_converter()
     _, _, tokens = converter([(o.id, o.protein) for o in orfs[:50]])
-    assert sum(len(o.protein) + 2 for o in orfs[:50]) == int(
-        (tokens != alphabet.padding_idx).sum())
+    assert sum(len(o.protein) + 2 for o in orfs[:50]) == int((tokens != alphabet.padding_idx).sum())
     assert est["esm_tokens"] == sum(len(o.protein) + 2 for o in orfs)
     # every weight matrix of the layers and the LM head is counted, nothing else
     shape = esm_source_shape(TINY["esm_model"])
@@ -215,8 +280,9 @@ def test_format_duplicate_share_and_unique_orfs(tmp_path, capsys):
     fq = "".join(f"@{n} lane=1\n{s}\n+\n{'#' * len(s)}\n" for n, s in reads[:4] + copies[:2])
     one = write(tmp_path / "one.fastq.gz", gzip_bytes(fq.encode()))
     two = write(tmp_path / "two.fa", fasta(reads[4:] + copies[2:]))
-    code, out = run_validate(capsys, one, two, "--length", "300", "--json",
-                             str(tmp_path / "v.json"))
+    code, out = run_validate(
+        capsys, one, two, "--length", "300", "--json", str(tmp_path / "v.json")
+    )
     assert code == 0, out
     assert re.search(r"one\.fastq\.gz: 6 records, [\d,]+ bp, FASTQ \(gzip\)", out), out
     assert re.search(r"two\.fa: 3 records, [\d,]+ bp, FASTA \(plain\)", out), out
@@ -230,6 +296,7 @@ def test_format_duplicate_share_and_unique_orfs(tmp_path, capsys):
     for model, column in (("dnabert", "nucleotide"), ("esm", "protein")):
         assert repeats[model]["total"] == orfs
         assert repeats[model]["unique"] == len({getattr(o, column) for o in unique})
-    assert f"expected unique ORFs (embedded once each): DNABERT-S " \
-           f"{repeats['dnabert']['unique']:,}, ESM-2 {repeats['esm']['unique']:,} of {orfs:,}" \
-        in out
+    assert (
+        f"expected unique ORFs (embedded once each): DNABERT-S "
+        f"{repeats['dnabert']['unique']:,}, ESM-2 {repeats['esm']['unique']:,} of {orfs:,}" in out
+    )

@@ -17,12 +17,18 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "predict": "api", "Prediction": "api",
-    "Settings": "config", "load_settings": "config",
-    "open_client": "cluster.start", "jobqueue_cluster": "cluster.jobqueue",
-    "job_script": "cluster.jobqueue", "WORKER_ENV": "cluster.workers",
-    "ThroughputMetrics": "dataflow.dashboard", "performance_report": "dataflow.dashboard",
-    "StagedModels": "tools.staging", "fetch_models": "tools.staging",
+    "predict": "api",
+    "Prediction": "api",
+    "Settings": "config",
+    "load_settings": "config",
+    "open_client": "cluster.start",
+    "jobqueue_cluster": "cluster.jobqueue",
+    "job_script": "cluster.jobqueue",
+    "WORKER_ENV": "cluster.workers",
+    "ThroughputMetrics": "dataflow.dashboard",
+    "performance_report": "dataflow.dashboard",
+    "StagedModels": "tools.staging",
+    "fetch_models": "tools.staging",
 }
 __all__ = ["__version__", *_EXPORTS]
 

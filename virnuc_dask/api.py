@@ -56,10 +56,14 @@ class Prediction:
 
     @property
     def paths(self) -> dict[str, Path]:
-        return {"predictions": self.out / PREDICTIONS, "highest_scores": self.out / HIGHEST,
-                "reads": self.out / READS, "failed": self.out / FAILED,
-                "summary": self.out / SUMMARY,
-                "embeddings": self.out / STORE}
+        return {
+            "predictions": self.out / PREDICTIONS,
+            "highest_scores": self.out / HIGHEST,
+            "reads": self.out / READS,
+            "failed": self.out / FAILED,
+            "summary": self.out / SUMMARY,
+            "embeddings": self.out / STORE,
+        }
 
     def _array(self, name: str) -> da.Array:
         return da.from_zarr(str(self.paths["embeddings"]), component=name)
@@ -108,14 +112,24 @@ def predict(
     from virnuc_dask.dataflow.run import run_prediction
 
     paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-    overrides = {**options, "out": os.fspath(out),
-                 "classifier": None if classifier is None else os.fspath(classifier),
-                 "performance_report": None if performance_report is None
-                 else os.fspath(performance_report)}
-    settings = load_settings(inputs=[os.fspath(p) for p in paths], config_file=config,
-                             overrides=overrides).with_absolute_paths()
+    overrides = {
+        **options,
+        "out": os.fspath(out),
+        "classifier": None if classifier is None else os.fspath(classifier),
+        "performance_report": None if performance_report is None else os.fspath(performance_report),
+    }
+    settings = load_settings(
+        inputs=[os.fspath(p) for p in paths], config_file=config, overrides=overrides
+    ).with_absolute_paths()
     result, link = run_prediction(
-        settings, client=client,
-        progress=None if progress is None else lambda _: contextlib.nullcontext(progress))
-    return Prediction(out=Path(result.out), exit_code=result.exit_code, counts=result.counts,
-                      summary=result.summary, dashboard_link=link)
+        settings,
+        client=client,
+        progress=None if progress is None else lambda _: contextlib.nullcontext(progress),
+    )
+    return Prediction(
+        out=Path(result.out),
+        exit_code=result.exit_code,
+        counts=result.counts,
+        summary=result.summary,
+        dashboard_link=link,
+    )

@@ -71,52 +71,69 @@ class Settings:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("workers", "threads", "jobs", "toks_per_batch", "dnabert_toks_per_batch",
-                    "job_processes", "job_cores"):
+        for key in (
+            "workers",
+            "threads",
+            "jobs",
+            "toks_per_batch",
+            "dnabert_toks_per_batch",
+            "job_processes",
+            "job_cores",
+        ):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ConfigError(f"{key} must be a positive integer or null, got {value!r}")
-        if isinstance(self.job_replacements, bool) or not isinstance(self.job_replacements, int) \
-                or self.job_replacements < 0:
-            raise ConfigError(f"job_replacements must be an integer >= 0, got "
-                              f"{self.job_replacements!r}")
+        if (
+            isinstance(self.job_replacements, bool)
+            or not isinstance(self.job_replacements, int)
+            or self.job_replacements < 0
+        ):
+            raise ConfigError(
+                f"job_replacements must be an integer >= 0, got {self.job_replacements!r}"
+            )
         for key in ("start_timeout", "no_worker_timeout"):
             value = getattr(self, key)
             if (value is not None or key == "no_worker_timeout") and (
-                    isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-                raise ConfigError(f"{key} must be a number of seconds > 0"
-                                  f"{' or null' if key == 'start_timeout' else ''}, got {value!r}")
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
+                raise ConfigError(
+                    f"{key} must be a number of seconds > 0"
+                    f"{' or null' if key == 'start_timeout' else ''}, got {value!r}"
+                )
         if self.precision not in PRECISIONS:
             raise ConfigError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.device not in DEVICES:
-            raise ConfigError(
-                f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.cluster not in CLUSTERS:
-            raise ConfigError(
-                f"cluster must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}")
+            raise ConfigError(f"cluster must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}")
         if self.scheduler and self.scheduler_file:
             raise ConfigError("scheduler and scheduler_file both given; choose one")
         if (self.scheduler or self.scheduler_file) and self.cluster != "local":
             raise ConfigError(
                 f"cluster {self.cluster!r} starts its own scheduler; it cannot be combined "
-                "with scheduler or scheduler_file")
+                "with scheduler or scheduler_file"
+            )
         if self.worker_type is not None and self.worker_type not in WORKER_TYPES:
-            raise ConfigError(f"worker_type must be one of {', '.join(WORKER_TYPES)}, got "
-                              f"{self.worker_type!r}")
+            raise ConfigError(
+                f"worker_type must be one of {', '.join(WORKER_TYPES)}, got {self.worker_type!r}"
+            )
         if self.worker_type is not None and self.cluster not in (*JOBQUEUE_SYSTEMS, "slurm-runner"):
-            raise ConfigError(f"worker_type applies to cluster slurm, pbs or slurm-runner, not "
-                              f"{self.cluster!r}")
+            raise ConfigError(
+                f"worker_type applies to cluster slurm, pbs or slurm-runner, not {self.cluster!r}"
+            )
         for key in ("job_processes", "job_cores", "job_memory"):
             if getattr(self, key) is not None and self.cluster not in JOBQUEUE_SYSTEMS:
-                raise ConfigError(f"{key} applies to cluster slurm or pbs, not "
-                                  f"{self.cluster!r}")
+                raise ConfigError(f"{key} applies to cluster slurm or pbs, not {self.cluster!r}")
         if self.jobs is not None and self.cluster not in ("slurm", "pbs"):
             raise ConfigError(f"jobs applies to cluster slurm or pbs, not {self.cluster!r}")
         if self.cluster_config is not None and self.cluster not in ("slurm", "pbs"):
             raise ConfigError(
-                f"cluster_config applies to cluster slurm or pbs, not {self.cluster!r}")
+                f"cluster_config applies to cluster slurm or pbs, not {self.cluster!r}"
+            )
         for key in ("offline", "overwrite", "dedup"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
@@ -131,6 +148,7 @@ class Settings:
         run in another working directory; absolute paths mean the same file there.
         Model sources that are not existing paths (hub names) are kept as given.
         """
+
         def absolute(path: str | None) -> str | None:
             return None if path is None else os.path.abspath(os.path.expanduser(path))
 
@@ -138,12 +156,16 @@ class Settings:
             return absolute(source) if Path(source).expanduser().exists() else source
 
         return self.replace(
-            inputs=tuple(absolute(p) for p in self.inputs), out=absolute(self.out),
-            classifier=absolute(self.classifier), model_cache=absolute(self.model_cache),
-            esm_model=if_local(self.esm_model), dnabert_model=if_local(self.dnabert_model),
+            inputs=tuple(absolute(p) for p in self.inputs),
+            out=absolute(self.out),
+            classifier=absolute(self.classifier),
+            model_cache=absolute(self.model_cache),
+            esm_model=if_local(self.esm_model),
+            dnabert_model=if_local(self.dnabert_model),
             scheduler_file=absolute(self.scheduler_file),
             cluster_config=absolute(self.cluster_config),
-            performance_report=absolute(self.performance_report))
+            performance_report=absolute(self.performance_report),
+        )
 
 
 FILE_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "inputs")
@@ -153,7 +175,8 @@ def _check_keys(values: Mapping[str, Any], source: str) -> None:
     unknown = sorted(set(values) - set(FILE_KEYS))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(FILE_KEYS)}")
+            f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(FILE_KEYS)}"
+        )
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -14,16 +14,22 @@ logger = logging.getLogger("virnuc_dask")
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "evaluate", help="measure a classifier on labelled viral and other sequences",
+        "evaluate",
+        help="measure a classifier on labelled viral and other sequences",
         description="Predict the --viral and the --other files with --classifier (into "
         "DIR/viral and DIR/other, the usual result files) and report accuracy, precision, "
         "recall, F1, ROC AUC and the confusion matrix at ORF, chunk and read level, as text "
         "(evaluation.txt, also logged) and JSON (evaluation.json). Re-running the same "
-        "command resumes. Exit 0 complete, 2 some records failed, 1 failed.")
+        "command resumes. Exit 0 complete, 2 some records failed, 1 failed.",
+    )
     add_labelled_inputs(parser)
     parser.add_argument("-o", "--out", metavar="DIR", help="output directory")
-    parser.add_argument("--overwrite", action="store_true", default=None,
-                        help="start afresh instead of resuming an evaluation in --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="start afresh instead of resuming an evaluation in --out",
+    )
     add_run_options(parser)
     add_progress(parser)
     add_logging(parser)
@@ -50,10 +56,17 @@ def run(args: argparse.Namespace) -> int:
 
     def display(client):
         forward_worker_logs(client, level)
-        return TerminalProgress(client=client, interval=args.progress_interval,
-                                enabled=False if level == "quiet" else None)
+        return TerminalProgress(
+            client=client,
+            interval=args.progress_interval,
+            enabled=False if level == "quiet" else None,
+        )
 
     result = run_evaluation(settings, viral, other, progress=display)
-    logger.info("evaluation of %s (%s):\n%s", settings.classifier,
-                result.out / EVALUATION, metrics_text(result.metrics))
+    logger.info(
+        "evaluation of %s (%s):\n%s",
+        settings.classifier,
+        result.out / EVALUATION,
+        metrics_text(result.metrics),
+    )
     return result.exit_code

@@ -21,8 +21,12 @@ import sys
 import warnings
 
 VERBOSITIES = ("quiet", "normal", "verbose", "debug")
-LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.INFO,
-          "debug": logging.DEBUG}
+LEVELS = {
+    "quiet": logging.WARNING,
+    "normal": logging.INFO,
+    "verbose": logging.INFO,
+    "debug": logging.DEBUG,
+}
 THIRD_PARTY = ("distributed", "bokeh", "tornado", "asyncio")
 FORMAT = "%(asctime)s %(levelname)s %(name)s%(origin)s: %(message)s"
 
@@ -81,13 +85,15 @@ def configure(verbosity: str = "normal", log_file: str | None = None) -> None:
     logging.captureWarnings(True)
     if third_party == logging.ERROR:
         # a busy default dashboard port is routine (the address in use is logged)
-        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use",
-                                category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"Port \d+ is already in use", category=UserWarning
+        )
     # distributed sets its loggers' levels when first imported, from this config
     import dask
 
-    dask.config.set({"logging": {name: logging.getLevelName(third_party).lower()
-                                 for name in THIRD_PARTY}})
+    dask.config.set(
+        {"logging": {name: logging.getLevelName(third_party).lower() for name in THIRD_PARTY}}
+    )
 
 
 def _set_worker_level(level: int) -> None:
@@ -99,7 +105,12 @@ def forward_worker_logs(client, verbosity: str = "normal") -> None:
 
     The level is set on every worker, also on workers that join or restart later.
     """
-    level = logging.DEBUG if verbosity == "debug" else \
-        logging.INFO if verbosity == "verbose" else logging.WARNING
+    level = (
+        logging.DEBUG
+        if verbosity == "debug"
+        else logging.INFO
+        if verbosity == "verbose"
+        else logging.WARNING
+    )
     client.register_worker_callbacks(setup=functools.partial(_set_worker_level, level))
     client.forward_logging("virnuc_dask", level=level)

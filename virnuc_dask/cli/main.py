@@ -29,15 +29,26 @@ logger = logging.getLogger("virnuc_dask")
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
 
-COMMANDS: tuple[str, ...] = ("predict", "demo", "validate", "report", "models", "job_script",
-                             "bench", "doctor", "train", "evaluate")
+COMMANDS: tuple[str, ...] = (
+    "predict",
+    "demo",
+    "validate",
+    "report",
+    "models",
+    "job_script",
+    "bench",
+    "doctor",
+    "train",
+    "evaluate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="virnuc-dask",
         description="Identify viral reads (VirNucPro: six-frame ORFs, DNABERT-S + ESM-2 "
-        "embeddings, MLP classifier) on every GPU of a node or an HPC allocation.")
+        "embeddings, MLP classifier) on every GPU of a node or an HPC allocation.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -54,8 +65,10 @@ def setup_logging(args: argparse.Namespace) -> None:
 def error_message(exc: BaseException) -> str:
     """One line for an expected failure, whether raised here or on a worker."""
     if type(exc).__name__ == "KilledWorker":  # distributed: a task kept killing its workers
-        return ("workers died repeatedly while running one task (out of host memory, or a "
-                "crash in native code); see the worker logs, or try smaller --partition-rows")
+        return (
+            "workers died repeatedly while running one task (out of host memory, or a "
+            "crash in native code); see the worker logs, or try smaller --partition-rows"
+        )
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     if isinstance(exc, ClusterError):  # may end with the last lines of a job's log
@@ -92,8 +105,10 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return args.run(args)
     except (KeyboardInterrupt, Terminated) as exc:
-        logger.error("interrupted%s; finished partitions are kept, re-run the command to "
-                     "resume", " (SIGTERM)" if isinstance(exc, Terminated) else "")
+        logger.error(
+            "interrupted%s; finished partitions are kept, re-run the command to resume",
+            " (SIGTERM)" if isinstance(exc, Terminated) else "",
+        )
         return 143 if isinstance(exc, Terminated) else 130
     except (VirnucError, OSError) as exc:
         if args.debug:
@@ -107,8 +122,11 @@ def _main(argv: Sequence[str] | None) -> int:
         elif type(exc).__name__ == "KilledWorker":
             logger.error("%s", error_message(exc))
         else:
-            logger.error("internal error: %s: %s (re-run with --debug for a traceback)",
-                         type(exc).__name__, error_message(exc))
+            logger.error(
+                "internal error: %s: %s (re-run with --debug for a traceback)",
+                type(exc).__name__,
+                error_message(exc),
+            )
         return EXIT_FAILED
 
 

@@ -11,21 +11,33 @@ from virnuc_dask.config import Settings
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     models = subparsers.add_parser(
-        "models", help="stage the embedding models for nodes without internet access",
-        description="Model files for runs on nodes without internet access.")
+        "models",
+        help="stage the embedding models for nodes without internet access",
+        description="Model files for runs on nodes without internet access.",
+    )
     commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     defaults = Settings()
     fetch = commands.add_parser(
-        "fetch", help="download ESM-2 and DNABERT-S once into a directory",
+        "fetch",
+        help="download ESM-2 and DNABERT-S once into a directory",
         description="Download ESM-2 (fair-esm checkpoint and its contact-regression file) "
         "and DNABERT-S (config, weights, tokenizer) into DIR, check that an offline run "
         "finds them, and print how to point runs at DIR (--model-cache DIR --offline). "
-        "Files already in DIR are not downloaded again.")
+        "Files already in DIR are not downloaded again.",
+    )
     fetch.add_argument("--to", required=True, metavar="DIR", help="directory to fill")
-    fetch.add_argument("--esm-model", default=defaults.esm_model, metavar="NAME",
-                       help=f"fair-esm hub name (default {defaults.esm_model})")
-    fetch.add_argument("--dnabert-model", default=defaults.dnabert_model, metavar="ID",
-                       help=f"Hugging Face hub id (default {defaults.dnabert_model})")
+    fetch.add_argument(
+        "--esm-model",
+        default=defaults.esm_model,
+        metavar="NAME",
+        help=f"fair-esm hub name (default {defaults.esm_model})",
+    )
+    fetch.add_argument(
+        "--dnabert-model",
+        default=defaults.dnabert_model,
+        metavar="ID",
+        help=f"Hugging Face hub id (default {defaults.dnabert_model})",
+    )
     add_logging(fetch)
     fetch.set_defaults(run=run)
     return fetch

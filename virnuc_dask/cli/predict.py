@@ -15,20 +15,35 @@ logger = logging.getLogger("virnuc_dask")
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "predict", help="predict viral reads in FASTA or FASTQ files",
+        "predict",
+        help="predict viral reads in FASTA or FASTQ files",
         description="Chunk, translate, embed and classify the reads of INPUT files; write "
         "prediction_results.txt, prediction_results_highestscore.csv, read_predictions.tsv, "
         "embeddings.zarr, failed_records.tsv and run_summary.json into --out. Re-running the "
         "same command resumes an interrupted run. Exit 0 complete, 2 some records failed, "
-        "1 failed.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="FASTA or FASTQ file(s), plain or gzip (format from the content)")
+        "1 failed.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="FASTA or FASTQ file(s), plain or gzip (format from the content)",
+    )
     parser.add_argument("-o", "--out", metavar="DIR", help="output directory")
-    parser.add_argument("--no-dedup", dest="dedup", action="store_false", default=None,
-                        help="embed every ORF, also inputs already seen in this run (identical "
-                        "inputs are otherwise embedded once)")
-    parser.add_argument("--overwrite", action="store_true", default=None,
-                        help="start afresh instead of resuming a run in --out")
+    parser.add_argument(
+        "--no-dedup",
+        dest="dedup",
+        action="store_false",
+        default=None,
+        help="embed every ORF, also inputs already seen in this run (identical "
+        "inputs are otherwise embedded once)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="start afresh instead of resuming a run in --out",
+    )
     add_run_options(parser)
     add_progress(parser)
     add_logging(parser)
@@ -39,12 +54,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from virnuc_dask.cli.options import verbosity
 
-    return run_settings(settings_from_args(args), verbosity=verbosity(args),
-                        progress_interval=args.progress_interval)
+    return run_settings(
+        settings_from_args(args),
+        verbosity=verbosity(args),
+        progress_interval=args.progress_interval,
+    )
 
 
-def run_settings(settings: Settings, *, verbosity: str = "normal",
-                 progress_interval: float = 30.0) -> int:
+def run_settings(
+    settings: Settings, *, verbosity: str = "normal", progress_interval: float = 30.0
+) -> int:
     """Predict with the live display (or progress log lines) and the end-of-run summary."""
     from virnuc_dask.cli.logs import forward_worker_logs
     from virnuc_dask.cli.progress import TerminalProgress
@@ -53,14 +72,15 @@ def run_settings(settings: Settings, *, verbosity: str = "normal",
 
     def display(cluster):
         forward_worker_logs(cluster.client, verbosity)
-        return TerminalProgress(client=cluster.client, interval=progress_interval,
-                                cluster_status=cluster.status_lines,
-                                enabled=False if verbosity == "quiet" else None)
+        return TerminalProgress(
+            client=cluster.client,
+            interval=progress_interval,
+            cluster_status=cluster.status_lines,
+            enabled=False if verbosity == "quiet" else None,
+        )
 
     result, _ = run_prediction(settings, progress=display)
-    logger.info("run summary (%s):\n%s", Path(result.out) / SUMMARY,
-                summary_text(result.summary))
+    logger.info("run summary (%s):\n%s", Path(result.out) / SUMMARY, summary_text(result.summary))
     if result.counts.failed:
-        logger.warning("%d records failed; see %s", result.counts.failed,
-                       Path(result.out) / FAILED)
+        logger.warning("%d records failed; see %s", result.counts.failed, Path(result.out) / FAILED)
     return result.exit_code

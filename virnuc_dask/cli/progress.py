@@ -90,7 +90,8 @@ class WorkerState:
     seconds: float = 0.0
     tokens: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(MODELS, 0))
     model_seconds: dict[str, float] = dataclasses.field(
-        default_factory=lambda: dict.fromkeys(MODELS, 0.0))
+        default_factory=lambda: dict.fromkeys(MODELS, 0.0)
+    )
 
     @property
     def orfs_per_s(self) -> float | None:
@@ -135,8 +136,13 @@ class RunProgress:
                 return
             state = self.stages[stage]
             self._advance(state, now, done, total)
-            state.counts.update({k: int(v) for k, v in detail.items()
-                                 if isinstance(v, int) and not isinstance(v, bool)})
+            state.counts.update(
+                {
+                    k: int(v)
+                    for k, v in detail.items()
+                    if isinstance(v, int) and not isinstance(v, bool)
+                }
+            )
             state.counts.update({k: v for k, v in detail.items() if isinstance(v, str)})
 
     @staticmethod
@@ -147,15 +153,19 @@ class RunProgress:
         if total is not None and done >= total and state.finished is None:
             state.finished = now
 
-    def _record_embed(self, now: float, done: int, total: int, detail: Mapping[str, Any]
-                      ) -> None:
+    def _record_embed(self, now: float, done: int, total: int, detail: Mapping[str, Any]) -> None:
         if "orfs_total" in detail:
             self.embed_started = now
             self.orfs_reused = int(detail.get("orfs_reused", 0))
             for key in MODELS:
                 state = self.stages[key]
-                state.counts = {"partitions": 0, "partitions_total": total, "tokens": 0,
-                                "padded_tokens": 0, "ms": 0}
+                state.counts = {
+                    "partitions": 0,
+                    "partitions_total": total,
+                    "tokens": 0,
+                    "padded_tokens": 0,
+                    "ms": 0,
+                }
                 state.total = int(detail["orfs_total"])
                 state.done = self.orfs_reused
                 state.started = now
@@ -175,8 +185,9 @@ class RunProgress:
                 state.done += int(stats.get("rows", stats["sequences"]))
                 state.counts["partitions"] = state.counts.get("partitions", 0) + 1
                 state.counts["tokens"] = state.counts.get("tokens", 0) + int(stats["real_tokens"])
-                state.counts["padded_tokens"] = (state.counts.get("padded_tokens", 0)
-                                                 + int(stats.get("padded_tokens", 0)))
+                state.counts["padded_tokens"] = state.counts.get("padded_tokens", 0) + int(
+                    stats.get("padded_tokens", 0)
+                )
                 state.counts["ms"] = state.counts.get("ms", 0) + int(1000 * stats["seconds"])
                 worker.tokens[key] += int(stats["real_tokens"])
                 worker.model_seconds[key] += float(stats["seconds"])
@@ -296,17 +307,28 @@ def stage_table(progress: RunProgress, now: float | None = None, *, eta: bool = 
     """One row per stage: bar, units done, rate, elapsed, time left (unless not ``eta``)."""
     now = progress.clock() if now is None else now
     table = Table(box=None, pad_edge=False, show_edge=False, expand=False)
-    for name, kw in (("stage", {}), ("", {"width": 24}), ("done", {}), ("rate", {}),
-                     ("elapsed", {"justify": "right"}), ("left", {"justify": "right"})):
+    for name, kw in (
+        ("stage", {}),
+        ("", {"width": 24}),
+        ("done", {}),
+        ("rate", {}),
+        ("elapsed", {"justify": "right"}),
+        ("left", {"justify": "right"}),
+    ):
         table.add_column(name, style="bold" if name == "stage" else None, no_wrap=True, **kw)
     for key, state in progress.stages.items():
         done, rate = _stage_text(state, progress)
         fraction = _fraction(state)
-        bar = ProgressBar(total=1.0, completed=fraction or 0.0, width=24,
-                          pulse=fraction is None)
+        bar = ProgressBar(total=1.0, completed=fraction or 0.0, width=24, pulse=fraction is None)
         mark = "✓ " if state.finished is not None else "  "
-        table.add_row(mark + state.label, bar, done, rate, _duration(state.elapsed(now)),
-                      _duration(progress.eta(key, now)) if eta else "")
+        table.add_row(
+            mark + state.label,
+            bar,
+            done,
+            rate,
+            _duration(state.elapsed(now)),
+            _duration(progress.eta(key, now)) if eta else "",
+        )
     return table
 
 
@@ -331,23 +353,42 @@ def gpu_text(figures: Mapping[str, Any] | str | None, peak: float | None = None)
     return " · ".join(parts) or "GPU"
 
 
-def worker_table(progress: RunProgress, activity: Mapping[str, str],
-                 gpus: Mapping[str, Any] | None = None) -> Table:
+def worker_table(
+    progress: RunProgress, activity: Mapping[str, str], gpus: Mapping[str, Any] | None = None
+) -> Table:
     """One row per worker: what it runs now, partitions, ORFs and tokens per second, and
     its GPU's utilisation and memory (``no GPU`` on a CPU worker)."""
     gpus = gpus or {}
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for name in ("worker", "tasks", "partitions", "ORFs", "ORF/s",
-                 *(f"{m} tok/s" for m in MODELS.values()), "GPU"):
-        table.add_column(name, no_wrap=True, style="bold" if name == "worker" else None,
-                         justify="left" if name in ("worker", "tasks", "GPU") else "right")
+    for name in (
+        "worker",
+        "tasks",
+        "partitions",
+        "ORFs",
+        "ORF/s",
+        *(f"{m} tok/s" for m in MODELS.values()),
+        "GPU",
+    ):
+        table.add_column(
+            name,
+            no_wrap=True,
+            style="bold" if name == "worker" else None,
+            justify="left" if name in ("worker", "tasks", "GPU") else "right",
+        )
     for address in sorted(set(activity) | set(progress.workers)):
         w = progress.workers.get(address, WorkerState(address))
-        rates = [_count(w.tokens[m] / w.model_seconds[m]) if w.model_seconds[m] else ""
-                 for m in MODELS]
-        table.add_row(address, activity.get(address, "gone"), str(w.partitions),
-                      f"{w.orfs:,}", f"{w.orfs_per_s:.1f}" if w.orfs_per_s else "", *rates,
-                      gpu_text(gpus.get(address), progress.gpu_peak.get(address)))
+        rates = [
+            _count(w.tokens[m] / w.model_seconds[m]) if w.model_seconds[m] else "" for m in MODELS
+        ]
+        table.add_row(
+            address,
+            activity.get(address, "gone"),
+            str(w.partitions),
+            f"{w.orfs:,}",
+            f"{w.orfs_per_s:.1f}" if w.orfs_per_s else "",
+            *rates,
+            gpu_text(gpus.get(address), progress.gpu_peak.get(address)),
+        )
     return table
 
 
@@ -373,16 +414,23 @@ def _embed_words(progress: RunProgress, now: float, *, eta: bool = True) -> str:
     return text
 
 
-def status_line(progress: RunProgress, activity: Mapping[str, str] | None = None,
-                gpus: Mapping[str, Any] | None = None, cluster: list[str] | None = None) -> str:
+def status_line(
+    progress: RunProgress,
+    activity: Mapping[str, str] | None = None,
+    gpus: Mapping[str, Any] | None = None,
+    cluster: list[str] | None = None,
+) -> str:
     """The whole state in one log line; ``cluster``: jobs without workers (no ETA then)."""
     now = progress.clock()
     parts = [f"progress {_duration(now - progress.started)}"]
     for key, state in progress.stages.items():
         if state.started is None or key == "dnabert":
             continue
-        text = _embed_words(progress, now, eta=not cluster) if key == "esm" else \
-            f"{state.label}: {_stage_text(state, progress)[0]}"
+        text = (
+            _embed_words(progress, now, eta=not cluster)
+            if key == "esm"
+            else f"{state.label}: {_stage_text(state, progress)[0]}"
+        )
         parts.append(text + (" ✓" if state.finished is not None else ""))
     workers = []
     for address in sorted(set(activity or {}) | set(progress.workers)):
@@ -443,9 +491,15 @@ class TerminalProgress:
             result = predict(settings, client, progress=progress)
     """
 
-    def __init__(self, *, enabled: bool | None = None, interval: float = 30.0,
-                 client=None, console: Console | None = None,
-                 cluster_status: Callable[[], list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        enabled: bool | None = None,
+        interval: float = 30.0,
+        client=None,
+        console: Console | None = None,
+        cluster_status: Callable[[], list[str]] | None = None,
+    ) -> None:
         self.console = console or Console(stderr=True)
         self.live = self.console.is_terminal if enabled is None else enabled
         if interval <= 0:
@@ -466,8 +520,11 @@ class TerminalProgress:
         self.state.record(stage, done, total, **detail)
         if not self.live and stage in (*STAGES, "embed") and total and done >= total:
             state = self.state.stage("esm" if stage == "embed" else stage)
-            logger.info("%s done in %s", "embedding" if stage == "embed" else state.label,
-                        _duration(state.elapsed(self.state.clock())))
+            logger.info(
+                "%s done in %s",
+                "embedding" if stage == "embed" else state.label,
+                _duration(state.elapsed(self.state.clock())),
+            )
 
     update = __call__
 
@@ -501,17 +558,25 @@ class TerminalProgress:
     def line(self) -> str:
         cluster = self.cluster()
         with self.state.lock:
-            return status_line(self.state, self.activity() if self.client else None,
-                               self._gpus, cluster)
+            return status_line(
+                self.state, self.activity() if self.client else None, self._gpus, cluster
+            )
 
     def __enter__(self) -> TerminalProgress:
         if self.live:
-            self._live = Live(self, console=self.console, refresh_per_second=4,
-                              transient=False, redirect_stdout=False, redirect_stderr=True)
+            self._live = Live(
+                self,
+                console=self.console,
+                refresh_per_second=4,
+                transient=False,
+                redirect_stdout=False,
+                redirect_stderr=True,
+            )
             self._live.start()
         else:
-            self._thread = threading.Thread(target=self._log_every_interval,
-                                            name="virnuc-progress", daemon=True)
+            self._thread = threading.Thread(
+                target=self._log_every_interval, name="virnuc-progress", daemon=True
+            )
             self._thread.start()
         return self
 

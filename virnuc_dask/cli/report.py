@@ -9,26 +9,52 @@ from virnuc_dask.cli.options import add_logging
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "report", help="HTML report and PNG figures of a finished run",
+        "report",
+        help="HTML report and PNG figures of a finished run",
         description="Read the results in OUTDIR (run_summary.json, read_predictions.tsv, "
         "prediction_results.txt) and write a single-file HTML report that opens offline: "
         "read calls, score distributions, and read tracks (each ORF's score along its read, "
         "coloured by call) for the top reads or the reads given with --ids. Prints the run "
-        "summary.")
-    parser.add_argument("outdir", metavar="OUTDIR", help="the --out directory of a predict "
-                        "run, or of an evaluate run (metrics, ROC curves, score histograms)")
-    parser.add_argument("--html", metavar="FILE",
-                        help="where to write the report (default: OUTDIR/report.html)")
-    parser.add_argument("--png", metavar="DIR", help="also write the figures as PNG files "
-                        "into DIR (read_calls.png, score_distribution.png, read_tracks.png)")
-    parser.add_argument("--top", type=int, default=10, metavar="N",
-                        help="draw tracks of N reads (default 10): reads called virus first, "
-                        "then those with the most chunks with an ORF, then the highest virus "
-                        "score")
-    parser.add_argument("--ids", nargs="+", action="extend", default=[], metavar="ID",
-                        help="draw tracks of these reads instead of the top N")
-    parser.add_argument("--length", type=int, metavar="BP",
-                        help="chunk length of the run (default: from run_summary.json)")
+        "summary.",
+    )
+    parser.add_argument(
+        "outdir",
+        metavar="OUTDIR",
+        help="the --out directory of a predict "
+        "run, or of an evaluate run (metrics, ROC curves, score histograms)",
+    )
+    parser.add_argument(
+        "--html", metavar="FILE", help="where to write the report (default: OUTDIR/report.html)"
+    )
+    parser.add_argument(
+        "--png",
+        metavar="DIR",
+        help="also write the figures as PNG files "
+        "into DIR (read_calls.png, score_distribution.png, read_tracks.png)",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=10,
+        metavar="N",
+        help="draw tracks of N reads (default 10): reads called virus first, "
+        "then those with the most chunks with an ORF, then the highest virus "
+        "score",
+    )
+    parser.add_argument(
+        "--ids",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="ID",
+        help="draw tracks of these reads instead of the top N",
+    )
+    parser.add_argument(
+        "--length",
+        type=int,
+        metavar="BP",
+        help="chunk length of the run (default: from run_summary.json)",
+    )
     add_logging(parser)
     parser.set_defaults(run=run)
     return parser
@@ -48,8 +74,14 @@ def run(args: argparse.Namespace) -> int:
         for path in (written["html"], *written["pngs"]):
             print(f"report: {path}")
         return 0
-    written = write_report(args.outdir, html_path=args.html, png_dir=args.png, top=args.top,
-                           ids=args.ids, length=args.length)
+    written = write_report(
+        args.outdir,
+        html_path=args.html,
+        png_dir=args.png,
+        top=args.top,
+        ids=args.ids,
+        length=args.length,
+    )
     data = written["data"]
     if data.summary:
         print(summary_text(data.summary))

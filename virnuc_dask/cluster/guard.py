@@ -76,10 +76,19 @@ class Guard:
     scheduler started elsewhere) before the run ends.
     """
 
-    def __init__(self, client: Client, *, cluster: Any = None, system: str | None = None,
-                 jobs: int = 0, replacements: int = 0, start_timeout: float | None = None,
-                 no_worker_timeout: float = 300.0, poll: float = POLL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        cluster: Any = None,
+        system: str | None = None,
+        jobs: int = 0,
+        replacements: int = 0,
+        start_timeout: float | None = None,
+        no_worker_timeout: float = 300.0,
+        poll: float = POLL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.cluster = cluster
         self.system = system
@@ -153,8 +162,11 @@ class Guard:
             now = self.clock()
             if now - logged >= WAIT_LOG_S:
                 logged = now
-                logger.info("waiting for %d worker(s): %s", n,
-                            "; ".join(self.status_lines()) or "none connected yet")
+                logger.info(
+                    "waiting for %d worker(s): %s",
+                    n,
+                    "; ".join(self.status_lines()) or "none connected yet",
+                )
             time.sleep(0.2)
 
     def status_lines(self) -> list[str]:
@@ -162,8 +174,11 @@ class Guard:
         ``no worker connected m:ss`` when there is none at all."""
         now = self.clock()
         with self._lock:
-            lines = [r.describe(now) for r in self.records.values()
-                     if not r.done and not r.connected and r.job_id is not None]
+            lines = [
+                r.describe(now)
+                for r in self.records.values()
+                if not r.done and not r.connected and r.job_id is not None
+            ]
             if not self.workers:
                 lines.insert(0, f"no worker connected {clock(now - self.last_worker)}")
             if self.replaced:
@@ -193,7 +208,8 @@ class Guard:
                 raise ClusterError(
                     f"{submit} rejected the job: {error}; see the job script with "
                     f"`virnuc-dask job-script {self.system}` and the same --worker-type, "
-                    "--job-* and --cluster-config options")
+                    "--job-* and --cluster-config options"
+                )
             # By job id: the cluster names a replacement like the job it replaces.
             if job_id and job_id not in self.records:
                 with self._lock:
@@ -208,8 +224,9 @@ class Guard:
                 if own & workers:
                     record.connected = True
                 job = states.get(record.job_id)
-                changed = job is not None and (record.info is None
-                                               or job.state != record.info.state)
+                changed = job is not None and (
+                    record.info is None or job.state != record.info.state
+                )
                 if changed:
                     record.state_since = now
                     if job.state == "RUNNING" and record.running_since is None:
@@ -232,8 +249,12 @@ class Guard:
             raise ClusterError(f"{what}; {log_tail(self.system or 'slurm', record.job_id)}")
         if self.replaced < self.replacements:
             self.replaced += 1
-            logger.warning("%s; submitting a replacement job (%d of at most %d)", what,
-                           self.replaced, self.replacements)
+            logger.warning(
+                "%s; submitting a replacement job (%d of at most %d)",
+                what,
+                self.replaced,
+                self.replacements,
+            )
             self.cluster.sync(self._replace, record.name)
             return
         alive = [r for r in self.records.values() if not r.done]
@@ -241,9 +262,14 @@ class Guard:
             raise ClusterError(
                 f"{what}, no worker is left and {self.replacements} replacement job(s) "
                 "were submitted already (--job-replacements); finished partitions are "
-                "kept: re-run the same command to resume")
-        logger.warning("%s; %d replacement job(s) submitted already (--job-replacements): "
-                       "going on with the other jobs", what, self.replaced)
+                "kept: re-run the same command to resume"
+            )
+        logger.warning(
+            "%s; %d replacement job(s) submitted already (--job-replacements): "
+            "going on with the other jobs",
+            what,
+            self.replaced,
+        )
 
     def _check_without_workers(self, now: float, address: str) -> None:
         waited = now - self.last_worker
@@ -253,33 +279,45 @@ class Guard:
                     f"no worker connected to the scheduler at {address} for "
                     f"{clock(waited)} (--no-worker-timeout {self.no_worker_timeout:g}); "
                     "start workers for it (dask worker ADDRESS --resources GPU=1), or "
-                    "check why they stopped")
+                    "check why they stopped"
+                )
             return
         alive = [r for r in self.records.values() if not r.done and r.job_id]
         for record in alive:
-            if (record.running_since is not None and not record.connected
-                    and now - record.running_since > self.no_worker_timeout):
+            if (
+                record.running_since is not None
+                and not record.connected
+                and now - record.running_since > self.no_worker_timeout
+            ):
                 tail = log_tail(self.system or "slurm", record.job_id)
                 raise ClusterError(
                     f"job {record.job_id} has been running for "
                     f"{clock(now - record.running_since)} but its worker did not connect "
                     f"to the scheduler at {address} (--no-worker-timeout "
                     f"{self.no_worker_timeout:g}): can the nodes reach this host (set "
-                    f"interface in --cluster-config)?; {tail}")
+                    f"interface in --cluster-config)?; {tail}"
+                )
         pending = [r for r in alive if r.info is not None and r.info.pending]
-        if (self.start_timeout is not None and pending and len(pending) == len(alive)
-                and waited > self.start_timeout):
+        if (
+            self.start_timeout is not None
+            and pending
+            and len(pending) == len(alive)
+            and waited > self.start_timeout
+        ):
             raise ClusterError(
                 f"no job started within --start-timeout {self.start_timeout:g} s: "
                 f"{'; '.join(r.describe(now) for r in pending)}; the jobs are cancelled. "
                 "Ask for what the cluster can give sooner (--job-cores, --job-memory, "
-                "walltime or queue in --cluster-config), or wait longer")
+                "walltime or queue in --cluster-config), or wait longer"
+            )
 
     # -- on the cluster's event loop -----------------------------------------------------
 
     async def _snapshot(self) -> dict[str, tuple[str | None, str | None]]:
-        return {name: (getattr(job, "job_id", None), getattr(job, "submit_error", None))
-                for name, job in self.cluster.workers.items()}
+        return {
+            name: (getattr(job, "job_id", None), getattr(job, "submit_error", None))
+            for name, job in self.cluster.workers.items()
+        }
 
     async def _replace(self, name: str) -> None:
         job = self.cluster.workers.pop(name, None)

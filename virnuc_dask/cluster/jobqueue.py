@@ -64,7 +64,8 @@ def worker_profile(worker_type: str) -> dict[str, Any]:
     """Job size and worker command of ``--worker-type`` (``worker-types`` in jobqueue.yaml)."""
     if worker_type not in WORKER_TYPES:
         raise ConfigError(
-            f"worker type must be one of {', '.join(WORKER_TYPES)}, got {worker_type!r}")
+            f"worker type must be one of {', '.join(WORKER_TYPES)}, got {worker_type!r}"
+        )
     profiles = yaml.safe_load(JOBQUEUE_DEFAULTS.read_text())["worker-types"]
     return {k.replace("-", "_"): v for k, v in profiles[worker_type].items()}
 
@@ -81,11 +82,13 @@ def _read_cluster_config(path: str | os.PathLike[str], system: str) -> dict[str,
     if not isinstance(values, dict) or set(values) - {"jobqueue"}:
         raise ConfigError(
             f"{path}: expected dask-jobqueue's layout, a mapping with the one top-level key "
-            "'jobqueue' (jobqueue: slurm: queue: gpu ...)")
+            "'jobqueue' (jobqueue: slurm: queue: gpu ...)"
+        )
     sections = values["jobqueue"] or {}
     if not isinstance(sections, dict) or set(sections) - set(JOBQUEUE_SYSTEMS):
         raise ConfigError(
-            f"{path}: jobqueue must hold sections {' and/or '.join(JOBQUEUE_SYSTEMS)}")
+            f"{path}: jobqueue must hold sections {' and/or '.join(JOBQUEUE_SYSTEMS)}"
+        )
     section = sections.get(system) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: jobqueue.{system} must be a mapping of settings")
@@ -95,15 +98,25 @@ def _read_cluster_config(path: str | os.PathLike[str], system: str) -> dict[str,
 _RENAMED = {"name": "job_name"}
 # Deprecated dask-jobqueue keys, folded into their successors so that nothing is lost when
 # the successor is set here.
-_DEPRECATED = {"extra": "worker_extra_args", "env_extra": "job_script_prologue",
-               "job_extra": "job_extra_directives", "header_skip": "job_directives_skip",
-               "project": "account"}
+_DEPRECATED = {
+    "extra": "worker_extra_args",
+    "env_extra": "job_script_prologue",
+    "job_extra": "job_extra_directives",
+    "header_skip": "job_directives_skip",
+    "project": "account",
+}
 _GPU_DIRECTIVE = ("--gres=gpu", "--gpus", "-G ", "-G=", "--gres gpu")
 
 
-def jobqueue_options(system: str, *, config_file: str | os.PathLike[str] | None = None,
-                     worker_type: str = "gpu", processes: int | None = None,
-                     cores: int | None = None, memory: str | None = None) -> dict[str, Any]:
+def jobqueue_options(
+    system: str,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    worker_type: str = "gpu",
+    processes: int | None = None,
+    cores: int | None = None,
+    memory: str | None = None,
+) -> dict[str, Any]:
     """Keyword arguments for dask-jobqueue's ``SLURMCluster``/``PBSCluster``.
 
     The worker type's profile < packaged defaults < Dask's config < ``config_file`` <
@@ -114,7 +127,8 @@ def jobqueue_options(system: str, *, config_file: str | os.PathLike[str] | None 
     """
     if system not in JOBQUEUE_SYSTEMS:
         raise ConfigError(
-            f"cluster system must be one of {', '.join(JOBQUEUE_SYSTEMS)}, got {system!r}")
+            f"cluster system must be one of {', '.join(JOBQUEUE_SYSTEMS)}, got {system!r}"
+        )
     profile = worker_profile(worker_type)
     _import_jobqueue()
     section = dict(dask.config.get(f"jobqueue.{system}"))
@@ -124,10 +138,10 @@ def jobqueue_options(system: str, *, config_file: str | os.PathLike[str] | None 
         if unknown:
             raise ConfigError(
                 f"{config_file}: unknown jobqueue.{system} key(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(section))}")
+                f"allowed: {', '.join(sorted(section))}"
+            )
         section.update(given)
-    options = {_RENAMED.get(k, k.replace("-", "_")): v for k, v in section.items()
-               if v is not None}
+    options = {_RENAMED.get(k, k.replace("-", "_")): v for k, v in section.items() if v is not None}
     for old, new in _DEPRECATED.items():
         if old in options:
             value = options.pop(old)
@@ -145,20 +159,25 @@ def jobqueue_options(system: str, *, config_file: str | os.PathLike[str] | None 
         what = "GPUs per job" if worker_type == "gpu" else "worker processes per job"
         raise ConfigError(
             f"jobqueue.{system}.processes must be the number of {what} (a positive "
-            f"integer), got {processes!r}")
+            f"integer), got {processes!r}"
+        )
     cores = options["cores"]
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < processes:
         raise ConfigError(
             f"jobqueue.{system}.cores must be the CPUs per job, at least processes "
-            f"({processes}), got {cores!r}")
+            f"({processes}), got {cores!r}"
+        )
     try:
         parse_bytes(options["memory"])
     except (TypeError, ValueError):
         raise ConfigError(
             f"jobqueue.{system}.memory must be the host memory per job, e.g. 32GiB, got "
-            f"{options['memory']!r}") from None
-    options["job_script_prologue"] = [*(options.get("job_script_prologue") or []),
-                                      WORKER_ENV_EXPORT]
+            f"{options['memory']!r}"
+        ) from None
+    options["job_script_prologue"] = [
+        *(options.get("job_script_prologue") or []),
+        WORKER_ENV_EXPORT,
+    ]
     if worker_type == "gpu":
         _add_gpu_request(system, options)
     return options
@@ -174,8 +193,9 @@ def _add_gpu_request(system: str, options: dict[str, Any]) -> None:
     if system == "slurm":
         directives = list(options.get("job_extra_directives") or [])
         gres = f"--gres=gpu:{processes}"
-        if not any(d.strip().startswith(_GPU_DIRECTIVE) for d in directives) and \
-                not _skipped(f"#SBATCH {gres}", options):
+        if not any(d.strip().startswith(_GPU_DIRECTIVE) for d in directives) and not _skipped(
+            f"#SBATCH {gres}", options
+        ):
             directives.append(gres)
         options["job_extra_directives"] = directives
     elif options.get("resource_spec") is None:
@@ -190,8 +210,10 @@ def _add_gpu_request(system: str, options: dict[str, Any]) -> None:
 def per_gpu_worker(options: Mapping[str, Any]) -> dict[str, Any]:
     """Threads and memory limit each worker process gets from ``jobqueue_options``."""
     processes = options["processes"]
-    return {"threads": int(options["cores"] / processes),
-            "memory_limit": format_bytes(parse_bytes(options["memory"]) / processes)}
+    return {
+        "threads": int(options["cores"] / processes),
+        "memory_limit": format_bytes(parse_bytes(options["memory"]) / processes),
+    }
 
 
 _JOB_PROFILE = ("worker_type", "processes", "cores", "memory")
@@ -204,8 +226,9 @@ def _options(system: str, config_file, overrides: dict[str, Any]) -> dict[str, A
     return {**jobqueue_options(system, config_file=config_file, **profile), **overrides}
 
 
-def jobqueue_cluster(system: str, *, config_file: str | os.PathLike[str] | None = None,
-                     **overrides: Any):
+def jobqueue_cluster(
+    system: str, *, config_file: str | os.PathLike[str] | None = None, **overrides: Any
+):
     """A dask-jobqueue cluster; ``cluster.scale(jobs=n)`` submits.
 
     ``worker_type`` (``gpu``: dask-cuda workers, one per GPU; ``cpu``), ``processes``,
@@ -230,8 +253,13 @@ def _jobqueue_class(system: str):
     return {"slurm": jobqueue.SLURMCluster, "pbs": jobqueue.PBSCluster}[system]
 
 
-def job_script(system: str, *, config_file: str | os.PathLike[str] | None = None,
-               scheduler: str = "tcp://<scheduler>:8786", **overrides: Any) -> str:
+def job_script(
+    system: str,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    scheduler: str = "tcp://<scheduler>:8786",
+    **overrides: Any,
+) -> str:
     """The script one job of ``jobqueue_cluster`` runs, built without starting anything.
 
     Takes the same ``worker_type``/``processes``/``cores``/``memory`` and overrides.
@@ -249,4 +277,5 @@ def _check_submit_command(job_cls) -> None:
     if shutil.which(command) is None:
         raise ConfigError(
             f"{command} not found: --cluster {job_cls.config_name} submits batch jobs "
-            f"and must run where {command} works (a login node of the cluster)")
+            f"and must run where {command} works (a login node of the cluster)"
+        )

@@ -28,14 +28,44 @@ QUERY_TIMEOUT_S = 30
 LOG_LINES = 15
 
 # SLURM job states after which no worker of the job will ever run.
-SLURM_ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
-               "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT"}
-SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
-                 "SUSPENDED", "CONFIGURING"}
+SLURM_ENDED = {
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "REVOKED",
+    "SPECIAL_EXIT",
+    "TIMEOUT",
+}
+SLURM_PENDING = {
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESV_DEL_HOLD",
+    "SUSPENDED",
+    "CONFIGURING",
+}
 # PBS job_state letters.
-PBS_STATES = {"Q": "QUEUED", "H": "HELD", "W": "WAITING", "T": "TRANSIT", "R": "RUNNING",
-              "E": "EXITING", "F": "FINISHED", "X": "FINISHED", "B": "RUNNING",
-              "S": "SUSPENDED", "U": "SUSPENDED", "M": "MOVED", "C": "COMPLETED"}
+PBS_STATES = {
+    "Q": "QUEUED",
+    "H": "HELD",
+    "W": "WAITING",
+    "T": "TRANSIT",
+    "R": "RUNNING",
+    "E": "EXITING",
+    "F": "FINISHED",
+    "X": "FINISHED",
+    "B": "RUNNING",
+    "S": "SUSPENDED",
+    "U": "SUSPENDED",
+    "M": "MOVED",
+    "C": "COMPLETED",
+}
 PBS_ENDED = {"FINISHED", "MOVED", "COMPLETED"}
 PBS_PENDING = {"QUEUED", "HELD", "WAITING", "TRANSIT", "SUSPENDED"}
 #: A job that is no longer known to the batch system (ended and purged).
@@ -83,8 +113,11 @@ def query(system: str, job_ids: list[str]) -> dict[str, JobInfo]:
 
 def _query_slurm(job_ids: list[str]) -> dict[str, JobInfo]:
     proc = subprocess.run(
-        ["squeue", "--noheader", "--states=all", "--jobs", ",".join(job_ids),
-         "--format=%i|%T|%r"], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        ["squeue", "--noheader", "--states=all", "--jobs", ",".join(job_ids), "--format=%i|%T|%r"],
+        capture_output=True,
+        text=True,
+        timeout=QUERY_TIMEOUT_S,
+    )
     if proc.returncode != 0:
         if "Invalid job id" in proc.stderr:  # every job of the list has been purged
             return {}
@@ -98,8 +131,9 @@ def _query_slurm(job_ids: list[str]) -> dict[str, JobInfo]:
 
 
 def _query_pbs(job_ids: list[str]) -> dict[str, JobInfo]:
-    proc = subprocess.run(["qstat", "-x", "-f", *job_ids], capture_output=True, text=True,
-                          timeout=QUERY_TIMEOUT_S)
+    proc = subprocess.run(
+        ["qstat", "-x", "-f", *job_ids], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S
+    )
     out = {}
     current = None
     for line in proc.stdout.splitlines():
@@ -120,8 +154,12 @@ def log_files(system: str, job_id: str) -> list[Path]:
     if system != "slurm":
         return []
     try:
-        proc = subprocess.run(["scontrol", "show", "job", "--oneliner", job_id],
-                              capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        proc = subprocess.run(
+            ["scontrol", "show", "job", "--oneliner", job_id],
+            capture_output=True,
+            text=True,
+            timeout=QUERY_TIMEOUT_S,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     paths = []
@@ -142,8 +180,11 @@ def log_tail(system: str, job_id: str, lines: int = LOG_LINES) -> str:
             continue
         if tail:
             return f"last lines of {path}:\n" + "\n".join(f"  {line}" for line in tail)
-    where = ("its log (slurm-%j.out in the submission directory, unless log-directory "
-             "is set)" if system == "slurm" else "its output and error files")
+    where = (
+        "its log (slurm-%j.out in the submission directory, unless log-directory is set)"
+        if system == "slurm"
+        else "its output and error files"
+    )
     return f"see {where.replace('%j', job_id)}"
 
 

@@ -38,7 +38,8 @@ def slurm_runner(settings):
                 "--cluster slurm-runner with GPU workers (--worker-type gpu, the default), "
                 f"but this worker rank on {os.uname().nodename} sees no GPU "
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
-                "request GPUs (#SBATCH --gres=gpu:N) or pass --worker-type cpu")
+                "request GPUs (#SBATCH --gres=gpu:N) or pass --worker-type cpu"
+            )
         worker_class = "dask_cuda.CUDAWorker"  # takes resources as text, like its CLI
         worker_options = {"nthreads": max(1, cpus // max(1, len(gpus))), "resources": "GPU=1"}
     else:
@@ -47,8 +48,11 @@ def slurm_runner(settings):
     if os.environ.get("TMPDIR"):
         worker_options["local_directory"] = os.environ["TMPDIR"]
     try:
-        return SLURMRunner(scheduler_file=str(out / ".scheduler-{job_id}.json"),
-                           worker_class=worker_class, worker_options=worker_options)
+        return SLURMRunner(
+            scheduler_file=str(out / ".scheduler-{job_id}.json"),
+            worker_class=worker_class,
+            worker_options=worker_options,
+        )
     except RuntimeError as exc:
         raise ConfigError(f"--cluster slurm-runner runs as ranks of srun: {exc}") from None
 

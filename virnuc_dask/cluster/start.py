@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 INTERRUPTED_CLOSE_S = 2
 
 
-
 @dataclasses.dataclass
 class RunCluster:
     """The client of a run and the guard that watches its workers (and batch jobs)."""
@@ -81,39 +80,57 @@ def open_cluster(settings) -> Iterator[RunCluster]:
             yield RunCluster(client, guard)
     elif settings.cluster in JOBQUEUE_SYSTEMS:
         worker_type = settings.worker_type or "gpu"
-        options = jobqueue_options(settings.cluster, config_file=settings.cluster_config,
-                                   worker_type=worker_type, processes=settings.job_processes,
-                                   cores=settings.job_cores, memory=settings.job_memory)
+        options = jobqueue_options(
+            settings.cluster,
+            config_file=settings.cluster_config,
+            worker_type=worker_type,
+            processes=settings.job_processes,
+            cores=settings.job_cores,
+            memory=settings.job_memory,
+        )
         cls = _jobqueue_class(settings.cluster)
         _check_submit_command(cls.job_cls)
         jobs = settings.jobs or 1
-        with cls(job_cls=watched_job_class(cls.job_cls), **options) as cluster, \
-                Client(cluster) as client, \
-                _guarded(client, settings, cluster=cluster, jobs=jobs) as guard:
+        with (
+            cls(job_cls=watched_job_class(cls.job_cls), **options) as cluster,
+            Client(cluster) as client,
+            _guarded(client, settings, cluster=cluster, jobs=jobs) as guard,
+        ):
             cluster.scale(jobs=jobs)
-            logger.info("%s: %d job(s) of %d %s worker(s) submitted; waiting for the first "
-                        "worker to start", settings.cluster, jobs, options["processes"],
-                        worker_type.upper())
+            logger.info(
+                "%s: %d job(s) of %d %s worker(s) submitted; waiting for the first worker to start",
+                settings.cluster,
+                jobs,
+                options["processes"],
+                worker_type.upper(),
+            )
             guard.wait_for_workers(1)
             yield RunCluster(client, guard)
     elif settings.cluster == "slurm-runner":
         with dask.config.set(WORKER_ENV):
             yield from _in_allocation(settings)
     else:
-        with dask.config.set(WORKER_ENV), _start_local(settings) as cluster, \
-                Client(cluster) as client:
+        with (
+            dask.config.set(WORKER_ENV),
+            _start_local(settings) as cluster,
+            Client(cluster) as client,
+        ):
             logger.info("local cluster: %d worker(s)", len(cluster.workers))
             yield RunCluster(client)
 
 
 @contextlib.contextmanager
-def _guarded(client: Client, settings, *, cluster: Any = None, jobs: int = 0
-             ) -> Iterator[Guard]:
+def _guarded(client: Client, settings, *, cluster: Any = None, jobs: int = 0) -> Iterator[Guard]:
     """A running guard; an error raised while it has stopped the run becomes its reason."""
-    guard = Guard(client, cluster=cluster, system=settings.cluster if cluster else None,
-                  jobs=jobs, replacements=settings.job_replacements,
-                  start_timeout=settings.start_timeout,
-                  no_worker_timeout=settings.no_worker_timeout)
+    guard = Guard(
+        client,
+        cluster=cluster,
+        system=settings.cluster if cluster else None,
+        jobs=jobs,
+        replacements=settings.job_replacements,
+        start_timeout=settings.start_timeout,
+        no_worker_timeout=settings.no_worker_timeout,
+    )
     with guard:
         try:
             yield guard
@@ -134,9 +151,12 @@ def _in_allocation(settings) -> Iterator[RunCluster]:
             try:
                 client.wait_for_workers(runner.n_workers, timeout=settings.no_worker_timeout)
             except TimeoutError:
-                logger.warning("%d of %d worker ranks connected within %g s; going on with "
-                               "them", len(guard.workers), runner.n_workers,
-                               settings.no_worker_timeout)
+                logger.warning(
+                    "%d of %d worker ranks connected within %g s; going on with them",
+                    len(guard.workers),
+                    runner.n_workers,
+                    settings.no_worker_timeout,
+                )
             yield RunCluster(client, guard)
     except BaseException as exc:
         if not isinstance(exc, Exception):
@@ -168,7 +188,8 @@ def _connect(settings) -> Client:
     if "://" not in target and ":" not in target:
         raise ConfigError(
             f"scheduler {target!r} is neither an address (tcp://host:8786) nor an existing "
-            "scheduler file")
+            "scheduler file"
+        )
     return Client(target)
 
 
@@ -195,17 +216,25 @@ def _new_local_cluster(settings):
             from dask_cuda import LocalCUDACluster
         except ImportError:
             raise ClusterError(
-                "GPUs are visible but dask-cuda is not installed: "
-                "pip install 'virnuc-dask[gpu]'") from None
+                "GPUs are visible but dask-cuda is not installed: pip install 'virnuc-dask[gpu]'"
+            ) from None
         # dask-cuda gives its workers an explicit preload list (its own module), which
         # replaces the configured one: pass the configured preloads (the Ctrl-C handler
         # above) explicitly, and dask-cuda adds its own after them.
-        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus[: settings.workers]),
-                                threads_per_worker=2, resources={"GPU": 1},
-                                preload=list(dask.config.get("distributed.worker.preload", [])),
-                                silence_logs=_worker_log_level())
-    return LocalCluster(n_workers=settings.workers or 1, threads_per_worker=2, processes=True,
-                        resources={"GPU": 1}, silence_logs=_worker_log_level())
+        return LocalCUDACluster(
+            CUDA_VISIBLE_DEVICES=",".join(gpus[: settings.workers]),
+            threads_per_worker=2,
+            resources={"GPU": 1},
+            preload=list(dask.config.get("distributed.worker.preload", [])),
+            silence_logs=_worker_log_level(),
+        )
+    return LocalCluster(
+        n_workers=settings.workers or 1,
+        threads_per_worker=2,
+        processes=True,
+        resources={"GPU": 1},
+        silence_logs=_worker_log_level(),
+    )
 
 
 def _worker_log_level() -> int:
@@ -215,5 +244,3 @@ def _worker_log_level() -> int:
     (``Compute Failed`` with a traceback) is shown only when debugging.
     """
     return logging.WARNING if logger.isEnabledFor(logging.DEBUG) else logging.CRITICAL
-
-

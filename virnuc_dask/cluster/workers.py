@@ -32,8 +32,11 @@ def visible_gpus(gpus: str | None = None) -> list[str]:
     ``CUDA_VISIBLE_DEVICES=2,3`` is GPU 2, never another job's GPU 0. UUIDs pass as given.
     """
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    visible = None if env is None else [
-        g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    visible = (
+        None
+        if env is None
+        else [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    )
     if gpus:
         wanted = [g.strip() for g in gpus.split(",") if g.strip()]
         if visible is None:
@@ -47,7 +50,8 @@ def visible_gpus(gpus: str | None = None) -> list[str]:
             else:
                 raise ConfigError(
                     f"--gpus {gpus}: there is no GPU {g} among the {len(visible)} this job "
-                    f"may use (CUDA_VISIBLE_DEVICES={env}); --gpus counts from 0 within them")
+                    f"may use (CUDA_VISIBLE_DEVICES={env}); --gpus counts from 0 within them"
+                )
         return out
     if visible is not None:
         return visible

@@ -77,7 +77,11 @@ def padding_efficiency(lengths: Sequence[int] | np.ndarray, batches: list[np.nda
 
 
 def budget_from_memory(
-    free_bytes: int, bytes_per_token: int, *, fraction: float = 0.5, minimum: int = 1024,
+    free_bytes: int,
+    bytes_per_token: int,
+    *,
+    fraction: float = 0.5,
+    minimum: int = 1024,
     maximum: int = 32768,
 ) -> int:
     """Tokens per batch whose activations fill ``fraction`` of ``free_bytes``, clipped.
@@ -116,8 +120,7 @@ class TokenBudget:
     4096
     """
 
-    def __init__(self, *, recover_after: int = 32, growth: float = 1.25,
-                 floor: int = 1) -> None:
+    def __init__(self, *, recover_after: int = 32, growth: float = 1.25, floor: int = 1) -> None:
         if recover_after < 1:
             raise ValueError(f"recover_after must be positive, got {recover_after}")
         if growth <= 1:

@@ -57,8 +57,16 @@ from virnuc_dask.core.records import (
 )
 from virnuc_dask.errors import FastaFormatError
 
-__all__ = ["FastaBlock", "FastaFormatError", "Record", "check_input", "inspect_input",
-           "plan_blocks", "read_block", "record_problem"]
+__all__ = [
+    "FastaBlock",
+    "FastaFormatError",
+    "Record",
+    "check_input",
+    "inspect_input",
+    "plan_blocks",
+    "read_block",
+    "record_problem",
+]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _SCAN = 16 * 2**20  # bytes per read when counting lines or decompressing
@@ -154,7 +162,7 @@ def inspect_input(path: str) -> tuple[int, bool, str, int]:
             raise _gzip_error(path, 1, exc) from exc
     if head.lstrip()[:1] == b"@":
         return info.st_size, compressed, "fastq", fastq.first_record_line(head)
-    preamble = head if _find_header(head) < 0 else head[:_find_header(head)]
+    preamble = head if _find_header(head) < 0 else head[: _find_header(head)]
     if preamble.strip():
         raise _not_fasta(path, preamble, 1)
     return info.st_size, compressed, "fasta", 1
@@ -218,7 +226,7 @@ def _read_until_header(f, prev: bytes) -> bytes:
             return b"".join(parts)
         h = _find_header(prev + data, lo=1, at_line_start=False)
         if h >= 0:
-            parts.append(data[:h - 1])
+            parts.append(data[: h - 1])
             return b"".join(parts)
         parts.append(data)
         prev, size = data[-1:], min(size * 2, _SCAN)
@@ -231,7 +239,7 @@ def _check_blank_until_header(f, path: str, data: bytes) -> None:
         text = chunk.lstrip()
         if text:
             k = len(chunk) - len(text)
-            before = chunk[k - 1:k] if k else prev
+            before = chunk[k - 1 : k] if k else prev
             if text[:1] == b">" and before in (b"\n", b"\r"):
                 return
             raise _not_fasta(path, text, line + _count_line_ends(chunk[:k], prev == b"\r"))
@@ -255,7 +263,7 @@ def _read_gzip(path: str) -> list[Record]:
             buf += data
             if not started:
                 h = _find_header(buf)
-                if buf[:h if h >= 0 else len(buf)].strip():
+                if buf[: h if h >= 0 else len(buf)].strip():
                     raise _not_fasta(path, bytes(buf[:h] if h >= 0 else buf), 1)
                 if h < 0:
                     continue
@@ -308,8 +316,9 @@ def _parse(region: bytes, path: str, line: int) -> list[Record]:
             region.decode("utf-8")
         except UnicodeDecodeError as exc:
             bad = region[exc.start]
-            raise _located(region, exc.start, path, line,
-                           f"not UTF-8 text (byte 0x{bad:02x})") from None
+            raise _located(
+                region, exc.start, path, line, f"not UTF-8 text (byte 0x{bad:02x})"
+            ) from None
     if not region:
         return []
     codec = "ascii" if ascii_only else "utf-8"
@@ -317,8 +326,14 @@ def _parse(region: bytes, path: str, line: int) -> list[Record]:
     for part in region[1:].split(b"\n>"):  # the region starts with '>'
         title, _, sequence = part.partition(b"\n")
         words = title.decode(codec).split(None, 1)
-        records.append(Record(words[0] if words else "",
-                              sequence.translate(None, b" \t\n").decode(codec), path, line))
+        records.append(
+            Record(
+                words[0] if words else "",
+                sequence.translate(None, b" \t\n").decode(codec),
+                path,
+                line,
+            )
+        )
         line += part.count(b"\n") + 1
     return records
 
@@ -330,20 +345,22 @@ def _located(region: bytes, index: int, path: str, line: int, problem: str) -> F
     """Error at byte ``index`` of a normalised region that starts with a header line."""
     header = region.rfind(b"\n>", 0, index) + 1
     eol = region.find(b"\n", header)
-    title = region[header + 1:eol if eol >= 0 else len(region)]
+    title = region[header + 1 : eol if eol >= 0 else len(region)]
     words = title.decode("utf-8", "replace").split(None, 1)
-    return FastaFormatError(path, line + region.count(b"\n", 0, index),
-                            words[0] if words else "", problem)
+    return FastaFormatError(
+        path, line + region.count(b"\n", 0, index), words[0] if words else "", problem
+    )
 
 
 def _not_fasta(path: str, text: bytes, line: int) -> FastaFormatError:
     """Error for content before the first header; ``text`` starts at ``line`` (blank lines ok)."""
     stripped = text.lstrip()
-    line += _count_line_ends(text[:len(text) - len(stripped)])
+    line += _count_line_ends(text[: len(text) - len(stripped)])
     first = stripped.replace(b"\r", b"\n").split(b"\n", 1)[0][:40]
     shown = first.decode("utf-8", "backslashreplace")
-    return FastaFormatError(path, line, None,
-                            f"not FASTA: expected a '>' header line, found {shown!r}")
+    return FastaFormatError(
+        path, line, None, f"not FASTA: expected a '>' header line, found {shown!r}"
+    )
 
 
 def _gzip_error(path: str, line: int, exc: BaseException) -> FastaFormatError:

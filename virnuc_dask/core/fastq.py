@@ -60,18 +60,29 @@ def _check_text(data: bytes, path: str, line: int) -> None:
     """NUL bytes or text that is not UTF-8 in a normalised region starting at ``line``."""
     nul = data.find(b"\x00")
     if nul >= 0:
-        raise FastaFormatError(path, line + data.count(b"\n", 0, nul), None,
-                               "binary data (NUL byte), not FASTQ text")
+        raise FastaFormatError(
+            path, line + data.count(b"\n", 0, nul), None, "binary data (NUL byte), not FASTQ text"
+        )
     if not data.isascii():
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise FastaFormatError(path, line + data.count(b"\n", 0, exc.start), None,
-                                   f"not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+            raise FastaFormatError(
+                path,
+                line + data.count(b"\n", 0, exc.start),
+                None,
+                f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
+            ) from None
 
 
-def _parse(data: bytes, path: str, line: int, *, limit: int | None, final: bool,
-           ) -> tuple[list[Record], int, int]:
+def _parse(
+    data: bytes,
+    path: str,
+    line: int,
+    *,
+    limit: int | None,
+    final: bool,
+) -> tuple[list[Record], int, int]:
     """Records of the normalised ``data`` (starting at a record line numbered ``line``).
 
     Stops before a record starting at or after byte ``limit``; when ``final`` is false,
@@ -96,33 +107,48 @@ def _parse(data: bytes, path: str, line: int, *, limit: int | None, final: bool,
                     break
                 raise FastaFormatError(path, line, None, "blank line inside FASTQ records")
             if head.startswith(b">"):
-                raise FastaFormatError(path, line, _title_id(head[1:]),
-                                       "a FASTA record ('>' header) in a FASTQ file")
+                raise FastaFormatError(
+                    path, line, _title_id(head[1:]), "a FASTA record ('>' header) in a FASTQ file"
+                )
             shown = head[:40].decode("utf-8", "backslashreplace")
-            raise FastaFormatError(path, line, None,
-                                   f"not FASTQ: expected an '@' header line, found {shown!r}")
+            raise FastaFormatError(
+                path, line, None, f"not FASTQ: expected an '@' header line, found {shown!r}"
+            )
         title = head[1:]
         if i + 4 > complete:
             if not final:
                 break
-            raise FastaFormatError(path, line, _title_id(title),
-                                   f"truncated record: {complete - i} of its 4 lines "
-                                   "(header, sequence, '+', qualities) before the end of file")
+            raise FastaFormatError(
+                path,
+                line,
+                _title_id(title),
+                f"truncated record: {complete - i} of its 4 lines "
+                "(header, sequence, '+', qualities) before the end of file",
+            )
         seq, plus, qual = lines[i + 1].rstrip(_STRIP), lines[i + 2], lines[i + 3].rstrip(_STRIP)
         rid = _title_id(title)
         if not plus.startswith(b"+"):
             shown = plus[:40].decode("utf-8", "backslashreplace")
             raise FastaFormatError(
-                path, line + 2, rid, f"missing '+' line: found {shown!r} (a FASTQ record is "
-                "four lines: header, sequence, '+', qualities; wrapped sequences are not read)")
+                path,
+                line + 2,
+                rid,
+                f"missing '+' line: found {shown!r} (a FASTQ record is "
+                "four lines: header, sequence, '+', qualities; wrapped sequences are not read)",
+            )
         repeated = plus[1:].rstrip(_STRIP)
         if repeated and repeated != title.rstrip(_STRIP):
-            raise FastaFormatError(path, line + 2, rid,
-                                   "the '+' line repeats a different title than the '@' line")
+            raise FastaFormatError(
+                path, line + 2, rid, "the '+' line repeats a different title than the '@' line"
+            )
         if len(qual) != len(seq):
-            raise FastaFormatError(path, line + 3, rid,
-                                   f"sequence and quality lengths differ ({len(seq)} bases, "
-                                   f"{len(qual)} quality values)")
+            raise FastaFormatError(
+                path,
+                line + 3,
+                rid,
+                f"sequence and quality lengths differ ({len(seq)} bases, "
+                f"{len(qual)} quality values)",
+            )
         records.append(Record(rid, seq.decode("utf-8"), path, line))
         for k in range(4):
             pos += len(lines[i + k]) + 1
@@ -145,7 +171,7 @@ def _next_line(data: bytes, at: int) -> int:
     n = data.find(b"\n", at)
     r = data.find(b"\r", at, n if n >= 0 else len(data))
     if r >= 0:
-        return r + 2 if data[r + 1:r + 2] == b"\n" else r + 1
+        return r + 2 if data[r + 1 : r + 2] == b"\n" else r + 1
     return n + 1 if n >= 0 else len(data)
 
 
@@ -184,8 +210,9 @@ def read_fastq_block(block: FastaBlock) -> list[Record]:
         nxt = _next_line(data, at)
         if line < block.record_line and data[at:nxt].strip():
             shown = data[at:nxt].strip()[:40].decode("utf-8", "backslashreplace")
-            raise FastaFormatError(path, line, None,
-                                   f"not FASTQ: expected an '@' header line, found {shown!r}")
+            raise FastaFormatError(
+                path, line, None, f"not FASTQ: expected an '@' header line, found {shown!r}"
+            )
         at, line = nxt, line + 1
     if at >= data_end:
         return []
@@ -203,8 +230,9 @@ def iter_fastq_gzip(path: str) -> Iterator[list[Record]]:
             try:
                 data = g.read(_SCAN)
             except (EOFError, OSError, zlib.error) as exc:
-                raise FastaFormatError(path, line, None,
-                                       f"corrupt or truncated gzip data: {exc}") from exc
+                raise FastaFormatError(
+                    path, line, None, f"corrupt or truncated gzip data: {exc}"
+                ) from exc
             final = not data
             buf += data
             hold = b""

@@ -50,7 +50,7 @@ class BlockOrfs:
                 reads.append(dataclasses.replace(read, chunks=0, orfs=0, problem=excluded[i]))
             else:
                 reads.append(read)
-                orfs.extend(self.orfs[pos:pos + read.orfs])
+                orfs.extend(self.orfs[pos : pos + read.orfs])
             pos += read.orfs
         return BlockOrfs(self.block, reads, orfs)
 
@@ -61,8 +61,9 @@ class BlockOrfs:
 Selection = Callable[[str, str], list[Orf]]
 
 
-def orfs_from_records(records: Iterable[Record], chunk_size: int, block: int = 0,
-                      select: Selection = six_frame_orfs) -> BlockOrfs:
+def orfs_from_records(
+    records: Iterable[Record], chunk_size: int, block: int = 0, select: Selection = six_frame_orfs
+) -> BlockOrfs:
     """Chunk and translate every acceptable record; records with a problem keep no ORF."""
     reads: list[ReadInfo] = []
     orfs: list[Orf] = []
@@ -75,13 +76,13 @@ def orfs_from_records(records: Iterable[Record], chunk_size: int, block: int = 0
         chunks = chunk_record(rec.id, rec.sequence, chunk_size)
         for chunk_id, chunk_seq in chunks:
             orfs.extend(select(chunk_id, chunk_seq))
-        reads.append(ReadInfo(rec.id, len(rec.sequence), len(chunks), len(orfs) - before,
-                              rec.path, rec.line))
+        reads.append(
+            ReadInfo(rec.id, len(rec.sequence), len(chunks), len(orfs) - before, rec.path, rec.line)
+        )
     return BlockOrfs(block, reads, orfs)
 
 
-def read_orfs(block: FastaBlock, chunk_size: int,
-              select: Selection = six_frame_orfs) -> BlockOrfs:
+def read_orfs(block: FastaBlock, chunk_size: int, select: Selection = six_frame_orfs) -> BlockOrfs:
     """Read one FASTA block and build its ORF table."""
     return orfs_from_records(read_block(block), chunk_size, block.index, select)
 
@@ -100,5 +101,9 @@ def content_hashes(texts: Sequence[str]) -> np.ndarray:
 def id_hashes(table: BlockOrfs) -> np.ndarray:
     """64-bit hashes of the read ids, to find duplicates across blocks without moving ids."""
     return np.array(
-        [int.from_bytes(hashlib.blake2b(r.id.encode(), digest_size=8).digest(), "little")
-         for r in table.reads], dtype=np.uint64)
+        [
+            int.from_bytes(hashlib.blake2b(r.id.encode(), digest_size=8).digest(), "little")
+            for r in table.reads
+        ],
+        dtype=np.uint64,
+    )

@@ -41,17 +41,22 @@ def files_without_records(blocks: list, reads_per_block: list[int]) -> list[tupl
     reads: dict[str, int] = {}
     for block, n in zip(blocks, reads_per_block, strict=True):
         reads[block.path] = reads.get(block.path, 0) + n
-    return [(path, "input", "holds no FASTA record (empty file)")
-            for path, n in reads.items() if not n]
+    return [
+        (path, "input", "holds no FASTA record (empty file)") for path, n in reads.items() if not n
+    ]
 
 
 def failed_rows(entries) -> dict[int, tuple[str, str]]:
     """Failed ORFs of the manifest entries as {global row: (stage, error)}."""
-    return {int(f["row"]): (f["stage"], f["error"])
-            for entry in entries for f in entry.get("failed", ())}
+    return {
+        int(f["row"]): (f["stage"], f["error"])
+        for entry in entries
+        for f in entry.get("failed", ())
+    }
 
 
-def rows_in_block(failed: dict[int, tuple[str, str]], offsets: np.ndarray,
-              block: int) -> dict[int, tuple[str, str]]:
+def rows_in_block(
+    failed: dict[int, tuple[str, str]], offsets: np.ndarray, block: int
+) -> dict[int, tuple[str, str]]:
     lo, hi = int(offsets[block]), int(offsets[block + 1])
     return {r: f for r, f in failed.items() if lo <= r < hi}

@@ -39,7 +39,6 @@ class Record:
     line: int
 
 
-
 def count_line_ends(data: bytes, after_cr: bool = False) -> int:
     """Line ends (LF, CRLF, lone CR) in ``data``; ``after_cr``: ``data`` follows a CR."""
     n = data.count(b"\n")

@@ -35,8 +35,7 @@ import numpy as np
 from virnuc_dask.core.fasta import plan_blocks, read_block
 from virnuc_dask.core.translate import Orf, six_frame_orfs
 
-__all__ = ["AMBIGUOUS", "ProteinReference", "TrainingSelection", "load_reference",
-           "training_orfs"]
+__all__ = ["AMBIGUOUS", "ProteinReference", "TrainingSelection", "load_reference", "training_orfs"]
 
 #: The bases for which the original drops a training chunk.
 AMBIGUOUS = frozenset("NRYMKSWHBVD")
@@ -57,8 +56,9 @@ class ProteinReference:
     """
 
     def __init__(self, proteins: Iterable[str]) -> None:
-        text = _SEPARATOR.join(p.strip().upper().encode("ascii", "replace")
-                               for p in proteins if p.strip())
+        text = _SEPARATOR.join(
+            p.strip().upper().encode("ascii", "replace") for p in proteins if p.strip()
+        )
         self.proteins = text.count(_SEPARATOR) + 1 if text else 0
         self.residues = len(text) - max(0, self.proteins - 1)
         self._text = text
@@ -67,7 +67,7 @@ class ProteinReference:
         if n > 0:
             codes = np.zeros(n, dtype=np.uint64)
             for j in range(_K):
-                codes |= data[j:j + n].astype(np.uint64) << np.uint64(8 * (_K - 1 - j))
+                codes |= data[j : j + n].astype(np.uint64) << np.uint64(8 * (_K - 1 - j))
             self._order = np.argsort(codes, kind="stable").astype(np.int64)
             self._codes = codes[self._order]
         else:
@@ -84,14 +84,16 @@ class ProteinReference:
         lo = int(np.searchsorted(self._codes, code, side="left"))
         hi = int(np.searchsorted(self._codes, code, side="right"))
         text, m = self._text, len(query)
-        return any(text[pos:pos + m] == query for pos in self._order[lo:hi].tolist())
+        return any(text[pos : pos + m] == query for pos in self._order[lo:hi].tolist())
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_reference(paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...]
-                      ) -> ProteinReference:
-    proteins = (rec.sequence for block in plan_blocks(list(paths), 1 << 62)
-                for rec in read_block(block))
+def _cached_reference(
+    paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...]
+) -> ProteinReference:
+    proteins = (
+        rec.sequence for block in plan_blocks(list(paths), 1 << 62) for rec in read_block(block)
+    )
     return ProteinReference(proteins)
 
 
@@ -101,8 +103,9 @@ def load_reference(paths: Sequence[str]) -> ProteinReference:
     return _cached_reference(tuple(os.fspath(p) for p in paths), stamps)
 
 
-def training_orfs(chunk_id: str, chunk_sequence: str,
-                  reference: ProteinReference | None) -> list[Orf]:
+def training_orfs(
+    chunk_id: str, chunk_sequence: str, reference: ProteinReference | None
+) -> list[Orf]:
     """The ORFs of one chunk that the original keeps for training (see the module doc)."""
     upper = chunk_sequence.upper()
     if upper.isascii():
@@ -127,6 +130,5 @@ class TrainingSelection:
     protein_reference: tuple[str, ...] = ()
 
     def __call__(self, chunk_id: str, chunk_sequence: str) -> list[Orf]:
-        reference = load_reference(self.protein_reference) if self.protein_reference \
-            else None
+        reference = load_reference(self.protein_reference) if self.protein_reference else None
         return training_orfs(chunk_id, chunk_sequence, reference)

@@ -90,8 +90,9 @@ def _amino_per_position(seq: bytes) -> bytes:
     return index.to_bytes(len(seq) - 2, "big").translate(_AMINO_BY_INDEX)
 
 
-def _frame_orfs(chunk_id: str, names: tuple[str, str, str], seq: bytes, text: str | None,
-                out: list[Orf]) -> None:
+def _frame_orfs(
+    chunk_id: str, names: tuple[str, str, str], seq: bytes, text: str | None, out: list[Orf]
+) -> None:
     aminos = _amino_per_position(seq)
     for f in range(3):
         protein = aminos[f::3]
@@ -102,8 +103,11 @@ def _frame_orfs(chunk_id: str, names: tuple[str, str, str], seq: bytes, text: st
         if protein:
             if text is None:
                 text = seq.decode("ascii")
-            out.append(Orf(chunk_id + names[f], text[f:f + 3 * len(protein) + 1],
-                           protein.decode("ascii")))
+            out.append(
+                Orf(
+                    chunk_id + names[f], text[f : f + 3 * len(protein) + 1], protein.decode("ascii")
+                )
+            )
 
 
 def _six_frame_orfs_text(chunk_id: str, seq: str) -> list[Orf]:
@@ -111,10 +115,11 @@ def _six_frame_orfs_text(chunk_id: str, seq: str) -> list[Orf]:
     out = []
     for strand, names in ((seq, FRAMES[:3]), (reverse_complement(seq), FRAMES[3:])):
         for f in range(3):
-            protein = "".join(CODON_TABLE.get(strand[i:i + 3], "")
-                              for i in range(f, len(strand) - 2, 3))
+            protein = "".join(
+                CODON_TABLE.get(strand[i : i + 3], "") for i in range(f, len(strand) - 2, 3)
+            )
             if protein and "*" not in protein:
-                out.append(Orf(chunk_id + names[f], strand[f:f + 3 * len(protein) + 1], protein))
+                out.append(Orf(chunk_id + names[f], strand[f : f + 3 * len(protein) + 1], protein))
     return out
 
 

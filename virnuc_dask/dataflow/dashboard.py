@@ -124,8 +124,9 @@ def _metric(name: str):
 NO_GPU = "no GPU"
 
 
-def gpu_metrics(worker_info: dict[str, Any], memory: dict[str, int] | None = None
-                ) -> dict[str, Any] | str:
+def gpu_metrics(
+    worker_info: dict[str, Any], memory: dict[str, int] | None = None
+) -> dict[str, Any] | str:
     """A worker's GPU figures, or ``"no GPU"``.
 
     ``worker_info`` is the worker's entry of ``client.scheduler_info()["workers"]``:
@@ -154,6 +155,7 @@ def gpu_metrics(worker_info: dict[str, Any], memory: dict[str, int] | None = Non
 
 def worker_throughput(client: Client) -> dict[str, dict[str, float]]:
     """Each worker's totals, read from the workers themselves (not the last heartbeat)."""
+
     def collect(dask_worker: Any) -> dict[str, float]:
         totals = _totals(dask_worker)
         seconds = totals["embed_seconds"]

@@ -40,16 +40,18 @@ def _model_identity(source: str) -> str:
     if path.is_file():
         return _sampled_digest(path)
     if path.is_dir():
-        return ",".join(f"{p.name}={_sampled_digest(p)}"
-                        for p in sorted(path.iterdir()) if p.is_file())
+        return ",".join(
+            f"{p.name}={_sampled_digest(p)}" for p in sorted(path.iterdir()) if p.is_file()
+        )
     return source
 
 
 def fingerprint(settings, precision: str) -> dict[str, Any]:
     """What must be equal for a stored partition to be reused."""
     return {
-        "inputs": [{"path": str(Path(p).resolve()), "sha256": file_digest(p)}
-                   for p in settings.inputs],
+        "inputs": [
+            {"path": str(Path(p).resolve()), "sha256": file_digest(p)} for p in settings.inputs
+        ],
         "length": settings.length,
         "esm_model": _model_identity(settings.esm_model),
         "dnabert_model": _model_identity(settings.dnabert_model),
@@ -76,7 +78,8 @@ def prepare_out(settings) -> Path:
             os.fsync(fh.fileno())
     except OSError as exc:
         raise OutputDirError(
-            f"{out}: cannot write in the output directory: {exc.strerror}") from None
+            f"{out}: cannot write in the output directory: {exc.strerror}"
+        ) from None
     finally:
         probe.unlink(missing_ok=True)
     return out

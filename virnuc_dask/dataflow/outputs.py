@@ -40,7 +40,7 @@ HEADERS = {
     PREDICTIONS: "Sequence_ID\tPrediction\tscore1\tscore2\n",
     HIGHEST: "Modified_ID\tIs_Virus\n",
     READS: "read_id\tlength\tchunks\tchunks_with_orf\torfs\tvirus_chunks\tmax_virus_score"
-           "\tprediction\n",
+    "\tprediction\n",
     FAILED: "id\tstage\terror\n",
 }
 
@@ -92,8 +92,12 @@ def _writing(path: Path, *, sync: bool = False) -> Iterator[TextIO]:
         raise
 
 
-def write_block(table: BlockOrfs, scores: np.ndarray, parts: str | os.PathLike[str],
-                failed: Mapping[int, tuple[str, str]] | None = None) -> BlockCounts:
+def write_block(
+    table: BlockOrfs,
+    scores: np.ndarray,
+    parts: str | os.PathLike[str],
+    failed: Mapping[int, tuple[str, str]] | None = None,
+) -> BlockCounts:
     """Write the part files of one block; ``scores`` are its ORF rows' class probabilities.
 
     ``table.orfs`` may hold the ORFs or only their ids (all this needs).
@@ -106,21 +110,24 @@ def write_block(table: BlockOrfs, scores: np.ndarray, parts: str | os.PathLike[s
     failed = failed or {}
     counts = BlockCounts(reads=len(table.reads), orfs=len(table.orfs))
     chunk_rows: list[tuple[str, bool]] = []
-    with _writing(_part(parts, PREDICTIONS, table.block)) as pred, \
-            _writing(_part(parts, READS, table.block)) as reads, \
-            _writing(_part(parts, FAILED, table.block)) as failures:
+    with (
+        _writing(_part(parts, PREDICTIONS, table.block)) as pred,
+        _writing(_part(parts, READS, table.block)) as reads,
+        _writing(_part(parts, FAILED, table.block)) as failures,
+    ):
         row = 0
         for read in table.reads:
             if read.problem is not None:
                 counts.failed += 1
                 counts.reads_failed += 1
-                failures.write(f"{read.id}\tread\t{_clean(read.problem)} "
-                               f"({read.path}, line {read.line})\n")
+                failures.write(
+                    f"{read.id}\tread\t{_clean(read.problem)} ({read.path}, line {read.line})\n"
+                )
                 reads.write(f"{read.id}\t{read.length}\t0\t0\t0\t0\tNA\tfailed\n")
                 continue
             counts.chunks += read.chunks
             chunk_best: dict[str, tuple[np.float32, np.float32]] = {}
-            for r, orf in enumerate(table.orfs[row:row + read.orfs], start=row):
+            for r, orf in enumerate(table.orfs[row : row + read.orfs], start=row):
                 orf_id = orf if isinstance(orf, str) else orf.id
                 if r in failed:
                     stage, error = failed[r]
@@ -135,8 +142,9 @@ def write_block(table: BlockOrfs, scores: np.ndarray, parts: str | os.PathLike[s
                 pred.write(f"{orf_id}\t{label}\t{str(s1)}\t{str(s2)}\n")
                 chunk = orf_id[:-2]
                 best = chunk_best.get(chunk)
-                chunk_best[chunk] = (s1, s2) if best is None else (max(best[0], s1),
-                                                                   max(best[1], s2))
+                chunk_best[chunk] = (
+                    (s1, s2) if best is None else (max(best[0], s1), max(best[1], s2))
+                )
             row += read.orfs
             verdicts = [(chunk, bool(b2 >= b1)) for chunk, (b1, b2) in chunk_best.items()]
             chunk_rows.extend(verdicts)
@@ -152,8 +160,10 @@ def write_block(table: BlockOrfs, scores: np.ndarray, parts: str | os.PathLike[s
             else:
                 counts.reads_no_orf += 1
                 call, best_virus = "no_orf", "NA"
-            reads.write(f"{read.id}\t{read.length}\t{read.chunks}\t{len(verdicts)}\t{read.orfs}"
-                        f"\t{virus_chunks}\t{best_virus}\t{call}\n")
+            reads.write(
+                f"{read.id}\t{read.length}\t{read.chunks}\t{len(verdicts)}\t{read.orfs}"
+                f"\t{virus_chunks}\t{best_virus}\t{call}\n"
+            )
     chunk_rows.sort()
     with _writing(_part(parts, HIGHEST, table.block)) as high:
         high.writelines(f"{chunk}\t{verdict}\n" for chunk, verdict in chunk_rows)
@@ -169,8 +179,12 @@ def _chunk_key(line: str) -> str:
     return line.split("\t", 1)[0]
 
 
-def assemble(parts: str | os.PathLike[str], out: str | os.PathLike[str], blocks: int,
-             file_failures: Sequence[tuple[str, str, str]] = ()) -> None:
+def assemble(
+    parts: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    blocks: int,
+    file_failures: Sequence[tuple[str, str, str]] = (),
+) -> None:
     """Join the part files of ``blocks`` blocks into the final result files in ``out``.
 
     ``file_failures``: (id, stage, error) rows about whole input files, listed first.

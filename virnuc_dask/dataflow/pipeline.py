@@ -119,9 +119,15 @@ class RunResult:
 
 # -- tasks (run on workers) ---------------------------------------------------------------
 
-def _read_block(block: FastaBlock, chunk_size: int, root: str, buckets: int,
-                excluded: dict[int, str] | None = None,
-                select: Selection = six_frame_orfs) -> tuple[int, np.ndarray]:
+
+def _read_block(
+    block: FastaBlock,
+    chunk_size: int,
+    root: str,
+    buckets: int,
+    excluded: dict[int, str] | None = None,
+    select: Selection = six_frame_orfs,
+) -> tuple[int, np.ndarray]:
     """Read and translate one block into the scratch; (ORFs, read id hashes)."""
     table = read_orfs(block, chunk_size, select)
     if excluded:
@@ -130,8 +136,9 @@ def _read_block(block: FastaBlock, chunk_size: int, root: str, buckets: int,
     return len(table.orfs), id_hashes(table)
 
 
-def _load_partition(root: str, pieces: list[tuple[int, int, int]], row_start: int,
-                    rows: int, buckets: int) -> PartitionRows:
+def _load_partition(
+    root: str, pieces: list[tuple[int, int, int]], row_start: int, rows: int, buckets: int
+) -> PartitionRows:
     ids, nucleotides, proteins = [], [], []
     for block, lo, hi in pieces:
         ids += read_column(root, block, "ids", lo, hi)
@@ -139,8 +146,9 @@ def _load_partition(root: str, pieces: list[tuple[int, int, int]], row_start: in
         proteins += read_column(root, block, "protein", lo, hi)
     found = None
     if buckets:
-        found = {m: dedup_sources(root, m, buckets, row_start, row_start + rows)
-                 for m in MODEL_ARRAYS}
+        found = {
+            m: dedup_sources(root, m, buckets, row_start, row_start + rows) for m in MODEL_ARRAYS
+        }
     return PartitionRows(ids, nucleotides, proteins, found)
 
 
@@ -148,8 +156,14 @@ def _classify_rows(features: np.ndarray) -> np.ndarray:
     return score(worker_models().classifier, features)
 
 
-def _write_block(root: str, block: int, row_start: int, store_path: str, parts: str,
-                 failed: dict[int, tuple[str, str]]) -> BlockCounts:
+def _write_block(
+    root: str,
+    block: int,
+    row_start: int,
+    store_path: str,
+    parts: str,
+    failed: dict[int, tuple[str, str]],
+) -> BlockCounts:
     reads = read_reads(root, block)
     ids = read_column(root, block, "ids")
     group = zarr.open_group(store_path, mode="r")
@@ -164,8 +178,7 @@ def _write_block(root: str, block: int, row_start: int, store_path: str, parts: 
                 f = failed.get(int(source[i]))
                 if f is not None and (model == "esm" or f[0] == "dnabert"):
                     mine.setdefault(int(i), f)
-    return write_block(BlockOrfs(block, reads, ids), group["scores"][row_start:stop], parts,
-                       mine)
+    return write_block(BlockOrfs(block, reads, ids), group["scores"][row_start:stop], parts, mine)
 
 
 # -- client side ----------------------------------------------------------------------------
@@ -186,8 +199,9 @@ def _check_embedding_workers(client: Client) -> None:
         return
     reasons = "; ".join(f["error"] for f in load_failures(client))
     raise ModelLoadError(
-        "no worker is left that can embed" + (f": {reasons}" if reasons else
-                                              " (every worker has gone)"))
+        "no worker is left that can embed"
+        + (f": {reasons}" if reasons else " (every worker has gone)")
+    )
 
 
 def preflight(settings) -> None:
@@ -197,7 +211,8 @@ def preflight(settings) -> None:
     """
     if settings.classifier is None:
         raise ModelLoadError(
-            "no classifier given: pass --classifier 300_model.pth or 500_model.pth")
+            "no classifier given: pass --classifier 300_model.pth or 500_model.pth"
+        )
     if not Path(settings.classifier).is_file():
         raise ModelLoadError(f"{settings.classifier}: classifier file not found")
     for path in settings.inputs:
@@ -250,10 +265,17 @@ def embedding_scratch(settings) -> Iterator[str]:
         scratch.remove(out)
 
 
-def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
-                 timings: dict[str, float], select: Selection = six_frame_orfs,
-                 fingerprint_extra: dict[str, Any] | None = None,
-                 check_counts: Callable[[list, list[int]], None] | None = None) -> Embedded:
+def embed_inputs(
+    settings,
+    client: Client,
+    *,
+    root: str,
+    tick: Progress,
+    timings: dict[str, float],
+    select: Selection = six_frame_orfs,
+    fingerprint_extra: dict[str, Any] | None = None,
+    check_counts: Callable[[list, list[int]], None] | None = None,
+) -> Embedded:
     """Load the models, read and translate the inputs, embed every ORF into the store.
 
     ``select`` picks a chunk's ORFs (prediction: every stop-free frame);
@@ -266,13 +288,19 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
     blocks = plan_blocks(list(settings.inputs), settings.blocksize)
     tick("models", 0, 1)
 
-    spec = ModelSpec(esm_model=settings.esm_model, dnabert_model=settings.dnabert_model,
-                     classifier=None if settings.classifier is None
-                     else str(Path(settings.classifier).resolve()),
-                     precision=settings.precision, device=settings.device,
-                     model_cache=settings.model_cache,
-                     offline=settings.offline, threads=settings.threads,
-                     threads_by_host=tuple(torch_threads_by_host(client).items()))
+    spec = ModelSpec(
+        esm_model=settings.esm_model,
+        dnabert_model=settings.dnabert_model,
+        classifier=None
+        if settings.classifier is None
+        else str(Path(settings.classifier).resolve()),
+        precision=settings.precision,
+        device=settings.device,
+        model_cache=settings.model_cache,
+        offline=settings.offline,
+        threads=settings.threads,
+        threads_by_host=tuple(torch_threads_by_host(client).items()),
+    )
     registered = time.time()
     client.register_plugin(ModelPlugin(spec))
     client.register_plugin(ThroughputMetrics())
@@ -280,12 +308,15 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
     statuses = wait_for_models(client, since=registered)
     facts = {**model_facts(statuses), "registered": registered}
     dims = {"dnabert": facts["dnabert"], "esm": facts["esm"]}
-    if settings.classifier is not None and \
-            facts["classifier_input"] != dims["dnabert"] + dims["esm"]:
+    if (
+        settings.classifier is not None
+        and facts["classifier_input"] != dims["dnabert"] + dims["esm"]
+    ):
         raise ModelLoadError(
             f"{settings.classifier}: classifier expects {facts['classifier_input']} features, "
             f"but DNABERT-S ({dims['dnabert']}) + ESM-2 ({dims['esm']}) give "
-            f"{dims['dnabert'] + dims['esm']}")
+            f"{dims['dnabert'] + dims['esm']}"
+        )
     timings["load_models"] = time.perf_counter() - t0
     tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
     # Read and translate every block into the scratch; only counts come back.
@@ -293,29 +324,52 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
     tick("read", 0, len(blocks))
     buckets = _dedup_buckets(settings)
     # (No retries: a read fails because of the file, and would fail again.)
-    summaries = client.gather(client.map(
-        _read_block, blocks, chunk_size=settings.length, root=root, buckets=buckets,
-        select=select, key=[unique_key("read_orfs") for _ in blocks]))
+    summaries = client.gather(
+        client.map(
+            _read_block,
+            blocks,
+            chunk_size=settings.length,
+            root=root,
+            buckets=buckets,
+            select=select,
+            key=[unique_key("read_orfs") for _ in blocks],
+        )
+    )
     empty_inputs = files_without_records(blocks, [len(h) for _, h in summaries])
     duplicates = duplicate_reads([h for _, h in summaries])
     counts = [n for n, _ in summaries]
     reads = sum(len(h) for _, h in summaries)
     del summaries
     for block, excluded in duplicates.items():  # rare: written again without those reads
-        counts[block] = client.submit(_read_block, blocks[block], settings.length, root,
-                                      buckets, excluded, select, key=unique_key("read_orfs")
-                                      ).result()[0]
+        counts[block] = client.submit(
+            _read_block,
+            blocks[block],
+            settings.length,
+            root,
+            buckets,
+            excluded,
+            select,
+            key=unique_key("read_orfs"),
+        ).result()[0]
     total_rows = sum(counts)
     offsets = np.cumsum([0] + counts)
     dedup = {m: {"unique": total_rows, "total": total_rows} for m in MODEL_ARRAYS}
     if buckets and total_rows:
         jobs = [(m, k) for m in MODEL_ARRAYS for k in range(buckets)]
-        found = client.gather(client.map(
-            dedup_bucket, [root] * len(jobs), [m for m, _ in jobs], [k for _, k in jobs],
-            offsets=[int(o) for o in offsets[:-1]], key=[unique_key("dedup") for _ in jobs]))
+        found = client.gather(
+            client.map(
+                dedup_bucket,
+                [root] * len(jobs),
+                [m for m, _ in jobs],
+                [k for _, k in jobs],
+                offsets=[int(o) for o in offsets[:-1]],
+                key=[unique_key("dedup") for _ in jobs],
+            )
+        )
         for m in MODEL_ARRAYS:
-            dedup[m]["unique"] = sum(u for (mm, _), (_, u) in zip(jobs, found, strict=True)
-                                     if mm == m)
+            dedup[m]["unique"] = sum(
+                u for (mm, _), (_, u) in zip(jobs, found, strict=True) if mm == m
+            )
     timings["read_translate"] = time.perf_counter() - t
     if check_counts is not None:
         check_counts(blocks, counts)
@@ -330,29 +384,58 @@ def embed_inputs(settings, client: Client, *, root: str, tick: Progress,
         if diffs:
             raise OutputDirError(
                 f"{out} holds a run with different {', '.join(diffs)}; "
-                "use another --out, or --overwrite to start afresh")
+                "use another --out, or --overwrite to start afresh"
+            )
     else:
         # Results of the run being replaced must not outlive it next to the new store.
         remove_results(out)
-        store = EmbeddingStore.create(out, rows=total_rows, dims=dims,
-                                      chunk_rows=settings.partition_rows, classes=2,
-                                      fingerprint=fp, dedup=bool(buckets))
+        store = EmbeddingStore.create(
+            out,
+            rows=total_rows,
+            dims=dims,
+            chunk_rows=settings.partition_rows,
+            classes=2,
+            fingerprint=fp,
+            dedup=bool(buckets),
+        )
     plan = plan_partitions(counts, settings.partition_rows)
     done = {p for p in store.done_partitions() if p < len(plan)}
     todo = [p for p in range(len(plan)) if p not in done]
     logger.info("%d ORFs in %d partitions, %d already done", total_rows, len(plan), len(done))
     if buckets:
-        logger.info("inputs embedded once: DNABERT-S %d of %d, ESM-2 %d of %d",
-                    dedup["dnabert"]["unique"], total_rows, dedup["esm"]["unique"], total_rows)
+        logger.info(
+            "inputs embedded once: DNABERT-S %d of %d, ESM-2 %d of %d",
+            dedup["dnabert"]["unique"],
+            total_rows,
+            dedup["esm"]["unique"],
+            total_rows,
+        )
 
     # Embed the remaining partitions.
     t = time.perf_counter()
-    tick("embed", 0, len(todo), orfs_total=total_rows,
-         orfs_reused=total_rows - sum(hi - lo for p in todo for _, lo, hi in plan[p][1]))
+    tick(
+        "embed",
+        0,
+        len(todo),
+        orfs_total=total_rows,
+        orfs_reused=total_rows - sum(hi - lo for p in todo for _, lo, hi in plan[p][1]),
+    )
     partition_stats = _embed(client, settings, store, root, buckets, plan, todo, tick)
     timings["embed"] = time.perf_counter() - t
-    return Embedded(store, blocks, root, buckets, counts, plan, todo, partition_stats, facts,
-                    empty_inputs, reads, dedup)
+    return Embedded(
+        store,
+        blocks,
+        root,
+        buckets,
+        counts,
+        plan,
+        todo,
+        partition_stats,
+        facts,
+        empty_inputs,
+        reads,
+        dedup,
+    )
 
 
 def _dedup_buckets(settings) -> int:
@@ -368,8 +451,12 @@ def _dedup_buckets(settings) -> int:
 
 def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
     out = Path(settings.out)
-    store, blocks, root, buckets = (embedded.store, embedded.blocks, embedded.root,
-                                    embedded.buckets)
+    store, blocks, root, buckets = (
+        embedded.store,
+        embedded.blocks,
+        embedded.root,
+        embedded.buckets,
+    )
     plan, todo, partition_stats = embedded.plan, embedded.todo, embedded.partition_stats
     facts, empty_inputs, total_rows = embedded.facts, embedded.empty_inputs, embedded.rows
     offsets = np.cumsum([0] + embedded.counts)
@@ -378,16 +465,20 @@ def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
     t = time.perf_counter()
     tick("classify", 0, 1)
     if total_rows:
-        x = da.concatenate([lazy_rows(store.path, name) for name in MODEL_ARRAYS],
-                           axis=1).rechunk({1: -1})
+        x = da.concatenate([lazy_rows(store.path, name) for name in MODEL_ARRAYS], axis=1).rechunk(
+            {1: -1}
+        )
         with dask.annotate(resources=MODEL_RESOURCES):  # the classifier is a model too
-            scores = x.map_blocks(_classify_rows, dtype=np.float32,
-                                  chunks=(x.chunks[0], (2,)), token="classify")
+            scores = x.map_blocks(
+                _classify_rows, dtype=np.float32, chunks=(x.chunks[0], (2,)), token="classify"
+            )
         # Row chunks are the store's chunks: each task writes whole chunks of the array.
         # Unfused, so that "classify" stays a task name of its own on the dashboard.
         with naming(store.path):
-            client.compute(da.store(scores, store.group("r+")["scores"], lock=False,
-                                    compute=False), optimize_graph=False).result()
+            client.compute(
+                da.store(scores, store.group("r+")["scores"], lock=False, compute=False),
+                optimize_graph=False,
+            ).result()
     timings["classify"] = time.perf_counter() - t
     tick("classify", 1, 1, orfs=total_rows)
 
@@ -400,11 +491,21 @@ def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
     # Failed records: of partitions finished earlier, and of this run's (some unrecorded).
     failed = failed_rows([*store.entries().values(), *partition_stats])
     try:
-        counted = client.gather([
-            client.submit(_write_block, root, b, int(offsets[b]), str(store.path),
-                          str(parts), failed if buckets else rows_in_block(failed, offsets, b),
-                          key=unique_key("write-results"))
-            for b in range(len(blocks))])
+        counted = client.gather(
+            [
+                client.submit(
+                    _write_block,
+                    root,
+                    b,
+                    int(offsets[b]),
+                    str(store.path),
+                    str(parts),
+                    failed if buckets else rows_in_block(failed, offsets, b),
+                    key=unique_key("write-results"),
+                )
+                for b in range(len(blocks))
+            ]
+        )
         total = BlockCounts(failed=len(empty_inputs))
         for c in counted:
             total.add(c)
@@ -432,16 +533,24 @@ def _embed(client, settings, store, root, buckets, plan, todo, tick) -> list[dic
         row_start, pieces = plan[p]
         rows = sum(hi - lo for _, lo, hi in pieces)
         part = dask.delayed(_load_partition, pure=True)(
-            root, pieces, row_start, rows, buckets,
-            dask_key_name=unique_key("partition"))  # the scratch is this run's
-        meta = {"partition": p, "row_start": row_start, "out": str(store.out),
-                "toks_per_batch": settings.toks_per_batch,
-                "dnabert_toks_per_batch": settings.dnabert_toks_per_batch}
+            root, pieces, row_start, rows, buckets, dask_key_name=unique_key("partition")
+        )  # the scratch is this run's
+        meta = {
+            "partition": p,
+            "row_start": row_start,
+            "out": str(store.out),
+            "toks_per_batch": settings.toks_per_batch,
+            "dnabert_toks_per_batch": settings.dnabert_toks_per_batch,
+        }
         with dask.annotate(resources=resources):
             embedded = dask.delayed(embed_partition, pure=True)(
-                part, meta, dask_key_name=task_key(EMBED_STAGE, part, meta))
-        stored.append(dask.delayed(store_partition, pure=True)(
-            embedded, dask_key_name=task_key(STORE_STAGE, embedded)))
+                part, meta, dask_key_name=task_key(EMBED_STAGE, part, meta)
+            )
+        stored.append(
+            dask.delayed(store_partition, pure=True)(
+                embedded, dask_key_name=task_key(STORE_STAGE, embedded)
+            )
+        )
     # Unoptimised: fusing would merge the embedding and store tasks (and lose the
     # annotation that keeps only one embedding task per device).
     futures: list = []
@@ -458,7 +567,8 @@ def _embed(client, settings, store, root, buckets, plan, todo, tick) -> list[dic
                     f"embedding stopped: {streak} records in a row failed, the last "
                     f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
                     "fault is not in the input records: check the model files, the "
-                    "device and its driver")
+                    "device and its driver"
+                )
             tick("embed", n, len(stored), partitions=[entry])
     except BaseException:
         client.cancel(futures)
@@ -498,5 +608,3 @@ def _completed(client: Client, work: list, futures: list):
         pending[:] = list(rest)
         top_up()
         yield from done
-
-

@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 ProgressFactory = Callable[["RunCluster"], AbstractContextManager[Progress | None]]
 
 
-def run_prediction(settings: Settings, *, client: Client | None = None,
-                   progress: ProgressFactory | None = None) -> tuple[RunResult, str | None]:
+def run_prediction(
+    settings: Settings, *, client: Client | None = None, progress: ProgressFactory | None = None
+) -> tuple[RunResult, str | None]:
     """Run ``settings``' prediction; return the result and the dashboard link (if any)."""
     from virnuc_dask.cluster.start import RunCluster, open_cluster
     from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
@@ -45,8 +46,9 @@ def run_prediction(settings: Settings, *, client: Client | None = None,
         else:
             cluster = RunCluster(client)
         link = dashboard_link(client)
-        logger.info("dashboard: %s", link
-                    or "none (the scheduler runs without one; it needs bokeh)")
+        logger.info(
+            "dashboard: %s", link or "none (the scheduler runs without one; it needs bokeh)"
+        )
         stack.enter_context(client.as_current())
         stack.enter_context(performance_report(settings.performance_report))
         sink = stack.enter_context(progress(cluster)) if progress is not None else None

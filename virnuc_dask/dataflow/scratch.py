@@ -86,9 +86,11 @@ def write_table(root: str | os.PathLike[str], table: BlockOrfs, *, buckets: int 
     """Write ``table``'s columns (and, ``buckets`` > 0, its hash buckets) under ``root``."""
     where = _block_dir(Path(root), table.block)
     where.mkdir(parents=True, exist_ok=True)
-    columns = {"ids": [o.id for o in table.orfs],
-               "nucleotide": [o.nucleotide for o in table.orfs],
-               "protein": [o.protein for o in table.orfs]}
+    columns = {
+        "ids": [o.id for o in table.orfs],
+        "nucleotide": [o.nucleotide for o in table.orfs],
+        "protein": [o.protein for o in table.orfs],
+    }
     for name, values in columns.items():
         encoded = [v.encode() for v in values]
         ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
@@ -102,12 +104,15 @@ def write_table(root: str | os.PathLike[str], table: BlockOrfs, *, buckets: int 
             order = np.argsort(bucket, kind="stable")
             _save(where / f"{model}.hash.npy", hashes[order])
             _save(where / f"{model}.row.npy", order.astype(np.int64))
-            _save(where / f"{model}.bounds.npy",
-                  np.searchsorted(bucket[order], np.arange(buckets + 1)).astype(np.int64))
+            _save(
+                where / f"{model}.bounds.npy",
+                np.searchsorted(bucket[order], np.arange(buckets + 1)).astype(np.int64),
+            )
 
 
-def read_column(root: str | os.PathLike[str], block: int, name: str, lo: int = 0,
-                hi: int | None = None) -> list[str]:
+def read_column(
+    root: str | os.PathLike[str], block: int, name: str, lo: int = 0, hi: int | None = None
+) -> list[str]:
     """Rows ``[lo, hi)`` of one column of a block's table."""
     where = _block_dir(Path(root), block)
     ends = np.load(where / f"{name}.ends.npy", mmap_mode="r")
@@ -117,7 +122,7 @@ def read_column(root: str | os.PathLike[str], block: int, name: str, lo: int = 0
     start = int(ends[lo - 1]) if lo else 0
     stops = np.asarray(ends[lo:hi]) - start
     data = np.load(where / f"{name}.data.npy", mmap_mode="r")
-    raw = bytes(data[start:start + int(stops[-1])])
+    raw = bytes(data[start : start + int(stops[-1])])
     text = raw.decode()
     if len(text) == len(raw):  # ASCII: byte offsets are character offsets
         starts = np.concatenate(([0], stops[:-1]))
@@ -131,8 +136,9 @@ def read_reads(root: str | os.PathLike[str], block: int) -> list[ReadInfo]:
         return pickle.load(fh)
 
 
-def dedup_bucket(root: str | os.PathLike[str], model: str, bucket: int,
-                 offsets: Sequence[int]) -> tuple[int, int]:
+def dedup_bucket(
+    root: str | os.PathLike[str], model: str, bucket: int, offsets: Sequence[int]
+) -> tuple[int, int]:
     """Find the repeated inputs of one bucket over all blocks; (rows, unique rows).
 
     ``offsets[b]``: the global row of block ``b``'s first ORF. Writes the
@@ -164,8 +170,7 @@ def dedup_bucket(root: str | os.PathLike[str], model: str, bucket: int,
     return len(r), int(first.sum())
 
 
-def sources(root: str | os.PathLike[str], model: str, buckets: int, lo: int,
-            hi: int) -> np.ndarray:
+def sources(root: str | os.PathLike[str], model: str, buckets: int, lo: int, hi: int) -> np.ndarray:
     """For rows ``[lo, hi)``: the global row whose embedding each row takes (itself, or
     the first earlier row with the same input)."""
     out = np.arange(lo, hi, dtype=np.int64)

@@ -112,16 +112,36 @@ class EmbeddingStore:
                 chunk = max(1, min(chunk_rows, rows))
                 group.create_array("ids", shape=(rows,), chunks=(chunk,), dtype=str)
                 for name in MODEL_ARRAYS:
-                    group.create_array(name, shape=(rows, dims[name]),
-                                       chunks=(chunk, dims[name]), dtype="float32",
-                                       fill_value=0.0)
+                    group.create_array(
+                        name,
+                        shape=(rows, dims[name]),
+                        chunks=(chunk, dims[name]),
+                        dtype="float32",
+                        fill_value=0.0,
+                    )
                     if dedup:
-                        group.create_array(f"{name}_source", shape=(rows,), chunks=(chunk,),
-                                           dtype="int64", fill_value=-1)
-                group.create_array("scores", shape=(rows, classes), chunks=(chunk, classes),
-                                   dtype="float32", fill_value=0.0)
-                group.attrs.update({"fingerprint": dict(fingerprint), "chunk_rows": chunk_rows,
-                                    "rows": rows, "store_id": uuid.uuid4().hex})
+                        group.create_array(
+                            f"{name}_source",
+                            shape=(rows,),
+                            chunks=(chunk,),
+                            dtype="int64",
+                            fill_value=-1,
+                        )
+                group.create_array(
+                    "scores",
+                    shape=(rows, classes),
+                    chunks=(chunk, classes),
+                    dtype="float32",
+                    fill_value=0.0,
+                )
+                group.attrs.update(
+                    {
+                        "fingerprint": dict(fingerprint),
+                        "chunk_rows": chunk_rows,
+                        "rows": rows,
+                        "store_id": uuid.uuid4().hex,
+                    }
+                )
                 shutil.rmtree(store.path, ignore_errors=True)
                 os.rename(building, store.path)
         except BaseException:
@@ -145,8 +165,14 @@ class EmbeddingStore:
         return self.group().attrs.get("store_id")
 
     def write_partition(
-        self, index: int, row_start: int, ids: Sequence[str], arrays: Mapping[str, np.ndarray],
-        info: Mapping[str, Any], failed: Sequence[Mapping[str, Any]] = (), done: bool = True,
+        self,
+        index: int,
+        row_start: int,
+        ids: Sequence[str],
+        arrays: Mapping[str, np.ndarray],
+        info: Mapping[str, Any],
+        failed: Sequence[Mapping[str, Any]] = (),
+        done: bool = True,
         sources: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Write one partition's rows, flush them to disk, then record the partition as done.
@@ -161,20 +187,34 @@ class EmbeddingStore:
         written = []
         indexes = {f"{m}_source": v for m, v in (sources or {}).items()}
         with naming(self.path):
-            for name, values in (("ids", np.asarray(ids, dtype=str)), *arrays.items(),
-                                 *indexes.items()):
+            for name, values in (
+                ("ids", np.asarray(ids, dtype=str)),
+                *arrays.items(),
+                *indexes.items(),
+            ):
                 array = group[name]
                 array[row_start:stop] = values
-                written.append(self.path / name / array.metadata.encode_chunk_key(
-                    (row_start // array.chunks[0],) + (0,) * (array.ndim - 1)))
+                written.append(
+                    self.path
+                    / name
+                    / array.metadata.encode_chunk_key(
+                        (row_start // array.chunks[0],) + (0,) * (array.ndim - 1)
+                    )
+                )
             for path in written:
                 if path.is_file():  # a chunk equal to the fill value is not stored at all
                     _fsync(path)
         if not done:
             return
-        entry = {"partition": index, "row_start": row_start, "rows": len(ids),
-                 "store_id": group.attrs.get("store_id"), "finished": time.time(),
-                 "failed": [dict(f) for f in failed], **info}
+        entry = {
+            "partition": index,
+            "row_start": row_start,
+            "rows": len(ids),
+            "store_id": group.attrs.get("store_id"),
+            "finished": time.time(),
+            "failed": [dict(f) for f in failed],
+            **info,
+        }
         atomic_write_text(self.manifest / f"p{index:07d}.json", json.dumps(entry))
 
     def entries(self) -> dict[int, dict[str, Any]]:
@@ -196,8 +236,9 @@ class EmbeddingStore:
         return set(self.entries())
 
 
-def read_rows(group: zarr.Group, name: str, lo: int, hi: int,
-              source: np.ndarray | None = None) -> np.ndarray:
+def read_rows(
+    group: zarr.Group, name: str, lo: int, hi: int, source: np.ndarray | None = None
+) -> np.ndarray:
     """Rows ``[lo, hi)`` of model array ``name``, through ``<name>_source`` when present."""
     array = group[name]
     values = array[lo:hi]
@@ -232,6 +273,12 @@ def lazy_rows(path: str | os.PathLike[str], name: str):
         return da.from_zarr(str(path), component=name)
     array = group[name]
     source = da.from_zarr(str(path), component=f"{name}_source")
-    return source.map_blocks(_rows_block, str(path), name, dtype=array.dtype, new_axis=1,
-                             chunks=(source.chunks[0], (array.shape[1],)),
-                             meta=np.empty((0, 0), dtype=array.dtype))
+    return source.map_blocks(
+        _rows_block,
+        str(path),
+        name,
+        dtype=array.dtype,
+        new_axis=1,
+        chunks=(source.chunks[0], (array.shape[1],)),
+        meta=np.empty((0, 0), dtype=array.dtype),
+    )

@@ -23,8 +23,10 @@ def model_facts(statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:
     first = ready[0]
     precisions = sorted({s["precision"] for s in ready})
     if len(precisions) > 1:
-        logger.warning("workers embed in different precisions (%s); each is listed in "
-                       "the run summary", ", ".join(precisions))
+        logger.warning(
+            "workers embed in different precisions (%s); each is listed in the run summary",
+            ", ".join(precisions),
+        )
     return {**first["dims"], "precision": first["precision"], "device": first["device"]}
 
 
@@ -32,13 +34,30 @@ def run_summary(settings, client, facts, total, plan, todo, partition_stats, tim
     workers: dict[str, dict[str, Any]] = {}
     # ``orfs``: the ORFs of the computed partitions; ``embedded``: those the model ran on
     # (the first copy of each input, with dedup).
-    stages = {m: {"orfs": 0, "embedded": 0, "batches": 0, "real_tokens": 0,
-                  "padded_tokens": 0, "oom_splits": 0, "seconds": 0.0} for m in MODEL_ARRAYS}
+    stages = {
+        m: {
+            "orfs": 0,
+            "embedded": 0,
+            "batches": 0,
+            "real_tokens": 0,
+            "padded_tokens": 0,
+            "oom_splits": 0,
+            "seconds": 0.0,
+        }
+        for m in MODEL_ARRAYS
+    }
     for entry in partition_stats:
-        w = workers.setdefault(entry["worker"], {
-            "partitions": 0, "orfs": 0, "seconds": 0.0, "store_seconds": 0.0,
-            "tokens": dict.fromkeys(MODEL_ARRAYS, 0),
-            "model_seconds": dict.fromkeys(MODEL_ARRAYS, 0.0)})
+        w = workers.setdefault(
+            entry["worker"],
+            {
+                "partitions": 0,
+                "orfs": 0,
+                "seconds": 0.0,
+                "store_seconds": 0.0,
+                "tokens": dict.fromkeys(MODEL_ARRAYS, 0),
+                "model_seconds": dict.fromkeys(MODEL_ARRAYS, 0.0),
+            },
+        )
         w["partitions"] += 1
         w["orfs"] += entry["esm"].get("rows", entry["esm"]["sequences"])  # copies included
         w["seconds"] += entry["esm"]["seconds"] + entry["dnabert"]["seconds"]
@@ -56,45 +75,58 @@ def run_summary(settings, client, facts, total, plan, todo, partition_stats, tim
     statuses = model_status(client)
     for w in workers.values():
         w["orfs_per_s"] = w["orfs"] / w["seconds"] if w["seconds"] else None
-        w["tokens_per_s"] = {m: w["tokens"][m] / s if s else None
-                             for m, s in w["model_seconds"].items()}
+        w["tokens_per_s"] = {
+            m: w["tokens"][m] / s if s else None for m, s in w["model_seconds"].items()
+        }
         # Dynamic scheduling: a faster device takes a larger share of the partitions.
         w["share"] = w["orfs"] / computed if computed else None
     for address, status in statuses.items():
         if status["state"] != "ready":
             continue
         w = workers.setdefault(address, {"partitions": 0, "orfs": 0, "share": 0.0})
-        w.update(device=status["device"], precision=status["precision"],
-                 device_name=status.get("device_info", {}).get("name"),
-                 tf32=status.get("matmul"), threads=status.get("threads"),
-                 gpu=gpu_metrics(info["workers"].get(address, {}), status.get("memory")))
-    failed_workers = [{k: f.get(k) for k in ("worker", "host", "device", "error")}
-                      for f in load_failures(client, since=facts["registered"])]
+        w.update(
+            device=status["device"],
+            precision=status["precision"],
+            device_name=status.get("device_info", {}).get("name"),
+            tf32=status.get("matmul"),
+            threads=status.get("threads"),
+            gpu=gpu_metrics(info["workers"].get(address, {}), status.get("memory")),
+        )
+    failed_workers = [
+        {k: f.get(k) for k in ("worker", "host", "device", "error")}
+        for f in load_failures(client, since=facts["registered"])
+    ]
     for stage in stages.values():
-        stage["tokens_per_s"] = stage["real_tokens"] / stage["seconds"] if stage["seconds"] \
-            else None
-        stage["padding_efficiency"] = stage["real_tokens"] / stage["padded_tokens"] \
-            if stage["padded_tokens"] else None
+        stage["tokens_per_s"] = (
+            stage["real_tokens"] / stage["seconds"] if stage["seconds"] else None
+        )
+        stage["padding_efficiency"] = (
+            stage["real_tokens"] / stage["padded_tokens"] if stage["padded_tokens"] else None
+        )
     nthreads = {a: w.get("nthreads") for a, w in info["workers"].items()}
     return {
         "version": __version__,
         "status": "partial" if total.failed else "complete",
         "inputs": list(settings.inputs),
         "length": settings.length,
-        "models": {"esm": {"source": settings.esm_model, "dim": facts["esm"]},
-                   "dnabert": {"source": settings.dnabert_model, "dim": facts["dnabert"]},
-                   "classifier": {"source": settings.classifier,
-                                  "input_dim": facts["classifier_input"]}},
+        "models": {
+            "esm": {"source": settings.esm_model, "dim": facts["esm"]},
+            "dnabert": {"source": settings.dnabert_model, "dim": facts["dnabert"]},
+            "classifier": {"source": settings.classifier, "input_dim": facts["classifier_input"]},
+        },
         "precision": facts["precision"],
         "device": facts["device"],
         "workers_failed": failed_workers,
-        "cluster": {"scheduler": info.get("address"), "workers": len(info["workers"]),
-                    "dashboard": getattr(client, "dashboard_link", None),
-                    "host": socket.gethostname(), "platform": platform.platform(),
-                    "threads_per_worker": nthreads},
+        "cluster": {
+            "scheduler": info.get("address"),
+            "workers": len(info["workers"]),
+            "dashboard": getattr(client, "dashboard_link", None),
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "threads_per_worker": nthreads,
+        },
         "counts": dataclasses.asdict(total),
-        "partitions": {"total": len(plan), "computed": len(todo),
-                       "reused": len(plan) - len(todo)},
+        "partitions": {"total": len(plan), "computed": len(todo), "reused": len(plan) - len(todo)},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "reads_per_s": total.reads / timings["total"] if timings["total"] else None,
         "workers": workers,

@@ -13,8 +13,13 @@ from typing import Any
 
 from virnuc_dask.formatting import clock, compact
 
-STAGE_NAMES = {"load_models": "load models", "read_translate": "read + translate",
-               "embed": "embed", "classify": "classify", "write": "write"}
+STAGE_NAMES = {
+    "load_models": "load models",
+    "read_translate": "read + translate",
+    "embed": "embed",
+    "classify": "classify",
+    "write": "write",
+}
 MODEL_NAMES = {"dnabert": "DNABERT-S", "esm": "ESM-2"}
 
 
@@ -37,9 +42,14 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         # "failed" counts rows of failed_records.tsv (ORFs too); reads_failed the reads.
         failed = c.get("reads_failed", c.get("failed", 0))
         others = reads - c.get("reads_virus", 0) - c.get("reads_no_orf", 0) - failed
-        rows.append(("reads", f"{reads:,}: {c.get('reads_virus', 0):,} viral, {others:,} "
-                     f"others, {c.get('reads_no_orf', 0):,} without ORF, "
-                     f"{failed:,} failed"))
+        rows.append(
+            (
+                "reads",
+                f"{reads:,}: {c.get('reads_virus', 0):,} viral, {others:,} "
+                f"others, {c.get('reads_no_orf', 0):,} without ORF, "
+                f"{failed:,} failed",
+            )
+        )
     if "chunks" in c:
         rows.append(("chunks", f"{c['chunks']:,} ({c.get('chunks_virus', 0):,} viral)"))
     if "orfs" in c:
@@ -47,8 +57,13 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("ORFs", f"{c['orfs']:,}{failed}"))
     p = summary.get("partitions")
     if p:
-        rows.append(("partitions", f"{p.get('total', 0)} ({p.get('computed', 0)} computed, "
-                     f"{p.get('reused', 0)} reused)"))
+        rows.append(
+            (
+                "partitions",
+                f"{p.get('total', 0)} ({p.get('computed', 0)} computed, "
+                f"{p.get('reused', 0)} reused)",
+            )
+        )
     if "inputs" in summary:
         rows.append(("inputs", ", ".join(summary["inputs"])))
     if "length" in summary:
@@ -81,8 +96,10 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             text = f"{stage['orfs']:,} ORFs"
             if stage.get("embedded", stage["orfs"]) != stage["orfs"]:
                 text += f" ({stage['embedded']:,} embedded, the others copies)"
-            text += (f", {stage.get('real_tokens', 0):,} tokens, "
-                     f"{_rate(stage.get('tokens_per_s'))} tokens/s of worker time")
+            text += (
+                f", {stage.get('real_tokens', 0):,} tokens, "
+                f"{_rate(stage.get('tokens_per_s'))} tokens/s of worker time"
+            )
             if stage.get("padding_efficiency"):
                 text += f", padding efficiency {stage['padding_efficiency']:.2f}"
             if stage.get("oom_splits"):
@@ -93,8 +110,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         if w.get("orfs_per_s"):
             text += f", {_rate(w['orfs_per_s'])} ORFs/s"
         tps = w.get("tokens_per_s") or {}
-        text += "".join(f", {MODEL_NAMES.get(k, k)} {_rate(v)} tok/s"
-                        for k, v in tps.items() if v)
+        text += "".join(f", {MODEL_NAMES.get(k, k)} {_rate(v)} tok/s" for k, v in tps.items() if v)
         rows.append((f"worker {address}", text))
     return rows
 

@@ -65,8 +65,14 @@ def load_classifier(path: str | os.PathLike[str]) -> MLPClassifier:
             obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: classifier file not found") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-            ValueError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{path}: not a loadable VirNucPro classifier: {first}") from None
     state = obj.state_dict() if isinstance(obj, nn.Module) else obj
@@ -110,8 +116,9 @@ class _MainPickler(pickle._Pickler):
         super().save_global(obj, name)
 
 
-_MAIN_PICKLE = types.SimpleNamespace(__name__="pickle", Pickler=_MainPickler,
-                                     Unpickler=pickle.Unpickler)
+_MAIN_PICKLE = types.SimpleNamespace(
+    __name__="pickle", Pickler=_MainPickler, Unpickler=pickle.Unpickler
+)
 
 
 def classifier_bytes(model: MLPClassifier) -> bytes:

@@ -59,7 +59,8 @@ def resolve_esm_path(
         if not regression.is_file():
             raise ModelLoadError(
                 f"{regression}: missing; fair-esm expects the contact-regression file beside "
-                f"{path.name}")
+                f"{path.name}"
+            )
         return path
     directory = hub_dir(cache_dir)
     files = [f"{source}.pt", f"{source}-contact-regression.pt"]
@@ -68,7 +69,8 @@ def resolve_esm_path(
     if offline:
         raise ModelLoadError(
             f"ESM-2 model {source!r} is not in {directory} and downloads are off (offline); "
-            "stage it with `virnuc-dask models fetch`")
+            "stage it with `virnuc-dask models fetch`"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(directory / f"{source}.lock")):
         for name, sub in zip(files, ("models", "regression"), strict=True):
@@ -77,7 +79,8 @@ def resolve_esm_path(
                     _download(f"{HUB_URL}/{sub}/{name}", directory / name)
                 except OSError as exc:
                     raise ModelLoadError(
-                        f"cannot download ESM-2 model {source!r} ({name}): {exc}") from None
+                        f"cannot download ESM-2 model {source!r} ({name}): {exc}"
+                    ) from None
     return directory / files[0]
 
 
@@ -117,11 +120,18 @@ def load_esm(
             regression = _read_checkpoint(path.with_name(path.stem + "-contact-regression.pt"))
         # fair-esm's own loader, given the data (what load_model_and_alphabet_local does
         # after its torch.load).
-        model, alphabet = pretrained.load_model_and_alphabet_core(path.stem, model_data,
-                                                                  regression)
+        model, alphabet = pretrained.load_model_and_alphabet_core(path.stem, model_data, regression)
         del model_data, regression
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, OSError, ValueError,
-            TypeError, AttributeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        KeyError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        AttributeError,
+    ) as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

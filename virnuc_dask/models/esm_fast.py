@@ -65,11 +65,20 @@ class SdpaEsm2(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        for name in ("layers", "embed_tokens", "emb_layer_norm_after", "num_layers",
-                     "embed_dim", "attention_heads", "padding_idx", "mask_idx"):
+        for name in (
+            "layers",
+            "embed_tokens",
+            "emb_layer_norm_after",
+            "num_layers",
+            "embed_dim",
+            "attention_heads",
+            "padding_idx",
+            "mask_idx",
+        ):
             if not hasattr(model, name):
-                raise TypeError(f"{type(model).__name__} is not a fair-esm ESM2 model "
-                                f"(no {name!r})")
+                raise TypeError(
+                    f"{type(model).__name__} is not a fair-esm ESM2 model (no {name!r})"
+                )
         self.esm = model
         self.num_layers: int = model.num_layers
         self.embed_dim: int = model.embed_dim
@@ -83,18 +92,23 @@ class SdpaEsm2(nn.Module):
         for n, layer in enumerate(model.layers):
             rot = getattr(layer.self_attn, "rot_emb", None)
             if rot is None:
-                raise TypeError(f"layer {n} of {type(model).__name__} has no rotary embedding; "
-                                "not an ESM-2 layer")
+                raise TypeError(
+                    f"layer {n} of {type(model).__name__} has no rotary embedding; "
+                    "not an ESM-2 layer"
+                )
             stored = rot.inv_freq.detach().cpu()
-            if not torch.allclose(stored.float(), inv_freq.to(stored.dtype).float(), rtol=0,
-                                  atol=0):
-                raise ValueError(f"layer {n}: rotary inv_freq differs from ESM-2's "
-                                 f"1/10000^(2i/{self.head_dim})")
+            if not torch.allclose(
+                stored.float(), inv_freq.to(stored.dtype).float(), rtol=0, atol=0
+            ):
+                raise ValueError(
+                    f"layer {n}: rotary inv_freq differs from ESM-2's 1/10000^(2i/{self.head_dim})"
+                )
         self._inv_freq = inv_freq  # float32, CPU; tables are built from it per device
         self._rotary: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
-    def _rotary_tables(self, length: int, device: torch.device,
-                       dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def _rotary_tables(
+        self, length: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
         """``cos`` and ``sin`` with the first half negated, ``[length, 1, head_dim]``.
 
         fair-esm rotates ``x * cos + cat(-x2, x1) * sin``; ``cat(-x2, x1) * sin`` equals
@@ -125,8 +139,9 @@ class SdpaEsm2(nn.Module):
             x = x * (1 - MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
         return x * (1 - padding_mask.unsqueeze(-1).type_as(x))
 
-    def _attention(self, layer: nn.Module, x: Tensor, cos: Tensor, signed_sin: Tensor,
-                   key_mask: Tensor | None) -> Tensor:
+    def _attention(
+        self, layer: nn.Module, x: Tensor, cos: Tensor, signed_sin: Tensor, key_mask: Tensor | None
+    ) -> Tensor:
         attn = layer.self_attn
         b, t, _ = x.shape
         half = self.head_dim // 2
@@ -143,8 +158,9 @@ class SdpaEsm2(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=attn.scaling)
         return attn.out_proj(out.transpose(1, 2).reshape(b, t, self.embed_dim))
 
-    def forward(self, tokens: Tensor, repr_layers: list[int] | tuple[int, ...] = ()
-                ) -> dict[str, dict[int, Tensor]]:
+    def forward(
+        self, tokens: Tensor, repr_layers: list[int] | tuple[int, ...] = ()
+    ) -> dict[str, dict[int, Tensor]]:
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
         wanted = set(repr_layers)
@@ -177,4 +193,3 @@ class SdpaEsm2(nn.Module):
         if self.num_layers in wanted:
             reps[self.num_layers] = self.esm.emb_layer_norm_after(x)
         return {"representations": reps}
-

@@ -28,9 +28,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 ESM_SHAPES = {
-    "esm2_t6_8M_UR50D": (6, 320), "esm2_t12_35M_UR50D": (12, 480),
-    "esm2_t30_150M_UR50D": (30, 640), "esm2_t33_650M_UR50D": (33, 1280),
-    "esm2_t36_3B_UR50D": (36, 2560), "esm2_t48_15B_UR50D": (48, 5120),
+    "esm2_t6_8M_UR50D": (6, 320),
+    "esm2_t12_35M_UR50D": (12, 480),
+    "esm2_t30_150M_UR50D": (30, 640),
+    "esm2_t33_650M_UR50D": (33, 1280),
+    "esm2_t36_3B_UR50D": (36, 2560),
+    "esm2_t48_15B_UR50D": (48, 5120),
 }
 DNABERT_SHAPES = {"zhihan1996/DNABERT-S": (12, 768, 3072)}
 
@@ -51,8 +54,11 @@ class ModelShape:
         return self.flops(float(lengths.sum()), float((lengths**2).sum()))
 
     def as_dict(self) -> dict[str, int]:
-        return {"params": self.layers * self.weights_per_layer + self.head_weights,
-                "width": self.width, "layers": self.layers}
+        return {
+            "params": self.layers * self.weights_per_layer + self.head_weights,
+            "width": self.width,
+            "layers": self.layers,
+        }
 
     def flops(self, tokens: float, tokens_sq: float) -> float:
         """Forward FLOPs of sequences with ``sum(n) = tokens``, ``sum(n**2) = tokens_sq``:
@@ -72,8 +78,7 @@ def esm_source_shape(source: str) -> ModelShape | None:
         return None
     layers, d = shape
     # attention 4 d^2, feed-forward 2 * d * 4d; fair-esm's forward also runs its LM head
-    return ModelShape(f"{layers} layers x {d}", layers, d, 12 * d * d,
-                      head_weights=d * d + 33 * d)
+    return ModelShape(f"{layers} layers x {d}", layers, d, 12 * d * d, head_weights=d * d + 33 * d)
 
 
 def _esm_file_shape(path: str) -> tuple[int, int] | None:
@@ -96,16 +101,18 @@ def dnabert_source_shape(source: str, model_cache: str | None = None) -> ModelSh
     config = _dnabert_config_path(source, model_cache)
     if config is not None:
         values = json.loads(Path(config).read_text())
-        shape = (int(values["num_hidden_layers"]), int(values["hidden_size"]),
-                 int(values["intermediate_size"]))
+        shape = (
+            int(values["num_hidden_layers"]),
+            int(values["hidden_size"]),
+            int(values["intermediate_size"]),
+        )
     else:
         shape = DNABERT_SHAPES.get(source)
     if shape is None:
         return None
     layers, d, inner = shape
     # attention 4 d^2; gated MLP: d -> 2 * inner (gate and value), inner -> d
-    return ModelShape(f"{layers} layers x {d}", layers, d,
-                      4 * d * d + 3 * d * inner)
+    return ModelShape(f"{layers} layers x {d}", layers, d, 4 * d * d + 3 * d * inner)
 
 
 def _dnabert_config_path(source: str, model_cache: str | None) -> str | None:
@@ -120,8 +127,6 @@ def _dnabert_config_path(source: str, model_cache: str | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
-
-
 def module_shape(model: Any) -> ModelShape:
     """The shape of a loaded ESM-2 (fair-esm's or the SDPA wrapper) or DNABERT-S module,
     counting the weights of its layers' ``nn.Linear`` modules."""
@@ -133,8 +138,13 @@ def module_shape(model: Any) -> ModelShape:
         cfg = model.config
         layers, width, body = cfg.num_hidden_layers, cfg.hidden_size, model.encoder
     weights = sum(m.weight.numel() for m in body.modules() if isinstance(m, torch.nn.Linear))
-    return ModelShape(f"{layers} layers x {width}", layers, width, weights // layers,
-                      head_weights=weights % layers)
+    return ModelShape(
+        f"{layers} layers x {width}",
+        layers,
+        width,
+        weights // layers,
+        head_weights=weights % layers,
+    )
 
 
 def _sync(device: Any) -> None:
@@ -144,8 +154,14 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
-                size: int | None = None, repeats: int = 5, rounds: int = 3) -> float:
+def matmul_peak(
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    size: int | None = None,
+    repeats: int = 5,
+    rounds: int = 3,
+) -> float:
     """Best FLOP/s of ``size`` x ``size`` GEMMs on ``device`` (the attainable peak)."""
     device = torch.device(device)
     n = size or (8192 if device.type == "cuda" else 2048)

@@ -19,8 +19,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def precision_agreement(
-    *, esm_model: str, dnabert_model: str, classifier: str, nucleotides: Sequence[str],
-    proteins: Sequence[str], precisions: Sequence[str] = ("bf16", "fp16"),
+    *,
+    esm_model: str,
+    dnabert_model: str,
+    classifier: str,
+    nucleotides: Sequence[str],
+    proteins: Sequence[str],
+    precisions: Sequence[str] = ("bf16", "fp16"),
     device: torch.device | str = "cpu",
 ) -> dict[str, dict[str, Any]]:
     """Each precision against fp32 on the same ORFs, through the pipeline's embedding path.
@@ -67,12 +72,11 @@ def precision_agreement(
         scores = score(mlp, np.concatenate([dn, es], axis=1))
         cos = {"dnabert": _cosine(base_dn, dn), "esm": _cosine(base_es, es)}
         out[precision] = {
-            "orfs": len(proteins), "seconds": seconds,
+            "orfs": len(proteins),
+            "seconds": seconds,
             **{f"{m}_cosine_min": float(c.min()) for m, c in cos.items()},
             **{f"{m}_cosine_mean": float(c.mean()) for m, c in cos.items()},
             "labels_flipped": int(((scores[:, 1] > scores[:, 0]) != base_labels).sum()),
             "max_score_diff": float(np.abs(scores - base_scores).max()),
         }
     return out
-
-

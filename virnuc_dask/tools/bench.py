@@ -61,12 +61,20 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_ORFS = 256  # ORFs of the with/without-prefetch and original/ours comparisons
 WORKER_START_TIMEOUT = 120.0
-REQUIRED_KEYS = ("matmul_peak_flops", "esm_utilization", "dnabert_utilization",
-                 "padding_efficiency", "pipeline_reads_per_s", "original_style_reads_per_s",
-                 "speedup_vs_original", "workers")
+REQUIRED_KEYS = (
+    "matmul_peak_flops",
+    "esm_utilization",
+    "dnabert_utilization",
+    "padding_efficiency",
+    "pipeline_reads_per_s",
+    "original_style_reads_per_s",
+    "speedup_vs_original",
+    "workers",
+)
 
 
 # -- the parts of a bench run ---------------------------------------------------------------
+
 
 def check_worker_counts(counts: Sequence[int], gpus: Sequence[str] | None = None) -> None:
     """Refuse worker counts a local cluster cannot start: on a GPU node it starts one
@@ -79,17 +87,18 @@ def check_worker_counts(counts: Sequence[int], gpus: Sequence[str] | None = None
         raise ValueError(
             f"--workers {','.join(map(str, counts))} asks for {max(counts)} GPU workers, but "
             f"this node has {len(gpus)} visible GPU(s) ({', '.join(gpus)}) and starts one "
-            f"worker per GPU; use --workers {fits}")
+            f"worker per GPU; use --workers {fits}"
+        )
 
 
-def run_pipeline(settings, workers: int, *, timeout: float = WORKER_START_TIMEOUT
-                 ) -> dict[str, Any]:
+def run_pipeline(
+    settings, workers: int, *, timeout: float = WORKER_START_TIMEOUT
+) -> dict[str, Any]:
     """``predict`` on a local cluster of ``workers`` workers; wall time excludes startup."""
     from virnuc_dask.cluster.start import open_client
     from virnuc_dask.dataflow.pipeline import predict
 
-    settings = settings.replace(workers=workers, out=f"{settings.out}-{workers}w",
-                                overwrite=True)
+    settings = settings.replace(workers=workers, out=f"{settings.out}-{workers}w", overwrite=True)
     with open_client(settings) as client:
         try:
             client.wait_for_workers(workers, timeout=timeout)
@@ -97,49 +106,70 @@ def run_pipeline(settings, workers: int, *, timeout: float = WORKER_START_TIMEOU
             started = len(client.scheduler_info(n_workers=-1)["workers"])
             raise VirnucError(
                 f"bench: {started} of the {workers} workers asked for started within "
-                f"{timeout:.0f} s; use --workers {started or 1}") from None
+                f"{timeout:.0f} s; use --workers {started or 1}"
+            ) from None
         t = time.perf_counter()
         result = predict(settings, client)
         seconds = time.perf_counter() - t
     summary = result.summary
     reads = result.counts.reads
-    per_worker = {addr: {"partitions": w["partitions"], "orfs": w["orfs"],
-                         "embed_seconds": round(w["seconds"], 3),
-                         "store_seconds": round(w.get("store_seconds", 0.0), 3),
-                         "orfs_per_s": w["orfs_per_s"]}
-                  for addr, w in summary["workers"].items()}
+    per_worker = {
+        addr: {
+            "partitions": w["partitions"],
+            "orfs": w["orfs"],
+            "embed_seconds": round(w["seconds"], 3),
+            "store_seconds": round(w.get("store_seconds", 0.0), 3),
+            "orfs_per_s": w["orfs_per_s"],
+        }
+        for addr, w in summary["workers"].items()
+    }
     embed_s = sum(w["seconds"] for w in summary["workers"].values())
     store_s = sum(w.get("store_seconds", 0.0) for w in summary["workers"].values())
-    return {"workers": workers, "reads": reads, "orfs": result.counts.orfs,
-            # Writing rows runs in a task of its own beside the next embedding task: had
-            # it stayed in the embedding task, the device would have waited this share.
-            "store_seconds": store_s,
-            "store_share": store_s / (embed_s + store_s) if embed_s + store_s else None,
-            "seconds": seconds, "reads_per_s": reads / seconds,
-            "reads_per_s_per_worker": reads / seconds / workers,
-            "timings_s": summary["timings_s"], "embedding": summary["embedding"],
-            "per_worker": per_worker, "out": str(result.out)}
+    return {
+        "workers": workers,
+        "reads": reads,
+        "orfs": result.counts.orfs,
+        # Writing rows runs in a task of its own beside the next embedding task: had
+        # it stayed in the embedding task, the device would have waited this share.
+        "store_seconds": store_s,
+        "store_share": store_s / (embed_s + store_s) if embed_s + store_s else None,
+        "seconds": seconds,
+        "reads_per_s": reads / seconds,
+        "reads_per_s_per_worker": reads / seconds / workers,
+        "timings_s": summary["timings_s"],
+        "embedding": summary["embedding"],
+        "per_worker": per_worker,
+        "out": str(result.out),
+    }
 
 
-def stage_figures(stage: dict[str, Any], flops: float, peak: float,
-                  workers: int = 1) -> dict[str, float]:
+def stage_figures(
+    stage: dict[str, Any], flops: float, peak: float, workers: int = 1
+) -> dict[str, float]:
     """Tokens/s, FLOP/s, utilisation and padding efficiency of one stage of a run.
 
     A run's stage seconds are summed over its ``workers``, which embed at the same time
     on the same machine: the machine did the stage in ``seconds / workers``.
     """
     seconds = stage["seconds"] / workers
-    return {"tokens": stage["real_tokens"], "padded_tokens": stage["padded_tokens"],
-            "batches": stage["batches"], "seconds": seconds, "workers": workers,
-            "worker_seconds": stage["seconds"],
-            "tokens_per_s": stage["real_tokens"] / seconds,
-            "flops": flops, "flop_per_s": flops / seconds,
-            "utilization": flops / seconds / peak,
-            "padding_efficiency": stage["real_tokens"] / stage["padded_tokens"]}
+    return {
+        "tokens": stage["real_tokens"],
+        "padded_tokens": stage["padded_tokens"],
+        "batches": stage["batches"],
+        "seconds": seconds,
+        "workers": workers,
+        "worker_seconds": stage["seconds"],
+        "tokens_per_s": stage["real_tokens"] / seconds,
+        "flops": flops,
+        "flop_per_s": flops / seconds,
+        "utilization": flops / seconds / peak,
+        "padding_efficiency": stage["real_tokens"] / stage["padded_tokens"],
+    }
 
 
-def prefetch_effect(models: dict[str, Any], orfs: list, *, device: torch.device,
-                    rounds: int = 2) -> dict[str, dict[str, float]]:
+def prefetch_effect(
+    models: dict[str, Any], orfs: list, *, device: torch.device, rounds: int = 2
+) -> dict[str, dict[str, float]]:
     """Tokens/s of each stage on ``orfs`` with and without the prefetch thread (best of
     ``rounds``, alternating, so that both see the same machine), and the share of the
     stage's time spent preparing batches (tokenising, padding, copying) when not
@@ -147,12 +177,20 @@ def prefetch_effect(models: dict[str, Any], orfs: list, *, device: torch.device,
     from virnuc_dask.worker.embed import embed_dnabert, embed_esm
 
     runs = {
-        "esm": lambda prefetch: embed_esm(models["esm"], models["alphabet"],
-                                          [o.protein for o in orfs], device=device,
-                                          prefetch=prefetch)[1],
-        "dnabert": lambda prefetch: embed_dnabert(models["dnabert"], models["tokenizer"],
-                                                  [o.nucleotide for o in orfs], device=device,
-                                                  prefetch=prefetch)[1],
+        "esm": lambda prefetch: embed_esm(
+            models["esm"],
+            models["alphabet"],
+            [o.protein for o in orfs],
+            device=device,
+            prefetch=prefetch,
+        )[1],
+        "dnabert": lambda prefetch: embed_dnabert(
+            models["dnabert"],
+            models["tokenizer"],
+            [o.nucleotide for o in orfs],
+            device=device,
+            prefetch=prefetch,
+        )[1],
     }
     out: dict[str, dict[str, float]] = {}
     for stage, run in runs.items():
@@ -164,12 +202,17 @@ def prefetch_effect(models: dict[str, Any], orfs: list, *, device: torch.device,
                 best[prefetch] = max(best[prefetch], stats.real_tokens / stats.seconds)
                 if not prefetch:
                     share = min(share, stats.prepare_seconds / stats.seconds)
-        out[stage] = {"tokens_per_s_prefetch": best[True], "tokens_per_s_inline": best[False],
-                      "ratio": best[True] / best[False], "prepare_share": share}
+        out[stage] = {
+            "tokens_per_s_prefetch": best[True],
+            "tokens_per_s_inline": best[False],
+            "ratio": best[True] / best[False],
+            "prepare_share": share,
+        }
     return out
 
 
 # -- the command ---------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class BenchOptions:
@@ -202,8 +245,9 @@ def bench(options: BenchOptions) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     check_worker_counts(options.workers)
-    work = (Path(options.work_dir) if options.work_dir
-            else Path(tempfile.mkdtemp(prefix="vd-bench-")))
+    work = (
+        Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="vd-bench-"))
+    )
     work.mkdir(parents=True, exist_ok=True)
     fasta = options.input or str(write_bench_input(work / "bench_reads.fa", options.reads))
     if options.input and options.reads:
@@ -214,10 +258,17 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     peak_dtype = dtype  # the peak of the precision the models run in
     logger.info("bench in %s on %s (%s); input %s", work, device, precision, fasta)
     if device.type == "cpu" and options.size in ("650m", "real") and not options.esm_model:
-        logger.warning("--size %s on a CPU: the models are the real sizes, expect hours; "
-                       "small is the CPU size", options.size)
-    paths = build_models(work / "models", options.size, esm_model=options.esm_model,
-                         dnabert_model=options.dnabert_model)
+        logger.warning(
+            "--size %s on a CPU: the models are the real sizes, expect hours; "
+            "small is the CPU size",
+            options.size,
+        )
+    paths = build_models(
+        work / "models",
+        options.size,
+        esm_model=options.esm_model,
+        dnabert_model=options.dnabert_model,
+    )
 
     reads, orfs = read_orfs_of(fasta, options.length)
     if not orfs:
@@ -227,10 +278,19 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     # The predict runs first: until they are done this process makes no CUDA call that
     # creates a context (it would hold GPU 0, which workers of nodes whose GPUs are in
     # EXCLUSIVE_PROCESS mode then cannot use).
-    settings = load_settings(inputs=[fasta], overrides={
-        "out": str(work / "predict"), "length": options.length, **paths, "precision": precision,
-        "partition_rows": options.partition_rows, "toks_per_batch": options.toks_per_batch,
-        "dnabert_toks_per_batch": options.dnabert_toks_per_batch, "offline": True})
+    settings = load_settings(
+        inputs=[fasta],
+        overrides={
+            "out": str(work / "predict"),
+            "length": options.length,
+            **paths,
+            "precision": precision,
+            "partition_rows": options.partition_rows,
+            "toks_per_batch": options.toks_per_batch,
+            "dnabert_toks_per_batch": options.dnabert_toks_per_batch,
+            "offline": True,
+        },
+    )
     scaling = []
     for n in options.workers:
         logger.info("predict on %d worker(s)", n)
@@ -248,23 +308,28 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     models = {"esm": esm, "alphabet": alphabet, "dnabert": dnabert, "tokenizer": tokenizer}
     esm_lengths = np.array([len(o.protein) + 2 for o in orfs])
     dn_lengths = np.array([len(t) for t in tokenizer.encode([o.nucleotide for o in orfs])])
-    flops = {"esm": module_shape(esm).flops_of(esm_lengths),
-             "dnabert": module_shape(dnabert).flops_of(dn_lengths)}
-    prefetch = prefetch_effect(models, orfs[:min(options.partition_rows, SAMPLE_ORFS)],
-                               device=device)
+    flops = {
+        "esm": module_shape(esm).flops_of(esm_lengths),
+        "dnabert": module_shape(dnabert).flops_of(dn_lengths),
+    }
+    prefetch = prefetch_effect(
+        models, orfs[: min(options.partition_rows, SAMPLE_ORFS)], device=device
+    )
     loads["prefetch"] = os.getloadavg()[0]
     peaks.append(matmul_peak(device, peak_dtype))
-    shapes = {"esm": {**module_shape(esm).as_dict(), "heads": esm.heads},
-              "dnabert": {**module_shape(dnabert).as_dict(),
-                          "heads": dnabert.config.num_attention_heads}}
+    shapes = {
+        "esm": {**module_shape(esm).as_dict(), "heads": esm.heads},
+        "dnabert": {**module_shape(dnabert).as_dict(), "heads": dnabert.config.num_attention_heads},
+    }
     del models, esm, dnabert
     _release(device)
     # The stage figures come from the run with the fewest workers (one worker has the
     # whole machine; more are normalised by their count, see stage_figures).
     first = min(scaling, key=lambda r: r["workers"])
     peak = max(peaks)
-    stages = {m: stage_figures(first["embedding"][m], flops[m], peak, first["workers"])
-              for m in flops}
+    stages = {
+        m: stage_figures(first["embedding"][m], flops[m], peak, first["workers"]) for m in flops
+    }
     best = max(scaling, key=lambda r: r["reads_per_s"])
 
     original: dict[str, Any] = {}
@@ -277,22 +342,25 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         loads["original"] = os.getloadavg()[0]
         logger.info("the original way and ours alternating on %d ORFs", len(sample))
         _release(device)
-        original["interleaved"] = interleaved_speedup(paths, sample, device=device,
-                                                      precision=precision)
+        original["interleaved"] = interleaved_speedup(
+            paths, sample, device=device, precision=precision
+        )
         _release(device)
         # How busy the original way keeps the hardware, and so the most any implementation
         # can gain over it at this precision: its time over the same FLOPs at the peak.
-        original["utilization"] = {
-            m: flops[m] / original["timings_s"][m] / peak for m in flops}
-        original["speedup_bound_embedding"] = sum(
-            original["timings_s"][m] for m in flops) / (sum(flops.values()) / peak)
-        original["speedup_bound_end_to_end"] = original["seconds"] / (
-            sum(flops.values()) / peak)
+        original["utilization"] = {m: flops[m] / original["timings_s"][m] / peak for m in flops}
+        original["speedup_bound_embedding"] = sum(original["timings_s"][m] for m in flops) / (
+            sum(flops.values()) / peak
+        )
+        original["speedup_bound_end_to_end"] = original["seconds"] / (sum(flops.values()) / peak)
 
     logger.info("precision agreement on %d ORFs", options.precision_orfs)
     precisions = precision_agreement(
-        **paths, nucleotides=[o.nucleotide for o in orfs[:options.precision_orfs]],
-        proteins=[o.protein for o in orfs[:options.precision_orfs]], device=device)
+        **paths,
+        nucleotides=[o.nucleotide for o in orfs[: options.precision_orfs]],
+        proteins=[o.protein for o in orfs[: options.precision_orfs]],
+        device=device,
+    )
 
     padded = sum(first["embedding"][m]["padded_tokens"] for m in flops)
     real = sum(first["embedding"][m]["real_tokens"] for m in flops)
@@ -303,25 +371,35 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         "padding_efficiency": real / padded,
         "pipeline_reads_per_s": best["reads_per_s"],
         "original_style_reads_per_s": original.get("reads_per_s"),
-        "speedup_vs_original": (best["reads_per_s"] / original["reads_per_s"]
-                                if original else None),
+        "speedup_vs_original": (
+            best["reads_per_s"] / original["reads_per_s"] if original else None
+        ),
         "speedup_bound": original.get("speedup_bound_end_to_end"),
         "store_share": first["store_share"],
         "workers": best["workers"],
         "matmul_peak_samples": peaks,
-        "device": str(device), "precision": precision, "peak_dtype": str(peak_dtype),
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "input": fasta, "reads": reads, "orfs": len(orfs), "length": options.length,
+        "device": str(device),
+        "precision": precision,
+        "peak_dtype": str(peak_dtype),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "input": fasta,
+        "reads": reads,
+        "orfs": len(orfs),
+        "length": options.length,
         "size": options.size if not (options.esm_model or options.dnabert_model) else "given",
         "models": {**paths, "shapes": shapes},
         "partition_rows": options.partition_rows,
-        "stages": stages, "prefetch": prefetch,
-        "scaling": [{k: v for k, v in r.items() if k not in ("embedding", "out")}
-                    for r in scaling],
-        "scaling_ratio": (scaling[-1]["reads_per_s"] / scaling[0]["reads_per_s"]
-                          if len(scaling) > 1 else None),
-        "original_style": original, "precision_agreement": precisions,
-        "load_average": loads, "bench_seconds": time.perf_counter() - t_start,
+        "stages": stages,
+        "prefetch": prefetch,
+        "scaling": [{k: v for k, v in r.items() if k not in ("embedding", "out")} for r in scaling],
+        "scaling_ratio": (
+            scaling[-1]["reads_per_s"] / scaling[0]["reads_per_s"] if len(scaling) > 1 else None
+        ),
+        "original_style": original,
+        "precision_agreement": precisions,
+        "load_average": loads,
+        "bench_seconds": time.perf_counter() - t_start,
     }
     return result
 
@@ -340,5 +418,3 @@ def _first_reads(src: Path, dest: Path, n: int) -> Path:
     with open(dest, "w") as fh:
         fh.writelines(f">{r.id}\n{r.sequence}\n" for r in records)
     return dest
-
-

@@ -17,13 +17,13 @@ def write_bench_input(path: Path, reads: int, *, seed: int = 2000) -> Path:
     """Coding-like reads of 400-600 bp, like the reference perf inputs."""
     from virnuc_dask.tools.demo import example_reads, write_fasta
 
-    write_fasta(path, example_reads(reads, seed, min_length=400, max_length=600,
-                                    random_every=0))
+    write_fasta(path, example_reads(reads, seed, min_length=400, max_length=600, random_every=0))
     return path
 
 
-def build_models(directory: Path, size: str, *, esm_model: str | None = None,
-                 dnabert_model: str | None = None) -> dict[str, str]:
+def build_models(
+    directory: Path, size: str, *, esm_model: str | None = None, dnabert_model: str | None = None
+) -> dict[str, str]:
     """Model files in the real formats: given ones, else random ones of ``size``; and a
     random classifier for their embedding widths."""
     from virnuc_dask.models.dnabert import DnabertConfig, resolve_dnabert_dir
@@ -42,10 +42,10 @@ def build_models(directory: Path, size: str, *, esm_model: str | None = None,
         d = shape["dnabert"]
         dnabert_model = str(build_dnabert(directory / "dnabert_s_bench", **d))
     dnabert_dim = DnabertConfig.from_json(
-        resolve_dnabert_dir(dnabert_model) / "config.json").hidden_size
+        resolve_dnabert_dir(dnabert_model) / "config.json"
+    ).hidden_size
     classifier = build_classifier(directory / "mlp_bench.pth", input_dim=dnabert_dim + esm_dim)
-    return {"esm_model": esm_model, "dnabert_model": dnabert_model,
-            "classifier": str(classifier)}
+    return {"esm_model": esm_model, "dnabert_model": dnabert_model, "classifier": str(classifier)}
 
 
 def read_orfs_of(path: str, length: int) -> tuple[int, list]:
@@ -72,11 +72,8 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-
 @contextlib.contextmanager
 def _timer(into: dict[str, float], key: str) -> Iterator[None]:
     t = time.perf_counter()
     yield
     into[key] = time.perf_counter() - t
-
-

@@ -31,18 +31,37 @@ logger = logging.getLogger(__name__)
 
 DEMO_SEED = 1997
 CODONS = {
-    "A": ["GCT", "GCC", "GCA", "GCG"], "R": ["CGT", "CGC", "CGA", "CGG", "AGA", "AGG"],
-    "N": ["AAT", "AAC"], "D": ["GAT", "GAC"], "C": ["TGT", "TGC"], "Q": ["CAA", "CAG"],
-    "E": ["GAA", "GAG"], "G": ["GGT", "GGC", "GGA", "GGG"], "H": ["CAT", "CAC"],
-    "I": ["ATT", "ATC", "ATA"], "L": ["TTA", "TTG", "CTT", "CTC", "CTA", "CTG"],
-    "K": ["AAA", "AAG"], "M": ["ATG"], "F": ["TTT", "TTC"], "P": ["CCT", "CCC", "CCA", "CCG"],
-    "S": ["TCT", "TCC", "TCA", "TCG", "AGT", "AGC"], "T": ["ACT", "ACC", "ACA", "ACG"],
-    "W": ["TGG"], "Y": ["TAT", "TAC"], "V": ["GTT", "GTC", "GTA", "GTG"],
+    "A": ["GCT", "GCC", "GCA", "GCG"],
+    "R": ["CGT", "CGC", "CGA", "CGG", "AGA", "AGG"],
+    "N": ["AAT", "AAC"],
+    "D": ["GAT", "GAC"],
+    "C": ["TGT", "TGC"],
+    "Q": ["CAA", "CAG"],
+    "E": ["GAA", "GAG"],
+    "G": ["GGT", "GGC", "GGA", "GGG"],
+    "H": ["CAT", "CAC"],
+    "I": ["ATT", "ATC", "ATA"],
+    "L": ["TTA", "TTG", "CTT", "CTC", "CTA", "CTG"],
+    "K": ["AAA", "AAG"],
+    "M": ["ATG"],
+    "F": ["TTT", "TTC"],
+    "P": ["CCT", "CCC", "CCA", "CCG"],
+    "S": ["TCT", "TCC", "TCA", "TCG", "AGT", "AGC"],
+    "T": ["ACT", "ACC", "ACA", "ACG"],
+    "W": ["TGG"],
+    "Y": ["TAT", "TAC"],
+    "V": ["GTT", "GTC", "GTA", "GTG"],
 }
 
 
-def example_reads(n: int = 60, seed: int = DEMO_SEED, *, min_length: int = 150,
-                  max_length: int = 1500, random_every: int = 5) -> list[tuple[str, str]]:
+def example_reads(
+    n: int = 60,
+    seed: int = DEMO_SEED,
+    *,
+    min_length: int = 150,
+    max_length: int = 1500,
+    random_every: int = 5,
+) -> list[tuple[str, str]]:
     """Coding-like reads (stop-free proteins reverse-translated) and, every
     ``random_every``-th read (0: none), a random one; lengths uniform in the bounds."""
     rng = random.Random(seed)
@@ -62,7 +81,7 @@ def write_fasta(path: Path, reads: list[tuple[str, str]]) -> None:
     with open(path, "w") as fh:
         for name, seq in reads:
             fh.write(f">{name} demonstration read\n")
-            fh.writelines(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
+            fh.writelines(seq[i : i + 60] + "\n" for i in range(0, len(seq), 60))
 
 
 def build_esm(path: Path, *, layers: int = 2, dim: int = 64, heads: int = 4) -> Path:
@@ -70,23 +89,33 @@ def build_esm(path: Path, *, layers: int = 2, dim: int = 64, heads: int = 4) -> 
     from esm.model.esm2 import ESM2
 
     torch.manual_seed(DEMO_SEED)
-    model = ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads,
-                 alphabet=esm.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
+    model = ESM2(
+        num_layers=layers,
+        embed_dim=dim,
+        attention_heads=heads,
+        alphabet=esm.Alphabet.from_architecture("ESM-1b"),
+        token_dropout=True,
+    )
     state = {}
     for key, value in model.state_dict().items():
         prefix = "encoder." if key.startswith("lm_head") else "encoder.sentence_encoder."
         if not key.startswith("contact_head"):
             state[prefix + key] = value
-    cfg = argparse.Namespace(encoder_layers=layers, encoder_embed_dim=dim,
-                             encoder_attention_heads=heads, token_dropout=True)
+    cfg = argparse.Namespace(
+        encoder_layers=layers,
+        encoder_embed_dim=dim,
+        encoder_attention_heads=heads,
+        token_dropout=True,
+    )
     torch.save({"model": state, "cfg": {"model": cfg}}, path)
     regression = {k: v for k, v in model.state_dict().items() if k.startswith("contact_head")}
     torch.save({"model": regression}, path.with_name(path.stem + "-contact-regression.pt"))
     return path
 
 
-def build_dnabert(directory: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4,
-                  intermediate: int = 128) -> Path:
+def build_dnabert(
+    directory: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, intermediate: int = 128
+) -> Path:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models, processors, trainers
 
@@ -97,18 +126,34 @@ def build_dnabert(directory: Path, *, hidden: int = 64, layers: int = 2, heads: 
     corpus = ["".join(rng.choice("ACGT") for _ in range(400)) for _ in range(200)]
     specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=512, special_tokens=specials, initial_alphabet=list("ACGT"),
-        show_progress=False))
+    tokenizer.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=512,
+            special_tokens=specials,
+            initial_alphabet=list("ACGT"),
+            show_progress=False,
+        ),
+    )
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
     tokenizer.save(str(directory / "tokenizer.json"))
     config = {
-        "architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
-        "alibi_starting_size": 512, "attention_probs_dropout_prob": 0.0,
-        "hidden_dropout_prob": 0.1, "hidden_size": hidden, "intermediate_size": intermediate,
-        "layer_norm_eps": 1e-12, "num_attention_heads": heads, "num_hidden_layers": layers,
-        "type_vocab_size": 2, "vocab_size": tokenizer.get_vocab_size(), "pad_token_id": 0,
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_act": "gelu",
+        "alibi_starting_size": 512,
+        "attention_probs_dropout_prob": 0.0,
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "layer_norm_eps": 1e-12,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "type_vocab_size": 2,
+        "vocab_size": tokenizer.get_vocab_size(),
+        "pad_token_id": 0,
         "torch_dtype": "float32",
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -117,12 +162,17 @@ def build_dnabert(directory: Path, *, hidden: int = 64, layers: int = 2, heads: 
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "LayerNorm" in name or "layernorm" in name:
-                p.copy_(1 + 0.1 * torch.randn_like(p) if name.endswith("weight")
-                        else 0.05 * torch.randn_like(p))
+                p.copy_(
+                    1 + 0.1 * torch.randn_like(p)
+                    if name.endswith("weight")
+                    else 0.05 * torch.randn_like(p)
+                )
             else:
                 p.copy_(0.05 * torch.randn_like(p))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(directory / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(directory / "model.safetensors"),
+    )
     return directory
 
 
@@ -169,9 +219,21 @@ def build_demo(directory: Path) -> dict[str, Path]:
 def demo_settings(directory: Path, *, workers: int | None = None) -> Settings:
     """Build the demonstration under ``directory`` and the settings of its prediction."""
     paths = build_demo(directory)
-    logger.info("demonstration models and example written to %s (random weights: the calls "
-                "mean nothing biologically)", directory)
-    return load_settings(inputs=[str(paths["input"])], overrides={
-        "out": str(directory / "results"), "length": 300, "esm_model": str(paths["esm"]),
-        "dnabert_model": str(paths["dnabert"]), "classifier": str(paths["classifier"]),
-        "precision": "fp32", "workers": workers, "offline": True}).with_absolute_paths()
+    logger.info(
+        "demonstration models and example written to %s (random weights: the calls "
+        "mean nothing biologically)",
+        directory,
+    )
+    return load_settings(
+        inputs=[str(paths["input"])],
+        overrides={
+            "out": str(directory / "results"),
+            "length": 300,
+            "esm_model": str(paths["esm"]),
+            "dnabert_model": str(paths["dnabert"]),
+            "classifier": str(paths["classifier"]),
+            "precision": "fp32",
+            "workers": workers,
+            "offline": True,
+        },
+    ).with_absolute_paths()

@@ -69,6 +69,7 @@ class Check:
 
 # -- checks in this process (no CUDA) -------------------------------------------------------
 
+
 def check_torch() -> Check:
     import torch
 
@@ -76,27 +77,40 @@ def check_torch() -> Check:
 
     gpus, driver, error = nvml_facts()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    text = (f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU-only)'}, "
-            f"cuDNN {cudnn or 'none'}; driver {driver or NO_GPU}")
+    text = (
+        f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU-only)'}, "
+        f"cuDNN {cudnn or 'none'}; driver {driver or NO_GPU}"
+    )
     ok = not (gpus and torch.version.cuda is None)
     if not ok:
-        text += f"; NVML lists {gpus} GPU(s) but this torch cannot use them: install a " \
-                "CUDA build"
-    return Check("torch", ok, text, {"torch": torch.__version__, "cuda_build": torch.version.cuda,
-                                     "cudnn": cudnn, "driver": driver, "nvml_gpus": gpus,
-                                     "nvml_error": error})
+        text += f"; NVML lists {gpus} GPU(s) but this torch cannot use them: install a CUDA build"
+    return Check(
+        "torch",
+        ok,
+        text,
+        {
+            "torch": torch.__version__,
+            "cuda_build": torch.version.cuda,
+            "cudnn": cudnn,
+            "driver": driver,
+            "nvml_gpus": gpus,
+            "nvml_error": error,
+        },
+    )
 
 
 def check_disk(out: Path, *, minimum: int = MIN_FREE_BYTES) -> Check:
     out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out).free
-    return Check("disk", free >= minimum,
-                 f"{free / 2**30:.1f} GiB free at {out} (at least {minimum / 2**30:.0f} GiB)",
-                 {"free_bytes": free, "path": str(out)})
+    return Check(
+        "disk",
+        free >= minimum,
+        f"{free / 2**30:.1f} GiB free at {out} (at least {minimum / 2**30:.0f} GiB)",
+        {"free_bytes": free, "path": str(out)},
+    )
 
 
-def check_models(esm_model: str | None, dnabert_model: str | None,
-                 classifier: str | None) -> Check:
+def check_models(esm_model: str | None, dnabert_model: str | None, classifier: str | None) -> Check:
     """Load the given model files (on the CPU) and compare their widths."""
     if not (esm_model or dnabert_model or classifier):
         return Check("models", True, "none given (--esm-model, --dnabert-model, --classifier)")
@@ -119,12 +133,16 @@ def check_models(esm_model: str | None, dnabert_model: str | None,
     ok = True
     if {"esm", "dnabert", "classifier_input"} <= set(widths):
         ok = widths["classifier_input"] == widths["esm"] + widths["dnabert"]
-        text += " = DNABERT-S + ESM-2" if ok else " != DNABERT-S + ESM-2: the classifier does " \
-            "not fit these models"
+        text += (
+            " = DNABERT-S + ESM-2"
+            if ok
+            else " != DNABERT-S + ESM-2: the classifier does not fit these models"
+        )
     return Check("models", ok, text, {"widths": widths})
 
 
 # -- run on each worker ----------------------------------------------------------------------
+
 
 def device_report(*, quick: bool = False) -> dict[str, Any]:
     """This worker's view: NVML vs torch, its device, the precision auto picks, rates."""
@@ -135,8 +153,12 @@ def device_report(*, quick: bool = False) -> dict[str, Any]:
     from virnuc_dask.worker.precision import resolve_precision
 
     facts = devices.probe()
-    out: dict[str, Any] = {"nvml_gpus": facts.nvml_gpus, "torch_devices": facts.cuda_devices,
-                           "visible": facts.visible, "cuda_available": facts.cuda_available}
+    out: dict[str, Any] = {
+        "nvml_gpus": facts.nvml_gpus,
+        "torch_devices": facts.cuda_devices,
+        "visible": facts.visible,
+        "cuda_available": facts.cuda_available,
+    }
     try:
         device = devices.decide("auto", facts)
     except devices.DeviceError as exc:
@@ -166,7 +188,7 @@ def _alibi_bias(batch: int, heads: int, length: int, pad: int, dtype) -> Any:
     from virnuc_dask.models.dnabert import build_alibi
 
     bias = build_alibi(length, heads).to(dtype).unsqueeze(0).repeat(batch, 1, 1, 1)
-    bias[1:, :, :, length - pad:] = torch.finfo(dtype).min
+    bias[1:, :, :, length - pad :] = torch.finfo(dtype).min
     return bias
 
 
@@ -191,7 +213,7 @@ def sdpa_report(device: Any, *, quick: bool = False) -> dict[str, Any]:
             args = [t.to(device, dtype) for t in (q, k, v)]
             if model == "esm":
                 mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
-                mask[1:, ..., length - pad:] = False
+                mask[1:, ..., length - pad :] = False
                 mask = mask.to(device)
             else:
                 mask = _alibi_bias(batch, heads, length, pad, dtype).to(device)
@@ -202,8 +224,12 @@ def sdpa_report(device: Any, *, quick: bool = False) -> dict[str, Any]:
                     with sdpa_kernel([SDPBackend.MATH]):
                         math = F.scaled_dot_product_attention(*args, attn_mask=mask)
                     usable = []
-                    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                                    SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
+                    for backend in (
+                        SDPBackend.FLASH_ATTENTION,
+                        SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.CUDNN_ATTENTION,
+                        SDPBackend.MATH,
+                    ):
                         try:
                             with sdpa_kernel([backend]):
                                 F.scaled_dot_product_attention(*args, attn_mask=mask)
@@ -215,14 +241,18 @@ def sdpa_report(device: Any, *, quick: bool = False) -> dict[str, Any]:
             else:
                 real = slice(0, length - pad)  # query rows every sequence has
                 diff = (default[..., real, :].float() - math[..., real, :].float()).abs()
-                entry = {"usable": usable, "max_diff_vs_math": float(diff.max()),
-                         "ok": bool(torch.isfinite(default[..., real, :]).all())
-                         and float(diff.max()) <= SDPA_TOLERANCE[precision]}
+                entry = {
+                    "usable": usable,
+                    "max_diff_vs_math": float(diff.max()),
+                    "ok": bool(torch.isfinite(default[..., real, :]).all())
+                    and float(diff.max()) <= SDPA_TOLERANCE[precision],
+                }
             report[f"{model}/{precision}"] = entry
     return report
 
 
 # -- the golden case ---------------------------------------------------------------------------
+
 
 def golden_dir() -> Path:
     return Path(str(resources.files("virnuc_dask.tools") / GOLDEN))
@@ -236,9 +266,11 @@ def model_digests(paths: dict[str, Path]) -> dict[str, str]:
     from virnuc_dask.models.dnabert import load_dnabert
     from virnuc_dask.models.esm2 import load_esm
 
-    models = {"esm": load_esm(str(paths["esm"]))[0],
-              "dnabert": load_dnabert(str(paths["dnabert"]))[0],
-              "classifier": load_classifier(str(paths["classifier"]))}
+    models = {
+        "esm": load_esm(str(paths["esm"]))[0],
+        "dnabert": load_dnabert(str(paths["dnabert"]))[0],
+        "classifier": load_classifier(str(paths["classifier"])),
+    }
     out = {}
     for name, model in models.items():
         digest = hashlib.sha256()
@@ -267,18 +299,27 @@ def _predict(fasta: Path, paths: dict[str, Path], out: Path, client) -> Path:
     from virnuc_dask.config import load_settings
     from virnuc_dask.dataflow.pipeline import predict
 
-    settings = load_settings(inputs=[str(fasta)], overrides={
-        "out": str(out), "length": 300, "esm_model": str(paths["esm"]),
-        "dnabert_model": str(paths["dnabert"]), "classifier": str(paths["classifier"]),
-        "precision": "fp32", "offline": True, "overwrite": True, "partition_rows": 4096})
+    settings = load_settings(
+        inputs=[str(fasta)],
+        overrides={
+            "out": str(out),
+            "length": 300,
+            "esm_model": str(paths["esm"]),
+            "dnabert_model": str(paths["dnabert"]),
+            "classifier": str(paths["classifier"]),
+            "precision": "fp32",
+            "offline": True,
+            "overwrite": True,
+            "partition_rows": 4096,
+        },
+    )
     predict(settings, client)
     return out
 
 
 def _scores(path: Path) -> tuple[list[str], np.ndarray]:
     rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
-    return [f"{r[0]}\t{r[1]}" for r in rows], np.array([[float(r[2]), float(r[3])]
-                                                         for r in rows])
+    return [f"{r[0]}\t{r[1]}" for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
 
 
 def check_predict(client, work: Path, *, gpus: bool) -> Check:
@@ -289,8 +330,12 @@ def check_predict(client, work: Path, *, gpus: bool) -> Check:
     paths = build_demo(work / "demo")
     expected_models = json.loads((golden / "models.json").read_text())
     if model_digests(paths) != expected_models:
-        return Check("predict", False, "the demonstration models built here differ from "
-                     "those of the golden case (a different torch build?)")
+        return Check(
+            "predict",
+            False,
+            "the demonstration models built here differ from "
+            "those of the golden case (a different torch build?)",
+        )
     t = time.perf_counter()
     out = _predict(golden / "input.fa", paths, work / "predict", client)
     seconds = time.perf_counter() - t
@@ -298,26 +343,45 @@ def check_predict(client, work: Path, *, gpus: bool) -> Check:
     labels, scores = _scores(out / "prediction_results.txt")
     want_labels, want = _scores(golden / "prediction_results.txt")
     diff = float(np.abs(scores - want).max()) if scores.shape == want.shape else float("inf")
-    workers = {a: {k: w.get(k) for k in ("device", "precision", "device_name", "tf32")}
-               for a, w in summary["workers"].items() if "device" in w}
-    wrong = [f"{a}: {w['device']} {w['precision']}" for a, w in workers.items()
-             if w["precision"] != "fp32" or w["device"].startswith("cuda") != gpus]
+    workers = {
+        a: {k: w.get(k) for k in ("device", "precision", "device_name", "tf32")}
+        for a, w in summary["workers"].items()
+        if "device" in w
+    }
+    wrong = [
+        f"{a}: {w['device']} {w['precision']}"
+        for a, w in workers.items()
+        if w["precision"] != "fp32" or w["device"].startswith("cuda") != gpus
+    ]
     tf32_on = [a for a, w in workers.items() if not (w["tf32"] or {}).get("tf32_off")]
-    ok = labels == want_labels and diff <= SCORE_TOLERANCE and not wrong and not tf32_on \
-        and workers and not summary["workers_failed"]
-    text = (f"{len(labels)} ORFs, max score difference {diff:.1e} from the golden case "
-            f"(at most {SCORE_TOLERANCE:.0e}), {len(workers)} worker(s) on "
-            f"{', '.join(sorted({w['device'] for w in workers.values()})) or 'none'} in fp32, "
-            f"TF32 {'on at ' + ', '.join(tf32_on) if tf32_on else 'off'}; {seconds:.1f} s")
+    ok = (
+        labels == want_labels
+        and diff <= SCORE_TOLERANCE
+        and not wrong
+        and not tf32_on
+        and workers
+        and not summary["workers_failed"]
+    )
+    text = (
+        f"{len(labels)} ORFs, max score difference {diff:.1e} from the golden case "
+        f"(at most {SCORE_TOLERANCE:.0e}), {len(workers)} worker(s) on "
+        f"{', '.join(sorted({w['device'] for w in workers.values()})) or 'none'} in fp32, "
+        f"TF32 {'on at ' + ', '.join(tf32_on) if tf32_on else 'off'}; {seconds:.1f} s"
+    )
     if wrong:
         text += f"; not as started: {'; '.join(wrong)}"
     if summary["workers_failed"]:
         text += "; failed: " + "; ".join(f["error"] for f in summary["workers_failed"])
-    return Check("predict", bool(ok), text, {"max_score_diff": diff, "workers": workers,
-                                             "workers_failed": summary["workers_failed"]})
+    return Check(
+        "predict",
+        bool(ok),
+        text,
+        {"max_score_diff": diff, "workers": workers, "workers_failed": summary["workers_failed"]},
+    )
 
 
 # -- checks on the cluster --------------------------------------------------------------------
+
 
 def _fmt_rate(value: float, unit: str) -> str:
     from virnuc_dask.formatting import si
@@ -332,44 +396,67 @@ def _worker_checks(reports: dict[str, dict[str, Any]]) -> list[Check]:
     if nvml == 0 and not first.get("visible"):
         gpus = Check("gpus", not errors, f"{NO_GPU} (NVML lists none)")
     else:
-        ok = usable >= min(nvml, len(first.get("visible") or ())) > 0 if first.get("visible") \
+        ok = (
+            usable >= min(nvml, len(first.get("visible") or ())) > 0
+            if first.get("visible")
             else usable == nvml
-        gpus = Check("gpus", ok and not errors,
-                     f"NVML lists {nvml} GPU(s), torch can use {usable} on a worker"
-                     + ("" if ok else ": some GPUs are unusable to this torch build"),
-                     {"nvml": nvml, "torch": usable})
+        )
+        gpus = Check(
+            "gpus",
+            ok and not errors,
+            f"NVML lists {nvml} GPU(s), torch can use {usable} on a worker"
+            + ("" if ok else ": some GPUs are unusable to this torch build"),
+            {"nvml": nvml, "torch": usable},
+        )
     lines, ok = [], not errors
     for address, r in sorted(reports.items()):
         if "error" in r:
             lines.append(f"{address}: {r['error']}")
             continue
         rates = r["matmul_flops"]
-        rate = ", ".join(f"{k} {_fmt_rate(v, 'FLOP/s')}" if isinstance(v, float)
-                         else f"{k} {v}" for k, v in rates.items())
+        rate = ", ".join(
+            f"{k} {_fmt_rate(v, 'FLOP/s')}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in rates.items()
+        )
         if r["device"] == "cpu":
             lines.append(f"{address}: {NO_GPU} (cpu; auto picks {r['precision_auto']}; {rate})")
         else:
-            lines.append(f"{address}: {r['name']} (compute {r['capability']}, "
-                         f"{r['memory_bytes'] / 2**30:.0f} GiB; auto picks "
-                         f"{r['precision_auto']}; {rate})")
+            lines.append(
+                f"{address}: {r['name']} (compute {r['capability']}, "
+                f"{r['memory_bytes'] / 2**30:.0f} GiB; auto picks "
+                f"{r['precision_auto']}; {rate})"
+            )
     device_check = Check("devices", ok, "; ".join(lines), {"workers": reports})
     # A precision a device cannot compute at all (an "error" entry) is reported, not
     # failed: the run would not pick it there.
-    sdpa_ok = not errors and all(entry.get("ok", True) for r in reports.values()
-                                 for entry in r.get("sdpa", {}).values())
+    sdpa_ok = not errors and all(
+        entry.get("ok", True) for r in reports.values() for entry in r.get("sdpa", {}).values()
+    )
     sdpa_lines = []
     for key, entry in next(iter(reports.values())).get("sdpa", {}).items():
-        sdpa_lines.append(f"{key} unsupported" if "error" in entry else
-                          f"{key} {'/'.join(entry['usable'])} {entry['max_diff_vs_math']:.1e}")
-    sdpa = Check("sdpa", sdpa_ok, "kernels and max difference from math: "
-                 + ", ".join(sdpa_lines), {"workers": {a: r.get("sdpa") for a, r in
-                                                      reports.items()}})
+        sdpa_lines.append(
+            f"{key} unsupported"
+            if "error" in entry
+            else f"{key} {'/'.join(entry['usable'])} {entry['max_diff_vs_math']:.1e}"
+        )
+    sdpa = Check(
+        "sdpa",
+        sdpa_ok,
+        "kernels and max difference from math: " + ", ".join(sdpa_lines),
+        {"workers": {a: r.get("sdpa") for a, r in reports.items()}},
+    )
     return [gpus, device_check, sdpa]
 
 
-def run_checks(*, out: Path, esm_model: str | None = None, dnabert_model: str | None = None,
-               classifier: str | None = None, quick: bool = False,
-               on_check: Callable[[Check], None] = lambda check: None) -> list[Check]:
+def run_checks(
+    *,
+    out: Path,
+    esm_model: str | None = None,
+    dnabert_model: str | None = None,
+    classifier: str | None = None,
+    quick: bool = False,
+    on_check: Callable[[Check], None] = lambda check: None,
+) -> list[Check]:
     """Every check; ``on_check`` is called as each finishes (for a live report)."""
     from virnuc_dask.cluster.start import open_client
     from virnuc_dask.cluster.workers import visible_gpus
@@ -399,10 +486,16 @@ def run_checks(*, out: Path, esm_model: str | None = None, dnabert_model: str | 
         try:
             kind = "LocalCUDACluster" if gpus else "LocalCluster"
             n = len(client.scheduler_info(n_workers=-1)["workers"])
-            done(Check("cluster", n > 0, f"{kind}, {n} worker(s) "
-                       f"({'one per GPU' if gpus else NO_GPU}), started in "
-                       f"{time.perf_counter() - started:.1f} s",
-                       {"type": kind, "workers": n}))
+            done(
+                Check(
+                    "cluster",
+                    n > 0,
+                    f"{kind}, {n} worker(s) "
+                    f"({'one per GPU' if gpus else NO_GPU}), started in "
+                    f"{time.perf_counter() - started:.1f} s",
+                    {"type": kind, "workers": n},
+                )
+            )
             reports = client.run(device_report, quick=quick)
             for check in _worker_checks(reports):
                 done(check)
@@ -421,10 +514,12 @@ def check_dask_cuda(gpus: list[str]) -> Check:
     try:
         import dask_cuda
     except ImportError as exc:
-        return Check("dask_cuda", False, f"cannot import dask_cuda ({exc}): pip install "
-                     "'virnuc-dask[gpu]'")
-    return Check("dask_cuda", True, f"dask_cuda {dask_cuda.__version__}",
-                 {"version": dask_cuda.__version__})
+        return Check(
+            "dask_cuda", False, f"cannot import dask_cuda ({exc}): pip install 'virnuc-dask[gpu]'"
+        )
+    return Check(
+        "dask_cuda", True, f"dask_cuda {dask_cuda.__version__}", {"version": dask_cuda.__version__}
+    )
 
 
 def report(checks: list[Check]) -> dict[str, Any]:

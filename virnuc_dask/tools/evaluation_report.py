@@ -39,8 +39,9 @@ def _scores(out: Path) -> dict[str, dict[str, np.ndarray]]:
         try:
             per_level = level_scores(directory)
         except FileNotFoundError as exc:
-            raise ReportError(f"{directory}: not a finished prediction ({exc.filename} "
-                              "missing); re-run evaluate") from None
+            raise ReportError(
+                f"{directory}: not a finished prediction ({exc.filename} missing); re-run evaluate"
+            ) from None
         for level in LEVELS:
             found[level][name] = np.frombuffer(per_level[level][0], dtype=np.float64)
     return found
@@ -56,8 +57,13 @@ def figure_roc(scores: dict[str, dict[str, np.ndarray]], metrics: dict[str, Any]
         labels = np.r_[np.ones(len(viral)), np.zeros(len(other))]
         fpr, tpr = roc_curve(labels, np.r_[viral, other])
         auc = metrics[level]["roc_auc"]
-        ax.plot(fpr, tpr, color=LEVEL_COLOURS[level], drawstyle="steps-post",
-                label=f"{level} (AUC {'NA' if auc is None else f'{auc:.4f}'})")
+        ax.plot(
+            fpr,
+            tpr,
+            color=LEVEL_COLOURS[level],
+            drawstyle="steps-post",
+            label=f"{level} (AUC {'NA' if auc is None else f'{auc:.4f}'})",
+        )
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", linewidth=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -70,13 +76,20 @@ def figure_roc(scores: dict[str, dict[str, np.ndarray]], metrics: dict[str, Any]
 def figure_histograms(scores: dict[str, dict[str, np.ndarray]]):
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    for ax, level, xlabel in ((axes[0], "orf", "ORF: P(virus) (score2)"),
-                              (axes[1], "read", "read: fraction of viral chunks")):
+    for ax, level, xlabel in (
+        (axes[0], "orf", "ORF: P(virus) (score2)"),
+        (axes[1], "read", "read: fraction of viral chunks"),
+    ):
         bins = np.linspace(0.0, 1.0, 41)
         for name in ("other", "viral"):
             values = scores[level][name]
-            ax.hist(values, bins=bins, color=COLOURS[name], alpha=0.55,
-                    label=f"{name} ({len(values):,})")
+            ax.hist(
+                values,
+                bins=bins,
+                color=COLOURS[name],
+                alpha=0.55,
+                label=f"{name} ({len(values):,})",
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("count")
         ax.legend(frameon=False)
@@ -87,28 +100,36 @@ def figure_histograms(scores: dict[str, dict[str, np.ndarray]]):
 def _table(metrics: dict[str, Any]) -> str:
     def cell(value: Any) -> str:
         return "NA" if value is None else f"{value:.4f}"
+
     head = "".join(f"<th>{m}</th>" for m in ("level", "n", *METRICS, "TN", "FP", "FN", "TP"))
     rows = []
     for level in LEVELS:
         m = metrics[level]
         c = m["confusion"]
-        rows.append(f"<tr><td>{level}</td><td class=n>{m['n']:,}</td>"
-                    + "".join(f"<td class=n>{cell(m[k])}</td>" for k in METRICS)
-                    + "".join(f"<td class=n>{c[k]:,}</td>" for k in ("tn", "fp", "fn", "tp"))
-                    + "</tr>")
+        rows.append(
+            f"<tr><td>{level}</td><td class=n>{m['n']:,}</td>"
+            + "".join(f"<td class=n>{cell(m[k])}</td>" for k in METRICS)
+            + "".join(f"<td class=n>{c[k]:,}</td>" for k in ("tn", "fp", "fn", "tp"))
+            + "</tr>"
+        )
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def write_evaluation_report(out: str | os.PathLike[str], *,
-                            html_path: str | os.PathLike[str] | None = None,
-                            png_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def write_evaluation_report(
+    out: str | os.PathLike[str],
+    *,
+    html_path: str | os.PathLike[str] | None = None,
+    png_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
     """Write the report of the evaluation in ``out``; returns the paths written."""
     out = Path(out)
     document = json.loads((out / JSON).read_text())
     metrics = document["metrics"]
     scores = _scores(out)
-    figures = {"roc_curves": figure_roc(scores, metrics),
-               "score_histograms": figure_histograms(scores)}
+    figures = {
+        "roc_curves": figure_roc(scores, metrics),
+        "score_histograms": figure_histograms(scores),
+    }
     pngs = []
     if png_dir:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
@@ -126,15 +147,15 @@ def write_evaluation_report(out: str | os.PathLike[str], *,
 <title>{e(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{e(title)}</h1>
-<p class="note">classifier {e(str(document.get('classifier')))} · chunk length
-{e(str(document.get('length')))} bp · viral = positive class · reads without a call:
-viral {unscored['viral']}, other {unscored['other']}</p>
+<p class="note">classifier {e(str(document.get("classifier")))} · chunk length
+{e(str(document.get("length")))} bp · viral = positive class · reads without a call:
+viral {unscored["viral"]}, other {unscored["other"]}</p>
 <h2>Metrics</h2>
 {_table(metrics)}
 <h2>ROC curves</h2>
-<figure>{svgs['roc_curves']}</figure>
+<figure>{svgs["roc_curves"]}</figure>
 <h2>Score distributions</h2>
-<figure>{svgs['score_histograms']}</figure>
+<figure>{svgs["score_histograms"]}</figure>
 </body></html>
 """
     html_path = Path(html_path) if html_path else out / "report.html"

@@ -57,16 +57,22 @@ def render_html(data: RunData, *, title: str) -> str:
     total = sum(data.calls.values()) or 1
     cards = "".join(
         f'<div class="card {c}"><b>{data.calls.get(c, 0):,}</b>{CALL_LABELS[c]} '
-        f'({data.calls.get(c, 0) / total:.1%})</div>' for c in CALLS)
-    summary = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
-                      for k, v in summary_rows(data.summary)) if data.summary else \
-        '<tr><td class="note">no run_summary.json</td></tr>'
+        f"({data.calls.get(c, 0) / total:.1%})</div>"
+        for c in CALLS
+    )
+    summary = (
+        "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary_rows(data.summary))
+        if data.summary
+        else '<tr><td class="note">no run_summary.json</td></tr>'
+    )
     reads = "".join(
         f"<tr><td>{e(r.id)}</td><td class=n>{r.length:,}</td><td class=n>{r.chunks}</td>"
         f"<td class=n>{r.chunks_with_orf}</td><td class=n>{r.orfs}</td>"
         f"<td class=n>{r.virus_chunks}</td><td class=n>"
         f"{'NA' if r.max_virus_score is None else f'{r.max_virus_score:.4f}'}</td>"
-        f"<td>{e(CALL_LABELS.get(r.prediction, r.prediction))}</td></tr>" for r in data.reads)
+        f"<td>{e(CALL_LABELS.get(r.prediction, r.prediction))}</td></tr>"
+        for r in data.reads
+    )
     figures = {name: _svg(make(data)) for name, make in FIGURES.items()}
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -74,20 +80,20 @@ def render_html(data: RunData, *, title: str) -> str:
 <title>{e(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{e(title)}</h1>
-<p class="note">virnuc-dask {e(str(data.summary.get('version', '')))} ·
-chunk length {data.length} bp · {e(str(data.summary.get('finished', '')))}</p>
+<p class="note">virnuc-dask {e(str(data.summary.get("version", "")))} ·
+chunk length {data.length} bp · {e(str(data.summary.get("finished", "")))}</p>
 <div class="cards">{cards}</div>
 <h2>Calls</h2>
 <p class="note">A read is called virus when at least half of its chunks with an ORF are
 viral; a chunk is viral when its best virus score is at least its best others score.</p>
-<figure>{figures['read_calls']}</figure>
+<figure>{figures["read_calls"]}</figure>
 <h2>Score distribution</h2>
-<figure>{figures['score_distribution']}</figure>
+<figure>{figures["score_distribution"]}</figure>
 <h2>Read tracks</h2>
 <p class="note">Each segment is one ORF over its chunk's span of the read, at the height of
 its winning score (max of score1, score2), red when called virus, blue when others.
 Grey bars along the bottom are the chunks (staggered, so overlaps show).</p>
-<figure>{figures['read_tracks']}</figure>
+<figure>{figures["read_tracks"]}</figure>
 <table><tr><th>read</th><th>length</th><th>chunks</th><th>chunks with ORF</th><th>ORFs</th>
 <th>virus chunks</th><th>max virus score</th><th>call</th></tr>{reads}</table>
 <h2>Run</h2>
@@ -96,9 +102,15 @@ Grey bars along the bottom are the chunks (staggered, so overlaps show).</p>
 """
 
 
-def write_report(out: str | os.PathLike[str], *, html_path: str | os.PathLike[str] | None = None,
-                 png_dir: str | os.PathLike[str] | None = None, top: int = 10,
-                 ids: Sequence[str] = (), length: int | None = None) -> dict[str, Any]:
+def write_report(
+    out: str | os.PathLike[str],
+    *,
+    html_path: str | os.PathLike[str] | None = None,
+    png_dir: str | os.PathLike[str] | None = None,
+    top: int = 10,
+    ids: Sequence[str] = (),
+    length: int | None = None,
+) -> dict[str, Any]:
     """Build the report of the run in ``out``; returns what was written and the data."""
     data = load_run(out, top=top, ids=ids, length=length)
     html_path = Path(html_path) if html_path else Path(out) / "report.html"

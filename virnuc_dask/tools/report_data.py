@@ -64,8 +64,9 @@ class RunData:
 
 def _open_lines(path: Path, header: str) -> Iterable[list[str]]:
     if not path.is_file():
-        raise ReportError(f"{path}: not found; is {path.parent} the --out of a finished "
-                          "virnuc-dask predict run?")
+        raise ReportError(
+            f"{path}: not found; is {path.parent} the --out of a finished virnuc-dask predict run?"
+        )
     with open(path) as fh:
         first = fh.readline().rstrip("\n")
         if first != header:
@@ -73,14 +74,24 @@ def _open_lines(path: Path, header: str) -> Iterable[list[str]]:
         for n, line in enumerate(fh, start=2):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != header.count("\t") + 1:
-                raise ReportError(f"{path}: line {n}: expected {header.count(chr(9)) + 1} "
-                                  f"tab-separated fields, found {len(fields)}")
+                raise ReportError(
+                    f"{path}: line {n}: expected {header.count(chr(9)) + 1} "
+                    f"tab-separated fields, found {len(fields)}"
+                )
             yield fields
 
 
 def _read_row(f: list[str]) -> ReadRow:
-    return ReadRow(f[0], int(f[1]), int(f[2]), int(f[3]), int(f[4]), int(f[5]),
-                   None if f[6] == "NA" else float(f[6]), f[7])
+    return ReadRow(
+        f[0],
+        int(f[1]),
+        int(f[2]),
+        int(f[3]),
+        int(f[4]),
+        int(f[5]),
+        None if f[6] == "NA" else float(f[6]),
+        f[7],
+    )
 
 
 def _split_orf_id(orf_id: str) -> tuple[str, int, str] | None:
@@ -91,8 +102,13 @@ def _split_orf_id(orf_id: str) -> tuple[str, int, str] | None:
     return read, int(rest[:-2]), rest[-2:]
 
 
-def load_run(out: str | os.PathLike[str], *, top: int = 10, ids: Sequence[str] = (),
-             length: int | None = None) -> RunData:
+def load_run(
+    out: str | os.PathLike[str],
+    *,
+    top: int = 10,
+    ids: Sequence[str] = (),
+    length: int | None = None,
+) -> RunData:
     """Stream the result files of ``out``; select ``ids``, else the ``top`` reads.
 
     The top reads: reads called virus before the others, then the most chunks with
@@ -126,8 +142,7 @@ def load_run(out: str | os.PathLike[str], *, top: int = 10, ids: Sequence[str] =
             if row.id in wanted:
                 chosen[row.id] = row
         elif row.max_virus_score is not None and top > 0:
-            item = (row.prediction == "virus", row.chunks_with_orf, row.max_virus_score, -n,
-                    row)
+            item = (row.prediction == "virus", row.chunks_with_orf, row.max_virus_score, -n, row)
             if len(heap) < top:
                 heapq.heappush(heap, item)
             else:
@@ -142,8 +157,10 @@ def load_run(out: str | os.PathLike[str], *, top: int = 10, ids: Sequence[str] =
         reads = [item[-1] for item in sorted(heap, reverse=True)]
     selected = {r.id for r in reads}
     orfs: dict[str, list[OrfScore]] = {r.id: [] for r in reads}
-    orf_hist = {"virus": np.zeros(len(BINS) - 1, np.int64),
-                "others": np.zeros(len(BINS) - 1, np.int64)}
+    orf_hist = {
+        "virus": np.zeros(len(BINS) - 1, np.int64),
+        "others": np.zeros(len(BINS) - 1, np.int64),
+    }
     pending: dict[str, list[float]] = {"virus": [], "others": []}
     chunk_calls = {"virus": 0, "others": 0}
     for fields in _open_lines(out / PREDICTIONS, _header(PREDICTIONS)):

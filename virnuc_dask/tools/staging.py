@@ -62,8 +62,9 @@ class StagedModels:
     dnabert: Path
 
     @classmethod
-    def check(cls, root: str | os.PathLike[str], *, esm_model: str,
-              dnabert_model: str) -> StagedModels:
+    def check(
+        cls, root: str | os.PathLike[str], *, esm_model: str, dnabert_model: str
+    ) -> StagedModels:
         """Resolve both models strictly offline from ``root``; ModelLoadError if incomplete."""
         from virnuc_dask.models.dnabert import resolve_dnabert_dir
         from virnuc_dask.models.esm2 import resolve_esm_path
@@ -71,8 +72,9 @@ class StagedModels:
         root = Path(root)
         try:
             esm = resolve_esm_path(esm_model, cache_dir=esm_cache(root), offline=True)
-            dnabert = resolve_dnabert_dir(dnabert_model, cache_dir=str(dnabert_cache(root)),
-                                          offline=True)
+            dnabert = resolve_dnabert_dir(
+                dnabert_model, cache_dir=str(dnabert_cache(root)), offline=True
+            )
         except FileNotFoundError as exc:
             raise ModelLoadError(f"{root}: incomplete model cache: {exc}") from None
         return cls(root, esm_model, dnabert_model, esm, dnabert)
@@ -85,8 +87,9 @@ class StagedModels:
         return sum(p.stat().st_size for p in self.files())
 
 
-def fetch_models(root: str | os.PathLike[str], *, esm_model: str,
-                 dnabert_model: str) -> StagedModels:
+def fetch_models(
+    root: str | os.PathLike[str], *, esm_model: str, dnabert_model: str
+) -> StagedModels:
     """Download both models into ``root`` (files already there are kept) and check them."""
     from virnuc_dask.models.dnabert import resolve_dnabert_dir
     from virnuc_dask.models.esm2 import is_local_model, resolve_esm_path
@@ -94,11 +97,14 @@ def fetch_models(root: str | os.PathLike[str], *, esm_model: str,
     if is_local_model(esm_model) or Path(dnabert_model).expanduser().exists():
         raise ModelLoadError(
             "models fetch downloads hub models: give a fair-esm name (esm2_t36_3B_UR50D) and "
-            "a Hugging Face id (zhihan1996/DNABERT-S), not local paths")
+            "a Hugging Face id (zhihan1996/DNABERT-S), not local paths"
+        )
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    advice = ("`models fetch` must run where downloads work (a login node or a machine with "
-              "internet access); copy the directory to the cluster afterwards")
+    advice = (
+        "`models fetch` must run where downloads work (a login node or a machine with "
+        "internet access); copy the directory to the cluster afterwards"
+    )
     try:
         logger.info("fetching ESM-2 %s into %s", esm_model, esm_cache(root))
         resolve_esm_path(esm_model, cache_dir=esm_cache(root), offline=False)
@@ -118,11 +124,13 @@ def usage_hint(staged: StagedModels) -> str:
         models += f" --esm-model {staged.esm_model}"
     if staged.dnabert_model != defaults.dnabert_model:
         models += f" --dnabert-model {staged.dnabert_model}"
-    return (f"Copy {staged.root} to a file system the compute nodes read (or fetch straight "
-            f"into one), then run:\n"
-            f"  virnuc-dask predict READS.fa --classifier 500_model.pth{models} "
-            f"--model-cache {staged.root} --offline --out RESULTS\n"
-            f"or put `model_cache: {staged.root}` and `offline: true` in a --config file.")
+    return (
+        f"Copy {staged.root} to a file system the compute nodes read (or fetch straight "
+        f"into one), then run:\n"
+        f"  virnuc-dask predict READS.fa --classifier 500_model.pth{models} "
+        f"--model-cache {staged.root} --offline --out RESULTS\n"
+        f"or put `model_cache: {staged.root}` and `offline: true` in a --config file."
+    )
 
 
 # -- `virnuc-dask models fetch` ------------------------------------------------------------

@@ -105,7 +105,8 @@ class FileStats:
     lengths: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     findings: list[Finding] = dataclasses.field(default_factory=list)
     counts: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"error": 0, "problem": 0, "note": 0})
+        default_factory=lambda: {"error": 0, "problem": 0, "note": 0}
+    )
     hashes: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     lines: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     sample: list[str] = dataclasses.field(default_factory=list, repr=False)
@@ -113,7 +114,8 @@ class FileStats:
     #: model inputs: enough to count repeats (a collision among 10^9 is unlikely, and
     #: would shift a count by one).
     content: dict[str, list[np.ndarray]] = dataclasses.field(
-        default_factory=lambda: {"reads": [], "dnabert": [], "esm": []}, repr=False)
+        default_factory=lambda: {"reads": [], "dnabert": [], "esm": []}, repr=False
+    )
 
     def add(self, finding: Finding, max_findings: int) -> None:
         self.counts[finding.kind] += 1
@@ -128,19 +130,22 @@ def _id_hash(read_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(read_id.encode(), digest_size=8).digest(), "little")
 
 
-def add_records(stats: FileStats, records: Sequence[Record], *, chunk_size: int,
-                max_findings: int) -> None:
+def add_records(
+    stats: FileStats, records: Sequence[Record], *, chunk_size: int, max_findings: int
+) -> None:
     """Count one block's records into ``stats`` (chunks, ORFs, tokens, findings)."""
     table = orfs_from_records(records, chunk_size)
     stats.records += len(records)
     lengths = np.fromiter((len(r.sequence) for r in records), np.int64, len(records))
     stats.lengths.append(lengths)
     stats.bases += int(lengths.sum())
-    stats.hashes.append(np.fromiter((_id_hash(r.id) for r in records), np.uint64,
-                                    len(records)))
+    stats.hashes.append(np.fromiter((_id_hash(r.id) for r in records), np.uint64, len(records)))
     stats.lines.append(np.fromiter((r.line for r in records), np.int64, len(records)))
-    accepted = [r.sequence.upper() for r, read in zip(records, table.reads, strict=True)
-                if read.problem is None]
+    accepted = [
+        r.sequence.upper()
+        for r, read in zip(records, table.reads, strict=True)
+        if read.problem is None
+    ]
     stats.content["reads"].append(content_hashes(accepted)[:, 0])
     stats.content["dnabert"].append(content_hashes([o.nucleotide for o in table.orfs])[:, 0])
     stats.content["esm"].append(content_hashes([o.protein for o in table.orfs])[:, 0])
@@ -151,21 +156,34 @@ def add_records(stats: FileStats, records: Sequence[Record], *, chunk_size: int,
         stats.chunks += read.chunks
         stats.reads_no_orf += read.orfs == 0
         if read.length < 3:
-            stats.add(Finding("note", rec.path, rec.line, rec.id,
-                              f"{read.length} bp: shorter than 3 bp, no ORF possible"),
-                      max_findings)
+            stats.add(
+                Finding(
+                    "note",
+                    rec.path,
+                    rec.line,
+                    rec.id,
+                    f"{read.length} bp: shorter than 3 bp, no ORF possible",
+                ),
+                max_findings,
+            )
         elif read.length >= LONG_READ:
-            stats.add(Finding("note", rec.path, rec.line, rec.id,
-                              f"long read: {read.length:,} bp, {read.chunks:,} chunks, "
-                              f"{read.orfs:,} ORFs"), max_findings)
+            stats.add(
+                Finding(
+                    "note",
+                    rec.path,
+                    rec.line,
+                    rec.id,
+                    f"long read: {read.length:,} bp, {read.chunks:,} chunks, {read.orfs:,} ORFs",
+                ),
+                max_findings,
+            )
     stats.orfs += len(table.orfs)
     protein = np.fromiter((len(o.protein) + 2 for o in table.orfs), np.int64, len(table.orfs))
-    nucleotide = np.fromiter((len(o.nucleotide) for o in table.orfs), np.int64,
-                             len(table.orfs))
+    nucleotide = np.fromiter((len(o.nucleotide) for o in table.orfs), np.int64, len(table.orfs))
     stats.esm_tokens += int(protein.sum())
-    stats.esm_tokens_sq += int((protein ** 2).sum())
+    stats.esm_tokens_sq += int((protein**2).sum())
     stats.nucleotide_bases += int(nucleotide.sum())
-    stats.nucleotide_sq += int((nucleotide ** 2).sum())
+    stats.nucleotide_sq += int((nucleotide**2).sum())
     room = SAMPLE_FOR_TOKENIZER - len(stats.sample)
     if room > 0:
         stats.sample.extend(o.nucleotide for o in table.orfs[:room])
@@ -181,12 +199,18 @@ def _line_endings(path: str, compressed: bool) -> Finding | None:
         return None
     crlf = head.find(b"\r\n")
     if crlf >= 0:
-        return Finding("note", path, head.count(b"\n", 0, crlf) + 1, None,
-                       "Windows line endings (CRLF); accepted")
+        return Finding(
+            "note",
+            path,
+            head.count(b"\n", 0, crlf) + 1,
+            None,
+            "Windows line endings (CRLF); accepted",
+        )
     cr = head.find(b"\r")
     if cr >= 0:
-        return Finding("note", path, head.count(b"\n", 0, cr) + 1, None,
-                       "old Mac line endings (CR); accepted")
+        return Finding(
+            "note", path, head.count(b"\n", 0, cr) + 1, None, "old Mac line endings (CR); accepted"
+        )
     return None
 
 
@@ -202,8 +226,9 @@ def check_file(path: str, *, chunk_size: int, blocksize: int, max_findings: int)
         stats.add(_format_error(path, exc), max_findings)
         return stats
     except OSError as exc:
-        stats.add(Finding("error", path, None, None, f"cannot be read: {exc.strerror}"),
-                  max_findings)
+        stats.add(
+            Finding("error", path, None, None, f"cannot be read: {exc.strerror}"), max_findings
+        )
         return stats
     stats.compressed = blocks[0].stop is None and _is_gzip(path)
     stats.format = blocks[0].format
@@ -217,13 +242,16 @@ def check_file(path: str, *, chunk_size: int, blocksize: int, max_findings: int)
             stats.add(_format_error(path, exc), max_findings)
             return stats
         except OSError as exc:
-            stats.add(Finding("error", path, None, None, f"cannot be read: {exc.strerror}"),
-                      max_findings)
+            stats.add(
+                Finding("error", path, None, None, f"cannot be read: {exc.strerror}"), max_findings
+            )
             return stats
         add_records(stats, records, chunk_size=chunk_size, max_findings=max_findings)
     if stats.records == 0:
-        stats.add(Finding("problem", path, 1, None,
-                          "no FASTA records (empty file or only blank lines)"), max_findings)
+        stats.add(
+            Finding("problem", path, 1, None, "no FASTA records (empty file or only blank lines)"),
+            max_findings,
+        )
     return stats
 
 
@@ -282,9 +310,16 @@ def find_duplicates(files: Sequence[FileStats], *, max_findings: int) -> None:
     ids = _ids_at(files, wanted)
     for i, line, j, first_line in pairs:
         read_id = ids.get((i, line))
-        files[i].add(Finding("problem", files[i].path, line, read_id,
-                             f"duplicate read id (first at {files[j].path} line {first_line})"),
-                     max_findings)
+        files[i].add(
+            Finding(
+                "problem",
+                files[i].path,
+                line,
+                read_id,
+                f"duplicate read id (first at {files[j].path} line {first_line})",
+            ),
+            max_findings,
+        )
 
 
 def _ids_at(files: Sequence[FileStats], wanted: dict[int, set[int]]) -> dict[tuple[int, int], str]:
@@ -301,8 +336,14 @@ def _ids_at(files: Sequence[FileStats], wanted: dict[int, set[int]]) -> dict[tup
 # -- run-time estimate --------------------------------------------------------------------
 
 
-def dnabert_tokens(source: str, sample: Sequence[str], bases: int, bases_sq: int,
-                   orfs: int, model_cache: str | None = None) -> tuple[float, float, str]:
+def dnabert_tokens(
+    source: str,
+    sample: Sequence[str],
+    bases: int,
+    bases_sq: int,
+    orfs: int,
+    model_cache: str | None = None,
+) -> tuple[float, float, str]:
     """Estimated DNABERT-S tokens ``(sum n, sum n^2, how)``: bp per token measured with the
     model's own tokenizer on a sample of ORFs when it is on this machine, else the default."""
     ratio, how = DNABERT_BP_PER_TOKEN, f"{DNABERT_BP_PER_TOKEN} bp/token (published tokenizer)"
@@ -342,29 +383,42 @@ def estimate(files: Sequence[FileStats], settings: Settings) -> dict[str, Any]:
     """Model FLOPs of all ORFs and the time they take at the measured matmul rate."""
     esm = esm_source_shape(settings.esm_model)
     dnabert = dnabert_source_shape(settings.dnabert_model, settings.model_cache)
-    missing = [name for name, shape in (("ESM-2", esm), ("DNABERT-S", dnabert))
-               if shape is None]
+    missing = [name for name, shape in (("ESM-2", esm), ("DNABERT-S", dnabert)) if shape is None]
     if missing:
-        return {"error": f"shape of {' and '.join(missing)} unknown here (not a published "
-                f"name and not a local file); pass --esm-model/--dnabert-model"}
+        return {
+            "error": f"shape of {' and '.join(missing)} unknown here (not a published "
+            f"name and not a local file); pass --esm-model/--dnabert-model"
+        }
     orfs = sum(f.orfs for f in files)
     esm_flops = esm.flops(sum(f.esm_tokens for f in files), sum(f.esm_tokens_sq for f in files))
     sample = [s for f in files for s in f.sample][:SAMPLE_FOR_TOKENIZER]
     dn_tokens, dn_sq, how = dnabert_tokens(
-        settings.dnabert_model, sample, sum(f.nucleotide_bases for f in files),
-        sum(f.nucleotide_sq for f in files), orfs, settings.model_cache)
+        settings.dnabert_model,
+        sample,
+        sum(f.nucleotide_bases for f in files),
+        sum(f.nucleotide_sq for f in files),
+        orfs,
+        settings.model_cache,
+    )
     dn_flops = dnabert.flops(dn_tokens, dn_sq)
     device, precision, devices = _hardware(settings)
     peak = matmul_peak(device, DTYPES[precision], repeats=1, rounds=2)
     total = esm_flops + dn_flops
     floor = total / (peak * devices)
     return {
-        "esm_model": settings.esm_model, "esm_shape": esm.name,
-        "dnabert_model": settings.dnabert_model, "dnabert_shape": dnabert.name,
-        "esm_tokens": sum(f.esm_tokens for f in files), "dnabert_tokens": round(dn_tokens),
+        "esm_model": settings.esm_model,
+        "esm_shape": esm.name,
+        "dnabert_model": settings.dnabert_model,
+        "dnabert_shape": dnabert.name,
+        "esm_tokens": sum(f.esm_tokens for f in files),
+        "dnabert_tokens": round(dn_tokens),
         "dnabert_tokens_from": how,
-        "esm_flops": esm_flops, "dnabert_flops": dn_flops, "flops": total,
-        "device": device, "devices": devices, "precision": precision,
+        "esm_flops": esm_flops,
+        "dnabert_flops": dn_flops,
+        "flops": total,
+        "device": device,
+        "devices": devices,
+        "precision": precision,
         "matmul_flops_per_s": peak,
         "seconds_at_peak": floor,
         "assumed_utilization": ASSUMED_UTILIZATION,
@@ -384,11 +438,13 @@ def _si(value: float, unit: str) -> str:
 
 def length_buckets(lengths: np.ndarray, chunk_size: int) -> list[tuple[str, int]]:
     """Read counts in ranges that matter for chunking."""
-    edges = [(0, 3, "< 3 bp (no ORF)"), (3, chunk_size, f"3 bp - {chunk_size - 1} bp (1 chunk)"),
-             (chunk_size, 2 * chunk_size + 1, f"{chunk_size} - {2 * chunk_size} bp (1-2 chunks)"),
-             (2 * chunk_size + 1, 10 * chunk_size + 1,
-              f"{2 * chunk_size + 1} - {10 * chunk_size} bp"),
-             (10 * chunk_size + 1, None, f"> {10 * chunk_size} bp")]
+    edges = [
+        (0, 3, "< 3 bp (no ORF)"),
+        (3, chunk_size, f"3 bp - {chunk_size - 1} bp (1 chunk)"),
+        (chunk_size, 2 * chunk_size + 1, f"{chunk_size} - {2 * chunk_size} bp (1-2 chunks)"),
+        (2 * chunk_size + 1, 10 * chunk_size + 1, f"{2 * chunk_size + 1} - {10 * chunk_size} bp"),
+        (10 * chunk_size + 1, None, f"> {10 * chunk_size} bp"),
+    ]
     out = []
     for lo, hi, label in edges:
         n = int(((lengths >= lo) & (lengths < hi if hi is not None else True)).sum())
@@ -399,58 +455,79 @@ def length_buckets(lengths: np.ndarray, chunk_size: int) -> list[tuple[str, int]
 def file_summary(stats: FileStats, chunk_size: int) -> dict[str, Any]:
     lengths = stats.length_array()
     out: dict[str, Any] = {
-        "path": stats.path, "format": stats.format, "gzip": stats.compressed,
+        "path": stats.path,
+        "format": stats.format,
+        "gzip": stats.compressed,
         "records": stats.records,
-        "bases": stats.bases, "chunks": stats.chunks, "orfs": stats.orfs,
-        "reads_without_orf": stats.reads_no_orf, "esm_tokens": stats.esm_tokens,
-        "errors": stats.counts["error"], "problems": stats.counts["problem"],
+        "bases": stats.bases,
+        "chunks": stats.chunks,
+        "orfs": stats.orfs,
+        "reads_without_orf": stats.reads_no_orf,
+        "esm_tokens": stats.esm_tokens,
+        "errors": stats.counts["error"],
+        "problems": stats.counts["problem"],
         "notes": stats.counts["note"],
         "findings": [dataclasses.asdict(f) for f in stats.findings],
     }
     if len(lengths):
-        out["length"] = {"min": int(lengths.min()), "median": float(np.median(lengths)),
-                         "mean": float(lengths.mean()), "max": int(lengths.max()),
-                         "buckets": dict(length_buckets(lengths, chunk_size))}
+        out["length"] = {
+            "min": int(lengths.min()),
+            "median": float(np.median(lengths)),
+            "mean": float(lengths.mean()),
+            "max": int(lengths.max()),
+            "buckets": dict(length_buckets(lengths, chunk_size)),
+        }
     return out
 
 
-def report_text(files: Sequence[FileStats], chunk_size: int, est: dict[str, Any] | None,
-                max_findings: int) -> str:
+def report_text(
+    files: Sequence[FileStats], chunk_size: int, est: dict[str, Any] | None, max_findings: int
+) -> str:
     lines = []
     for stats in files:
         kind = "gzip" if stats.compressed else "plain"
-        lines.append(f"{stats.path}: {stats.records:,} records, {stats.bases:,} bp, "
-                     f"{stats.format.upper()} ({kind})")
+        lines.append(
+            f"{stats.path}: {stats.records:,} records, {stats.bases:,} bp, "
+            f"{stats.format.upper()} ({kind})"
+        )
         lengths = stats.length_array()
         if len(lengths):
-            lines.append(f"  lengths   min {lengths.min():,} · median {np.median(lengths):,.0f}"
-                         f" · mean {lengths.mean():,.1f} · max {lengths.max():,} bp")
-            buckets = [f"{label}: {n:,}" for label, n in length_buckets(lengths, chunk_size)
-                       if n]
+            lines.append(
+                f"  lengths   min {lengths.min():,} · median {np.median(lengths):,.0f}"
+                f" · mean {lengths.mean():,.1f} · max {lengths.max():,} bp"
+            )
+            buckets = [f"{label}: {n:,}" for label, n in length_buckets(lengths, chunk_size) if n]
             lines.append("            " + " · ".join(buckets))
-            lines.append(f"  expected  {stats.chunks:,} chunks of {chunk_size} bp · "
-                         f"{stats.orfs:,} ORFs · {stats.reads_no_orf:,} reads without ORF · "
-                         f"{stats.esm_tokens:,} ESM-2 tokens")
+            lines.append(
+                f"  expected  {stats.chunks:,} chunks of {chunk_size} bp · "
+                f"{stats.orfs:,} ORFs · {stats.reads_no_orf:,} reads without ORF · "
+                f"{stats.esm_tokens:,} ESM-2 tokens"
+            )
         shown = {k: sum(f.kind == k for f in stats.findings) for k in stats.counts}
         for finding in stats.findings:
             lines.append(f"  {finding}")
         for k, n in stats.counts.items():
             if n > shown[k]:
-                lines.append(f"  ... and {n - shown[k]:,} more {k}s "
-                             f"(--max-findings {max_findings} shown)")
+                lines.append(
+                    f"  ... and {n - shown[k]:,} more {k}s (--max-findings {max_findings} shown)"
+                )
         if not stats.findings:
             lines.append("  no problems found")
     if len(files) > 1:
-        lines.append(f"total: {sum(f.records for f in files):,} records, "
-                     f"{sum(f.chunks for f in files):,} chunks, {sum(f.orfs for f in files):,}"
-                     " ORFs")
+        lines.append(
+            f"total: {sum(f.records for f in files):,} records, "
+            f"{sum(f.chunks for f in files):,} chunks, {sum(f.orfs for f in files):,}"
+            " ORFs"
+        )
     repeats = repeated_inputs(files)
     if repeats["reads"]["total"]:
         r, d, e = repeats["reads"], repeats["dnabert"], repeats["esm"]
-        lines.append(f"duplicates: {r['total'] - r['unique']:,} of {r['total']:,} reads "
-                     f"({r['duplicate_share']:.1%}) repeat an earlier read's sequence; "
-                     f"expected unique ORFs (embedded once each): DNABERT-S {d['unique']:,}, "
-                     f"ESM-2 {e['unique']:,} of {d['total']:,}")
+        lines.append(
+            f"duplicates: {r['total'] - r['unique']:,} of {r['total']:,} reads "
+            f"({r['duplicate_share']:.1%}) repeat an earlier read's sequence; "
+            f"expected unique ORFs (embedded once each): DNABERT-S {d['unique']:,}, "
+            f"ESM-2 {e['unique']:,} of {d['total']:,}"
+        )
     if est is not None:
         if "error" in est:
             lines.append(f"run time: no estimate: {est['error']}")
@@ -458,15 +535,21 @@ def report_text(files: Sequence[FileStats], chunk_size: int, est: dict[str, Any]
             lines.append(
                 f"run time estimate for {est['esm_model']} ({est['esm_shape']}) + "
                 f"{est['dnabert_model']} ({est['dnabert_shape']}), {est['precision']} on "
-                f"{est['devices']} {est['device']} device(s):")
+                f"{est['devices']} {est['device']} device(s):"
+            )
             share = est["esm_flops"] / est["flops"] if est["flops"] else 0
-            lines.append(f"  model work {_si(est['flops'], 'FLOP')} (ESM-2 {share:.0%}); "
-                         f"DNABERT-S tokens from {est['dnabert_tokens_from']}")
-            lines.append(f"  measured matmul rate {_si(est['matmul_flops_per_s'], 'FLOP/s')}"
-                         " per device")
-            lines.append(f"  at that rate: {_duration(est['seconds_at_peak'])}; at "
-                         f"{est['assumed_utilization']:.0%} of it (typical of a well-fed run):"
-                         f" about {_duration(est['seconds_expected'])}")
+            lines.append(
+                f"  model work {_si(est['flops'], 'FLOP')} (ESM-2 {share:.0%}); "
+                f"DNABERT-S tokens from {est['dnabert_tokens_from']}"
+            )
+            lines.append(
+                f"  measured matmul rate {_si(est['matmul_flops_per_s'], 'FLOP/s')} per device"
+            )
+            lines.append(
+                f"  at that rate: {_duration(est['seconds_at_peak'])}; at "
+                f"{est['assumed_utilization']:.0%} of it (typical of a well-fed run):"
+                f" about {_duration(est['seconds_expected'])}"
+            )
     return "\n".join(lines)
 
 
@@ -478,8 +561,11 @@ def repeated_inputs(files: Sequence[FileStats]) -> dict[str, dict[str, Any]]:
         parts = [h for f in files for h in f.content[key]]
         allh = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
         total, unique = len(allh), len(np.unique(allh))
-        out[key] = {"total": total, "unique": unique,
-                    "duplicate_share": (total - unique) / total if total else 0.0}
+        out[key] = {
+            "total": total,
+            "unique": unique,
+            "duplicate_share": (total - unique) / total if total else 0.0,
+        }
     return out
 
 
@@ -492,11 +578,16 @@ def exit_code(files: Iterable[FileStats]) -> int:
     return EXIT_CLEAN
 
 
-def validate(inputs: Sequence[str], settings: Settings, *, max_findings: int = 20,
-             with_estimate: bool = True) -> tuple[list[FileStats], dict[str, Any] | None]:
+def validate(
+    inputs: Sequence[str], settings: Settings, *, max_findings: int = 20, with_estimate: bool = True
+) -> tuple[list[FileStats], dict[str, Any] | None]:
     """Check every input; the estimate only when some input has ORFs and none is unreadable."""
-    files = [check_file(p, chunk_size=settings.length, blocksize=settings.blocksize,
-                        max_findings=max_findings) for p in inputs]
+    files = [
+        check_file(
+            p, chunk_size=settings.length, blocksize=settings.blocksize, max_findings=max_findings
+        )
+        for p in inputs
+    ]
     find_duplicates(files, max_findings=max_findings)
     est = None
     if with_estimate and sum(f.orfs for f in files) and exit_code(files) != EXIT_UNREADABLE:

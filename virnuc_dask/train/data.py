@@ -22,8 +22,15 @@ import zarr
 
 from virnuc_dask.dataflow.store import MODEL_ARRAYS, read_rows
 
-__all__ = ["TRAIN", "UNUSED", "VALIDATION", "chunk_rows", "train_batches",
-           "validation_rows", "validation_split"]
+__all__ = [
+    "TRAIN",
+    "UNUSED",
+    "VALIDATION",
+    "chunk_rows",
+    "train_batches",
+    "validation_rows",
+    "validation_split",
+]
 
 TRAIN, VALIDATION, UNUSED = 0, 1, -1
 
@@ -50,21 +57,24 @@ def chunk_rows(group: zarr.Group) -> int:
     return int(group["split"].chunks[0])
 
 
-def _read_chunk(group: zarr.Group, chunk: int, size: int, want: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _read_chunk(
+    group: zarr.Group, chunk: int, size: int, want: int
+) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = chunk * size, min((chunk + 1) * size, group["split"].shape[0])
     keep = np.flatnonzero(group["split"][lo:hi] == want)
     if not len(keep):
         width = sum(group[name].shape[1] for name in MODEL_ARRAYS)
         return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
     # Through the dedup sources: a copy of an input embedded once reads its first row.
-    features = np.concatenate([read_rows(group, name, lo, hi)[keep] for name in MODEL_ARRAYS],
-                              axis=1)
+    features = np.concatenate(
+        [read_rows(group, name, lo, hi)[keep] for name in MODEL_ARRAYS], axis=1
+    )
     return features, group["labels"][lo:hi][keep].astype(np.int64)
 
 
-def train_batches(group: zarr.Group, *, batch_size: int, window: int, seed: int,
-                  epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def train_batches(
+    group: zarr.Group, *, batch_size: int, window: int, seed: int, epoch: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(features, labels) batches of the training rows for ``epoch`` (module docstring).
 
     A last batch of one row is dropped: batch normalisation cannot train on it.
@@ -77,13 +87,13 @@ def train_batches(group: zarr.Group, *, batch_size: int, window: int, seed: int,
     carry_x = np.zeros((0, sum(group[n].shape[1] for n in MODEL_ARRAYS)), np.float32)
     carry_y = np.zeros(0, np.int64)
     for start in range(0, chunks, window):
-        pieces = [_read_chunk(group, int(c), size, TRAIN) for c in order[start:start + window]]
+        pieces = [_read_chunk(group, int(c), size, TRAIN) for c in order[start : start + window]]
         x = np.concatenate([carry_x, *(p[0] for p in pieces)])
         y = np.concatenate([carry_y, *(p[1] for p in pieces)])
         perm = rng.permutation(len(y))
         full = len(y) // batch_size * batch_size
         for b in range(0, full, batch_size):
-            idx = perm[b:b + batch_size]
+            idx = perm[b : b + batch_size]
             yield x[idx], y[idx]
         carry_x, carry_y = x[perm[full:]], y[perm[full:]]
     if len(carry_y) > 1:

@@ -91,8 +91,11 @@ def level_scores(directory: Path) -> dict[str, tuple[array.array, array.array, i
                 continue
             read_s.append(int(cells[col["virus_chunks"]]) / int(cells[col["chunks_with_orf"]]))
             read_c.append(cells[col["prediction"]] == "virus")
-    return {"orf": (orf_s, orf_c, 0), "chunk": (chunk_s, chunk_c, 0),
-            "read": (read_s, read_c, unscored)}
+    return {
+        "orf": (orf_s, orf_c, 0),
+        "chunk": (chunk_s, chunk_c, 0),
+        "read": (read_s, read_c, unscored),
+    }
 
 
 def evaluation_metrics(viral_dir: Path, other_dir: Path) -> dict[str, Any]:
@@ -100,12 +103,15 @@ def evaluation_metrics(viral_dir: Path, other_dir: Path) -> dict[str, Any]:
     per_class = {1: level_scores(viral_dir), 0: level_scores(other_dir)}
     out: dict[str, Any] = {}
     for level in LEVELS:
-        labels = np.concatenate([np.full(len(per_class[v][level][0]), v, dtype=np.int8)
-                                 for _, v in CLASSES])
-        scores = np.concatenate([np.frombuffer(per_class[v][level][0], dtype=np.float64)
-                                 for _, v in CLASSES])
-        calls = np.concatenate([np.frombuffer(per_class[v][level][1], dtype=np.int8)
-                                for _, v in CLASSES])
+        labels = np.concatenate(
+            [np.full(len(per_class[v][level][0]), v, dtype=np.int8) for _, v in CLASSES]
+        )
+        scores = np.concatenate(
+            [np.frombuffer(per_class[v][level][0], dtype=np.float64) for _, v in CLASSES]
+        )
+        calls = np.concatenate(
+            [np.frombuffer(per_class[v][level][1], dtype=np.int8) for _, v in CLASSES]
+        )
         metrics = binary_metrics(labels, scores, calls)
         metrics["unscored"] = {name: per_class[v][level][2] for name, v in CLASSES}
         out[level] = metrics
@@ -114,8 +120,10 @@ def evaluation_metrics(viral_dir: Path, other_dir: Path) -> dict[str, Any]:
 
 def metrics_text(metrics: dict[str, Any]) -> str:
     """The metrics as a small table, then the confusion matrices."""
+
     def cell(value: Any) -> str:
         return "NA" if value is None else f"{value:.4f}"
+
     lines = [f"{'level':<6} {'n':>8} " + " ".join(f"{m:>9}" for m in METRICS)]
     for level in LEVELS:
         m = metrics[level]
@@ -124,22 +132,34 @@ def metrics_text(metrics: dict[str, Any]) -> str:
     lines.append("confusion matrices (viral is the positive class)")
     for level in LEVELS:
         c = metrics[level]["confusion"]
-        lines.append(f"{level:<6} true other: called other {c['tn']}, called viral {c['fp']}; "
-                     f"true viral: called other {c['fn']}, called viral {c['tp']}")
+        lines.append(
+            f"{level:<6} true other: called other {c['tn']}, called viral {c['fp']}; "
+            f"true viral: called other {c['fn']}, called viral {c['tp']}"
+        )
     unscored = metrics["read"]["unscored"]
-    lines.append(f"reads without a call (no ORF, or every ORF failed): viral "
-                 f"{unscored['viral']}, other {unscored['other']}")
+    lines.append(
+        f"reads without a call (no ORF, or every ORF failed): viral "
+        f"{unscored['viral']}, other {unscored['other']}"
+    )
     return "\n".join(lines) + "\n"
 
 
-def evaluate(settings, viral: tuple[str, ...], other: tuple[str, ...], client: Client, *,
-             progress: Progress | None = None) -> EvaluationResult:
+def evaluate(
+    settings,
+    viral: tuple[str, ...],
+    other: tuple[str, ...],
+    client: Client,
+    *,
+    progress: Progress | None = None,
+) -> EvaluationResult:
     """Predict each class's files with ``settings.classifier`` and measure the calls."""
     if not viral or not other:
         raise TrainingDataError("evaluation needs files of both classes: --viral and --other")
     out = Path(settings.out)
-    runs = {name: settings.replace(inputs=files, out=str(out / name))
-            for name, files in (("viral", viral), ("other", other))}
+    runs = {
+        name: settings.replace(inputs=files, out=str(out / name))
+        for name, files in (("viral", viral), ("other", other))
+    }
     for run in runs.values():
         preflight(run)
     exit_code = 0
@@ -152,16 +172,25 @@ def evaluate(settings, viral: tuple[str, ...], other: tuple[str, ...], client: C
         if result.counts.orfs == 0:
             raise TrainingDataError(f"no usable {name} record: {', '.join(run.inputs)} give no ORF")
     metrics = evaluation_metrics(out / "viral", out / "other")
-    document = {"classifier": settings.classifier, "length": settings.length,
-                "classes": summaries, "metrics": metrics}
+    document = {
+        "classifier": settings.classifier,
+        "length": settings.length,
+        "classes": summaries,
+        "metrics": metrics,
+    }
     atomic_write_text(out / JSON, json.dumps(document, indent=2) + "\n")
     atomic_write_text(out / TEXT, metrics_text(metrics))
     return EvaluationResult(out, metrics, exit_code)
 
 
-def run_evaluation(settings, viral: tuple[str, ...], other: tuple[str, ...], *,
-                   client: Client | None = None,
-                   progress: ProgressFactory | None = None) -> EvaluationResult:
+def run_evaluation(
+    settings,
+    viral: tuple[str, ...],
+    other: tuple[str, ...],
+    *,
+    client: Client | None = None,
+    progress: ProgressFactory | None = None,
+) -> EvaluationResult:
     """:func:`evaluate` with the cluster the settings name (unless a client is given)."""
     from virnuc_dask.cluster.start import open_client
     from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
@@ -171,8 +200,10 @@ def run_evaluation(settings, viral: tuple[str, ...], other: tuple[str, ...], *,
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(open_client(settings))
-        logger.info("dashboard: %s", dashboard_link(client)
-                    or "none (the scheduler runs without one; it needs bokeh)")
+        logger.info(
+            "dashboard: %s",
+            dashboard_link(client) or "none (the scheduler runs without one; it needs bokeh)",
+        )
         stack.enter_context(client.as_current())
         stack.enter_context(performance_report(settings.performance_report))
         sink = stack.enter_context(progress(client)) if progress is not None else None

@@ -38,8 +38,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     ends = np.r_[starts[1:], len(scores)]
     for lo, hi in zip(starts, ends, strict=True):
         ranks[order[lo:hi]] = (lo + 1 + hi) / 2
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2)
-                 / (positives * negatives))
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +54,9 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.r_[0.0, fp / n], np.r_[0.0, tp / p]
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray,
-                   predicted: np.ndarray | None = None) -> dict[str, Any]:
+def binary_metrics(
+    labels: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None = None
+) -> dict[str, Any]:
     """Accuracy, precision, recall, F1, ROC AUC and the confusion matrix.
 
     ``scores``: the viral score of each item (for the AUC); ``predicted``: the calls,
@@ -73,7 +73,14 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray,
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"n": n, "positives": tp + fn, "negatives": tn + fp,
-            "accuracy": (tp + tn) / n if n else 0.0, "precision": precision,
-            "recall": recall, "f1": f1, "roc_auc": roc_auc(labels, scores),
-            "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}}
+    return {
+        "n": n,
+        "positives": tp + fn,
+        "negatives": tn + fp,
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "roc_auc": roc_auc(labels, scores),
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }

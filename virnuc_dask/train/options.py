@@ -26,8 +26,7 @@ class TrainOptions:
     shuffle_window: int = 4
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "step_size", "patience", "hidden",
-                    "shuffle_window"):
+        for key in ("epochs", "batch_size", "step_size", "patience", "hidden", "shuffle_window"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")

@@ -58,8 +58,18 @@ from virnuc_dask.train.trainer import CHECKPOINT, best_model, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1",
-               "roc_auc", "lr", "seconds")
+LOG_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "lr",
+    "seconds",
+)
 # How long the cluster may have no worker at all while an epoch runs.
 NO_WORKER_S = 300.0
 POLL_S = 10.0
@@ -86,15 +96,19 @@ class TrainInputs:
 
     def selection_summary(self) -> dict[str, Any]:
         if self.protein_reference:
-            return {"mode": "protein reference",
-                    "description": "stop-free frames whose protein is a substring of a "
-                    "reference protein; chunks with ambiguous bases dropped",
-                    "protein_reference": list(self.protein_reference)}
-        return {"mode": "every stop-free frame",
-                "description": "no --protein-reference given: every stop-free frame is kept "
-                "(the original keeps only frames found in the genomes' annotated proteins); "
-                "chunks with ambiguous bases dropped",
-                "protein_reference": []}
+            return {
+                "mode": "protein reference",
+                "description": "stop-free frames whose protein is a substring of a "
+                "reference protein; chunks with ambiguous bases dropped",
+                "protein_reference": list(self.protein_reference),
+            }
+        return {
+            "mode": "every stop-free frame",
+            "description": "no --protein-reference given: every stop-free frame is kept "
+            "(the original keeps only frames found in the genomes' annotated proteins); "
+            "chunks with ambiguous bases dropped",
+            "protein_reference": [],
+        }
 
 
 @dataclasses.dataclass
@@ -123,7 +137,8 @@ def _check_classes(inputs: TrainInputs, blocks: list, counts: list[int]) -> None
             raise TrainingDataError(
                 f"no usable {name} record: {', '.join(files)} give no ORF in training mode "
                 "(empty, unreadable records, chunks with ambiguous bases, or no frame in the "
-                "protein reference)")
+                "protein reference)"
+            )
 
 
 def _row_labels(inputs: TrainInputs, embedded: Embedded) -> np.ndarray:
@@ -144,8 +159,14 @@ def _write_rows(embedded: Embedded, labels: np.ndarray, split: np.ndarray) -> No
     group = embedded.store.group("r+")
     chunk = int(group["dnabert"].chunks[0])
     for name, values in (("labels", labels), ("split", split)):
-        array = group.create_array(name, shape=values.shape, chunks=(max(1, chunk),),
-                                   dtype="int8", fill_value=UNUSED, overwrite=True)
+        array = group.create_array(
+            name,
+            shape=values.shape,
+            chunks=(max(1, chunk),),
+            dtype="int8",
+            fill_value=UNUSED,
+            overwrite=True,
+        )
         array[:] = values
 
 
@@ -154,15 +175,21 @@ def _log_text(history: list[dict[str, Any]]) -> str:
         if value is None:
             return "NA"
         return f"{value:.6g}" if isinstance(value, float) else str(value)
+
     lines = ["\t".join(LOG_COLUMNS)]
     lines += ["\t".join(cell(r.get(c)) for c in LOG_COLUMNS) for r in history]
     return "\n".join(lines) + "\n"
 
 
-def _training_fingerprint(settings, inputs: TrainInputs, options: TrainOptions,
-                          store_id: str | None) -> dict[str, Any]:
-    return {"options": options.as_dict(), "store_id": store_id,
-            "viral": list(inputs.viral), "other": list(inputs.other)}
+def _training_fingerprint(
+    settings, inputs: TrainInputs, options: TrainOptions, store_id: str | None
+) -> dict[str, Any]:
+    return {
+        "options": options.as_dict(),
+        "store_id": store_id,
+        "viral": list(inputs.viral),
+        "other": list(inputs.other),
+    }
 
 
 def _wait_epoch(client: Client, future) -> dict[str, Any]:
@@ -181,7 +208,8 @@ def _wait_epoch(client: Client, future) -> dict[str, Any]:
                 client.cancel(future)
                 raise VirnucError(
                     f"training stopped: the cluster has had no worker for {NO_WORKER_S:.0f} s; "
-                    "the last finished epoch is kept, re-run the command to resume") from None
+                    "the last finished epoch is kept, re-run the command to resume"
+                ) from None
 
 
 def _epoch_task(job: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +218,14 @@ def _epoch_task(job: dict[str, Any]) -> dict[str, Any]:
     return run_epoch(job)
 
 
-def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, *,
-          progress: Progress | None = None) -> TrainResult:
+def train(
+    settings,
+    inputs: TrainInputs,
+    options: TrainOptions,
+    client: Client,
+    *,
+    progress: Progress | None = None,
+) -> TrainResult:
     """Embed the labelled inputs, train, and write the classifier and its log into ``out``."""
     tick = progress or (lambda stage, done, total, **detail: None)
     timings: dict[str, float] = {}
@@ -201,15 +235,24 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
     settings = settings.replace(inputs=inputs.files, classifier=None)
     if inputs.protein_reference:
         load_reference(inputs.protein_reference)  # a bad reference fails here, not on workers
-    extra = {"selection": "training",
-             "protein_reference": [{"path": p, "sha256": file_digest(p)}
-                                   for p in inputs.protein_reference],
-             "classes": {"viral": list(inputs.viral), "other": list(inputs.other)}}
+    extra = {
+        "selection": "training",
+        "protein_reference": [
+            {"path": p, "sha256": file_digest(p)} for p in inputs.protein_reference
+        ],
+        "classes": {"viral": list(inputs.viral), "other": list(inputs.other)},
+    }
     with embedding_scratch(settings) as root:
         embedded = embed_inputs(
-            settings, client, root=root, tick=tick, timings=timings,
-            select=TrainingSelection(inputs.protein_reference), fingerprint_extra=extra,
-            check_counts=lambda blocks, counts: _check_classes(inputs, blocks, counts))
+            settings,
+            client,
+            root=root,
+            tick=tick,
+            timings=timings,
+            select=TrainingSelection(inputs.protein_reference),
+            fingerprint_extra=extra,
+            check_counts=lambda blocks, counts: _check_classes(inputs, blocks, counts),
+        )
 
     labels = _row_labels(inputs, embedded)
     usable = np.ones(len(labels), dtype=bool)
@@ -217,13 +260,16 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
     for name, value in (("viral", 1), ("other", 0)):
         if not (usable & (labels == value)).any():
             files = inputs.viral if value else inputs.other
-            raise TrainingDataError(f"no usable {name} record: no ORF of {', '.join(files)} "
-                                    "could be embedded (see the log)")
+            raise TrainingDataError(
+                f"no usable {name} record: no ORF of {', '.join(files)} "
+                "could be embedded (see the log)"
+            )
     split = validation_split(usable, options.validation, options.seed)
     if not (split == VALIDATION).any() or not (split == 0).any():
         raise TrainingDataError(
             f"{int(usable.sum())} usable ORFs are too few to hold out a validation fraction "
-            f"of {options.validation} and train on the rest")
+            f"of {options.validation} and train on the rest"
+        )
     _write_rows(embedded, labels, split)
 
     directory = out / TRAINING_STATE
@@ -237,15 +283,21 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
             differs = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
             raise OutputDirError(
                 f"{directory} holds a training with different {', '.join(differs)}; use "
-                "another --out, or --overwrite to start afresh")
+                "another --out, or --overwrite to start afresh"
+            )
     elif state is not None:
         (directory / CHECKPOINT).unlink()
         state = None
     atomic_write_text(fp_path, json.dumps(fp, indent=2) + "\n")
 
     input_dim = embedded.facts["dnabert"] + embedded.facts["esm"]
-    job = {"dir": str(directory), "store": str(embedded.store.path),
-           "options": options.as_dict(), "input_dim": input_dim, "threads": settings.threads}
+    job = {
+        "dir": str(directory),
+        "store": str(embedded.store.path),
+        "options": options.as_dict(),
+        "input_dim": input_dim,
+        "threads": settings.threads,
+    }
     # On a worker with its models loaded (its device), one task at a time per worker.
     resources = MODEL_RESOURCES
     t = time.perf_counter()
@@ -255,20 +307,35 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
         logger.info("resuming training after epoch %d", len(history))
     tick("train", len(history), options.epochs)
     while not finished:
-        future = client.submit(_epoch_task, job, key=unique_key("train-epoch"),
-                               resources=resources, pure=False)
+        future = client.submit(
+            _epoch_task, job, key=unique_key("train-epoch"), resources=resources, pure=False
+        )
         outcome = _wait_epoch(client, future)
         record = outcome["record"]
         history.append(record)
         finished = outcome["finished"]
         atomic_write_text(out / LOG, _log_text(history))
-        logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, accuracy %.4f, F1 %.4f, "
-                    "ROC AUC %s (%.1f s)%s", record["epoch"], options.epochs,
-                    record["train_loss"], record["val_loss"], record["accuracy"], record["f1"],
-                    "NA" if record["roc_auc"] is None else f"{record['roc_auc']:.4f}",
-                    record["seconds"], "; early stop" if outcome["stopped_early"] else "")
-        tick("train", record["epoch"], options.epochs, loss=record["train_loss"],
-             val_loss=record["val_loss"], accuracy=record["accuracy"])
+        logger.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, accuracy %.4f, F1 %.4f, "
+            "ROC AUC %s (%.1f s)%s",
+            record["epoch"],
+            options.epochs,
+            record["train_loss"],
+            record["val_loss"],
+            record["accuracy"],
+            record["f1"],
+            "NA" if record["roc_auc"] is None else f"{record['roc_auc']:.4f}",
+            record["seconds"],
+            "; early stop" if outcome["stopped_early"] else "",
+        )
+        tick(
+            "train",
+            record["epoch"],
+            options.epochs,
+            loss=record["train_loss"],
+            val_loss=record["val_loss"],
+            accuracy=record["accuracy"],
+        )
     timings["train"] = time.perf_counter() - t
 
     state = load_checkpoint(directory / CHECKPOINT)
@@ -279,22 +346,34 @@ def train(settings, inputs: TrainInputs, options: TrainOptions, client: Client, 
     tmp.replace(model_path)
     atomic_write_text(out / LOG, _log_text(state["history"]))
     timings["total"] = time.perf_counter() - t0
-    summary = _summary(settings, inputs, options, embedded, labels, split, state, timings,
-                       model_path)
+    summary = _summary(
+        settings, inputs, options, embedded, labels, split, state, timings, model_path
+    )
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return TrainResult(out, model_path, summary)
 
 
 def _class_counts(labels: np.ndarray, split: np.ndarray, value: int) -> dict[str, int]:
     mine = labels == value
-    return {"orfs": int(mine.sum()), "train": int((mine & (split == 0)).sum()),
-            "validation": int((mine & (split == VALIDATION)).sum()),
-            "unused": int((mine & (split == UNUSED)).sum())}
+    return {
+        "orfs": int(mine.sum()),
+        "train": int((mine & (split == 0)).sum()),
+        "validation": int((mine & (split == VALIDATION)).sum()),
+        "unused": int((mine & (split == UNUSED)).sum()),
+    }
 
 
-def _summary(settings, inputs: TrainInputs, options: TrainOptions, embedded: Embedded,
-             labels: np.ndarray, split: np.ndarray, state: dict[str, Any],
-             timings: dict[str, float], model_path: Path) -> dict[str, Any]:
+def _summary(
+    settings,
+    inputs: TrainInputs,
+    options: TrainOptions,
+    embedded: Embedded,
+    labels: np.ndarray,
+    split: np.ndarray,
+    state: dict[str, Any],
+    timings: dict[str, float],
+    model_path: Path,
+) -> dict[str, Any]:
     history = state["history"]
     best = next(r for r in history if r["epoch"] == state["best_epoch"])
     return {
@@ -303,41 +382,58 @@ def _summary(settings, inputs: TrainInputs, options: TrainOptions, embedded: Emb
         "length": settings.length,
         "inputs": {"viral": list(inputs.viral), "other": list(inputs.other)},
         "selection": inputs.selection_summary(),
-        "models": {"esm": {"source": settings.esm_model, "dim": embedded.facts["esm"]},
-                   "dnabert": {"source": settings.dnabert_model,
-                               "dim": embedded.facts["dnabert"]}},
+        "models": {
+            "esm": {"source": settings.esm_model, "dim": embedded.facts["esm"]},
+            "dnabert": {"source": settings.dnabert_model, "dim": embedded.facts["dnabert"]},
+        },
         "precision": embedded.facts["precision"],
         "device": embedded.facts["device"],
-        "data": {"reads": embedded.reads, "orfs": int(len(labels)),
-                 "viral": _class_counts(labels, split, 1),
-                 "other": _class_counts(labels, split, 0)},
-        "split": {"train": int((split == 0).sum()), "validation": int((split == 1).sum()),
-                  "unused": int((split == UNUSED).sum()), "fraction": options.validation,
-                  "seed": options.seed},
+        "data": {
+            "reads": embedded.reads,
+            "orfs": int(len(labels)),
+            "viral": _class_counts(labels, split, 1),
+            "other": _class_counts(labels, split, 0),
+        },
+        "split": {
+            "train": int((split == 0).sum()),
+            "validation": int((split == 1).sum()),
+            "unused": int((split == UNUSED).sum()),
+            "fraction": options.validation,
+            "seed": options.seed,
+        },
         "options": options.as_dict(),
         "epochs_run": len(history),
         "stopped_early": bool(state.get("stopped_early")),
         "best_epoch": state["best_epoch"],
-        "best": {k: best[k] for k in ("val_loss", "accuracy", "precision", "recall", "f1",
-                                      "roc_auc", "confusion")},
+        "best": {
+            k: best[k]
+            for k in ("val_loss", "accuracy", "precision", "recall", "f1", "roc_auc", "confusion")
+        },
         "last": {k: history[-1][k] for k in ("train_loss", "val_loss", "accuracy", "f1")},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def train_inputs(viral: Sequence[str], other: Sequence[str],
-                 protein_reference: Sequence[str] = ()) -> TrainInputs:
+def train_inputs(
+    viral: Sequence[str], other: Sequence[str], protein_reference: Sequence[str] = ()
+) -> TrainInputs:
     """:class:`TrainInputs` with absolute paths (workers may run in another directory)."""
+
     def absolute(paths: Sequence[str]) -> tuple[str, ...]:
         return tuple(os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths)
 
     return TrainInputs(absolute(viral), absolute(other), absolute(protein_reference))
 
 
-def run_training(settings, inputs: TrainInputs, options: TrainOptions, *,
-                 client: Client | None = None,
-                 progress: ProgressFactory | None = None) -> TrainResult:
+def run_training(
+    settings,
+    inputs: TrainInputs,
+    options: TrainOptions,
+    *,
+    client: Client | None = None,
+    progress: ProgressFactory | None = None,
+) -> TrainResult:
     """:func:`train` with the cluster the settings name (unless a client is given), the
     dashboard link logged and Dask's performance report kept when asked."""
     from virnuc_dask.cluster.start import open_client
@@ -347,8 +443,10 @@ def run_training(settings, inputs: TrainInputs, options: TrainOptions, *,
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(open_client(settings))
-        logger.info("dashboard: %s", dashboard_link(client)
-                    or "none (the scheduler runs without one; it needs bokeh)")
+        logger.info(
+            "dashboard: %s",
+            dashboard_link(client) or "none (the scheduler runs without one; it needs bokeh)",
+        )
         stack.enter_context(client.as_current())
         stack.enter_context(performance_report(settings.performance_report))
         sink = stack.enter_context(progress(client)) if progress is not None else None

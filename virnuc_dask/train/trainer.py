@@ -49,17 +49,20 @@ def new_classifier(input_dim: int, hidden: int, seed: int) -> MLPClassifier:
     return model
 
 
-def _optimizer(model: nn.Module, options: TrainOptions
-               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
+def _optimizer(
+    model: nn.Module, options: TrainOptions
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
     optimizer = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=options.step_size,
-                                                gamma=options.gamma)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=options.step_size, gamma=options.gamma
+    )
     return optimizer, scheduler
 
 
 def _cpu_state(module_or_state: Any) -> dict[str, torch.Tensor]:
-    state = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") \
-        else module_or_state
+    state = (
+        module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else module_or_state
+    )
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
@@ -83,22 +86,23 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise
 
 
-def validate(model: MLPClassifier, group: zarr.Group, device: torch.device,
-             batch: int = 4096) -> dict[str, Any]:
+def validate(
+    model: MLPClassifier, group: zarr.Group, device: torch.device, batch: int = 4096
+) -> dict[str, Any]:
     """Mean cross-entropy over the validation rows and the metrics of its calls."""
     model.eval()
     loss_sum, labels, scores, calls = 0.0, [], [], []
     with torch.inference_mode():
         for x, y in validation_rows(group):
             for lo in range(0, len(y), batch):
-                xb = torch.from_numpy(x[lo:lo + batch]).to(device)
-                yb = torch.from_numpy(y[lo:lo + batch]).to(device)
+                xb = torch.from_numpy(x[lo : lo + batch]).to(device)
+                yb = torch.from_numpy(y[lo : lo + batch]).to(device)
                 logits = model(xb)
                 loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
                 probs = torch.softmax(logits.float(), dim=1)
                 scores.append(probs[:, 1].cpu().numpy())
                 calls.append((logits.argmax(dim=1) == 1).cpu().numpy())
-                labels.append(y[lo:lo + batch])
+                labels.append(y[lo : lo + batch])
     if not labels:
         raise ValueError("no validation rows")
     y_all = np.concatenate(labels)
@@ -115,8 +119,11 @@ def run_epoch(job: dict[str, Any]) -> dict[str, Any]:
     """
     options = TrainOptions(**job["options"])
     directory = Path(job["dir"])
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
         else torch.device("cpu")
+    )
     if device.type == "cpu" and job.get("threads"):
         torch.set_num_threads(job["threads"])
     state = load_checkpoint(directory / CHECKPOINT)
@@ -128,8 +135,15 @@ def run_epoch(job: dict[str, Any]) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     else:
-        state = {"epoch": 0, "best_epoch": None, "best_val_loss": None, "best_model": None,
-                 "stale": 0, "history": [], "finished": False}
+        state = {
+            "epoch": 0,
+            "best_epoch": None,
+            "best_val_loss": None,
+            "best_model": None,
+            "stale": 0,
+            "history": [],
+            "finished": False,
+        }
     epoch = state["epoch"] + 1
     group = zarr.open_group(job["store"], mode="r")
     t = time.perf_counter()
@@ -138,8 +152,13 @@ def run_epoch(job: dict[str, Any]) -> dict[str, Any]:
     model.train()
     loss_sum, batches, rows = 0.0, 0, 0
     lr = optimizer.param_groups[0]["lr"]
-    for x, y in train_batches(group, batch_size=options.batch_size,
-                              window=options.shuffle_window, seed=options.seed, epoch=epoch):
+    for x, y in train_batches(
+        group,
+        batch_size=options.batch_size,
+        window=options.shuffle_window,
+        seed=options.seed,
+        epoch=epoch,
+    ):
         xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(model(xb), yb)
@@ -152,28 +171,47 @@ def run_epoch(job: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("no training rows")
     train_seconds = time.perf_counter() - t
     measured = validate(model, group, device)
-    record = {"epoch": epoch, "train_loss": loss_sum / batches, "lr": lr,
-              "train_rows": rows, "seconds": time.perf_counter() - t,
-              "train_seconds": train_seconds, **measured}
+    record = {
+        "epoch": epoch,
+        "train_loss": loss_sum / batches,
+        "lr": lr,
+        "train_rows": rows,
+        "seconds": time.perf_counter() - t,
+        "train_seconds": train_seconds,
+        **measured,
+    }
 
     # Early stopping as the original counts it, but with a copy of the best weights.
     best = state["best_val_loss"]
     if best is None or measured["val_loss"] < best - options.min_delta:
-        state.update(best_val_loss=measured["val_loss"], best_epoch=epoch,
-                     best_model=_cpu_state(model), stale=0)
+        state.update(
+            best_val_loss=measured["val_loss"],
+            best_epoch=epoch,
+            best_model=_cpu_state(model),
+            stale=0,
+        )
     else:
         state["stale"] += 1
     stopped_early = state["stale"] >= options.patience
     finished = stopped_early or epoch >= options.epochs
     if not finished:
         scheduler.step()
-    state.update(epoch=epoch, model=_cpu_state(model), optimizer=optimizer.state_dict(),
-                 scheduler=scheduler.state_dict(), finished=finished,
-                 stopped_early=stopped_early)
+    state.update(
+        epoch=epoch,
+        model=_cpu_state(model),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        finished=finished,
+        stopped_early=stopped_early,
+    )
     state["history"] = [*state["history"], record]
     _save_checkpoint(directory / CHECKPOINT, _to_cpu(state))
-    return {"record": record, "finished": finished, "stopped_early": stopped_early,
-            "best_epoch": state["best_epoch"]}
+    return {
+        "record": record,
+        "finished": finished,
+        "stopped_early": stopped_early,
+        "best_epoch": state["best_epoch"],
+    }
 
 
 def _to_cpu(value: Any) -> Any:

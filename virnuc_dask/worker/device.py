@@ -93,8 +93,11 @@ def nvml_facts() -> tuple[int, str | None, str | None]:
         return 0, None, f"NVML: {exc}"
     try:
         driver = pynvml.nvmlSystemGetDriverVersion()
-        return pynvml.nvmlDeviceGetCount(), (driver.decode() if isinstance(driver, bytes)
-                                             else str(driver)), None
+        return (
+            pynvml.nvmlDeviceGetCount(),
+            (driver.decode() if isinstance(driver, bytes) else str(driver)),
+            None,
+        )
     except pynvml.NVMLError as exc:
         return 0, None, f"NVML: {exc}"
     finally:
@@ -106,10 +109,15 @@ def probe() -> DeviceProbe:
     gpus, driver, error = nvml_facts()
     available = torch.cuda.is_available()
     return DeviceProbe(
-        nvml_gpus=gpus, visible=parse_visible(os.environ.get("CUDA_VISIBLE_DEVICES")),
-        cuda_available=available, cuda_devices=torch.cuda.device_count() if available else 0,
-        torch_version=torch.__version__, cuda_build=torch.version.cuda, driver=driver,
-        nvml_error=error)
+        nvml_gpus=gpus,
+        visible=parse_visible(os.environ.get("CUDA_VISIBLE_DEVICES")),
+        cuda_available=available,
+        cuda_devices=torch.cuda.device_count() if available else 0,
+        torch_version=torch.__version__,
+        cuda_build=torch.version.cuda,
+        driver=driver,
+        nvml_error=error,
+    )
 
 
 def decide(requested: str, facts: DeviceProbe) -> torch.device:
@@ -128,18 +136,26 @@ def decide(requested: str, facts: DeviceProbe) -> torch.device:
         return torch.device("cpu")
     if facts.cuda_build is None:
         why = f"torch {facts.torch_version} is a CPU-only build"
-        fix = "install a CUDA build of torch (pip install torch --index-url " \
-              "https://download.pytorch.org/whl/cu<version>)"
+        fix = (
+            "install a CUDA build of torch (pip install torch --index-url "
+            "https://download.pytorch.org/whl/cu<version>)"
+        )
     else:
-        why = (f"torch {facts.torch_version} (built for CUDA {facts.cuda_build}) cannot use "
-               f"them" + (f" with driver {facts.driver}" if facts.driver else "")
-               + ": the driver may be older than the build needs, or the devices busy "
-               "or hidden")
-        fix = "install a torch build matching the driver (`nvidia-smi` shows the CUDA " \
-              "version it supports)"
+        why = (
+            f"torch {facts.torch_version} (built for CUDA {facts.cuda_build}) cannot use "
+            f"them"
+            + (f" with driver {facts.driver}" if facts.driver else "")
+            + ": the driver may be older than the build needs, or the devices busy "
+            "or hidden"
+        )
+        fix = (
+            "install a torch build matching the driver (`nvidia-smi` shows the CUDA "
+            "version it supports)"
+        )
     seen = facts.describe_gpus() if facts.started_for_gpu else "no GPU visible"
-    raise DeviceError(f"started for GPUs ({seen}) but {why}; {fix}, or pass --device cpu "
-                      "to embed on the CPU")
+    raise DeviceError(
+        f"started for GPUs ({seen}) but {why}; {fix}, or pass --device cpu to embed on the CPU"
+    )
 
 
 def lock_dir() -> Path:
@@ -162,8 +178,9 @@ class DeviceClaim:
             self.lock = None
 
 
-def claim_device(names: Sequence[str], *, directory: Path | None = None,
-                 host: str | None = None) -> DeviceClaim:
+def claim_device(
+    names: Sequence[str], *, directory: Path | None = None, host: str | None = None
+) -> DeviceClaim:
     """Hold the first of ``names`` (device ids in visible order) no other worker holds.
 
     Raises :class:`DeviceError` when every one is held.
@@ -174,8 +191,9 @@ def claim_device(names: Sequence[str], *, directory: Path | None = None,
     directory.mkdir(parents=True, exist_ok=True)
     for index, name in enumerate(names):
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-        lock = filelock.FileLock(str(directory / f"{safe}.lock"), timeout=0,
-                                 thread_local=False, is_singleton=False)
+        lock = filelock.FileLock(
+            str(directory / f"{safe}.lock"), timeout=0, thread_local=False, is_singleton=False
+        )
         try:
             lock.acquire()
         except filelock.Timeout:
@@ -185,7 +203,8 @@ def claim_device(names: Sequence[str], *, directory: Path | None = None,
         f"all {len(names)} GPU(s) this worker sees on {host or socket.gethostname()} are "
         "held by other virnuc-dask workers: run one worker per GPU (the default local "
         "cluster or `dask cuda worker` do; for `dask worker` by hand set "
-        "CUDA_VISIBLE_DEVICES=<one id> for each), or start fewer workers")
+        "CUDA_VISIBLE_DEVICES=<one id> for each), or start fewer workers"
+    )
 
 
 def device_names(count: int) -> list[str]:
@@ -202,6 +221,9 @@ def describe_device(device: torch.device) -> dict[str, object]:
     if device.type != "cuda":
         return {"device": "cpu", "name": "cpu"}
     props = torch.cuda.get_device_properties(device)
-    return {"device": str(device), "name": props.name,
-            "capability": f"{props.major}.{props.minor}",
-            "memory_bytes": int(props.total_memory)}
+    return {
+        "device": str(device),
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_bytes": int(props.total_memory),
+    }

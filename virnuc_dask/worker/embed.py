@@ -79,8 +79,9 @@ class SequenceTooLarge(PartialResult, RuntimeError):
     """A sequence alone does not fit in device memory; ``index`` is its input position
     (``indices``: every such position of the call)."""
 
-    def __init__(self, index: int, model: str, detail: str,
-                 indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, index: int, model: str, detail: str, indices: Sequence[int] | None = None
+    ) -> None:
         super().__init__(f"{model}: out of memory on a single sequence ({detail})")
         self.index = index
         self.indices = list(indices) if indices is not None else [index]
@@ -93,7 +94,8 @@ class NonFiniteEmbedding(PartialResult, ArithmeticError):
     def __init__(self, indices: Sequence[int], model: str, dtype: torch.dtype) -> None:
         super().__init__(
             f"{model}: non-finite embedding for {len(indices)} sequence(s) in {dtype}, "
-            "also when computed again in fp32")
+            "also when computed again in fp32"
+        )
         self.indices = list(indices)
 
 
@@ -122,8 +124,9 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def device_token_budget(device: torch.device | str, *, bytes_per_token: int,
-                        cpu_default: int) -> int:
+def device_token_budget(
+    device: torch.device | str, *, bytes_per_token: int, cpu_default: int
+) -> int:
     """Token budget for ``device``: from its free memory on CUDA, ``cpu_default`` elsewhere.
 
     Call on the worker that runs the model, after the model is placed (its weights
@@ -162,11 +165,11 @@ def dnabert_bytes_per_token(model: torch.nn.Module, longest: int) -> int:
     per head."""
     cfg = model.config
     elem = torch.finfo(_param_dtype(model)).bits // 8
-    return elem * (24 * cfg.hidden_size + cfg.num_attention_heads * longest) \
-        + 4 * cfg.hidden_size
+    return elem * (24 * cfg.hidden_size + cfg.num_attention_heads * longest) + 4 * cfg.hidden_size
 
 
 # -- batch preparation, overlapped with the forward ------------------------------------------
+
 
 @dataclasses.dataclass
 class _Prepared:
@@ -180,8 +183,13 @@ class _Failed:
         self.exc = exc
 
 
-def _prefetched(items: Iterable[np.ndarray], prepare: Callable[[np.ndarray], _Prepared],
-                stats: StageStats, *, enabled: bool) -> Iterator[_Prepared]:
+def _prefetched(
+    items: Iterable[np.ndarray],
+    prepare: Callable[[np.ndarray], _Prepared],
+    stats: StageStats,
+    *,
+    enabled: bool,
+) -> Iterator[_Prepared]:
     """``prepare(idx)`` for every batch of ``items``, in a background thread when enabled."""
     if not enabled:
         for idx in items:
@@ -233,8 +241,9 @@ def _prefetched(items: Iterable[np.ndarray], prepare: Callable[[np.ndarray], _Pr
         thread.join()
 
 
-def _to_device(host: dict[str, torch.Tensor], device: torch.device, idx: np.ndarray,
-               side_stream: Any) -> _Prepared:
+def _to_device(
+    host: dict[str, torch.Tensor], device: torch.device, idx: np.ndarray, side_stream: Any
+) -> _Prepared:
     """Host tensors onto ``device``: pinned and copied on a side stream on CUDA."""
     if device.type != "cuda":
         return _Prepared(idx, host)
@@ -255,8 +264,9 @@ def _use(prepared: _Prepared, device: torch.device) -> dict[str, torch.Tensor]:
     return prepared.tensors
 
 
-def budget_batches(lengths: np.ndarray, positions: np.ndarray,
-                   budget: TokenBudget) -> Iterator[np.ndarray]:
+def budget_batches(
+    lengths: np.ndarray, positions: np.ndarray, budget: TokenBudget
+) -> Iterator[np.ndarray]:
     """Token-budget batches of ``positions``, longest first, each cut with the budget
     current when it is cut (it may shrink after an OOM while earlier batches run)."""
     order = positions[np.argsort(-lengths[positions], kind="stable")]
@@ -322,13 +332,21 @@ def _run_batches(
             budget.out_of_memory(padded)
             if len(idx) == 1:
                 too_large[int(idx[0])] = detail
-                logger.warning("%s: a sequence of %d tokens does not fit in memory alone",
-                               model_name, int(lengths[idx[0]]))
+                logger.warning(
+                    "%s: a sequence of %d tokens does not fit in memory alone",
+                    model_name,
+                    int(lengths[idx[0]]),
+                )
                 continue
             stats.oom_splits += 1
-            logger.warning("%s: out of memory on a batch of %d (%d tokens); retrying in "
-                           "halves, budget now %d tokens", model_name, len(idx), padded,
-                           budget.current)
+            logger.warning(
+                "%s: out of memory on a batch of %d (%d tokens); retrying in "
+                "halves, budget now %d tokens",
+                model_name,
+                len(idx),
+                padded,
+                budget.current,
+            )
             half = len(idx) // 2
             pending.extend([prepare(idx[half:]), prepare(idx[:half])])
 
@@ -341,9 +359,14 @@ def _run_batches(
     return too_large
 
 
-def _finish(model: torch.nn.Module, model_name: str, out: np.ndarray, stats: StageStats,
-            too_large: dict[int, str], recompute: Callable[[np.ndarray], dict[int, str]]
-            ) -> None:
+def _finish(
+    model: torch.nn.Module,
+    model_name: str,
+    out: np.ndarray,
+    stats: StageStats,
+    too_large: dict[int, str],
+    recompute: Callable[[np.ndarray], dict[int, str]],
+) -> None:
     """Non-finite rows of a half-precision model computed again in fp32; raise for the
     sequences that did not fit or stayed non-finite, with the finished rows."""
     done = np.ones(len(out), dtype=bool)
@@ -351,8 +374,12 @@ def _finish(model: torch.nn.Module, model_name: str, out: np.ndarray, stats: Sta
     bad = np.flatnonzero(done & ~np.isfinite(out).all(axis=1))
     dtype = _param_dtype(model)
     if len(bad) and dtype in (torch.float16, torch.bfloat16):
-        logger.warning("%s: %d sequence(s) gave a non-finite embedding in %s; computing "
-                       "them again in fp32", model_name, len(bad), dtype)
+        logger.warning(
+            "%s: %d sequence(s) gave a non-finite embedding in %s; computing them again in fp32",
+            model_name,
+            len(bad),
+            dtype,
+        )
         stats.recomputed_fp32 += len(bad)
         with computing_in_fp32(model):
             too_large.update(recompute(bad))
@@ -360,8 +387,9 @@ def _finish(model: torch.nn.Module, model_name: str, out: np.ndarray, stats: Sta
         bad = np.flatnonzero(done & ~np.isfinite(out).all(axis=1))
     if too_large:
         first = min(too_large)
-        exc: PartialResult = SequenceTooLarge(first, model_name, too_large[first],
-                                              indices=sorted(too_large))
+        exc: PartialResult = SequenceTooLarge(
+            first, model_name, too_large[first], indices=sorted(too_large)
+        )
         done[bad] = False
         exc.keep(out, done, stats)
         raise exc
@@ -385,6 +413,7 @@ def _side_stream(device: torch.device) -> Any:
 
 
 # -- ESM-2 ---------------------------------------------------------------------------------
+
 
 def esm_tokens(alphabet: object, proteins: Sequence[str]) -> list[np.ndarray]:
     """Token ids of each protein, as ``alphabet.encode`` gives them for one-letter residues.
@@ -427,8 +456,10 @@ def embed_esm(
     lengths = np.array([len(t) + 2 for t in tokens], dtype=np.int64)
     if toks_per_batch is None:
         toks_per_batch = device_token_budget(
-            device, bytes_per_token=esm_bytes_per_token(model, int(lengths.max())),
-            cpu_default=CPU_TOKS_PER_BATCH["esm"])
+            device,
+            bytes_per_token=esm_bytes_per_token(model, int(lengths.max())),
+            cpu_default=CPU_TOKS_PER_BATCH["esm"],
+        )
     budget = budget or TokenBudget()
     budget.start(toks_per_batch)
     layer = model.num_layers
@@ -450,9 +481,18 @@ def embed_esm(
         return summed / n[:, None]
 
     def run(positions: np.ndarray, *, prefetch: bool) -> dict[int, str]:
-        return _run_batches(budget_batches(lengths, positions, budget), prepare, forward,
-                            lengths, out, stats, model_name="ESM-2", device=device,
-                            prefetch=prefetch, budget=budget)
+        return _run_batches(
+            budget_batches(lengths, positions, budget),
+            prepare,
+            forward,
+            lengths,
+            out,
+            stats,
+            model_name="ESM-2",
+            device=device,
+            prefetch=prefetch,
+            budget=budget,
+        )
 
     too_large = run(np.arange(len(proteins)), prefetch=prefetch)
     _finish(model, "ESM-2", out, stats, too_large, lambda bad: run(bad, prefetch=False))
@@ -461,6 +501,7 @@ def embed_esm(
 
 
 # -- DNABERT-S -----------------------------------------------------------------------------
+
 
 @torch.inference_mode()
 def embed_dnabert(
@@ -494,8 +535,10 @@ def embed_dnabert(
     nt_lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     if toks_per_batch is None:
         toks_per_batch = device_token_budget(
-            device, bytes_per_token=dnabert_bytes_per_token(model, int(nt_lengths.max()) + 2),
-            cpu_default=CPU_TOKS_PER_BATCH["dnabert"])
+            device,
+            bytes_per_token=dnabert_bytes_per_token(model, int(nt_lengths.max()) + 2),
+            cpu_default=CPU_TOKS_PER_BATCH["dnabert"],
+        )
     budget = budget or TokenBudget()
     budget.start(toks_per_batch)
     side = _side_stream(device)
@@ -503,9 +546,8 @@ def embed_dnabert(
     def batches() -> Iterator[np.ndarray]:
         order = np.argsort(-nt_lengths, kind="stable")
         for lo in range(0, len(order), DNABERT_TOKENIZE_SLICE):
-            part = order[lo:lo + DNABERT_TOKENIZE_SLICE]
-            for i, ids in zip(part, tokenizer.encode([sequences[i] for i in part]),
-                              strict=True):
+            part = order[lo : lo + DNABERT_TOKENIZE_SLICE]
+            for i, ids in zip(part, tokenizer.encode([sequences[i] for i in part]), strict=True):
                 tokens[i] = ids
                 lengths[i] = len(ids)
             yield from budget_batches(lengths, part, budget)
@@ -520,13 +562,31 @@ def embed_dnabert(
         return mean_pool_all_tokens(hidden, batch["mask"])
 
     def rerun(bad: np.ndarray) -> dict[int, str]:
-        return _run_batches(budget_batches(lengths, bad, budget), prepare, forward, lengths,
-                            out, stats, model_name="DNABERT-S", device=device,
-                            prefetch=False, budget=budget)
+        return _run_batches(
+            budget_batches(lengths, bad, budget),
+            prepare,
+            forward,
+            lengths,
+            out,
+            stats,
+            model_name="DNABERT-S",
+            device=device,
+            prefetch=False,
+            budget=budget,
+        )
 
-    too_large = _run_batches(batches(), prepare, forward, lengths, out, stats,
-                             model_name="DNABERT-S", device=device, prefetch=prefetch,
-                             budget=budget)
+    too_large = _run_batches(
+        batches(),
+        prepare,
+        forward,
+        lengths,
+        out,
+        stats,
+        model_name="DNABERT-S",
+        device=device,
+        prefetch=prefetch,
+        budget=budget,
+    )
     _finish(model, "DNABERT-S", out, stats, too_large, rerun)
     stats.seconds = time.perf_counter() - start
     return out, stats

@@ -60,8 +60,15 @@ MODEL_LOAD_TIMEOUT = 1800.0
 # A task waiting for the device behind another embedding task on the same worker.
 DEVICE_WAIT_TIMEOUT = 3600.0
 
-__all__ = ["DTYPES", "EMBED_RESOURCE", "ModelPlugin", "ModelSpec", "resolve_precision",
-           "wait_for_models", "worker_models"]
+__all__ = [
+    "DTYPES",
+    "EMBED_RESOURCE",
+    "ModelPlugin",
+    "ModelSpec",
+    "resolve_precision",
+    "wait_for_models",
+    "worker_models",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +89,7 @@ class ModelSpec:
 def pick_device(requested: str = "auto") -> torch.device:
     """The device this process would embed on (:func:`.device.decide`; no lock taken)."""
     device = devices.decide(requested, devices.probe())
-    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" \
-        else device
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else device
 
 
 class ModelPlugin(WorkerPlugin):
@@ -157,7 +163,8 @@ class ModelPlugin(WorkerPlugin):
         device = devices.decide(spec.device, devices.probe())
         if device.type == "cuda":
             self._claim = devices.claim_device(
-                devices.device_names(torch.cuda.device_count()), host=self.host)
+                devices.device_names(torch.cuda.device_count()), host=self.host
+            )
             device = torch.device("cuda", self._claim.index)
             torch.cuda.set_device(device)
         self.device = device
@@ -172,20 +179,30 @@ class ModelPlugin(WorkerPlugin):
         dtype = DTYPES[self.precision]
         cache = spec.model_cache
         self.dnabert, self.tokenizer = load_dnabert(
-            spec.dnabert_model, device=device, dtype=dtype,
+            spec.dnabert_model,
+            device=device,
+            dtype=dtype,
             cache_dir=None if cache is None else os.path.join(cache, "huggingface"),
-            offline=spec.offline)
+            offline=spec.offline,
+        )
         esm, self.alphabet = load_esm(
-            spec.esm_model, device=device, dtype=dtype,
+            spec.esm_model,
+            device=device,
+            dtype=dtype,
             cache_dir=None if cache is None else os.path.join(cache, "torch"),
-            offline=spec.offline)
+            offline=spec.offline,
+        )
         # The same layers through fused attention kernels; fp32 agreement with fair-esm's
         # forward is tested in tests/test_esm_fast.py.
         self.esm = SdpaEsm2(esm)
         self.classifier = None if spec.classifier is None else load_classifier(spec.classifier)
         self.state = "ready"
-        logger.info("models ready on %s (%s, %d torch threads)", device, self.precision,
-                    torch.get_num_threads())
+        logger.info(
+            "models ready on %s (%s, %d torch threads)",
+            device,
+            self.precision,
+            torch.get_num_threads(),
+        )
 
     def _fail(self, exc: BaseException) -> None:
         self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
@@ -194,7 +211,8 @@ class ModelPlugin(WorkerPlugin):
             self._claim = None
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
         where = f"worker {self.address} on {self.host}" + (
-            f" (CUDA_VISIBLE_DEVICES={gpu})" if gpu else "")
+            f" (CUDA_VISIBLE_DEVICES={gpu})" if gpu else ""
+        )
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         self.error = f"{where} could not load the models: {type(exc).__name__}: {detail}"
         self.state = "failed"
@@ -221,7 +239,8 @@ class ModelPlugin(WorkerPlugin):
         if not self.device_lock.acquire(timeout=timeout):
             raise RuntimeError(
                 f"worker {self.address}: the device stayed busy with another embedding task "
-                f"for {timeout:.0f} s")
+                f"for {timeout:.0f} s"
+            )
         try:
             yield
         finally:
@@ -233,23 +252,34 @@ class ModelPlugin(WorkerPlugin):
 
     @property
     def dims(self) -> dict[str, int]:
-        return {"dnabert": self.dnabert.hidden_size, "esm": self.esm.embed_dim,
-                "classifier_input": None if self.classifier is None
-                else self.classifier.input_dim}
+        return {
+            "dnabert": self.dnabert.hidden_size,
+            "esm": self.esm.embed_dim,
+            "classifier_input": None if self.classifier is None else self.classifier.input_dim,
+        }
 
     def status(self) -> dict[str, Any]:
         """State, device, precision and error of this worker's models (plain data)."""
-        out: dict[str, Any] = {"worker": self.address, "host": self.host,
-                               "state": self.state, "time": time.time()}
+        out: dict[str, Any] = {
+            "worker": self.address,
+            "host": self.host,
+            "state": self.state,
+            "time": time.time(),
+        }
         if self.device is not None:
             out.update(device=str(self.device), device_info=self.device_info)
         if self.state == "ready":
-            out.update(precision=self.precision, dims=self.dims, matmul=self.matmul,
-                       threads=torch.get_num_threads() if self.device.type == "cpu"
-                       else None)
+            out.update(
+                precision=self.precision,
+                dims=self.dims,
+                matmul=self.matmul,
+                threads=torch.get_num_threads() if self.device.type == "cpu" else None,
+            )
         if self.device is not None and self.device.type == "cuda":
-            out["memory"] = {"reserved": torch.cuda.memory_reserved(self.device),
-                             "peak": torch.cuda.max_memory_reserved(self.device)}
+            out["memory"] = {
+                "reserved": torch.cuda.memory_reserved(self.device),
+                "peak": torch.cuda.max_memory_reserved(self.device),
+            }
         if self.error:
             out["error"] = self.error
         return out
@@ -277,14 +307,14 @@ def worker_models(*, timeout: float = MODEL_LOAD_TIMEOUT) -> ModelPlugin:
             f"worker {worker.address} has no {PLUGIN_NAME!r} plugin; register ModelPlugin first"
         ) from None
     if not plugin.ready.wait(timeout):
-        raise ModelLoadError(f"worker {worker.address}: models still loading after "
-                             f"{timeout:.0f} s")
+        raise ModelLoadError(f"worker {worker.address}: models still loading after {timeout:.0f} s")
     if plugin.state != "ready":
         raise Reschedule()
     return plugin.activate()
 
 
 # -- the client's side ------------------------------------------------------------------------
+
 
 def _status(dask_worker: Any) -> dict[str, Any]:
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
@@ -309,14 +339,18 @@ def load_failures(client: Client, *, since: float = 0.0) -> list[dict[str, Any]]
     (``time.time()``, the registration of this run's plugin) or later."""
     failed = {}
     for _, msg in client.get_events(EVENT_TOPIC):
-        if isinstance(msg, dict) and msg.get("state") == "failed" \
-                and msg.get("time", 0) >= since - CLOCK_SLACK_S:
+        if (
+            isinstance(msg, dict)
+            and msg.get("state") == "failed"
+            and msg.get("time", 0) >= since - CLOCK_SLACK_S
+        ):
             failed[msg["worker"]] = msg
     return list(failed.values())
 
 
-def wait_for_models(client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT,
-                    poll: float = 0.25, since: float = 0.0) -> dict[str, dict[str, Any]]:
+def wait_for_models(
+    client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT, poll: float = 0.25, since: float = 0.0
+) -> dict[str, dict[str, Any]]:
     """Wait until a worker has its models ready; every worker's status.
 
     Raises :class:`ModelLoadError` when every worker failed (each named with its
@@ -338,13 +372,15 @@ def wait_for_models(client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT,
             continue
         if not any(s["state"] in ("new", "loading") for s in statuses.values()):
             failures = load_failures(client, since=since)
-            reasons = "; ".join(f["error"] for f in failures) or \
-                "no worker is connected to the scheduler"
+            reasons = (
+                "; ".join(f["error"] for f in failures) or "no worker is connected to the scheduler"
+            )
             raise ModelLoadError(f"no worker could load the models: {reasons}")
         if time.monotonic() > deadline:
             loading = sorted(a for a, s in statuses.items() if s["state"] != "failed")
             raise ModelLoadError(
                 f"no worker finished loading the models within {timeout:.0f} s (still "
                 f"loading: {', '.join(loading)}); check the model files and the workers' "
-                "logs")
+                "logs"
+            )
         time.sleep(poll)

@@ -49,8 +49,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """
     if precision != "auto":
         if precision not in DTYPES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {precision!r}")
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         return precision
     if device.type != "cuda":
         return "fp32"
@@ -76,18 +75,22 @@ def pin_fp32() -> None:
 def matmul_state() -> dict[str, Any]:
     """The TF32 flags as this process has them (for the run summary and ``doctor``)."""
     state: dict[str, Any] = {"float32_matmul_precision": torch.get_float32_matmul_precision()}
-    for name, read in (("cuda_matmul_allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32),
-                       ("cudnn_allow_tf32", lambda: torch.backends.cudnn.allow_tf32)):
+    for name, read in (
+        ("cuda_matmul_allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32),
+        ("cudnn_allow_tf32", lambda: torch.backends.cudnn.allow_tf32),
+    ):
         try:
             state[name] = bool(read())
         except RuntimeError as exc:  # flags set through both of torch's APIs
             state[name] = f"unreadable: {str(exc).splitlines()[0][:80]}"
     state.update({name: os.environ.get(name) for name in TF32_ENV})
-    state["tf32_off"] = (state["cuda_matmul_allow_tf32"] is False
-                         and state["cudnn_allow_tf32"] is False
-                         and state["float32_matmul_precision"] == "highest"
-                         and os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") != "1"
-                         and os.environ.get("NVIDIA_TF32_OVERRIDE") == "0")
+    state["tf32_off"] = (
+        state["cuda_matmul_allow_tf32"] is False
+        and state["cudnn_allow_tf32"] is False
+        and state["float32_matmul_precision"] == "highest"
+        and os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") != "1"
+        and os.environ.get("NVIDIA_TF32_OVERRIDE") == "0"
+    )
     return state
 
 

@@ -78,7 +78,8 @@ class FailureGuard:
             raise SystemicFailure(
                 f"{stage}: {self.streak} records in a row failed to embed (last {record}: "
                 f"{describe(exc)}); the fault is not in the input records: check the model "
-                "files, the device and its driver")
+                "files, the device and its driver"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,12 @@ class RecordFailure:
 
 
 def isolate_failures(
-    embed: Embed, indices: np.ndarray, *, stage: str, ids: Sequence[str], guard: FailureGuard,
+    embed: Embed,
+    indices: np.ndarray,
+    *,
+    stage: str,
+    ids: Sequence[str],
+    guard: FailureGuard,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[Any], list[RecordFailure]]:
     """``embed(indices)``, bisecting on failure: (indices, values) pieces, stats, failures."""
     pieces, stats, failures = [], [], []
@@ -126,8 +132,12 @@ def isolate_failures(
                 logger.warning("%s: %s failed: %s", stage, ids[int(idx[0])], describe(exc))
                 guard.failed(ids[int(idx[0])], stage, exc)
                 continue
-            logger.info("%s: %d records failed together (%s); retrying in halves",
-                        stage, len(idx), describe(exc))
+            logger.info(
+                "%s: %d records failed together (%s); retrying in halves",
+                stage,
+                len(idx),
+                describe(exc),
+            )
             half = len(idx) // 2
             pending.extend([idx[half:], idx[:half]])
             continue
@@ -161,8 +171,7 @@ class PartitionRows:
     @classmethod
     def of(cls, orfs: Sequence[Any]) -> PartitionRows:
         """From :class:`~virnuc_dask.core.translate.Orf` objects (every row embedded)."""
-        return cls([o.id for o in orfs], [o.nucleotide for o in orfs],
-                   [o.protein for o in orfs])
+        return cls([o.id for o in orfs], [o.nucleotide for o in orfs], [o.protein for o in orfs])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -186,20 +195,35 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
     # Held here, so that a plugin torn down meanwhile (worker closing) cannot pull the
     # models from under this task and make every record look failed.
     dnabert_model, tokenizer, esm_model, alphabet, device = (
-        models.dnabert, models.tokenizer, models.esm, models.alphabet, models.device)
+        models.dnabert,
+        models.tokenizer,
+        models.esm,
+        models.alphabet,
+        models.device,
+    )
     ids, nucleotides, proteins = rows.ids, rows.nucleotides, rows.proteins
     row_start = meta["row_start"]
     here = np.arange(row_start, row_start + len(rows), dtype=np.int64)
 
     def dnabert(idx: np.ndarray) -> tuple[np.ndarray, Any]:
-        return embed_dnabert(dnabert_model, tokenizer, [nucleotides[i] for i in idx],
-                             toks_per_batch=meta["dnabert_toks_per_batch"], device=device,
-                             budget=models.budget("dnabert"))
+        return embed_dnabert(
+            dnabert_model,
+            tokenizer,
+            [nucleotides[i] for i in idx],
+            toks_per_batch=meta["dnabert_toks_per_batch"],
+            device=device,
+            budget=models.budget("dnabert"),
+        )
 
     def esm(idx: np.ndarray) -> tuple[np.ndarray, Any]:
-        return embed_esm(esm_model, alphabet, [proteins[i] for i in idx],
-                         toks_per_batch=meta["toks_per_batch"], device=device,
-                         budget=models.budget("esm"))
+        return embed_esm(
+            esm_model,
+            alphabet,
+            [proteins[i] for i in idx],
+            toks_per_batch=meta["toks_per_batch"],
+            device=device,
+            budget=models.budget("esm"),
+        )
 
     guard = FailureGuard()
     failures: list[RecordFailure] = []
@@ -210,13 +234,15 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
     with models.holding_device():
         for stage, embed in (("dnabert", dnabert), ("esm", esm)):
             # Only the first copy of an input is embedded; the others read its row.
-            first = np.ones(len(rows), dtype=bool) if rows.sources is None \
+            first = (
+                np.ones(len(rows), dtype=bool)
+                if rows.sources is None
                 else rows.sources[stage] == here
+            )
             for f in failures:
                 first[f.index] = False
             todo = np.flatnonzero(first).astype(np.int64)
-            pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids,
-                                                  guard=guard)
+            pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids, guard=guard)
             failures += new
             values = np.zeros((len(rows), dims[stage]), dtype=np.float32)
             for idx, piece in pieces:
@@ -225,12 +251,22 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
             info[stage] = {**_merge_stats(stats), "rows": len(rows), "unique": len(todo)}
             budget = models.budget(stage)  # as learned so far on this worker
             info[stage]["budget_tokens"] = budget.current if budget.ceiling else None
-    failed_rows = [{"row": row_start + f.index, "id": ids[f.index], "stage": f.stage,
-                    "error": f.error} for f in sorted(failures, key=lambda f: f.index)]
-    record_embedding(len(rows) - len(failed_rows),
-                     {m: (info[m]["real_tokens"], info[m]["seconds"]) for m in arrays})
-    return {"meta": meta, "ids": ids, "arrays": arrays, "sources": rows.sources, "info": info,
-            "failed": failed_rows}
+    failed_rows = [
+        {"row": row_start + f.index, "id": ids[f.index], "stage": f.stage, "error": f.error}
+        for f in sorted(failures, key=lambda f: f.index)
+    ]
+    record_embedding(
+        len(rows) - len(failed_rows),
+        {m: (info[m]["real_tokens"], info[m]["seconds"]) for m in arrays},
+    )
+    return {
+        "meta": meta,
+        "ids": ids,
+        "arrays": arrays,
+        "sources": rows.sources,
+        "info": info,
+        "failed": failed_rows,
+    }
 
 
 def store_partition(embedded: dict[str, Any]) -> dict[str, Any]:
@@ -243,8 +279,14 @@ def store_partition(embedded: dict[str, Any]) -> dict[str, Any]:
     # A partition of which nothing could be embedded is not recorded as done: whatever
     # made every record fail (a fault that comes and goes) gets another chance next run.
     EmbeddingStore(meta["out"]).write_partition(
-        meta["partition"], meta["row_start"], ids, embedded["arrays"], info,
-        failed=failed_rows, done=len(failed_rows) < len(ids),
-        sources=embedded.get("sources"))
+        meta["partition"],
+        meta["row_start"],
+        ids,
+        embedded["arrays"],
+        info,
+        failed=failed_rows,
+        done=len(failed_rows) < len(ids),
+        sources=embedded.get("sources"),
+    )
     info["store_seconds"] = time.perf_counter() - t
     return {"partition": meta["partition"], "rows": len(ids), **info, "failed": failed_rows}
