@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from virnuc_dask.cli.options import (
     add_config,
@@ -14,6 +16,7 @@ from virnuc_dask.cli.options import (
     add_precision,
 )
 from virnuc_dask.config import ConfigError, load_settings
+from virnuc_dask.formatting import duration_words, si
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
         exit_code,
         file_summary,
         repeated_inputs,
-        report_text,
         validate,
     )
 
@@ -89,3 +91,86 @@ def run(args: argparse.Namespace) -> int:
         }
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return code
+
+
+def _si(value: float, unit: str) -> str:
+    return si(value, unit) if value >= 1000 else f"{value:.3g} {unit}"
+
+
+def report_text(
+    files: Sequence[Any], chunk_size: int, est: dict[str, Any] | None, max_findings: int
+) -> str:
+    """The findings of :func:`virnuc_dask.tools.validate.validate` (its ``FileStats``) and
+    the estimate, as the command prints them."""
+    import numpy as np
+
+    from virnuc_dask.tools.validate import length_buckets, repeated_inputs
+
+    lines = []
+    for stats in files:
+        kind = "gzip" if stats.compressed else "plain"
+        lines.append(
+            f"{stats.path}: {stats.records:,} records, {stats.bases:,} bp, "
+            f"{stats.format.upper()} ({kind})"
+        )
+        lengths = stats.length_array()
+        if len(lengths):
+            lines.append(
+                f"  lengths   min {lengths.min():,} · median {np.median(lengths):,.0f}"
+                f" · mean {lengths.mean():,.1f} · max {lengths.max():,} bp"
+            )
+            buckets = [f"{label}: {n:,}" for label, n in length_buckets(lengths, chunk_size) if n]
+            lines.append("            " + " · ".join(buckets))
+            lines.append(
+                f"  expected  {stats.chunks:,} chunks of {chunk_size} bp · "
+                f"{stats.orfs:,} ORFs · {stats.reads_no_orf:,} reads without ORF · "
+                f"{stats.esm_tokens:,} ESM-2 tokens"
+            )
+        shown = {k: sum(f.kind == k for f in stats.findings) for k in stats.counts}
+        for finding in stats.findings:
+            lines.append(f"  {finding}")
+        for k, n in stats.counts.items():
+            if n > shown[k]:
+                lines.append(
+                    f"  ... and {n - shown[k]:,} more {k}s (--max-findings {max_findings} shown)"
+                )
+        if not stats.findings:
+            lines.append("  no problems found")
+    if len(files) > 1:
+        lines.append(
+            f"total: {sum(f.records for f in files):,} records, "
+            f"{sum(f.chunks for f in files):,} chunks, {sum(f.orfs for f in files):,}"
+            " ORFs"
+        )
+    repeats = repeated_inputs(files)
+    if repeats["reads"]["total"]:
+        r, d, e = repeats["reads"], repeats["dnabert"], repeats["esm"]
+        lines.append(
+            f"duplicates: {r['total'] - r['unique']:,} of {r['total']:,} reads "
+            f"({r['duplicate_share']:.1%}) repeat an earlier read's sequence; "
+            f"expected unique ORFs (embedded once each): DNABERT-S {d['unique']:,}, "
+            f"ESM-2 {e['unique']:,} of {d['total']:,}"
+        )
+    if est is not None:
+        if "error" in est:
+            lines.append(f"run time: no estimate: {est['error']}")
+        else:
+            lines.append(
+                f"run time estimate for {est['esm_model']} ({est['esm_shape']}) + "
+                f"{est['dnabert_model']} ({est['dnabert_shape']}), {est['precision']} on "
+                f"{est['devices']} {est['device']} device(s):"
+            )
+            share = est["esm_flops"] / est["flops"] if est["flops"] else 0
+            lines.append(
+                f"  model work {_si(est['flops'], 'FLOP')} (ESM-2 {share:.0%}); "
+                f"DNABERT-S tokens from {est['dnabert_tokens_from']}"
+            )
+            lines.append(
+                f"  measured matmul rate {_si(est['matmul_flops_per_s'], 'FLOP/s')} per device"
+            )
+            lines.append(
+                f"  at that rate: {duration_words(est['seconds_at_peak'])}; at "
+                f"{est['assumed_utilization']:.0%} of it (typical of a well-fed run):"
+                f" about {duration_words(est['seconds_expected'])}"
+            )
+    return "\n".join(lines)

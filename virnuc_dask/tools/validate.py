@@ -39,7 +39,6 @@ import hashlib
 import logging
 import zlib
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,13 +46,7 @@ import numpy as np
 from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import FastaFormatError, Record, plan_blocks, read_block
 from virnuc_dask.core.orfs import content_hashes, orfs_from_records
-from virnuc_dask.formatting import duration_words, si
-from virnuc_dask.models.flops import (
-    dnabert_source_shape,
-    esm_source_shape,
-    matmul_peak,
-)
-from virnuc_dask.worker.precision import DTYPES
+from virnuc_dask.tools.estimate import SAMPLE_FOR_TOKENIZER, estimate
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +54,7 @@ EXIT_CLEAN, EXIT_UNREADABLE, EXIT_PROBLEMS = 0, 1, 2
 LONG_READ = 100_000
 #: Base pairs per DNABERT-S token, measured with the published tokenizer on coding-like
 #: reads (perf/reads_2k.fa ORFs: 4.76); used when the tokenizer is not on this machine.
-DNABERT_BP_PER_TOKEN = 4.76
-SAMPLE_FOR_TOKENIZER = 2000
 #: Shapes of the published models: layers, width, feed-forward width.
-ASSUMED_UTILIZATION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,107 +323,7 @@ def _ids_at(files: Sequence[FileStats], wanted: dict[int, set[int]]) -> dict[tup
     return out
 
 
-# -- run-time estimate --------------------------------------------------------------------
-
-
-def dnabert_tokens(
-    source: str,
-    sample: Sequence[str],
-    bases: int,
-    bases_sq: int,
-    orfs: int,
-    model_cache: str | None = None,
-) -> tuple[float, float, str]:
-    """Estimated DNABERT-S tokens ``(sum n, sum n^2, how)``: bp per token measured with the
-    model's own tokenizer on a sample of ORFs when it is on this machine, else the default."""
-    ratio, how = DNABERT_BP_PER_TOKEN, f"{DNABERT_BP_PER_TOKEN} bp/token (published tokenizer)"
-    path = Path(source) / "tokenizer.json" if Path(source).is_dir() else None
-    if path is not None and path.is_file() and sample:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(path))
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        encoded = tokenizer.encode_batch(list(sample))
-        inner = sum(len(e.ids) - 2 for e in encoded)
-        if inner > 0:
-            ratio = sum(map(len, sample)) / inner
-            how = f"{ratio:.2f} bp/token (its tokenizer, {len(sample):,} ORFs sampled)"
-    tokens = bases / ratio + 2 * orfs
-    tokens_sq = bases_sq / ratio**2 + 4 * bases / ratio + 4 * orfs
-    return tokens, tokens_sq, how
-
-
-def _hardware(settings: Settings) -> tuple[str, str, int]:
-    """(device, precision, devices) a run with ``settings`` would use on this machine."""
-    from virnuc_dask.cluster.workers import visible_gpus
-    from virnuc_dask.worker.plugin import resolve_precision
-
-    gpus = visible_gpus(settings.gpus)
-    if gpus:
-        import torch
-
-        if torch.cuda.is_available():
-            device = torch.device("cuda", 0)
-            return "cuda", resolve_precision(settings.precision, device), len(gpus)
-    return "cpu", "fp32", 1
-
-
-def estimate(files: Sequence[FileStats], settings: Settings) -> dict[str, Any]:
-    """Model FLOPs of all ORFs and the time they take at the measured matmul rate."""
-    esm = esm_source_shape(settings.esm_model)
-    dnabert = dnabert_source_shape(settings.dnabert_model, settings.model_cache)
-    missing = [name for name, shape in (("ESM-2", esm), ("DNABERT-S", dnabert)) if shape is None]
-    if missing:
-        return {
-            "error": f"shape of {' and '.join(missing)} unknown here (not a published "
-            f"name and not a local file); pass --esm-model/--dnabert-model"
-        }
-    orfs = sum(f.orfs for f in files)
-    esm_flops = esm.flops(sum(f.esm_tokens for f in files), sum(f.esm_tokens_sq for f in files))
-    sample = [s for f in files for s in f.sample][:SAMPLE_FOR_TOKENIZER]
-    dn_tokens, dn_sq, how = dnabert_tokens(
-        settings.dnabert_model,
-        sample,
-        sum(f.nucleotide_bases for f in files),
-        sum(f.nucleotide_sq for f in files),
-        orfs,
-        settings.model_cache,
-    )
-    dn_flops = dnabert.flops(dn_tokens, dn_sq)
-    device, precision, devices = _hardware(settings)
-    peak = matmul_peak(device, DTYPES[precision], repeats=1, rounds=2)
-    total = esm_flops + dn_flops
-    floor = total / (peak * devices)
-    return {
-        "esm_model": settings.esm_model,
-        "esm_shape": esm.name,
-        "dnabert_model": settings.dnabert_model,
-        "dnabert_shape": dnabert.name,
-        "esm_tokens": sum(f.esm_tokens for f in files),
-        "dnabert_tokens": round(dn_tokens),
-        "dnabert_tokens_from": how,
-        "esm_flops": esm_flops,
-        "dnabert_flops": dn_flops,
-        "flops": total,
-        "device": device,
-        "devices": devices,
-        "precision": precision,
-        "matmul_flops_per_s": peak,
-        "seconds_at_peak": floor,
-        "assumed_utilization": ASSUMED_UTILIZATION,
-        "seconds_expected": floor / ASSUMED_UTILIZATION,
-    }
-
-
 # -- text ---------------------------------------------------------------------------------
-
-
-_duration = duration_words
-
-
-def _si(value: float, unit: str) -> str:
-    return si(value, unit) if value >= 1000 else f"{value:.3g} {unit}"
 
 
 def length_buckets(lengths: np.ndarray, chunk_size: int) -> list[tuple[str, int]]:
@@ -478,79 +368,6 @@ def file_summary(stats: FileStats, chunk_size: int) -> dict[str, Any]:
             "buckets": dict(length_buckets(lengths, chunk_size)),
         }
     return out
-
-
-def report_text(
-    files: Sequence[FileStats], chunk_size: int, est: dict[str, Any] | None, max_findings: int
-) -> str:
-    lines = []
-    for stats in files:
-        kind = "gzip" if stats.compressed else "plain"
-        lines.append(
-            f"{stats.path}: {stats.records:,} records, {stats.bases:,} bp, "
-            f"{stats.format.upper()} ({kind})"
-        )
-        lengths = stats.length_array()
-        if len(lengths):
-            lines.append(
-                f"  lengths   min {lengths.min():,} · median {np.median(lengths):,.0f}"
-                f" · mean {lengths.mean():,.1f} · max {lengths.max():,} bp"
-            )
-            buckets = [f"{label}: {n:,}" for label, n in length_buckets(lengths, chunk_size) if n]
-            lines.append("            " + " · ".join(buckets))
-            lines.append(
-                f"  expected  {stats.chunks:,} chunks of {chunk_size} bp · "
-                f"{stats.orfs:,} ORFs · {stats.reads_no_orf:,} reads without ORF · "
-                f"{stats.esm_tokens:,} ESM-2 tokens"
-            )
-        shown = {k: sum(f.kind == k for f in stats.findings) for k in stats.counts}
-        for finding in stats.findings:
-            lines.append(f"  {finding}")
-        for k, n in stats.counts.items():
-            if n > shown[k]:
-                lines.append(
-                    f"  ... and {n - shown[k]:,} more {k}s (--max-findings {max_findings} shown)"
-                )
-        if not stats.findings:
-            lines.append("  no problems found")
-    if len(files) > 1:
-        lines.append(
-            f"total: {sum(f.records for f in files):,} records, "
-            f"{sum(f.chunks for f in files):,} chunks, {sum(f.orfs for f in files):,}"
-            " ORFs"
-        )
-    repeats = repeated_inputs(files)
-    if repeats["reads"]["total"]:
-        r, d, e = repeats["reads"], repeats["dnabert"], repeats["esm"]
-        lines.append(
-            f"duplicates: {r['total'] - r['unique']:,} of {r['total']:,} reads "
-            f"({r['duplicate_share']:.1%}) repeat an earlier read's sequence; "
-            f"expected unique ORFs (embedded once each): DNABERT-S {d['unique']:,}, "
-            f"ESM-2 {e['unique']:,} of {d['total']:,}"
-        )
-    if est is not None:
-        if "error" in est:
-            lines.append(f"run time: no estimate: {est['error']}")
-        else:
-            lines.append(
-                f"run time estimate for {est['esm_model']} ({est['esm_shape']}) + "
-                f"{est['dnabert_model']} ({est['dnabert_shape']}), {est['precision']} on "
-                f"{est['devices']} {est['device']} device(s):"
-            )
-            share = est["esm_flops"] / est["flops"] if est["flops"] else 0
-            lines.append(
-                f"  model work {_si(est['flops'], 'FLOP')} (ESM-2 {share:.0%}); "
-                f"DNABERT-S tokens from {est['dnabert_tokens_from']}"
-            )
-            lines.append(
-                f"  measured matmul rate {_si(est['matmul_flops_per_s'], 'FLOP/s')} per device"
-            )
-            lines.append(
-                f"  at that rate: {_duration(est['seconds_at_peak'])}; at "
-                f"{est['assumed_utilization']:.0%} of it (typical of a well-fed run):"
-                f" about {_duration(est['seconds_expected'])}"
-            )
-    return "\n".join(lines)
 
 
 def repeated_inputs(files: Sequence[FileStats]) -> dict[str, dict[str, Any]]:
