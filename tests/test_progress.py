@@ -19,7 +19,8 @@ from helpers import REFERENCE, TINY
 from rich.console import Console
 
 from virnuc_dask.cli.logs import forward_worker_logs
-from virnuc_dask.cli.progress import RunProgress, TerminalProgress, stage_table, status_line
+from virnuc_dask.cli.progress import TerminalProgress, stage_table, status_line
+from virnuc_dask.cli.run_state import RunProgress
 from virnuc_dask.cluster.workers import WORKER_ENV
 
 
