@@ -35,12 +35,11 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import zarr
-from distributed import Client, wait
+from distributed import Client
 
 from virnuc_dask.cluster.workers import torch_threads_by_host
-from virnuc_dask.core.fasta import FastaBlock, check_input, plan_blocks
-from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
+from virnuc_dask.core.fasta import check_input, plan_blocks
+from virnuc_dask.core.orfs import Selection
 from virnuc_dask.core.plan import (
     duplicate_reads,
     failed_rows,
@@ -51,21 +50,15 @@ from virnuc_dask.core.plan import (
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow import scratch
 from virnuc_dask.dataflow.dashboard import (
-    EMBED_STAGE,
-    STORE_STAGE,
     ThroughputMetrics,
-    task_key,
     unique_key,
 )
+from virnuc_dask.dataflow.embedding import MODEL_RESOURCES, embed_partitions
 from virnuc_dask.dataflow.identity import fingerprint, fingerprint_differences, prepare_out
-from virnuc_dask.dataflow.outputs import BlockCounts, assemble, remove_results, write_block
+from virnuc_dask.dataflow.outputs import BlockCounts, assemble, remove_results
 from virnuc_dask.dataflow.scratch import (
     dedup_bucket,
-    read_column,
-    read_reads,
-    write_table,
 )
-from virnuc_dask.dataflow.scratch import sources as dedup_sources
 from virnuc_dask.dataflow.store import (
     MODEL_ARRAYS,
     EmbeddingStore,
@@ -74,23 +67,13 @@ from virnuc_dask.dataflow.store import (
     naming,
 )
 from virnuc_dask.dataflow.summary import model_facts, run_summary
-from virnuc_dask.errors import ModelLoadError, OutputDirError, SystemicFailure
-from virnuc_dask.models.classifier import score
+from virnuc_dask.dataflow.tasks import classify_rows, read_block_task, write_block_task
+from virnuc_dask.errors import ModelLoadError, OutputDirError
 from virnuc_dask.rundir import SUMMARY
 from virnuc_dask.worker.plugin import (
-    EMBED_RESOURCE,
     ModelPlugin,
     ModelSpec,
-    load_failures,
-    model_status,
     wait_for_models,
-    worker_models,
-)
-from virnuc_dask.worker.task import (
-    SYSTEMIC_FAILURES,
-    PartitionRows,
-    embed_partition,
-    store_partition,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,91 +100,7 @@ class RunResult:
         return 2 if self.counts.failed else 0
 
 
-# -- tasks (run on workers) ---------------------------------------------------------------
-
-
-def _read_block(
-    block: FastaBlock,
-    chunk_size: int,
-    root: str,
-    buckets: int,
-    excluded: dict[int, str] | None = None,
-    select: Selection = six_frame_orfs,
-) -> tuple[int, np.ndarray]:
-    """Read and translate one block into the scratch; (ORFs, read id hashes)."""
-    table = read_orfs(block, chunk_size, select)
-    if excluded:
-        table = table.without_reads(excluded)
-    write_table(root, table, buckets=buckets)
-    return len(table.orfs), id_hashes(table)
-
-
-def _load_partition(
-    root: str, pieces: list[tuple[int, int, int]], row_start: int, rows: int, buckets: int
-) -> PartitionRows:
-    ids, nucleotides, proteins = [], [], []
-    for block, lo, hi in pieces:
-        ids += read_column(root, block, "ids", lo, hi)
-        nucleotides += read_column(root, block, "nucleotide", lo, hi)
-        proteins += read_column(root, block, "protein", lo, hi)
-    found = None
-    if buckets:
-        found = {
-            m: dedup_sources(root, m, buckets, row_start, row_start + rows) for m in MODEL_ARRAYS
-        }
-    return PartitionRows(ids, nucleotides, proteins, found)
-
-
-def _classify_rows(features: np.ndarray) -> np.ndarray:
-    return score(worker_models().classifier, features)
-
-
-def _write_block(
-    root: str,
-    block: int,
-    row_start: int,
-    store_path: str,
-    parts: str,
-    failed: dict[int, tuple[str, str]],
-) -> BlockCounts:
-    reads = read_reads(root, block)
-    ids = read_column(root, block, "ids")
-    group = zarr.open_group(store_path, mode="r")
-    stop = row_start + len(ids)
-    mine = {r - row_start: f for r, f in failed.items() if row_start <= r < stop}
-    if failed and "dnabert_source" in group:
-        # A copy of an input that failed failed too: its DNABERT-S row, or its ESM-2 row
-        # (not computed for a row that failed in DNABERT-S), is missing.
-        for model in MODEL_ARRAYS:
-            source = group[f"{model}_source"][row_start:stop]
-            for i in np.flatnonzero(source != np.arange(row_start, stop)):
-                f = failed.get(int(source[i]))
-                if f is not None and (model == "esm" or f[0] == "dnabert"):
-                    mine.setdefault(int(i), f)
-    return write_block(BlockOrfs(block, reads, ids), group["scores"][row_start:stop], parts, mine)
-
-
 # -- client side ----------------------------------------------------------------------------
-
-
-# Tasks that use the models ask for the resource a worker offers once its models are
-# loaded: one at a time per worker, never on a worker whose load failed.
-MODEL_RESOURCES = {EMBED_RESOURCE: 1}
-# How long the embedding loop waits for a partition before it checks that some worker
-# can still embed.
-HEALTH_CHECK_S = 30.0
-
-
-def _check_embedding_workers(client: Client) -> None:
-    """Raise when no connected worker has (or is loading) the models."""
-    statuses = model_status(client)
-    if any(s["state"] in ("new", "loading", "ready") for s in statuses.values()):
-        return
-    reasons = "; ".join(f["error"] for f in load_failures(client))
-    raise ModelLoadError(
-        "no worker is left that can embed"
-        + (f": {reasons}" if reasons else " (every worker has gone)")
-    )
 
 
 def preflight(settings) -> None:
@@ -326,7 +225,7 @@ def embed_inputs(
     # (No retries: a read fails because of the file, and would fail again.)
     summaries = client.gather(
         client.map(
-            _read_block,
+            read_block_task,
             blocks,
             chunk_size=settings.length,
             root=root,
@@ -342,7 +241,7 @@ def embed_inputs(
     del summaries
     for block, excluded in duplicates.items():  # rare: written again without those reads
         counts[block] = client.submit(
-            _read_block,
+            read_block_task,
             blocks[block],
             settings.length,
             root,
@@ -420,7 +319,7 @@ def embed_inputs(
         orfs_total=total_rows,
         orfs_reused=total_rows - sum(hi - lo for p in todo for _, lo, hi in plan[p][1]),
     )
-    partition_stats = _embed(client, settings, store, root, buckets, plan, todo, tick)
+    partition_stats = embed_partitions(client, settings, store, root, buckets, plan, todo, tick)
     timings["embed"] = time.perf_counter() - t
     return Embedded(
         store,
@@ -470,7 +369,7 @@ def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
         )
         with dask.annotate(resources=MODEL_RESOURCES):  # the classifier is a model too
             scores = x.map_blocks(
-                _classify_rows, dtype=np.float32, chunks=(x.chunks[0], (2,)), token="classify"
+                classify_rows, dtype=np.float32, chunks=(x.chunks[0], (2,)), token="classify"
             )
         # Row chunks are the store's chunks: each task writes whole chunks of the array.
         # Unfused, so that "classify" stays a task name of its own on the dashboard.
@@ -494,7 +393,7 @@ def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
         counted = client.gather(
             [
                 client.submit(
-                    _write_block,
+                    write_block_task,
                     root,
                     b,
                     int(offsets[b]),
@@ -520,91 +419,3 @@ def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
     summary["dedup"] = {"enabled": bool(buckets), **embedded.dedup}
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return RunResult(out, total, len(plan), len(plan) - len(todo), summary)
-
-
-def _embed(client, settings, store, root, buckets, plan, todo, tick) -> list[dict[str, Any]]:
-    if not todo:
-        return []
-    # Embedding tasks hold the device (one GPU=1 per worker with its models loaded);
-    # reading, slicing and writing run beside them in the workers' other threads.
-    resources = MODEL_RESOURCES
-    stored = []
-    for p in todo:
-        row_start, pieces = plan[p]
-        rows = sum(hi - lo for _, lo, hi in pieces)
-        part = dask.delayed(_load_partition, pure=True)(
-            root, pieces, row_start, rows, buckets, dask_key_name=unique_key("partition")
-        )  # the scratch is this run's
-        meta = {
-            "partition": p,
-            "row_start": row_start,
-            "out": str(store.out),
-            "toks_per_batch": settings.toks_per_batch,
-            "dnabert_toks_per_batch": settings.dnabert_toks_per_batch,
-        }
-        with dask.annotate(resources=resources):
-            embedded = dask.delayed(embed_partition, pure=True)(
-                part, meta, dask_key_name=task_key(EMBED_STAGE, part, meta)
-            )
-        stored.append(
-            dask.delayed(store_partition, pure=True)(
-                embedded, dask_key_name=task_key(STORE_STAGE, embedded)
-            )
-        )
-    # Unoptimised: fusing would merge the embedding and store tasks (and lose the
-    # annotation that keeps only one embedding task per device).
-    futures: list = []
-    stats = []
-    streak = 0  # failed records of partitions in which every record failed, in a row
-    try:
-        for n, fut in enumerate(_completed(client, stored, futures), 1):
-            entry = fut.result()
-            stats.append(entry)
-            rows = entry["rows"]
-            streak = streak + rows if rows and len(entry["failed"]) == rows else 0
-            if streak >= SYSTEMIC_FAILURES:
-                raise SystemicFailure(
-                    f"embedding stopped: {streak} records in a row failed, the last "
-                    f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
-                    "fault is not in the input records: check the model files, the "
-                    "device and its driver"
-                )
-            tick("embed", n, len(stored), partitions=[entry])
-    except BaseException:
-        client.cancel(futures)
-        raise
-    return stats
-
-
-def _completed(client: Client, work: list, futures: list):
-    """Compute the ``work`` (delayed objects) a few at a time; yield each future as it
-    finishes (all of them are appended to ``futures``, for cancelling).
-
-    About two partitions per worker are in flight, and the next is submitted when one
-    finishes: the scheduler assigns a task that asks for a resource when it is
-    submitted, so submitting everything at once would deal the partitions out in
-    advance, evenly, whatever each device's speed. This way the worker that finishes
-    first gets the next partition, and a faster GPU takes a larger share. Every
-    ``HEALTH_CHECK_S`` without a finished partition, checks that a worker able to
-    embed is left (else the tasks would wait for ever).
-    """
-    todo = list(work)
-    pending: list = []
-
-    def top_up() -> None:
-        window = max(2, 2 * len(client.scheduler_info(n_workers=-1)["workers"]))
-        while todo and len(pending) < window:
-            future = client.compute(todo.pop(0), retries=1, optimize_graph=False)
-            futures.append(future)
-            pending.append(future)
-
-    top_up()
-    while pending:
-        try:
-            done, rest = wait(pending, timeout=HEALTH_CHECK_S, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            _check_embedding_workers(client)
-            continue
-        pending[:] = list(rest)
-        top_up()
-        yield from done

@@ -37,9 +37,9 @@ from virnuc_dask import __version__
 from virnuc_dask.core.fasta import check_input
 from virnuc_dask.core.training_orfs import TrainingSelection, load_reference
 from virnuc_dask.dataflow.dashboard import unique_key
+from virnuc_dask.dataflow.embedding import MODEL_RESOURCES
 from virnuc_dask.dataflow.identity import file_digest, prepare_out
 from virnuc_dask.dataflow.pipeline import (
-    MODEL_RESOURCES,
     Embedded,
     Progress,
     embed_inputs,

@@ -1,0 +1,93 @@
+"""The dataflow's small tasks, run on workers: read a block into the scratch, load a
+partition's rows, classify stored rows, write a block's result part files."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import zarr
+
+from virnuc_dask.core.fasta import FastaBlock
+from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
+from virnuc_dask.core.translate import six_frame_orfs
+from virnuc_dask.dataflow.outputs import BlockCounts, write_block
+from virnuc_dask.dataflow.scratch import (
+    read_column,
+    read_reads,
+    write_table,
+)
+from virnuc_dask.dataflow.scratch import sources as dedup_sources
+from virnuc_dask.dataflow.store import (
+    MODEL_ARRAYS,
+)
+from virnuc_dask.models.classifier import score
+from virnuc_dask.worker.plugin import (
+    worker_models,
+)
+from virnuc_dask.worker.task import (
+    PartitionRows,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def read_block_task(
+    block: FastaBlock,
+    chunk_size: int,
+    root: str,
+    buckets: int,
+    excluded: dict[int, str] | None = None,
+    select: Selection = six_frame_orfs,
+) -> tuple[int, np.ndarray]:
+    """Read and translate one block into the scratch; (ORFs, read id hashes)."""
+    table = read_orfs(block, chunk_size, select)
+    if excluded:
+        table = table.without_reads(excluded)
+    write_table(root, table, buckets=buckets)
+    return len(table.orfs), id_hashes(table)
+
+
+def load_partition(
+    root: str, pieces: list[tuple[int, int, int]], row_start: int, rows: int, buckets: int
+) -> PartitionRows:
+    ids, nucleotides, proteins = [], [], []
+    for block, lo, hi in pieces:
+        ids += read_column(root, block, "ids", lo, hi)
+        nucleotides += read_column(root, block, "nucleotide", lo, hi)
+        proteins += read_column(root, block, "protein", lo, hi)
+    found = None
+    if buckets:
+        found = {
+            m: dedup_sources(root, m, buckets, row_start, row_start + rows) for m in MODEL_ARRAYS
+        }
+    return PartitionRows(ids, nucleotides, proteins, found)
+
+
+def classify_rows(features: np.ndarray) -> np.ndarray:
+    return score(worker_models().classifier, features)
+
+
+def write_block_task(
+    root: str,
+    block: int,
+    row_start: int,
+    store_path: str,
+    parts: str,
+    failed: dict[int, tuple[str, str]],
+) -> BlockCounts:
+    reads = read_reads(root, block)
+    ids = read_column(root, block, "ids")
+    group = zarr.open_group(store_path, mode="r")
+    stop = row_start + len(ids)
+    mine = {r - row_start: f for r, f in failed.items() if row_start <= r < stop}
+    if failed and "dnabert_source" in group:
+        # A copy of an input that failed failed too: its DNABERT-S row, or its ESM-2 row
+        # (not computed for a row that failed in DNABERT-S), is missing.
+        for model in MODEL_ARRAYS:
+            source = group[f"{model}_source"][row_start:stop]
+            for i in np.flatnonzero(source != np.arange(row_start, stop)):
+                f = failed.get(int(source[i]))
+                if f is not None and (model == "esm" or f[0] == "dnabert"):
+                    mine.setdefault(int(i), f)
+    return write_block(BlockOrfs(block, reads, ids), group["scores"][row_start:stop], parts, mine)
