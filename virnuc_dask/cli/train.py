@@ -6,21 +6,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from virnuc_dask.cli.options import add_logging, add_progress, add_run_options
+from virnuc_dask.cli.options import add_logging, add_progress, add_run_options, positive_int
 from virnuc_dask.errors import ConfigError
 from virnuc_dask.train.options import TrainOptions
 
 logger = logging.getLogger("virnuc_dask")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -100,11 +90,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         f"and dropout (default {d.seed})",
     )
     hyper.add_argument(
-        "--epochs", type=_positive_int, default=d.epochs, help=f"most epochs (default {d.epochs})"
+        "--epochs", type=positive_int, default=d.epochs, help=f"most epochs (default {d.epochs})"
     )
     hyper.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=d.batch_size,
         help=f"training batch size (default {d.batch_size})",
     )
@@ -116,7 +106,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     hyper.add_argument(
         "--lr-step",
-        type=_positive_int,
+        type=positive_int,
         default=d.step_size,
         help=f"epochs between learning-rate decays (default {d.step_size})",
     )
@@ -128,7 +118,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     hyper.add_argument(
         "--patience",
-        type=_positive_int,
+        type=positive_int,
         default=d.patience,
         help=f"stop after this many epochs without a lower validation loss (default {d.patience})",
     )
@@ -140,13 +130,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     hyper.add_argument(
         "--hidden",
-        type=_positive_int,
+        type=positive_int,
         default=d.hidden,
         help=f"hidden units of the MLP (default {d.hidden})",
     )
     hyper.add_argument(
         "--shuffle-window",
-        type=_positive_int,
+        type=positive_int,
         default=d.shuffle_window,
         help="store chunks shuffled together per window (memory: window x "
         f"--partition-rows rows; default {d.shuffle_window})",

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from virnuc_dask.formatting import si
+
 logger = logging.getLogger(__name__)
 
 GOLDEN = "golden"  # package data directory beside this module
@@ -383,12 +385,6 @@ def check_predict(client, work: Path, *, gpus: bool) -> Check:
 # -- checks on the cluster --------------------------------------------------------------------
 
 
-def _fmt_rate(value: float, unit: str) -> str:
-    from virnuc_dask.formatting import si
-
-    return si(value, unit, missing="-")
-
-
 def _worker_checks(reports: dict[str, dict[str, Any]]) -> list[Check]:
     first = next(iter(reports.values()))
     nvml, usable = first["nvml_gpus"], first["torch_devices"]
@@ -415,7 +411,7 @@ def _worker_checks(reports: dict[str, dict[str, Any]]) -> list[Check]:
             continue
         rates = r["matmul_flops"]
         rate = ", ".join(
-            f"{k} {_fmt_rate(v, 'FLOP/s')}" if isinstance(v, float) else f"{k} {v}"
+            f"{k} {si(v, 'FLOP/s', missing='-')}" if isinstance(v, float) else f"{k} {v}"
             for k, v in rates.items()
         )
         if r["device"] == "cpu":
