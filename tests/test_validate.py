@@ -217,8 +217,6 @@ def test_findings_are_capped_per_kind(tmp_path, capsys):
 
 
 def test_estimate_uses_the_models_shapes_and_token_counts(tmp_path):
-    import esm
-    import torch
     from tokenizers import Tokenizer
 
     from virnuc_dask.models.esm2 import load_esm
@@ -258,7 +256,6 @@ def test_estimate_uses_the_models_shapes_and_token_counts(tmp_path):
     # time = FLOPs / measured rate
     assert est["seconds_at_peak"] == pytest.approx(est["flops"] / est["matmul_flops_per_s"])
     assert est["device"] == "cpu" and est["precision"] == "fp32"
-    assert isinstance(esm, object) and torch.get_num_threads() >= 1
 
 
 def test_estimate_for_the_published_models_without_their_files(tmp_path, capsys):
