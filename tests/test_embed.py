@@ -13,11 +13,13 @@ from virnuc_dask.core.batching import token_budget_batches
 from virnuc_dask.models.dnabert import load_dnabert
 from virnuc_dask.models.esm2 import load_esm
 from virnuc_dask.models.esm_fast import SdpaEsm2
-from virnuc_dask.worker.embed import (
-    CPU_TOKS_PER_BATCH,
+from virnuc_dask.worker.batch_runner import (
     NonFiniteEmbedding,
     SequenceTooLarge,
     device_token_budget,
+)
+from virnuc_dask.worker.embed import (
+    CPU_TOKS_PER_BATCH,
     dnabert_bytes_per_token,
     embed_dnabert,
     embed_esm,

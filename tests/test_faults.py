@@ -33,7 +33,7 @@ from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.worker.embed import SequenceTooLarge
+from virnuc_dask.worker.batch_runner import SequenceTooLarge
 from virnuc_dask.worker.plugin import PLUGIN_NAME
 from virnuc_dask.worker.task import SYSTEMIC_FAILURES, FailureGuard, isolate_failures
 

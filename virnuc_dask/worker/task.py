@@ -40,13 +40,8 @@ from distributed import get_worker
 from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.worker.embed import (
-    NonFiniteEmbedding,
-    SequenceTooLarge,
-    StageStats,
-    embed_dnabert,
-    embed_esm,
-)
+from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, StageStats
+from virnuc_dask.worker.embed import embed_dnabert, embed_esm
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)

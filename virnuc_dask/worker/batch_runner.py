@@ -1,0 +1,475 @@
+"""The batch runner: every model's embeddings go through :func:`embed`.
+
+A model comes in as a :class:`ModelAdapter` (tokenise, prepare a padded batch,
+forward to pooled rows, activation bytes per token); the runner does the rest,
+the same for each model:
+
+Batches (:mod:`virnuc_dask.core.batching`) hold at most ``toks_per_batch`` padded
+tokens, longest first; ``None`` derives the budget from the device: free memory on
+a GPU (:func:`device_token_budget`), the adapter's fixed budget on the CPU.
+
+Overlap: a prefetch thread tokenises (in slices, longest first, so the first batch
+starts after one slice), pads, and on CUDA pins the batch and copies it to the
+device on a side stream. On CUDA the pooled results stay on the device until the
+end of the call, so the host never waits for a batch to finish and keeps the
+GPU's queue full.
+
+A batch that runs out of device memory is split in halves and retried, down to
+one sequence, and the model's :class:`~virnuc_dask.core.batching.TokenBudget`
+(kept by the worker across partitions) is halved, so that later batches are cut to
+fit instead of each failing first; it grows back after batches that run. A single
+sequence that still does not fit is left out; once every other batch has run,
+:class:`SequenceTooLarge` names it and carries the finished rows, which the
+partition keeps. A non-finite embedding (fp16 overflow) is computed again with the
+model computing in fp32 (:func:`~virnuc_dask.worker.precision.computing_in_fp32`);
+one still non-finite raises :class:`NonFiniteEmbedding`, again with the finished
+rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from virnuc_dask.core.batching import TokenBudget, budget_from_memory, token_budget_batches
+from virnuc_dask.worker.precision import computing_in_fp32, parameter_dtype
+
+logger = logging.getLogger(__name__)
+
+PREFETCH_DEPTH = 2
+
+Tokens = Sequence[int]  # one sequence's token ids, special tokens included
+Batch = dict[str, torch.Tensor]
+
+
+class ModelAdapter(Protocol):
+    """What the runner needs of a model; :mod:`virnuc_dask.worker.embed` has both."""
+
+    name: str  # in messages ("ESM-2")
+    model: torch.nn.Module
+    width: int  # columns of an embedding
+    cpu_tokens: int  # token budget on the CPU
+    tokenize_slice: int | None  # texts tokenised at a time; None: all at once
+
+    def token_bound(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens per text before tokenising: an upper bound (exact where it can be)."""
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokens]:
+        """Token ids of each text, special tokens included."""
+
+    def prepare(self, tokens: Sequence[Tokens], lengths: np.ndarray) -> Batch:
+        """The host tensors of one padded batch."""
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Pooled float32 rows ``[len(batch), width]``."""
+
+    def bytes_per_token(self, longest: int) -> int:
+        """Activation bytes one token needs when the longest sequence has ``longest``."""
+
+
+@dataclasses.dataclass
+class StageStats:
+    """What one embedding stage did for one call (one partition)."""
+
+    sequences: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    oom_splits: int = 0
+    recomputed_fp32: int = 0  # sequences computed again in fp32 after a non-finite result
+    seconds: float = 0.0
+    prepare_seconds: float = 0.0  # tokenising, padding, copying (in the prefetch thread)
+    wait_seconds: float = 0.0  # the forward loop waiting for a prepared batch
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+class PartialResult:
+    """Rows a call finished before it raised: ``values[done]`` are final.
+
+    ``indices`` are the input positions that failed; ``done`` is None when nothing
+    was kept.
+    """
+
+    indices: list[int]
+    values: np.ndarray | None = None
+    done: np.ndarray | None = None
+    stats: StageStats | None = None
+
+    def keep(self, values: np.ndarray, done: np.ndarray, stats: StageStats) -> None:
+        self.values, self.done, self.stats = values, done, stats
+
+
+class SequenceTooLarge(PartialResult, RuntimeError):
+    """A sequence alone does not fit in device memory; ``index`` is its input position
+    (``indices``: every such position of the call)."""
+
+    def __init__(
+        self, index: int, model: str, detail: str, indices: Sequence[int] | None = None
+    ) -> None:
+        super().__init__(f"{model}: out of memory on a single sequence ({detail})")
+        self.index = index
+        self.indices = list(indices) if indices is not None else [index]
+        self.model = model
+
+
+class NonFiniteEmbedding(PartialResult, ArithmeticError):
+    """A model produced inf/NaN even computing in fp32; ``indices`` are the positions."""
+
+    def __init__(self, indices: Sequence[int], model: str, dtype: torch.dtype) -> None:
+        super().__init__(
+            f"{model}: non-finite embedding for {len(indices)} sequence(s) in {dtype}, "
+            "also when computed again in fp32"
+        )
+        self.indices = list(indices)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA OOM, also when an allocator reports it as a plain RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def device_token_budget(
+    device: torch.device | str, *, bytes_per_token: int, cpu_default: int
+) -> int:
+    """Token budget for ``device``: from its free memory on CUDA, ``cpu_default`` elsewhere.
+
+    Call on the worker that runs the model, after the model is placed (its weights
+    are then no longer free memory).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cpu_default
+    free, _ = torch.cuda.mem_get_info(device)
+    # Memory this process's allocator caches but does not use is free for the next batch.
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    budget = budget_from_memory(free, bytes_per_token)
+    logger.debug("token budget %d from %.1f GiB free on %s", budget, free / 2**30, device)
+    return budget
+
+
+def pad(token_lists: Sequence[Tokens], pad_id: int) -> torch.Tensor:
+    """``[len(token_lists), longest]`` token ids, right-padded with ``pad_id``."""
+    width = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    for row, toks in enumerate(token_lists):
+        ids[row, : len(toks)] = torch.as_tensor(toks, dtype=torch.long)
+    return ids
+
+
+@torch.inference_mode()
+def embed(
+    adapter: ModelAdapter,
+    texts: Sequence[str],
+    *,
+    toks_per_batch: int | None = None,
+    device: torch.device | str = "cpu",
+    prefetch: bool = True,
+    budget: TokenBudget | None = None,
+) -> tuple[np.ndarray, StageStats]:
+    """Embeddings ``[len(texts), adapter.width]`` (float32), rows in input order.
+
+    ``budget``: the worker's learned budget for this model (a fresh one by default);
+    ``toks_per_batch`` (or the device's free memory) is its ceiling.
+    """
+    device = torch.device(device)
+    stats = StageStats(sequences=len(texts))
+    start = time.perf_counter()
+    out = np.zeros((len(texts), adapter.width), dtype=np.float32)
+    if not len(texts):
+        return out, stats
+    bound = adapter.token_bound(texts)
+    if toks_per_batch is None:
+        toks_per_batch = device_token_budget(
+            device,
+            bytes_per_token=adapter.bytes_per_token(int(bound.max())),
+            cpu_default=adapter.cpu_tokens,
+        )
+    budget = budget or TokenBudget()
+    budget.start(toks_per_batch)
+    # Known once a slice is tokenised.
+    tokens: list[Tokens | None] = [None] * len(texts)
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def batches() -> Iterator[np.ndarray]:
+        order = np.argsort(-bound, kind="stable")
+        step = adapter.tokenize_slice or len(order)
+        for lo in range(0, len(order), step):
+            part = order[lo : lo + step]
+            for i, ids in zip(part, adapter.tokenize([texts[i] for i in part]), strict=True):
+                tokens[i] = ids
+                lengths[i] = len(ids)
+            yield from budget_batches(lengths, part, budget)
+
+    def prepare(idx: np.ndarray) -> _Prepared:
+        host = adapter.prepare([tokens[i] for i in idx], lengths[idx])
+        return _to_device(host, device, idx, side)
+
+    def run(items: Iterable[np.ndarray], *, prefetch: bool) -> dict[int, str]:
+        return _run_batches(
+            items,
+            prepare,
+            adapter.forward,
+            lengths,
+            out,
+            stats,
+            model_name=adapter.name,
+            device=device,
+            prefetch=prefetch,
+            budget=budget,
+        )
+
+    too_large = run(batches(), prefetch=prefetch)
+    _finish(
+        adapter,
+        out,
+        stats,
+        too_large,
+        lambda bad: run(budget_batches(lengths, bad, budget), prefetch=False),
+    )
+    stats.seconds = time.perf_counter() - start
+    return out, stats
+
+
+def budget_batches(
+    lengths: np.ndarray, positions: np.ndarray, budget: TokenBudget
+) -> Iterator[np.ndarray]:
+    """Token-budget batches of ``positions``, longest first, each cut with the budget
+    current when it is cut (it may shrink after an OOM while earlier batches run)."""
+    order = positions[np.argsort(-lengths[positions], kind="stable")]
+    start = 0
+    while start < len(order):
+        rest = order[start:]
+        first = token_budget_batches(lengths[rest], budget.current)[0]
+        yield rest[first]
+        start += len(first)
+
+
+# -- batch preparation, overlapped with the forward ------------------------------------------
+
+
+@dataclasses.dataclass
+class _Prepared:
+    idx: np.ndarray
+    tensors: Batch
+    ready: Any = None  # a CUDA event recorded after the copy, or None
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _prefetched(
+    items: Iterable[np.ndarray],
+    prepare: Callable[[np.ndarray], _Prepared],
+    stats: StageStats,
+    *,
+    enabled: bool,
+) -> Iterator[_Prepared]:
+    """``prepare(idx)`` for every batch of ``items``, in a background thread when enabled."""
+    if not enabled:
+        for idx in items:
+            t = time.perf_counter()
+            prepared = prepare(idx)
+            stats.prepare_seconds += time.perf_counter() - t
+            yield prepared
+        return
+    q: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for idx in items:
+                t = time.perf_counter()
+                prepared = prepare(idx)
+                stats.prepare_seconds += time.perf_counter() - t
+                if not put(prepared):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+            put(_Failed(exc))
+            return
+        put(done)
+
+    thread = threading.Thread(target=produce, name="virnuc-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            t = time.perf_counter()
+            item = q.get()
+            stats.wait_seconds += time.perf_counter() - t
+            if item is done:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _to_device(host: Batch, device: torch.device, idx: np.ndarray, side_stream: Any) -> _Prepared:
+    """Host tensors onto ``device``: pinned and copied on a side stream on CUDA."""
+    if device.type != "cuda":
+        return _Prepared(idx, host)
+    with torch.cuda.stream(side_stream):
+        tensors = {k: v.pin_memory().to(device, non_blocking=True) for k, v in host.items()}
+        ready = torch.cuda.Event()
+        ready.record(side_stream)
+    return _Prepared(idx, tensors, ready)
+
+
+def _use(prepared: _Prepared, device: torch.device) -> Batch:
+    """Make the compute stream wait for ``prepared``'s copy and own its memory."""
+    if prepared.ready is not None:
+        stream = torch.cuda.current_stream(device)
+        stream.wait_event(prepared.ready)
+        for tensor in prepared.tensors.values():
+            tensor.record_stream(stream)
+    return prepared.tensors
+
+
+# -- running batches: OOM halving, then fp32 for non-finite rows ----------------------------
+def _run_batches(
+    batches: Iterable[np.ndarray],
+    prepare: Callable[[np.ndarray], _Prepared],
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    lengths: np.ndarray,
+    out: np.ndarray,
+    stats: StageStats,
+    *,
+    model_name: str,
+    device: torch.device,
+    prefetch: bool,
+    budget: TokenBudget,
+) -> dict[int, str]:
+    """Run every batch; on OOM halve the batch and the budget; write pooled rows into
+    ``out``. Returns the positions that did not fit alone, with the error."""
+    on_device: list[tuple[np.ndarray, torch.Tensor]] = []
+    too_large: dict[int, str] = {}
+
+    def run(prepared: _Prepared) -> None:
+        pending = [prepared]
+        while pending:
+            item = pending.pop()
+            idx = item.idx
+            padded = int(lengths[idx].max()) * len(idx)
+            if len(idx) > 1 and padded > budget.current:
+                # Cut (or prefetched) before the budget last shrank: cut it to fit now,
+                # rather than running into the same OOM again.
+                item = None
+                pieces = token_budget_batches(lengths[idx], budget.current)
+                pending.extend(prepare(idx[p]) for p in reversed(pieces))
+                continue
+            try:
+                pooled = forward(_use(item, device))
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not is_oom(exc):
+                    raise
+                detail = (str(exc).splitlines() or ["out of memory"])[0]
+            else:
+                budget.succeeded()
+                stats.batches += 1
+                stats.real_tokens += int(lengths[idx].sum())
+                stats.padded_tokens += padded
+                if device.type == "cuda":
+                    on_device.append((idx, pooled))
+                else:
+                    out[idx] = pooled.numpy()
+                continue
+            # Outside the except block: the failed forward's frames are released now.
+            item = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            budget.out_of_memory(padded)
+            if len(idx) == 1:
+                too_large[int(idx[0])] = detail
+                logger.warning(
+                    "%s: a sequence of %d tokens does not fit in memory alone",
+                    model_name,
+                    int(lengths[idx[0]]),
+                )
+                continue
+            stats.oom_splits += 1
+            logger.warning(
+                "%s: out of memory on a batch of %d (%d tokens); retrying in "
+                "halves, budget now %d tokens",
+                model_name,
+                len(idx),
+                padded,
+                budget.current,
+            )
+            half = len(idx) // 2
+            pending.extend([prepare(idx[half:]), prepare(idx[:half])])
+
+    with contextlib.closing(_prefetched(batches, prepare, stats, enabled=prefetch)) as ready:
+        for prepared in ready:
+            run(prepared)
+    if on_device:
+        rows = np.concatenate([idx for idx, _ in on_device])
+        out[rows] = torch.cat([p for _, p in on_device]).cpu().numpy()
+    return too_large
+
+
+def _finish(
+    adapter: ModelAdapter,
+    out: np.ndarray,
+    stats: StageStats,
+    too_large: dict[int, str],
+    recompute: Callable[[np.ndarray], dict[int, str]],
+) -> None:
+    """Non-finite rows of a half-precision model computed again in fp32; raise for the
+    sequences that did not fit or stayed non-finite, with the finished rows."""
+    done = np.ones(len(out), dtype=bool)
+    done[list(too_large)] = False
+    bad = np.flatnonzero(done & ~np.isfinite(out).all(axis=1))
+    model, model_name = adapter.model, adapter.name
+    dtype = parameter_dtype(model)
+    if len(bad) and dtype in (torch.float16, torch.bfloat16):
+        logger.warning(
+            "%s: %d sequence(s) gave a non-finite embedding in %s; computing them again in fp32",
+            model_name,
+            len(bad),
+            dtype,
+        )
+        stats.recomputed_fp32 += len(bad)
+        with computing_in_fp32(model):
+            too_large.update(recompute(bad))
+        done[list(too_large)] = False
+        bad = np.flatnonzero(done & ~np.isfinite(out).all(axis=1))
+    if too_large:
+        first = min(too_large)
+        exc: PartialResult = SequenceTooLarge(
+            first, model_name, too_large[first], indices=sorted(too_large)
+        )
+        done[bad] = False
+        exc.keep(out, done, stats)
+        raise exc
+    if len(bad):
+        exc = NonFiniteEmbedding(bad.tolist(), model_name, dtype)
+        done[bad] = False
+        exc.keep(out, done, stats)
+        raise exc
