@@ -290,8 +290,9 @@ def test_worker_killed_while_embedding_loses_nothing(clean, tmp_path, restart):
         before = worker_pids(client)
         killed: dict[str, Any] = {}
 
-        def kill_once(stage, done, total, **detail):
-            if stage == "embed" and done >= 1 and not killed:
+        def kill_once(event):
+            done = event.done
+            if event.stage == "embed" and done >= 1 and not killed:
                 # Workers hold no ORF tables: those are in the scratch beside the store.
                 tables = sum(
                     1
@@ -300,7 +301,7 @@ def test_worker_killed_while_embedding_loses_nothing(clean, tmp_path, restart):
                     if str(key).startswith("read_orfs")
                 )
                 victim = (
-                    detail["partitions"][0]["worker"]
+                    event.partitions[0].worker
                     if external is None
                     else next(w for w, pid in before.items() if pid == external)
                 )

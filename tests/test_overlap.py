@@ -16,9 +16,9 @@ def _restrictions(dask_scheduler) -> dict[str, dict | None]:
 def test_store_runs_as_its_own_unrestricted_task(client, reference, tmp_path):
     seen: dict[str, dict | None] = {}
 
-    def progress(stage, done, total, **detail):
+    def progress(event):
         # Once the first partition is stored, the others' tasks are on the scheduler.
-        if stage == "embed" and done == 1:
+        if event.stage == "embed" and event.done == 1:
             seen.update(client.run_on_scheduler(_restrictions))
 
     settings = load_settings(

@@ -7,6 +7,7 @@ under ``~``) or ``CUDA_VISIBLE_DEVICES`` differs from the healthy one's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -31,7 +32,7 @@ from virnuc_dask.worker.plugin import (
     model_status,
     wait_for_models,
 )
-from virnuc_dask.worker.task import embed_partition
+from virnuc_dask.worker.task import PartitionJob, embed_partition
 
 INPUT = REFERENCE / "dev" / "basic" / "input.fa"
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_predictions.tsv")
@@ -174,13 +175,7 @@ def test_one_embedding_task_at_a_time_per_worker(orfs, tmp_path, monkeypatch):
                 active[0] -= 1
 
     monkeypatch.setattr(SdpaEsm2, "forward", counting)
-    meta = {
-        "partition": 0,
-        "row_start": 0,
-        "out": str(tmp_path),
-        "toks_per_batch": 200,
-        "dnabert_toks_per_batch": 400,
-    }
+    job = PartitionJob(0, 0, str(tmp_path), toks_per_batch=200, dnabert_toks_per_batch=400)
     with (
         LocalCluster(
             n_workers=1,
@@ -197,14 +192,14 @@ def test_one_embedding_task_at_a_time_per_worker(orfs, tmp_path, monkeypatch):
             client.submit(
                 embed_partition,
                 orfs[i::2],
-                {**meta, "partition": i},
+                dataclasses.replace(job, partition=i),
                 resources={"GPU": 1},
                 pure=False,
             )
             for i in range(2)
         ]
         results = client.gather(futures)
-    assert all(r["info"]["esm"]["batches"] >= 2 for r in results)
+    assert all(r.result.models["esm"].batches >= 2 for r in results)
     assert most[0] == 1
 
 

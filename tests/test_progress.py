@@ -22,26 +22,29 @@ from virnuc_dask.cli.logs import forward_worker_logs
 from virnuc_dask.cli.progress import TerminalProgress, stage_table, status_line
 from virnuc_dask.cli.run_state import RunProgress
 from virnuc_dask.cluster.workers import WORKER_ENV
+from virnuc_dask.events import ProgressEvent
+from virnuc_dask.manifest import ModelStats, PartitionResult
 
 
 def partition(
     worker: str, orfs: int, dn_tokens: int, dn_s: float, esm_tokens: int, esm_s: float
-) -> dict:
-    return {
-        "worker": worker,
-        "dnabert": {
-            "sequences": orfs,
-            "real_tokens": dn_tokens,
-            "padded_tokens": dn_tokens + 10,
-            "seconds": dn_s,
-        },
-        "esm": {
-            "sequences": orfs,
-            "real_tokens": esm_tokens,
-            "padded_tokens": esm_tokens + 5,
-            "seconds": esm_s,
-        },
-    }
+) -> PartitionResult:
+    def stats(tokens: int, seconds: float, padding: int) -> ModelStats:
+        return ModelStats(
+            sequences=orfs,
+            rows=orfs,
+            real_tokens=tokens,
+            padded_tokens=tokens + padding,
+            seconds=seconds,
+        )
+
+    return PartitionResult(
+        partition=0,
+        row_start=0,
+        rows=orfs,
+        worker=worker,
+        models={"dnabert": stats(dn_tokens, dn_s, 10), "esm": stats(esm_tokens, esm_s, 5)},
+    )
 
 
 class Clock:
@@ -55,17 +58,21 @@ class Clock:
 def test_state_follows_the_pipeline_events():
     clock = Clock()
     state = RunProgress(clock=clock)
-    state.record("models", 0, 1)
+    state.record(ProgressEvent("models", 0, 1))
     clock.now += 5
-    state.record("models", 1, 1, precision="fp32", device="cpu")
-    state.record("read", 0, 2)
+    state.record(ProgressEvent("models", 1, 1, precision="fp32", device="cpu"))
+    state.record(ProgressEvent("read", 0, 2))
     clock.now += 1
-    state.record("read", 2, 2, reads=30, orfs=400)
-    state.record("embed", 0, 4, orfs_total=400, orfs_reused=100)
+    state.record(ProgressEvent("read", 2, 2, reads=30, orfs=400))
+    state.record(ProgressEvent("embed", 0, 4, orfs_total=400, orfs_reused=100))
     clock.now += 10
-    state.record("embed", 1, 3, partitions=[partition("w1", 100, 500, 1.0, 900, 3.0)])
+    state.record(
+        ProgressEvent("embed", 1, 3, partitions=(partition("w1", 100, 500, 1.0, 900, 3.0),))
+    )
     clock.now += 10
-    state.record("embed", 2, 3, partitions=[partition("w2", 100, 500, 2.0, 900, 6.0)])
+    state.record(
+        ProgressEvent("embed", 2, 3, partitions=(partition("w2", 100, 500, 2.0, 900, 6.0),))
+    )
 
     assert state.stage("models").finished == 105.0
     assert state.stage("read").counts == {"reads": 30, "orfs": 400}
@@ -80,7 +87,9 @@ def test_state_follows_the_pipeline_events():
     assert state.workers["w2"].partitions == 1
 
     clock.now += 10
-    state.record("embed", 3, 3, partitions=[partition("w1", 100, 500, 1.0, 900, 3.0)])
+    state.record(
+        ProgressEvent("embed", 3, 3, partitions=(partition("w1", 100, 500, 1.0, 900, 3.0),))
+    )
     assert state.stage("esm").finished == clock.now
     assert state.stage("dnabert").done == 400
     assert state.eta("esm", clock.now) is None
@@ -96,8 +105,10 @@ def test_stage_table_has_a_row_per_stage():
     from rich.console import Console
 
     state = RunProgress()
-    state.record("embed", 0, 2, orfs_total=50, orfs_reused=0)
-    state.record("embed", 1, 2, partitions=[partition("tcp://w:1", 25, 100, 1.0, 200, 1.0)])
+    state.record(ProgressEvent("embed", 0, 2, orfs_total=50, orfs_reused=0))
+    state.record(
+        ProgressEvent("embed", 1, 2, partitions=(partition("tcp://w:1", 25, 100, 1.0, 200, 1.0),))
+    )
     console = Console(width=160, record=True, file=io.StringIO())
     console.print(stage_table(state))
     text = console.export_text()
@@ -116,9 +127,9 @@ def test_stage_table_has_a_row_per_stage():
 def test_non_terminal_logs_a_line_every_interval(caplog):
     caplog.set_level(logging.INFO, logger="virnuc_dask.cli.progress")
     with TerminalProgress(enabled=False, interval=0.2) as progress:
-        progress("read", 0, 1)
+        progress(ProgressEvent("read", 0, 1))
         time.sleep(0.7)
-        progress("read", 1, 1, reads=3, orfs=4)
+        progress(ProgressEvent("read", 1, 1, reads=3, orfs=4))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress")]
     assert len(lines) >= 3  # at least two periodic lines and the closing one
     assert "reading + translating: 0/1 blocks" in lines[0]
@@ -361,18 +372,9 @@ def test_live_display_polls_the_workers_gpu_figures(client):
 
 def test_jobs_without_workers_replace_the_time_left_and_lost_workers_show_as_gone():
     state = RunProgress(clock=lambda: 100.0)
-    state.record("embed", 0, 4, orfs_total=400, orfs_reused=0)
+    state.record(ProgressEvent("embed", 0, 4, orfs_total=400, orfs_reused=0))
     state.record(
-        "embed",
-        1,
-        4,
-        partitions=[
-            {
-                "worker": "tcp://w1",
-                "dnabert": {"sequences": 100, "real_tokens": 900, "seconds": 1.0},
-                "esm": {"sequences": 100, "real_tokens": 1500, "seconds": 2.0},
-            }
-        ],
+        ProgressEvent("embed", 1, 4, partitions=(partition("tcp://w1", 100, 900, 1.0, 1500, 2.0),))
     )
     state.clock = lambda: 110.0
     line = status_line(state, {})

@@ -10,6 +10,7 @@ import pytest
 import zarr
 
 from virnuc_dask.dataflow.store import EmbeddingStore, atomic_write_text, naming
+from virnuc_dask.manifest import FailedRecord, ModelStats, PartitionResult
 
 DIMS = {"dnabert": 3, "esm": 5}
 
@@ -27,25 +28,24 @@ def new_store(tmp_path, rows=10, chunk_rows=4, fingerprint=None) -> EmbeddingSto
 
 def write(store: EmbeddingStore, index: int, row_start: int, n: int, failed=()) -> None:
     arrays = {name: np.full((n, dim), index + 1, dtype=np.float32) for name, dim in DIMS.items()}
-    store.write_partition(
-        index,
-        row_start,
-        [f"orf{row_start + i}" for i in range(n)],
-        arrays,
-        {"worker": "w"},
-        failed=failed,
-    )
+    stats = {m: ModelStats(sequences=n, rows=n, unique=n) for m in DIMS}
+    result = PartitionResult(index, row_start, n, "w", stats, failed=tuple(failed))
+    store.write_partition(result, [f"orf{row_start + i}" for i in range(n)], arrays)
 
 
 def test_written_partitions_are_done_and_readable(tmp_path):
     store = new_store(tmp_path)
     assert store.done_partitions() == set()
     write(store, 0, 0, 4)
-    write(store, 2, 8, 2, failed=[{"row": 9, "id": "orf9", "stage": "esm", "error": "E: x"}])
+    write(store, 2, 8, 2, failed=[FailedRecord(9, "orf9", "esm", "E: x")])
     assert store.done_partitions() == {0, 2}
-    assert store.entries()[2]["failed"] == [
-        {"row": 9, "id": "orf9", "stage": "esm", "error": "E: x"}
-    ]
+    entry = store.entries()[2]
+    assert entry.failed == (FailedRecord(9, "orf9", "esm", "E: x"),)
+    assert entry.models["esm"].rows == 2 and entry.store_id == store.store_id
+    # The file is the documented JSON: per-model statistics under the model's key.
+    data = json.loads((store.manifest / "p0000002.json").read_text())
+    assert data["failed"] == [{"row": 9, "id": "orf9", "stage": "esm", "error": "E: x"}]
+    assert data["esm"]["unique"] == 2 and data["worker"] == "w" and data["finished"] > 0
     group = zarr.open_group(store.path, mode="r")
     assert list(group["ids"][8:10]) == ["orf8", "orf9"]
     assert (group["esm"][0:4] == 1).all() and (group["esm"][4:8] == 0).all()

@@ -198,8 +198,8 @@ def test_interrupted_training_resumes_to_the_same_model(client, trained, data, t
     settings = _settings(tmp_path / "resumed")
     inputs = train_inputs([data["viral"]], [data["other"]])
 
-    def stop_after_two(stage, done, total, **detail):
-        if stage == "train" and done == 2:
+    def stop_after_two(event):
+        if event.stage == "train" and event.done == 2:
             raise Stop
 
     with pytest.raises(Stop):
@@ -213,7 +213,7 @@ def test_interrupted_training_resumes_to_the_same_model(client, trained, data, t
         inputs,
         OPTIONS,
         client,
-        progress=lambda stage, done, total, **d: events.append((stage, done)),
+        progress=lambda event: events.append((event.stage, event.done)),
     )
     assert ("train", 2) in events and ("train", 1) not in events  # started after epoch 2
     embedded = [done for stage, done in events if stage == "embed"]

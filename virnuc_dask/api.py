@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from distributed import Client
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.outputs import BlockCounts
-from virnuc_dask.dataflow.store import MODEL_ARRAYS, lazy_rows
+from virnuc_dask.dataflow.store import lazy_rows
+from virnuc_dask.events import Progress
+from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.rundir import FAILED, HIGHEST, PREDICTIONS, READS, STORE, SUMMARY
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class Prediction:
     @property
     def embeddings(self) -> dict[str, da.Array]:
         """``{"dnabert": [rows, 768], "esm": [rows, 2560]}`` for the published models."""
-        return {name: lazy_rows(self.paths["embeddings"], name) for name in MODEL_ARRAYS}
+        return {name: lazy_rows(self.paths["embeddings"], name) for name in MODEL_KEYS}
 
     @property
     def features(self) -> da.Array:
@@ -97,7 +99,7 @@ def predict(
     client: Client | None = None,
     config: PathLike | None = None,
     performance_report: PathLike | None = None,
-    progress: Callable[..., None] | None = None,
+    progress: Progress | None = None,
     **options: Any,
 ) -> Prediction:
     """Run the prediction of ``inputs`` into ``out``; see :class:`Prediction`.
@@ -108,6 +110,7 @@ def predict(
     arguments override the file. Without ``client`` the cluster the settings name is
     started for this run and stopped after it (the returned arrays read from disk
     and need no cluster). ``performance_report``: an HTML file for Dask's report.
+    ``progress``: called with each :class:`~virnuc_dask.events.ProgressEvent` of the run.
     """
     from virnuc_dask.dataflow.run import run_prediction
 

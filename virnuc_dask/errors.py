@@ -24,6 +24,10 @@ class SystemicFailure(VirnucError):
     """Consecutive batches failed: the fault is not in the records (weights, driver, ...)."""
 
 
+class DeviceError(VirnucError):
+    """A worker cannot use the device it was started for."""
+
+
 class ConfigError(VirnucError, ValueError):
     """A configuration value or file is not acceptable."""
 

@@ -1,7 +1,7 @@
 """Progress of a run: a rich live display on a terminal, a log line every N seconds otherwise.
 
-The pipeline calls ``progress(stage, done, total, **detail)``; ``done``/``total``
-count the stage's units, and ``detail`` carries what the unit produced:
+The pipeline calls ``progress(event)`` with a :class:`~virnuc_dask.events.ProgressEvent`;
+``done``/``total`` count the stage's units, and its other fields what the unit produced:
 
 =========  ==========  ===========================================================
 stage      unit        detail
@@ -9,9 +9,9 @@ stage      unit        detail
 models     1           ``precision``, ``device`` once the models are loaded
 read       FASTA block ``reads``, ``orfs`` (totals so far)
 embed      partition   first call: ``orfs_total``, ``orfs_reused``; then per finished
-                       partition ``partitions=[{"worker", "dnabert", "esm"}, ...]``
-                       with each model's ``sequences``, ``real_tokens``,
-                       ``padded_tokens``, ``seconds`` (measured on the worker)
+                       partition ``partitions``: its
+                       :class:`~virnuc_dask.manifest.PartitionResult` (per model
+                       tokens and seconds, measured on the worker)
 classify   1           ``orfs``
 write      FASTA block ``reads``
 =========  ==========  ===========================================================
@@ -21,8 +21,8 @@ partition at a time; each shows its own measured tokens/s and share of the
 embedding time. Reading and translation are one task per block and share a row.
 
 >>> with TerminalProgress(enabled=False, interval=3600) as progress:
-...     progress("read", 0, 1)
-...     progress("read", 1, 1, reads=10, orfs=12)
+...     progress(ProgressEvent("read", 0, 1))
+...     progress(ProgressEvent("read", 1, 1, reads=10, orfs=12))
 >>> progress.state.stage("read").counts
 {'reads': 10, 'orfs': 12}
 """
@@ -42,6 +42,7 @@ from rich.table import Table
 from rich.text import Text
 
 from virnuc_dask.cli.run_state import MODELS, STAGES, RunProgress, StageState, WorkerState
+from virnuc_dask.events import ProgressEvent
 from virnuc_dask.formatting import clock, compact
 
 logger = logging.getLogger(__name__)
@@ -323,8 +324,9 @@ class TerminalProgress:
         self._live: Live | None = None
 
     # the callback
-    def __call__(self, stage: str, done: int, total: int, **detail: Any) -> None:
-        self.state.record(stage, done, total, **detail)
+    def __call__(self, event: ProgressEvent) -> None:
+        self.state.record(event)
+        stage, done, total = event.stage, event.done, event.total
         if not self.live and stage in (*STAGES, "embed") and total and done >= total:
             state = self.state.stage("esm" if stage == "embed" else stage)
             logger.info(

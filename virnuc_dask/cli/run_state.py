@@ -11,6 +11,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from virnuc_dask.events import ProgressEvent
+from virnuc_dask.models import MODEL_NAMES
+
 logger = logging.getLogger(__name__)
 
 #: Rows of the display, in pipeline order: key -> label.
@@ -22,7 +25,7 @@ STAGES = {
     "classify": "classifying",
     "write": "writing results",
 }
-MODELS = {"dnabert": "DNABERT-S", "esm": "ESM-2"}
+MODELS = MODEL_NAMES
 
 
 @dataclasses.dataclass
@@ -67,11 +70,13 @@ class WorkerState:
 class RunProgress:
     """The state behind the display: fed by the pipeline's events, read by the renderers.
 
+    >>> from virnuc_dask.manifest import ModelStats, PartitionResult
     >>> state = RunProgress(clock=lambda: 10.0)
-    >>> state.record("embed", 0, 2, orfs_total=100, orfs_reused=0)
-    >>> state.record("embed", 1, 2, partitions=[{"worker": "w1", "dnabert":
-    ...     {"sequences": 50, "real_tokens": 400, "seconds": 1.0},
-    ...     "esm": {"sequences": 50, "real_tokens": 900, "seconds": 3.0}}])
+    >>> state.record(ProgressEvent("embed", 0, 2, orfs_total=100, orfs_reused=0))
+    >>> stats = {"dnabert": ModelStats(sequences=50, rows=50, real_tokens=400, seconds=1.0),
+    ...          "esm": ModelStats(sequences=50, rows=50, real_tokens=900, seconds=3.0)}
+    >>> state.record(ProgressEvent("embed", 1, 2, partitions=(PartitionResult(
+    ...     partition=0, row_start=0, rows=50, worker="w1", models=stats),)))
     >>> state.stage("esm").done, state.stage("esm").total, state.workers["w1"].orfs
     (50, 100, 50)
     """
@@ -90,26 +95,20 @@ class RunProgress:
     def stage(self, key: str) -> StageState:
         return self.stages[key]
 
-    def record(self, stage: str, done: int, total: int, **detail: Any) -> None:
-        """Take one event from the pipeline (see the module docstring)."""
+    def record(self, event: ProgressEvent) -> None:
+        """Take one event from the pipeline."""
+        stage, done, total = event.stage, event.done, event.total
         with self.lock:
             now = self.clock()
             if stage == "embed":
-                self._record_embed(now, done, total, detail)
+                self._record_embed(now, event)
                 return
             if stage not in self.stages:
                 logger.debug("progress event for unknown stage %r ignored", stage)
                 return
             state = self.stages[stage]
             self._advance(state, now, done, total)
-            state.counts.update(
-                {
-                    k: int(v)
-                    for k, v in detail.items()
-                    if isinstance(v, int) and not isinstance(v, bool)
-                }
-            )
-            state.counts.update({k: v for k, v in detail.items() if isinstance(v, str)})
+            state.counts.update(event.counts())
 
     @staticmethod
     def _advance(state: StageState, now: float, done: int, total: int | None) -> None:
@@ -119,10 +118,11 @@ class RunProgress:
         if total is not None and done >= total and state.finished is None:
             state.finished = now
 
-    def _record_embed(self, now: float, done: int, total: int, detail: Mapping[str, Any]) -> None:
-        if "orfs_total" in detail:
+    def _record_embed(self, now: float, event: ProgressEvent) -> None:
+        done, total = event.done, event.total
+        if event.orfs_total is not None:
             self.embed_started = now
-            self.orfs_reused = int(detail.get("orfs_reused", 0))
+            self.orfs_reused = event.orfs_reused or 0
             for key in MODELS:
                 state = self.stages[key]
                 state.counts = {
@@ -132,32 +132,31 @@ class RunProgress:
                     "padded_tokens": 0,
                     "ms": 0,
                 }
-                state.total = int(detail["orfs_total"])
+                state.total = event.orfs_total
                 state.done = self.orfs_reused
                 state.started = now
                 state.finished = now if state.done >= state.total else None
-        for entry in detail.get("partitions", ()):
-            worker = self.workers.setdefault(entry["worker"], WorkerState(entry["worker"]))
+        for entry in event.partitions:
+            worker = self.workers.setdefault(entry.worker, WorkerState(entry.worker))
             worker.partitions += 1
             # ORFs handled: every row of the partition (copies of an input take its
             # first copy's embedding and are counted without being embedded again).
-            worker.orfs += int(entry["esm"].get("rows", entry["esm"]["sequences"]))
-            self.orfs_failed += len(entry.get("failed", ()))
+            worker.orfs += entry.rows
+            self.orfs_failed += len(entry.failed)
             for key in MODELS:
-                stats = entry[key]
+                stats = entry.models[key]
                 state = self.stages[key]
                 if state.started is None:  # no opening event: count from here
                     state.started = now
-                state.done += int(stats.get("rows", stats["sequences"]))
-                state.counts["partitions"] = state.counts.get("partitions", 0) + 1
-                state.counts["tokens"] = state.counts.get("tokens", 0) + int(stats["real_tokens"])
-                state.counts["padded_tokens"] = state.counts.get("padded_tokens", 0) + int(
-                    stats.get("padded_tokens", 0)
-                )
-                state.counts["ms"] = state.counts.get("ms", 0) + int(1000 * stats["seconds"])
-                worker.tokens[key] += int(stats["real_tokens"])
-                worker.model_seconds[key] += float(stats["seconds"])
-                worker.seconds += float(stats["seconds"])
+                state.done += stats.rows
+                counts = state.counts
+                counts["partitions"] = counts.get("partitions", 0) + 1
+                counts["tokens"] = counts.get("tokens", 0) + stats.real_tokens
+                counts["padded_tokens"] = counts.get("padded_tokens", 0) + stats.padded_tokens
+                counts["ms"] = counts.get("ms", 0) + int(1000 * stats.seconds)
+                worker.tokens[key] += stats.real_tokens
+                worker.model_seconds[key] += stats.seconds
+                worker.seconds += stats.seconds
         if done >= total:
             for key in MODELS:
                 state = self.stages[key]

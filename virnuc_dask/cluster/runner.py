@@ -10,10 +10,11 @@ from pathlib import Path
 
 from virnuc_dask.cluster.jobqueue import _import_jobqueue
 from virnuc_dask.cluster.workers import visible_gpus
+from virnuc_dask.config import Settings
 from virnuc_dask.errors import ConfigError
 
 
-def slurm_runner(settings):
+def slurm_runner(settings: Settings):
     """dask-jobqueue's ``SLURMRunner``: this rank becomes scheduler, client or worker.
 
     Rank 0 runs the scheduler and rank 1 the client (the rest of the command); every

@@ -39,7 +39,7 @@ from virnuc_dask.cluster.jobqueue import _check_submit_command, _jobqueue_class,
 from virnuc_dask.cluster.jobs import watched_job_class
 from virnuc_dask.cluster.runner import slurm_runner
 from virnuc_dask.cluster.workers import WORKER_ENV, visible_gpus
-from virnuc_dask.config import JOBQUEUE_SYSTEMS
+from virnuc_dask.config import JOBQUEUE_SYSTEMS, Settings
 from virnuc_dask.errors import ClusterError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -61,14 +61,14 @@ class RunCluster:
 
 
 @contextlib.contextmanager
-def open_client(settings) -> Iterator[Client]:
+def open_client(settings: Settings) -> Iterator[Client]:
     """A client on the cluster ``settings`` ask for; a cluster started here stops on exit."""
     with open_cluster(settings) as run:
         yield run.client
 
 
 @contextlib.contextmanager
-def open_cluster(settings) -> Iterator[RunCluster]:
+def open_cluster(settings: Settings) -> Iterator[RunCluster]:
     """Start or connect to the cluster ``settings`` ask for; wait (bounded) for a worker.
 
     Every wait ends: the :class:`Guard` stops the run with a :class:`ClusterError` that
@@ -120,7 +120,9 @@ def open_cluster(settings) -> Iterator[RunCluster]:
 
 
 @contextlib.contextmanager
-def _guarded(client: Client, settings, *, cluster: Any = None, jobs: int = 0) -> Iterator[Guard]:
+def _guarded(
+    client: Client, settings: Settings, *, cluster: Any = None, jobs: int = 0
+) -> Iterator[Guard]:
     """A running guard; an error raised while it has stopped the run becomes its reason."""
     guard = Guard(
         client,
@@ -140,7 +142,7 @@ def _guarded(client: Client, settings, *, cluster: Any = None, jobs: int = 0) ->
             raise
 
 
-def _in_allocation(settings) -> Iterator[RunCluster]:
+def _in_allocation(settings: Settings) -> Iterator[RunCluster]:
     # Scheduler and worker ranks stay in slurm_runner() until the client rank is done,
     # then end the process (SystemExit); only the client rank gets further.
     runner = slurm_runner(settings)
@@ -179,7 +181,7 @@ def _close_allocation(client: Client, runner) -> None:
     runner.close()
 
 
-def _connect(settings) -> Client:
+def _connect(settings: Settings) -> Client:
     if settings.scheduler_file:
         return Client(scheduler_file=settings.scheduler_file)
     target = settings.scheduler
@@ -193,7 +195,7 @@ def _connect(settings) -> Client:
     return Client(target)
 
 
-def _start_local(settings):
+def _start_local(settings: Settings):
     # Local workers share the terminal's process group, so Ctrl-C reaches them too. They
     # leave it to the client, which stops them (each would print a KeyboardInterrupt
     # traceback otherwise): this module is their preload, see dask_setup. Set in the
@@ -209,7 +211,7 @@ def dask_setup(worker) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _new_local_cluster(settings):
+def _new_local_cluster(settings: Settings):
     gpus = visible_gpus(settings.gpus)
     if gpus:
         try:

@@ -46,15 +46,6 @@ def files_without_records(blocks: list, reads_per_block: list[int]) -> list[tupl
     ]
 
 
-def failed_rows(entries) -> dict[int, tuple[str, str]]:
-    """Failed ORFs of the manifest entries as {global row: (stage, error)}."""
-    return {
-        int(f["row"]): (f["stage"], f["error"])
-        for entry in entries
-        for f in entry.get("failed", ())
-    }
-
-
 def rows_in_block(
     failed: dict[int, tuple[str, str]], offsets: np.ndarray, block: int
 ) -> dict[int, tuple[str, str]]:

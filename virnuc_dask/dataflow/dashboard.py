@@ -36,13 +36,14 @@ from dask.base import tokenize
 from distributed import Client, WorkerPlugin
 from distributed.metrics import context_meter
 
+from virnuc_dask.models import MODEL_KEYS
+
 logger = logging.getLogger(__name__)
 
 EMBED_STAGE = "embed"
 STORE_STAGE = "store-embeddings"
 # Unit and label of each throughput figure logged by an embedding task.
 ORFS = ("embedded", "orfs")
-MODELS = ("dnabert", "esm")
 
 
 def task_key(stage: str, *parts: Any) -> str:
@@ -75,9 +76,9 @@ def _totals(worker: Any) -> dict[str, float]:
         label, unit = key[-2], key[-1]
         if (label, unit) == ORFS:
             orfs += value
-        elif label in MODELS and unit == "tokens":
+        elif label in MODEL_KEYS and unit == "tokens":
             tokens += value
-        elif label in MODELS and unit == "seconds":
+        elif label in MODEL_KEYS and unit == "seconds":
             seconds += value
     return {"embedded_orfs": orfs, "embedded_tokens": tokens, "embed_seconds": seconds}
 

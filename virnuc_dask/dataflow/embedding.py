@@ -6,19 +6,22 @@ partitions keep failing (the fault is not in the records)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
 
 import dask
 from distributed import Client, wait
 
+from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.dashboard import (
     EMBED_STAGE,
     STORE_STAGE,
     task_key,
     unique_key,
 )
+from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.tasks import load_partition
 from virnuc_dask.errors import ModelLoadError, SystemicFailure
+from virnuc_dask.manifest import PartitionResult
 from virnuc_dask.worker.plugin import (
     EMBED_RESOURCE,
     load_failures,
@@ -26,6 +29,7 @@ from virnuc_dask.worker.plugin import (
 )
 from virnuc_dask.worker.task import (
     SYSTEMIC_FAILURES,
+    PartitionJob,
     embed_partition,
     store_partition,
 )
@@ -55,8 +59,16 @@ def check_embedding_workers(client: Client) -> None:
 
 
 def embed_partitions(
-    client, settings, store, root, buckets, plan, todo, tick
-) -> list[dict[str, Any]]:
+    client: Client,
+    settings: Settings,
+    store: EmbeddingStore,
+    root: str,
+    buckets: int,
+    plan: list[tuple[int, list[tuple[int, int, int]]]],
+    todo: list[int],
+    tick: Callable[..., None],
+) -> list[PartitionResult]:
+    """Embed and store the partitions ``todo`` of ``plan``; their results, as they finish."""
     if not todo:
         return []
     # Embedding tasks hold the device (one GPU=1 per worker with its models loaded);
@@ -69,16 +81,16 @@ def embed_partitions(
         part = dask.delayed(load_partition, pure=True)(
             root, pieces, row_start, rows, buckets, dask_key_name=unique_key("partition")
         )  # the scratch is this run's
-        meta = {
-            "partition": p,
-            "row_start": row_start,
-            "out": str(store.out),
-            "toks_per_batch": settings.toks_per_batch,
-            "dnabert_toks_per_batch": settings.dnabert_toks_per_batch,
-        }
+        job = PartitionJob(
+            partition=p,
+            row_start=row_start,
+            out=str(store.out),
+            toks_per_batch=settings.toks_per_batch,
+            dnabert_toks_per_batch=settings.dnabert_toks_per_batch,
+        )
         with dask.annotate(resources=resources):
             embedded = dask.delayed(embed_partition, pure=True)(
-                part, meta, dask_key_name=task_key(EMBED_STAGE, part, meta)
+                part, job, dask_key_name=task_key(EMBED_STAGE, part, job)
             )
         stored.append(
             dask.delayed(store_partition, pure=True)(
@@ -88,22 +100,22 @@ def embed_partitions(
     # Unoptimised: fusing would merge the embedding and store tasks (and lose the
     # annotation that keeps only one embedding task per device).
     futures: list = []
-    stats = []
+    stats: list[PartitionResult] = []
     streak = 0  # failed records of partitions in which every record failed, in a row
     try:
         for n, fut in enumerate(_completed(client, stored, futures), 1):
-            entry = fut.result()
+            entry: PartitionResult = fut.result()
             stats.append(entry)
-            rows = entry["rows"]
-            streak = streak + rows if rows and len(entry["failed"]) == rows else 0
+            streak = streak + entry.rows if entry.all_failed else 0
             if streak >= SYSTEMIC_FAILURES:
+                last = entry.failed[-1]
                 raise SystemicFailure(
                     f"embedding stopped: {streak} records in a row failed, the last "
-                    f"{entry['failed'][-1]['id']}: {entry['failed'][-1]['error']}; the "
+                    f"{last.id}: {last.error}; the "
                     "fault is not in the input records: check the model files, the "
                     "device and its driver"
                 )
-            tick("embed", n, len(stored), partitions=[entry])
+            tick("embed", n, len(stored), partitions=(entry,))
     except BaseException:
         client.cancel(futures)
         raise

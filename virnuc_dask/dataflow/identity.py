@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from virnuc_dask.config import Settings
 from virnuc_dask.errors import OutputDirError
 
 
@@ -46,7 +47,7 @@ def _model_identity(source: str) -> str:
     return source
 
 
-def fingerprint(settings, precision: str) -> dict[str, Any]:
+def fingerprint(settings: Settings, precision: str) -> dict[str, Any]:
     """What must be equal for a stored partition to be reused."""
     return {
         "inputs": [
@@ -67,7 +68,7 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def prepare_out(settings) -> Path:
+def prepare_out(settings: Settings) -> Path:
     out = Path(settings.out)
     probe = out / f".write-test-{os.getpid()}"
     try:

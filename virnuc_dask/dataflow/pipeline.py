@@ -38,11 +38,11 @@ import numpy as np
 from distributed import Client
 
 from virnuc_dask.cluster.workers import torch_threads_by_host
+from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import check_input, plan_blocks
 from virnuc_dask.core.orfs import Selection
 from virnuc_dask.core.plan import (
     duplicate_reads,
-    failed_rows,
     files_without_records,
     plan_partitions,
     rows_in_block,
@@ -60,7 +60,7 @@ from virnuc_dask.dataflow.scratch import (
     dedup_bucket,
 )
 from virnuc_dask.dataflow.store import (
-    MODEL_ARRAYS,
+    MODEL_KEYS,
     EmbeddingStore,
     atomic_write_text,
     lazy_rows,
@@ -69,6 +69,8 @@ from virnuc_dask.dataflow.store import (
 from virnuc_dask.dataflow.summary import model_facts, run_summary
 from virnuc_dask.dataflow.tasks import classify_rows, read_block_task, write_block_task
 from virnuc_dask.errors import ModelLoadError, OutputDirError
+from virnuc_dask.events import Progress, reporter
+from virnuc_dask.manifest import PartitionResult, failed_rows
 from virnuc_dask.rundir import SUMMARY
 from virnuc_dask.worker.plugin import (
     ModelPlugin,
@@ -80,9 +82,6 @@ logger = logging.getLogger(__name__)
 
 #: Input bytes per dedup hash bucket (a bucket task holds ~40 bytes per ORF of its share).
 DEDUP_BUCKET_BYTES = 64 * 2**20
-
-# ``progress(stage, done, total, **detail)``; stages and details: see virnuc_dask.cli.progress.
-Progress = Callable[..., None]
 
 
 @dataclasses.dataclass
@@ -103,7 +102,7 @@ class RunResult:
 # -- client side ----------------------------------------------------------------------------
 
 
-def preflight(settings) -> None:
+def preflight(settings: Settings) -> None:
     """Cheap checks of inputs, classifier and output directory, before a cluster starts.
 
     Raises what :func:`predict` would raise later for the same problem.
@@ -131,7 +130,7 @@ class Embedded:
     counts: list[int]
     plan: list[tuple[int, list[tuple[int, int, int]]]]
     todo: list[int]
-    partition_stats: list[dict[str, Any]]
+    partition_stats: list[PartitionResult]
     facts: dict[str, Any]
     empty_inputs: list[tuple[str, str, str]]
     reads: int
@@ -142,9 +141,9 @@ class Embedded:
         return sum(self.counts)
 
 
-def predict(settings, client: Client, *, progress: Progress | None = None) -> RunResult:
+def predict(settings: Settings, client: Client, *, progress: Progress | None = None) -> RunResult:
     """Run the whole prediction for ``settings`` on ``client``'s cluster."""
-    tick = progress or (lambda stage, done, total, **detail: None)
+    tick = reporter(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     preflight(settings)
@@ -154,7 +153,7 @@ def predict(settings, client: Client, *, progress: Progress | None = None) -> Ru
 
 
 @contextlib.contextmanager
-def embedding_scratch(settings) -> Iterator[str]:
+def embedding_scratch(settings: Settings) -> Iterator[str]:
     """The run's scratch directory (ORF tables as columns), removed at the end."""
     out = Path(settings.out)
     root = str(scratch.reset(out))
@@ -165,11 +164,11 @@ def embedding_scratch(settings) -> Iterator[str]:
 
 
 def embed_inputs(
-    settings,
+    settings: Settings,
     client: Client,
     *,
     root: str,
-    tick: Progress,
+    tick: Callable[..., None],
     timings: dict[str, float],
     select: Selection = six_frame_orfs,
     fingerprint_extra: dict[str, Any] | None = None,
@@ -187,18 +186,8 @@ def embed_inputs(
     blocks = plan_blocks(list(settings.inputs), settings.blocksize)
     tick("models", 0, 1)
 
-    spec = ModelSpec(
-        esm_model=settings.esm_model,
-        dnabert_model=settings.dnabert_model,
-        classifier=None
-        if settings.classifier is None
-        else str(Path(settings.classifier).resolve()),
-        precision=settings.precision,
-        device=settings.device,
-        model_cache=settings.model_cache,
-        offline=settings.offline,
-        threads=settings.threads,
-        threads_by_host=tuple(torch_threads_by_host(client).items()),
+    spec = ModelSpec.from_settings(
+        settings, threads_by_host=tuple(torch_threads_by_host(client).items())
     )
     registered = time.time()
     client.register_plugin(ModelPlugin(spec))
@@ -252,9 +241,9 @@ def embed_inputs(
         ).result()[0]
     total_rows = sum(counts)
     offsets = np.cumsum([0] + counts)
-    dedup = {m: {"unique": total_rows, "total": total_rows} for m in MODEL_ARRAYS}
+    dedup = {m: {"unique": total_rows, "total": total_rows} for m in MODEL_KEYS}
     if buckets and total_rows:
-        jobs = [(m, k) for m in MODEL_ARRAYS for k in range(buckets)]
+        jobs = [(m, k) for m in MODEL_KEYS for k in range(buckets)]
         found = client.gather(
             client.map(
                 dedup_bucket,
@@ -265,7 +254,7 @@ def embed_inputs(
                 key=[unique_key("dedup") for _ in jobs],
             )
         )
-        for m in MODEL_ARRAYS:
+        for m in MODEL_KEYS:
             dedup[m]["unique"] = sum(
                 u for (mm, _), (_, u) in zip(jobs, found, strict=True) if mm == m
             )
@@ -337,7 +326,7 @@ def embed_inputs(
     )
 
 
-def _dedup_buckets(settings) -> int:
+def _dedup_buckets(settings: Settings) -> int:
     """Hash buckets of a run with dedup: one per ~64 MiB of (decompressed) input."""
     if not settings.dedup:
         return 0
@@ -348,7 +337,14 @@ def _dedup_buckets(settings) -> int:
     return max(1, -(-size // DEDUP_BUCKET_BYTES))
 
 
-def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
+def _run(
+    settings: Settings,
+    client: Client,
+    tick: Callable[..., None],
+    embedded: Embedded,
+    timings: dict[str, float],
+    t0: float,
+) -> RunResult:
     out = Path(settings.out)
     store, blocks, root, buckets = (
         embedded.store,
@@ -364,7 +360,7 @@ def _run(settings, client, tick, embedded: Embedded, timings, t0) -> RunResult:
     t = time.perf_counter()
     tick("classify", 0, 1)
     if total_rows:
-        x = da.concatenate([lazy_rows(store.path, name) for name in MODEL_ARRAYS], axis=1).rechunk(
+        x = da.concatenate([lazy_rows(store.path, name) for name in MODEL_KEYS], axis=1).rechunk(
             {1: -1}
         )
         with dask.annotate(resources=MODEL_RESOURCES):  # the classifier is a model too

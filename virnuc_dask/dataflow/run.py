@@ -20,7 +20,8 @@ from virnuc_dask.config import Settings
 
 if TYPE_CHECKING:
     from virnuc_dask.cluster.start import RunCluster
-from virnuc_dask.dataflow.pipeline import Progress, RunResult
+from virnuc_dask.dataflow.pipeline import RunResult
+from virnuc_dask.events import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ must carry: an entry left over from an earlier store never counts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -36,9 +37,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from virnuc_dask.manifest import PartitionResult
+from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.rundir import MANIFEST, STORE
-
-MODEL_ARRAYS = ("dnabert", "esm")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -111,7 +112,7 @@ class EmbeddingStore:
                 group = zarr.open_group(building, mode="w")
                 chunk = max(1, min(chunk_rows, rows))
                 group.create_array("ids", shape=(rows,), chunks=(chunk,), dtype=str)
-                for name in MODEL_ARRAYS:
+                for name in MODEL_KEYS:
                     group.create_array(
                         name,
                         shape=(rows, dims[name]),
@@ -166,22 +167,20 @@ class EmbeddingStore:
 
     def write_partition(
         self,
-        index: int,
-        row_start: int,
+        result: PartitionResult,
         ids: Sequence[str],
         arrays: Mapping[str, np.ndarray],
-        info: Mapping[str, Any],
-        failed: Sequence[Mapping[str, Any]] = (),
+        *,
         done: bool = True,
         sources: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Write one partition's rows, flush them to disk, then record the partition as done.
 
-        ``failed``: the partition's records that could not be embedded (their rows hold
-        zeros), each ``{"row": global row, "id": ..., "stage": ..., "error": ...}``.
-        ``done=False``: write the rows but do not record the partition (it is computed
-        again by the next run). ``sources``: per model, the ``<model>_source`` rows.
+        ``result.failed``: the partition's records that could not be embedded (their rows
+        hold zeros). ``done=False``: write the rows but do not record the partition (it is
+        computed again by the next run). ``sources``: per model, the ``<model>_source`` rows.
         """
+        row_start = result.row_start
         group = self.group("r+")
         stop = row_start + len(ids)
         written = []
@@ -206,18 +205,14 @@ class EmbeddingStore:
                     _fsync(path)
         if not done:
             return
-        entry = {
-            "partition": index,
-            "row_start": row_start,
-            "rows": len(ids),
-            "store_id": group.attrs.get("store_id"),
-            "finished": time.time(),
-            "failed": [dict(f) for f in failed],
-            **info,
-        }
-        atomic_write_text(self.manifest / f"p{index:07d}.json", json.dumps(entry))
+        entry = dataclasses.replace(
+            result, store_id=group.attrs.get("store_id"), finished=time.time()
+        )
+        atomic_write_text(
+            self.manifest / f"p{result.partition:07d}.json", json.dumps(entry.to_json())
+        )
 
-    def entries(self) -> dict[int, dict[str, Any]]:
+    def entries(self) -> dict[int, PartitionResult]:
         """Manifest entries of this store's finished partitions, by partition index."""
         if not (self.manifest.is_dir() and self.exists()):
             return {}
@@ -225,9 +220,9 @@ class EmbeddingStore:
         found = {}
         for path in self.manifest.glob("p*.json"):
             try:
-                entry = json.loads(path.read_text())
-                if entry["store_id"] == store_id:
-                    found[int(entry["partition"])] = entry
+                entry = PartitionResult.from_json(json.loads(path.read_text()))
+                if entry.store_id == store_id:
+                    found[entry.partition] = entry
             except (ValueError, KeyError, TypeError, OSError):
                 continue  # unreadable entry: the partition is simply computed again
         return found

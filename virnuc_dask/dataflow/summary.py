@@ -9,9 +9,14 @@ import socket
 import time
 from typing import Any
 
+from distributed import Client
+
 from virnuc_dask import __version__
+from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.dashboard import gpu_metrics
-from virnuc_dask.dataflow.store import MODEL_ARRAYS
+from virnuc_dask.dataflow.outputs import BlockCounts
+from virnuc_dask.manifest import PartitionResult
+from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.worker.plugin import load_failures, model_status
 
 logger = logging.getLogger(__name__)
@@ -30,7 +35,17 @@ def model_facts(statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {**first["dims"], "precision": first["precision"], "device": first["device"]}
 
 
-def run_summary(settings, client, facts, total, plan, todo, partition_stats, timings):
+def run_summary(
+    settings: Settings,
+    client: Client,
+    facts: dict[str, Any],
+    total: BlockCounts,
+    plan: list[tuple[int, list[tuple[int, int, int]]]],
+    todo: list[int],
+    partition_stats: list[PartitionResult],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The content of ``run_summary.json`` (see the README for its fields)."""
     workers: dict[str, dict[str, Any]] = {}
     # ``orfs``: the ORFs of the computed partitions; ``embedded``: those the model ran on
     # (the first copy of each input, with dedup).
@@ -44,32 +59,33 @@ def run_summary(settings, client, facts, total, plan, todo, partition_stats, tim
             "oom_splits": 0,
             "seconds": 0.0,
         }
-        for m in MODEL_ARRAYS
+        for m in MODEL_KEYS
     }
     for entry in partition_stats:
         w = workers.setdefault(
-            entry["worker"],
+            entry.worker,
             {
                 "partitions": 0,
                 "orfs": 0,
                 "seconds": 0.0,
                 "store_seconds": 0.0,
-                "tokens": dict.fromkeys(MODEL_ARRAYS, 0),
-                "model_seconds": dict.fromkeys(MODEL_ARRAYS, 0.0),
+                "tokens": dict.fromkeys(MODEL_KEYS, 0),
+                "model_seconds": dict.fromkeys(MODEL_KEYS, 0.0),
             },
         )
         w["partitions"] += 1
-        w["orfs"] += entry["esm"].get("rows", entry["esm"]["sequences"])  # copies included
-        w["seconds"] += entry["esm"]["seconds"] + entry["dnabert"]["seconds"]
-        w["store_seconds"] += entry.get("store_seconds", 0.0)
-        for m in MODEL_ARRAYS:
-            w["tokens"][m] += entry[m]["real_tokens"]
-            w["model_seconds"][m] += entry[m]["seconds"]
+        w["orfs"] += entry.rows  # copies included
+        w["seconds"] += sum(entry.models[m].seconds for m in MODEL_KEYS)
+        w["store_seconds"] += entry.store_seconds
+        for m in MODEL_KEYS:
+            stats = entry.models[m]
+            w["tokens"][m] += stats.real_tokens
+            w["model_seconds"][m] += stats.seconds
             stage = stages[m]
-            stage["orfs"] += entry[m].get("rows", entry[m]["sequences"])
-            stage["embedded"] += entry[m]["sequences"]
+            stage["orfs"] += stats.rows
+            stage["embedded"] += stats.sequences
             for key in ("batches", "real_tokens", "padded_tokens", "oom_splits", "seconds"):
-                stage[key] += entry[m].get(key, 0)
+                stage[key] += getattr(stats, key)
     computed = sum(w["orfs"] for w in workers.values())
     info = client.scheduler_info(n_workers=-1)
     statuses = model_status(client)

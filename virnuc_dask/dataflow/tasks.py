@@ -19,7 +19,7 @@ from virnuc_dask.dataflow.scratch import (
 )
 from virnuc_dask.dataflow.scratch import sources as dedup_sources
 from virnuc_dask.dataflow.store import (
-    MODEL_ARRAYS,
+    MODEL_KEYS,
 )
 from virnuc_dask.models.classifier import score
 from virnuc_dask.worker.plugin import (
@@ -59,7 +59,7 @@ def load_partition(
     found = None
     if buckets:
         found = {
-            m: dedup_sources(root, m, buckets, row_start, row_start + rows) for m in MODEL_ARRAYS
+            m: dedup_sources(root, m, buckets, row_start, row_start + rows) for m in MODEL_KEYS
         }
     return PartitionRows(ids, nucleotides, proteins, found)
 
@@ -84,7 +84,7 @@ def write_block_task(
     if failed and "dnabert_source" in group:
         # A copy of an input that failed failed too: its DNABERT-S row, or its ESM-2 row
         # (not computed for a row that failed in DNABERT-S), is missing.
-        for model in MODEL_ARRAYS:
+        for model in MODEL_KEYS:
             source = group[f"{model}_source"][row_start:stop]
             for i in np.flatnonzero(source != np.arange(row_start, stop)):
                 f = failed.get(int(source[i]))

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 import numpy as np
 import zarr
 
-from virnuc_dask.dataflow.store import MODEL_ARRAYS, read_rows
+from virnuc_dask.dataflow.store import read_rows
+from virnuc_dask.models import MODEL_KEYS
 
 __all__ = [
     "TRAIN",
@@ -63,12 +64,10 @@ def _read_chunk(
     lo, hi = chunk * size, min((chunk + 1) * size, group["split"].shape[0])
     keep = np.flatnonzero(group["split"][lo:hi] == want)
     if not len(keep):
-        width = sum(group[name].shape[1] for name in MODEL_ARRAYS)
+        width = sum(group[name].shape[1] for name in MODEL_KEYS)
         return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
     # Through the dedup sources: a copy of an input embedded once reads its first row.
-    features = np.concatenate(
-        [read_rows(group, name, lo, hi)[keep] for name in MODEL_ARRAYS], axis=1
-    )
+    features = np.concatenate([read_rows(group, name, lo, hi)[keep] for name in MODEL_KEYS], axis=1)
     return features, group["labels"][lo:hi][keep].astype(np.int64)
 
 
@@ -84,7 +83,7 @@ def train_batches(
     chunks = -(-rows // size)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(chunks)
-    carry_x = np.zeros((0, sum(group[n].shape[1] for n in MODEL_ARRAYS)), np.float32)
+    carry_x = np.zeros((0, sum(group[n].shape[1] for n in MODEL_KEYS)), np.float32)
     carry_y = np.zeros(0, np.int64)
     for start in range(0, chunks, window):
         pieces = [_read_chunk(group, int(c), size, TRAIN) for c in order[start : start + window]]

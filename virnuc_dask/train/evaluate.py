@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from virnuc_dask.dataflow.pipeline import Progress, predict, preflight
+from virnuc_dask.config import Settings
+from virnuc_dask.dataflow.pipeline import predict, preflight
 from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
 from virnuc_dask.errors import TrainingDataError
+from virnuc_dask.events import Progress
 from virnuc_dask.rundir import EVALUATION as JSON
 from virnuc_dask.rundir import EVALUATION_TEXT as TEXT
 from virnuc_dask.rundir import PREDICTIONS, READS
@@ -145,7 +147,7 @@ def metrics_text(metrics: dict[str, Any]) -> str:
 
 
 def evaluate(
-    settings,
+    settings: Settings,
     viral: tuple[str, ...],
     other: tuple[str, ...],
     client: Client,
@@ -184,7 +186,7 @@ def evaluate(
 
 
 def run_evaluation(
-    settings,
+    settings: Settings,
     viral: tuple[str, ...],
     other: tuple[str, ...],
     *,

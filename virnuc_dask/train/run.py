@@ -34,20 +34,18 @@ import numpy as np
 from distributed import Client, wait
 
 from virnuc_dask import __version__
+from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import check_input
 from virnuc_dask.core.training_orfs import TrainingSelection, load_reference
 from virnuc_dask.dataflow.dashboard import unique_key
 from virnuc_dask.dataflow.embedding import MODEL_RESOURCES
 from virnuc_dask.dataflow.identity import file_digest, prepare_out
-from virnuc_dask.dataflow.pipeline import (
-    Embedded,
-    Progress,
-    embed_inputs,
-    embedding_scratch,
-)
+from virnuc_dask.dataflow.pipeline import Embedded, embed_inputs, embedding_scratch
 from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
 from virnuc_dask.errors import OutputDirError, TrainingDataError, VirnucError
+from virnuc_dask.events import Progress, reporter
+from virnuc_dask.manifest import failed_rows
 from virnuc_dask.models.classifier import classifier_bytes
 from virnuc_dask.rundir import MODEL, TRAINING_STATE
 from virnuc_dask.rundir import TRAINING_LOG as LOG
@@ -118,7 +116,7 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def preflight_training(settings, inputs: TrainInputs) -> None:
+def preflight_training(settings: Settings, inputs: TrainInputs) -> None:
     """Cheap checks before a cluster starts: input and reference files, output directory."""
     for path in inputs.files:
         check_input(path)
@@ -149,7 +147,7 @@ def _row_labels(inputs: TrainInputs, embedded: Embedded) -> np.ndarray:
 
 def _failed_rows(embedded: Embedded) -> np.ndarray:
     entries = [*embedded.store.entries().values(), *embedded.partition_stats]
-    rows = {f["row"] for entry in entries for f in entry.get("failed", ())}
+    rows = set(failed_rows(entries))
     # Partitions of which nothing could be embedded are not recorded as done; their rows
     # are zeros. (They are listed in partition_stats, with every row failed.)
     return np.array(sorted(rows), dtype=np.int64)
@@ -219,7 +217,7 @@ def _epoch_task(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(
-    settings,
+    settings: Settings,
     inputs: TrainInputs,
     options: TrainOptions,
     client: Client,
@@ -227,7 +225,7 @@ def train(
     progress: Progress | None = None,
 ) -> TrainResult:
     """Embed the labelled inputs, train, and write the classifier and its log into ``out``."""
-    tick = progress or (lambda stage, done, total, **detail: None)
+    tick = reporter(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     preflight_training(settings, inputs)
@@ -364,7 +362,7 @@ def _class_counts(labels: np.ndarray, split: np.ndarray, value: int) -> dict[str
 
 
 def _summary(
-    settings,
+    settings: Settings,
     inputs: TrainInputs,
     options: TrainOptions,
     embedded: Embedded,
@@ -427,7 +425,7 @@ def train_inputs(
 
 
 def run_training(
-    settings,
+    settings: Settings,
     inputs: TrainInputs,
     options: TrainOptions,
     *,

@@ -39,15 +39,11 @@ from pathlib import Path
 import filelock
 import torch
 
-from virnuc_dask.errors import VirnucError
+from virnuc_dask.errors import DeviceError
 
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cuda", "cpu")
-
-
-class DeviceError(VirnucError):
-    """A worker cannot use the device it was started for."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from virnuc_dask.core.batching import TokenBudget
+from virnuc_dask.models import MODEL_NAMES
 from virnuc_dask.worker.batch_runner import Batch, StageStats, Tokens, embed, pad
 from virnuc_dask.worker.precision import parameter_dtype
 
@@ -73,7 +74,7 @@ class EsmAdapter:
 
     model: torch.nn.Module
     alphabet: object
-    name: str = "ESM-2"
+    name: str = MODEL_NAMES["esm"]
     cpu_tokens: int = CPU_TOKS_PER_BATCH["esm"]
     # A table lookup: cheap, and exact lengths make the first batches the longest.
     tokenize_slice: int | None = None
@@ -114,7 +115,7 @@ class DnabertAdapter:
 
     model: torch.nn.Module
     tokenizer: object
-    name: str = "DNABERT-S"
+    name: str = MODEL_NAMES["dnabert"]
     cpu_tokens: int = CPU_TOKS_PER_BATCH["dnabert"]
     # BPE is slow: slices let the first batch start while the rest is tokenised.
     tokenize_slice: int | None = DNABERT_TOKENIZE_SLICE

@@ -39,12 +39,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import torch
 from distributed import Client, Reschedule, WorkerPlugin, get_worker
 
+from virnuc_dask.config import Settings
 from virnuc_dask.core.batching import TokenBudget
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.worker import device as devices
@@ -84,6 +86,24 @@ class ModelSpec:
     offline: bool = False
     threads: int | None = None
     threads_by_host: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, threads_by_host: tuple[tuple[str, int], ...] = ()
+    ) -> ModelSpec:
+        """The run's models; without a classifier in ``settings``, the embedding models."""
+        classifier = settings.classifier
+        return cls(
+            esm_model=settings.esm_model,
+            dnabert_model=settings.dnabert_model,
+            classifier=None if classifier is None else str(Path(classifier).resolve()),
+            precision=settings.precision,
+            device=settings.device,
+            model_cache=settings.model_cache,
+            offline=settings.offline,
+            threads=settings.threads,
+            threads_by_host=threads_by_host,
+        )
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -40,7 +40,8 @@ from distributed import get_worker
 from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, StageStats
+from virnuc_dask.manifest import FailedRecord, ModelStats, PartitionResult
+from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge
 from virnuc_dask.worker.embed import embed_dnabert, embed_esm
 from virnuc_dask.worker.plugin import worker_models
 
@@ -142,14 +143,6 @@ def isolate_failures(
     return pieces, stats, failures
 
 
-def _merge_stats(stats: list[Any]) -> dict[str, float]:
-    merged = StageStats().as_dict()
-    for stat in stats:
-        for key, value in stat.as_dict().items():
-            merged[key] += value
-    return merged
-
-
 @dataclasses.dataclass(frozen=True)
 class PartitionRows:
     """The ORFs of one partition, as columns.
@@ -172,16 +165,43 @@ class PartitionRows:
         return len(self.ids)
 
 
-def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class PartitionJob:
+    """What one embedding task is asked for; its rows come as the other argument.
+
+    ``toks_per_batch`` (ESM-2) and ``dnabert_toks_per_batch``: the token-budget
+    ceilings the settings give (None: from the device's free memory).
+    """
+
+    partition: int
+    row_start: int
+    out: str
+    toks_per_batch: int | None = None
+    dnabert_toks_per_batch: int | None = None
+
+    def ceiling(self, model: str) -> int | None:
+        return self.dnabert_toks_per_batch if model == "dnabert" else self.toks_per_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedPartition:
+    """A partition's embeddings on their way to :func:`store_partition`: ``arrays`` per
+    model (rows that take another row's embedding stay zero), ``sources`` as in
+    :class:`PartitionRows`."""
+
+    job: PartitionJob
+    result: PartitionResult
+    ids: list[str]
+    arrays: dict[str, np.ndarray]
+    sources: dict[str, np.ndarray] | None
+
+
+def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> EmbeddedPartition:
     """Embed one partition's ORFs with both models (the task holding the device).
 
-    ``rows``: a :class:`PartitionRows` (or a list of ORFs). ``meta``: ``partition``,
-    ``row_start``, ``out``, ``toks_per_batch`` and ``dnabert_toks_per_batch``. Returns
-    the rows for :func:`store_partition`: ``meta``, ``ids``, ``arrays`` (per model; rows
-    that take another row's embedding stay zero), ``sources``, ``info`` (worker,
-    per-model stats with ``rows`` and ``unique``) and ``failed``. Writing is left to that
-    separate task, so that the device is free for the next partition while these rows go
-    to disk (a worker's other thread runs it).
+    ``rows``: a :class:`PartitionRows` (or a list of ORFs). Writing is left to
+    :func:`store_partition`, a separate task, so that the device is free for the next
+    partition while these rows go to disk (a worker's other thread runs it).
     """
     if not isinstance(rows, PartitionRows):
         rows = PartitionRows.of(rows)
@@ -197,7 +217,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
         models.device,
     )
     ids, nucleotides, proteins = rows.ids, rows.nucleotides, rows.proteins
-    row_start = meta["row_start"]
+    row_start = job.row_start
     here = np.arange(row_start, row_start + len(rows), dtype=np.int64)
 
     def dnabert(idx: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -205,7 +225,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
             dnabert_model,
             tokenizer,
             [nucleotides[i] for i in idx],
-            toks_per_batch=meta["dnabert_toks_per_batch"],
+            toks_per_batch=job.ceiling("dnabert"),
             device=device,
             budget=models.budget("dnabert"),
         )
@@ -215,7 +235,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
             esm_model,
             alphabet,
             [proteins[i] for i in idx],
-            toks_per_batch=meta["toks_per_batch"],
+            toks_per_batch=job.ceiling("esm"),
             device=device,
             budget=models.budget("esm"),
         )
@@ -223,7 +243,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
     guard = FailureGuard()
     failures: list[RecordFailure] = []
     arrays: dict[str, np.ndarray] = {}
-    info: dict[str, Any] = {"worker": get_worker().address}
+    stats: dict[str, ModelStats] = {}
     # One embedding task per device, even where the scheduler would run two (a worker
     # started with more than one GPU resource).
     with models.holding_device():
@@ -234,54 +254,53 @@ def embed_partition(rows: PartitionRows | Sequence[Any], meta: dict[str, Any]) -
                 if rows.sources is None
                 else rows.sources[stage] == here
             )
-            for f in failures:
+            for f in failures:  # failed in DNABERT-S: not given to ESM-2
                 first[f.index] = False
             todo = np.flatnonzero(first).astype(np.int64)
-            pieces, stats, new = isolate_failures(embed, todo, stage=stage, ids=ids, guard=guard)
+            pieces, counters, new = isolate_failures(embed, todo, stage=stage, ids=ids, guard=guard)
             failures += new
             values = np.zeros((len(rows), dims[stage]), dtype=np.float32)
             for idx, piece in pieces:
                 values[idx] = piece
             arrays[stage] = values
-            info[stage] = {**_merge_stats(stats), "rows": len(rows), "unique": len(todo)}
             budget = models.budget(stage)  # as learned so far on this worker
-            info[stage]["budget_tokens"] = budget.current if budget.ceiling else None
-    failed_rows = [
-        {"row": row_start + f.index, "id": ids[f.index], "stage": f.stage, "error": f.error}
+            stats[stage] = ModelStats.total(
+                (c.as_dict() for c in counters),
+                rows=len(rows),
+                unique=len(todo),
+                budget_tokens=budget.current if budget.ceiling else None,
+            )
+    failed = tuple(
+        FailedRecord(row_start + f.index, ids[f.index], f.stage, f.error)
         for f in sorted(failures, key=lambda f: f.index)
-    ]
-    record_embedding(
-        len(rows) - len(failed_rows),
-        {m: (info[m]["real_tokens"], info[m]["seconds"]) for m in arrays},
     )
-    return {
-        "meta": meta,
-        "ids": ids,
-        "arrays": arrays,
-        "sources": rows.sources,
-        "info": info,
-        "failed": failed_rows,
-    }
+    record_embedding(
+        len(rows) - len(failed),
+        {m: (stats[m].real_tokens, stats[m].seconds) for m in arrays},
+    )
+    result = PartitionResult(
+        partition=job.partition,
+        row_start=row_start,
+        rows=len(rows),
+        worker=get_worker().address,
+        models=stats,
+        failed=failed,
+    )
+    return EmbeddedPartition(job, result, ids, arrays, rows.sources)
 
 
-def store_partition(embedded: dict[str, Any]) -> dict[str, Any]:
+def store_partition(embedded: EmbeddedPartition) -> PartitionResult:
     """Write the rows of :func:`embed_partition` to the store, flushed, then record the
-    partition as done. Returns its stats: partition, rows, worker, per-model stats,
-    ``store_seconds`` and the failed records."""
-    meta, ids, failed_rows = embedded["meta"], embedded["ids"], embedded["failed"]
-    info = dict(embedded["info"])
+    partition as done; the result with ``store_seconds``."""
     t = time.perf_counter()
+    result = embedded.result
     # A partition of which nothing could be embedded is not recorded as done: whatever
     # made every record fail (a fault that comes and goes) gets another chance next run.
-    EmbeddingStore(meta["out"]).write_partition(
-        meta["partition"],
-        meta["row_start"],
-        ids,
-        embedded["arrays"],
-        info,
-        failed=failed_rows,
-        done=len(failed_rows) < len(ids),
-        sources=embedded.get("sources"),
+    EmbeddingStore(embedded.job.out).write_partition(
+        result,
+        embedded.ids,
+        embedded.arrays,
+        done=not result.all_failed,
+        sources=embedded.sources,
     )
-    info["store_seconds"] = time.perf_counter() - t
-    return {"partition": meta["partition"], "rows": len(ids), **info, "failed": failed_rows}
+    return dataclasses.replace(result, store_seconds=time.perf_counter() - t)
