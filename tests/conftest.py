@@ -66,6 +66,17 @@ def reads_2k(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a 2-core machine: one torch thread avoids OpenMP barrier stalls."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def client():
     """A one-worker in-process LocalCluster as the CLI starts it (module-scoped)."""
     import dask

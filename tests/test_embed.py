@@ -29,12 +29,7 @@ from virnuc_dask.worker.embed import (
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ TOL = 1e-5
 AMINO = list("ACDEFGHIKLMNPQRSTVWYXBZUO")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids OpenMP barrier stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

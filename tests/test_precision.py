@@ -16,13 +16,7 @@ from helpers import CASES, LENGTHS, TINY, read_fasta_pairs
 from virnuc_dask.tools.agreement import precision_agreement
 from virnuc_dask.worker.plugin import resolve_precision
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import TINY, assert_matches_reference, write_perf_reads
 
-pytestmark = pytest.mark.slurm
+# One xdist worker runs them all: they share the session's SLURM.
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "virnuc-dask")
