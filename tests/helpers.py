@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,35 @@ TINY = {
     "dnabert_model": str(REFERENCE / "models" / "dnabert_s_tiny"),
     "classifier": str(REFERENCE / "models" / "mlp_tiny.pth"),
 }
+
+
+def model_flags(length: int = 300, **models: str) -> list[str]:
+    """``--length``, the tiny models (or ``models``) and fp32, as command-line flags."""
+    chosen = {**TINY, **models}
+    return [
+        "--length",
+        str(length),
+        "--esm-model",
+        chosen["esm_model"],
+        "--dnabert-model",
+        chosen["dnabert_model"],
+        "--classifier",
+        chosen["classifier"],
+        "--precision",
+        "fp32",
+    ]
+
+
+def predict_command(*inputs: object, length: int = 300, **models: str) -> list[str]:
+    """``python -m virnuc_dask predict INPUTS`` with :func:`model_flags`; add the rest."""
+    return [
+        sys.executable,
+        "-m",
+        "virnuc_dask",
+        "predict",
+        *map(str, inputs),
+        *model_flags(length, **models),
+    ]
 
 
 def read_fasta_pairs(path: Path) -> list[tuple[str, str]]:

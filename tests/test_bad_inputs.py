@@ -19,12 +19,11 @@ import random
 import resource
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REFERENCE, TINY
+from helpers import REFERENCE, TINY, predict_command
 
 BASIC = REFERENCE / "dev" / "basic" / "input.fa"
 RESULTS = (
@@ -38,27 +37,12 @@ RESULTS = (
 def run_cli(
     inputs, out: Path, *extra: str, limit_file_size: int | None = None, **models: str
 ) -> subprocess.CompletedProcess:
-    chosen = {**TINY, **models}
     command = [
-        sys.executable,
-        "-m",
-        "virnuc_dask",
-        "predict",
-        *map(str, inputs),
+        *predict_command(*inputs, **models),
         "--out",
         str(out),
-        "--length",
-        "300",
-        "--precision",
-        "fp32",
         "--partition-rows",
         "37",
-        "--esm-model",
-        chosen["esm_model"],
-        "--dnabert-model",
-        chosen["dnabert_model"],
-        "--classifier",
-        chosen["classifier"],
         *extra,
     ]
 

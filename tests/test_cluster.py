@@ -19,7 +19,7 @@ from pathlib import Path
 import dask
 import pytest
 from distributed import Client, LocalCluster
-from helpers import TINY, assert_matches_reference, write_perf_reads
+from helpers import TINY, assert_matches_reference, predict_command, write_perf_reads
 
 from virnuc_dask.cluster.start import open_client
 from virnuc_dask.cluster.workers import WORKER_ENV, WORKER_ENV_VALUE, WORKER_ENV_VARIABLE
@@ -112,21 +112,7 @@ def hand_started(tmp_path_factory):
 def _predict_cli(reference, cwd: Path, case: str, length: int, *extra: str):
     return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "virnuc_dask",
-            "predict",
-            str(reference / "dev" / case / "input.fa"),
-            "--length",
-            str(length),
-            "--esm-model",
-            TINY["esm_model"],
-            "--dnabert-model",
-            TINY["dnabert_model"],
-            "--classifier",
-            TINY["classifier"],
-            "--precision",
-            "fp32",
+            *predict_command(reference / "dev" / case / "input.fa", length=length),
             "--partition-rows",
             "37",
             "--blocksize",
@@ -304,21 +290,7 @@ def test_slurm_runner_ranks_of_one_job_match_original(reference, tmp_path):
         procs.append(
             subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "virnuc_dask",
-                    "predict",
-                    str(reference / "dev" / "boundaries" / "input.fa"),
-                    "--length",
-                    "500",
-                    "--esm-model",
-                    TINY["esm_model"],
-                    "--dnabert-model",
-                    TINY["dnabert_model"],
-                    "--classifier",
-                    TINY["classifier"],
-                    "--precision",
-                    "fp32",
+                    *predict_command(reference / "dev" / "boundaries" / "input.fa", length=500),
                     "--partition-rows",
                     "37",
                     "--out",
@@ -397,21 +369,7 @@ def test_workers_lost_mid_run_end_it_and_keep_finished_partitions(tmp_path):
             with open(log, "w") as fh:
                 proc = subprocess.Popen(
                     [
-                        sys.executable,
-                        "-m",
-                        "virnuc_dask",
-                        "predict",
-                        str(reads),
-                        "--length",
-                        "300",
-                        "--esm-model",
-                        TINY["esm_model"],
-                        "--dnabert-model",
-                        TINY["dnabert_model"],
-                        "--classifier",
-                        TINY["classifier"],
-                        "--precision",
-                        "fp32",
+                        *predict_command(reads),
                         "--partition-rows",
                         "40",
                         "--out",

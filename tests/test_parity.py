@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
-from helpers import CASES, LENGTHS, TINY, assert_matches_reference
+from helpers import CASES, LENGTHS, TINY, assert_matches_reference, predict_command
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
@@ -43,25 +42,7 @@ def test_cli_on_default_cluster_matches_original(reference, tmp_path, length):
     case = "mixed"
     out = tmp_path / "out"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "virnuc_dask",
-            "predict",
-            str(reference / "dev" / case / "input.fa"),
-            "--length",
-            str(length),
-            "--esm-model",
-            TINY["esm_model"],
-            "--dnabert-model",
-            TINY["dnabert_model"],
-            "--classifier",
-            TINY["classifier"],
-            "--out",
-            str(out),
-            "--precision",
-            "fp32",
-        ],
+        [*predict_command(reference / "dev" / case / "input.fa", length=length), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

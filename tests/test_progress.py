@@ -8,14 +8,13 @@ import logging
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dask
 import pytest
 from distributed import Client, LocalCluster
-from helpers import REFERENCE, TINY
+from helpers import REFERENCE, predict_command
 from rich.console import Console
 
 from virnuc_dask.cli.logs import forward_worker_logs
@@ -136,32 +135,13 @@ def test_non_terminal_logs_a_line_every_interval(caplog):
     assert "1/1 blocks · 3 reads · 4 ORFs ✓" in lines[-1]
 
 
-def predict_command(out: Path, *extra: str, case: str = "mixed") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "virnuc_dask",
-        "predict",
-        str(REFERENCE / "dev" / case / "input.fa"),
-        "--length",
-        "300",
-        "--esm-model",
-        TINY["esm_model"],
-        "--dnabert-model",
-        TINY["dnabert_model"],
-        "--classifier",
-        TINY["classifier"],
-        "--out",
-        str(out),
-        "--precision",
-        "fp32",
-        *extra,
-    ]
+def cli(out: Path, *extra: str, case: str = "mixed") -> list[str]:
+    return [*predict_command(REFERENCE / "dev" / case / "input.fa"), "--out", str(out), *extra]
 
 
 def test_cli_without_terminal_prints_periodic_progress_lines(tmp_path):
     proc = subprocess.run(
-        predict_command(
+        cli(
             tmp_path / "out",
             "--partition-rows",
             "16",
@@ -191,7 +171,7 @@ def test_cli_without_terminal_prints_periodic_progress_lines(tmp_path):
 
 def test_quiet_prints_nothing_on_success(tmp_path):
     proc = subprocess.run(
-        predict_command(tmp_path / "out", "--quiet", case="basic"),
+        cli(tmp_path / "out", "--quiet", case="basic"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -205,9 +185,7 @@ def test_live_display_in_a_terminal(tmp_path):
     # a tmux server of its own (-L), so that nothing else on the machine is touched
     tmux = ["tmux", "-L", f"virnuc-test-{tmp_path.name}", "-f", "/dev/null"]
     # the pane's own size, not a COLUMNS/LINES the test runner may have exported
-    command = "env -u COLUMNS -u LINES " + " ".join(
-        predict_command(tmp_path / "out", "--partition-rows", "16")
-    )
+    command = "env -u COLUMNS -u LINES " + " ".join(cli(tmp_path / "out", "--partition-rows", "16"))
     done = tmp_path / "done"
     subprocess.run(
         [

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from helpers import REFERENCE, TINY
+from helpers import REFERENCE, TINY, predict_command
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
@@ -190,27 +189,7 @@ def test_overwrite_starts_afresh_without_stale_partitions(client, complete, tmp_
 
 
 def cli(reads: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "virnuc_dask",
-        "predict",
-        str(reads),
-        "--out",
-        str(out),
-        "--length",
-        "500",
-        "--precision",
-        "fp32",
-        "--partition-rows",
-        "64",
-        "--esm-model",
-        TINY["esm_model"],
-        "--dnabert-model",
-        TINY["dnabert_model"],
-        "--classifier",
-        TINY["classifier"],
-    ]
+    return [*predict_command(reads, length=500), "--out", str(out), "--partition-rows", "64"]
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY, assert_matches_reference, write_perf_reads
+from helpers import TINY, assert_matches_reference, model_flags, write_perf_reads
 
 # One xdist worker runs them all: they share the session's SLURM.
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "virnuc-dask")
-MODELS = [
-    "--length",
-    "300",
-    "--esm-model",
-    TINY["esm_model"],
-    "--dnabert-model",
-    TINY["dnabert_model"],
-    "--classifier",
-    TINY["classifier"],
-    "--precision",
-    "fp32",
-]
+MODELS = model_flags()
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_predictions.tsv")
 PARTITIONS_DONE = re.compile(r"· ([1-9]\d*)/\d+ partitions")
 

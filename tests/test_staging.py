@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REFERENCE, TINY, assert_matches_reference
+from helpers import REFERENCE, TINY, assert_matches_reference, predict_command
 
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.models.dnabert import load_dnabert
@@ -89,21 +89,12 @@ def test_run_from_staged_models_offline_matches_original(reference, tmp_path):
     stage_tiny(tmp_path / "models")
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "virnuc_dask",
-            "predict",
-            str(reference / "dev" / "basic" / "input.fa"),
-            "--length",
-            "500",
-            "--esm-model",
-            ESM_NAME,
-            "--dnabert-model",
-            DNABERT_ID,
-            "--classifier",
-            TINY["classifier"],
-            "--precision",
-            "fp32",
+            *predict_command(
+                reference / "dev" / "basic" / "input.fa",
+                length=500,
+                esm_model=ESM_NAME,
+                dnabert_model=DNABERT_ID,
+            ),
             "--model-cache",
             "models",
             "--offline",
