@@ -115,7 +115,7 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
     import esm
     from esm.model.esm2 import ESM2
 
-    from virnuc_dask.models.dnabert import DnabertConfig, DnabertS
+    from virnuc_dask.models.dnabert_encoder import DnabertConfig, DnabertS
     from virnuc_dask.models.sizes import SIZES
 
     e, d = SIZES[size]["esm"], SIZES[size]["dnabert"]

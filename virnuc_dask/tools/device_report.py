@@ -52,7 +52,7 @@ def device_report(*, quick: bool = False) -> dict[str, Any]:
 def _alibi_bias(batch: int, heads: int, length: int, pad: int, dtype) -> Any:
     import torch
 
-    from virnuc_dask.models.dnabert import build_alibi
+    from virnuc_dask.models.dnabert_encoder import build_alibi
 
     bias = build_alibi(length, heads).to(dtype).unsqueeze(0).repeat(batch, 1, 1, 1)
     bias[1:, :, :, length - pad :] = torch.finfo(dtype).min
