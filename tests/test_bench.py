@@ -115,7 +115,7 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
     import esm
     from esm.model.esm2 import ESM2
 
-    from virnuc_dask.models.dnabert import DnabertConfig, DnabertS
+    from virnuc_dask.models.dnabert_encoder import DnabertConfig, DnabertS
     from virnuc_dask.models.sizes import SIZES
 
     e, d = SIZES[size]["esm"], SIZES[size]["dnabert"]
@@ -143,7 +143,7 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
 def test_stage_figures_of_concurrent_workers_are_the_machine_rate():
     """Stage seconds of a run are summed over its workers, which embed at the same time:
     with two workers the machine did the FLOPs in half the summed seconds."""
-    from virnuc_dask.tools.bench import stage_figures
+    from virnuc_dask.tools.throughput import stage_figures
 
     stage = {"seconds": 10.0, "real_tokens": 900, "padded_tokens": 1000, "batches": 3}
     one = stage_figures(stage, flops=1e12, peak=1e11)
@@ -195,7 +195,7 @@ def test_fewer_workers_started_than_asked_ends_the_wait(monkeypatch, tmp_path):
     import virnuc_dask.cluster.start as start
     from virnuc_dask.config import load_settings
     from virnuc_dask.errors import VirnucError
-    from virnuc_dask.tools.bench import run_pipeline
+    from virnuc_dask.tools.throughput import run_pipeline
 
     monkeypatch.setattr(
         start,

@@ -13,16 +13,14 @@ import torch
 import torch.nn.functional as F
 from helpers import REFERENCE
 
-from virnuc_dask.models.dnabert import (
+from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.models.dnabert import DnabertTokenizer, load_dnabert, resolve_dnabert_dir
+from virnuc_dask.models.dnabert_encoder import (
     DnabertConfig,
     DnabertS,
-    DnabertTokenizer,
-    ModelLoadError,
     alibi_slopes,
     build_alibi,
-    load_dnabert,
     mean_pool_all_tokens,
-    resolve_dnabert_dir,
 )
 
 REF = REFERENCE

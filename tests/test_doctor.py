@@ -11,7 +11,7 @@ from distributed import Client, LocalCluster
 from helpers import TINY
 
 from virnuc_dask.cli.main import main
-from virnuc_dask.tools import doctor
+from virnuc_dask.tools import doctor, golden_case
 
 KEYS = ("torch", "disk", "models", "dask_cuda", "cluster", "gpus", "devices", "sdpa", "predict")
 
@@ -67,26 +67,26 @@ def client():
 
 def test_the_packaged_golden_case_is_what_predict_gives(client, tmp_path):
     """Made once with write_golden; making it again gives the same files."""
-    doctor.write_golden(tmp_path / "golden", tmp_path / "work", client)
+    golden_case.write_golden(tmp_path / "golden", tmp_path / "work", client)
     for name in ("input.fa", "prediction_results.txt", "models.json"):
         assert (tmp_path / "golden" / name).read_bytes() == (
-            doctor.golden_dir() / name
+            golden_case.golden_dir() / name
         ).read_bytes(), name
 
 
 def test_predict_check_fails_on_scores_off_the_golden_case(client, tmp_path, monkeypatch):
-    shipped = doctor.golden_dir()
+    shipped = golden_case.golden_dir()
     golden = tmp_path / "golden"
     shutil.copytree(shipped, golden)
     text = (golden / "prediction_results.txt").read_text().splitlines()
     name, label, s1, s2 = text[3].split("\t")
     text[3] = "\t".join([name, label, f"{float(s1) + 3e-5:.8g}", s2])
     (golden / "prediction_results.txt").write_text("\n".join(text) + "\n")
-    monkeypatch.setattr(doctor, "golden_dir", lambda: golden)
-    check = doctor.check_predict(client, tmp_path / "work", gpus=False)
+    monkeypatch.setattr(golden_case, "golden_dir", lambda: golden)
+    check = golden_case.check_predict(client, tmp_path / "work", gpus=False)
     assert not check.ok and 2e-5 < check.detail["max_score_diff"] < 4e-5
     # a GPU node whose workers ran on the CPU fails too
-    monkeypatch.setattr(doctor, "golden_dir", lambda: shipped)
-    check = doctor.check_predict(client, tmp_path / "work2", gpus=True)
+    monkeypatch.setattr(golden_case, "golden_dir", lambda: shipped)
+    check = golden_case.check_predict(client, tmp_path / "work2", gpus=True)
     assert not check.ok and "not as started" in check.text
     assert check.detail["max_score_diff"] <= 1e-5

@@ -384,7 +384,7 @@ def test_nan_at_a_padded_position_does_not_reach_real_rows(esm, dnabert):
 
 
 def test_mean_pooling_ignores_nan_at_padding():
-    from virnuc_dask.models.dnabert import mean_pool_all_tokens
+    from virnuc_dask.models.dnabert_encoder import mean_pool_all_tokens
 
     hidden = torch.ones(2, 4, 3)
     hidden[1, 2:] = float("nan")

@@ -18,7 +18,8 @@ from helpers import REFERENCE, predict_command
 from rich.console import Console
 
 from virnuc_dask.cli.logs import forward_worker_logs
-from virnuc_dask.cli.progress import TerminalProgress, stage_table, status_line
+from virnuc_dask.cli.progress import TerminalProgress
+from virnuc_dask.cli.progress_view import stage_table, status_line
 from virnuc_dask.cli.run_state import RunProgress
 from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.events import ProgressEvent
@@ -321,7 +322,7 @@ def test_gpu_figures_from_distributed_nvml_metrics_or_no_gpu():
 def test_worker_rows_show_gpu_utilisation_and_memory_or_no_gpu():
     from rich.console import Console
 
-    from virnuc_dask.cli.progress import worker_table
+    from virnuc_dask.cli.progress_view import worker_table
     from virnuc_dask.dataflow.dashboard import gpu_metrics
 
     state = RunProgress(clock=lambda: 5.0)

@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def line(check: Any) -> str:
-    """``✓ key: text`` or ``✗ key: text`` for a :class:`.tools.doctor.Check`."""
+    """``✓ key: text`` or ``✗ key: text`` for a :class:`.tools.check.Check`."""
     return f"{'✓' if check.ok else '✗'} {check.key}: {check.text}"
 
 

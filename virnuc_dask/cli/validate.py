@@ -58,12 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.validate import (
-        exit_code,
-        file_summary,
-        repeated_inputs,
-        validate,
-    )
+    from virnuc_dask.tools.input_stats import file_summary, repeated_inputs
+    from virnuc_dask.tools.validate import exit_code, validate
 
     if args.max_findings < 0:
         raise ConfigError(f"--max-findings must be >= 0, got {args.max_findings}")
@@ -104,7 +100,7 @@ def report_text(
     the estimate, as the command prints them."""
     import numpy as np
 
-    from virnuc_dask.tools.validate import length_buckets, repeated_inputs
+    from virnuc_dask.tools.input_stats import length_buckets, repeated_inputs
 
     lines = []
     for stats in files:

@@ -26,7 +26,8 @@ def build_models(
 ) -> dict[str, str]:
     """Model files in the real formats: given ones, else random ones of ``size``; and a
     random classifier for their embedding widths."""
-    from virnuc_dask.models.dnabert import DnabertConfig, resolve_dnabert_dir
+    from virnuc_dask.models.dnabert import resolve_dnabert_dir
+    from virnuc_dask.models.dnabert_encoder import DnabertConfig
     from virnuc_dask.models.esm2 import load_esm
     from virnuc_dask.tools.demo import build_classifier, build_dnabert, build_esm
 

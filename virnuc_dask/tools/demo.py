@@ -119,7 +119,7 @@ def build_dnabert(
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models, processors, trainers
 
-    from virnuc_dask.models.dnabert import DnabertConfig, DnabertS
+    from virnuc_dask.models.dnabert_encoder import DnabertConfig, DnabertS
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(DEMO_SEED)

@@ -23,6 +23,9 @@ No CUDA call is made in this process: everything that touches a device runs on
 the workers. A check passes on a machine without GPUs when it has nothing to do
 there, and says "no GPU".
 
+What the workers measure is :mod:`.device_report`; the golden case and its check,
+:mod:`.golden_case`; each check's result, a :class:`.check.Check`.
+
 >>> from virnuc_dask.cli.main import main
 >>> main(["doctor", "--out", "/tmp/doctor"])  # doctest: +SKIP
 0
@@ -30,43 +33,23 @@ there, and says "no GPU".
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from virnuc_dask.formatting import si
+from virnuc_dask.tools.check import Check
+from virnuc_dask.tools.device_report import device_report
+from virnuc_dask.tools.golden_case import check_predict
 
 logger = logging.getLogger(__name__)
 
-GOLDEN = "golden"  # package data directory beside this module
-GOLDEN_READS = 24
-SCORE_TOLERANCE = 1e-5
 MIN_FREE_BYTES = 10 * 2**30
-SDPA_TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 4e-3}
 NO_GPU = "no GPU"
-
-
-@dataclasses.dataclass
-class Check:
-    """One line of the report: ``key``, passed or not, the figure in words, details."""
-
-    key: str
-    ok: bool
-    text: str
-    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "text": self.text, **self.detail}
 
 
 # -- checks in this process (no CUDA) -------------------------------------------------------
@@ -141,245 +124,6 @@ def check_models(esm_model: str | None, dnabert_model: str | None, classifier: s
             else " != DNABERT-S + ESM-2: the classifier does not fit these models"
         )
     return Check("models", ok, text, {"widths": widths})
-
-
-# -- run on each worker ----------------------------------------------------------------------
-
-
-def device_report(*, quick: bool = False) -> dict[str, Any]:
-    """This worker's view: NVML vs torch, its device, the precision auto picks, rates."""
-    import torch
-
-    from virnuc_dask.models.flops import matmul_peak
-    from virnuc_dask.worker import device as devices
-    from virnuc_dask.worker.precision import resolve_precision
-
-    facts = devices.probe()
-    out: dict[str, Any] = {
-        "nvml_gpus": facts.nvml_gpus,
-        "torch_devices": facts.cuda_devices,
-        "visible": facts.visible,
-        "cuda_available": facts.cuda_available,
-    }
-    try:
-        device = devices.decide("auto", facts)
-    except devices.DeviceError as exc:
-        out["error"] = str(exc)
-        return out
-    if device.type == "cuda":
-        device = torch.device("cuda", 0)  # a worker's own GPU comes first in its list
-    out.update(devices.describe_device(device))
-    out["precision_auto"] = resolve_precision("auto", device)
-    size = (512 if quick else 1024) if device.type == "cpu" else 8192
-    rates = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        try:
-            rates[name] = matmul_peak(device, dtype, size=size, repeats=2, rounds=2)
-        except RuntimeError as exc:
-            rates[name] = f"unsupported: {str(exc).splitlines()[0][:60]}"
-    out["matmul_flops"] = rates
-    out["sdpa"] = sdpa_report(device, quick=quick)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return out
-
-
-def _alibi_bias(batch: int, heads: int, length: int, pad: int, dtype) -> Any:
-    import torch
-
-    from virnuc_dask.models.dnabert import build_alibi
-
-    bias = build_alibi(length, heads).to(dtype).unsqueeze(0).repeat(batch, 1, 1, 1)
-    bias[1:, :, :, length - pad :] = torch.finfo(dtype).min
-    return bias
-
-
-def sdpa_report(device: Any, *, quick: bool = False) -> dict[str, Any]:
-    """Attention on ESM-2 3B (40 heads, boolean key mask) and DNABERT-S (12 heads, ALiBi
-    bias) shapes of padded batches: the kernels that accept each, and the largest
-    difference of the default choice from the math kernel, per precision."""
-    import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    batch, length, pad = (2, 96, 40) if quick or device.type == "cpu" else (8, 512, 200)
-    shapes = {"esm": 40, "dnabert": 12}
-    precisions = ("fp32", "bf16", "fp16")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    report: dict[str, Any] = {}
-    gen = torch.Generator().manual_seed(0)
-    for model, heads in shapes.items():
-        q, k, v = (torch.randn(batch, heads, length, 64, generator=gen) for _ in range(3))
-        for precision in precisions:
-            dtype = dtypes[precision]
-            args = [t.to(device, dtype) for t in (q, k, v)]
-            if model == "esm":
-                mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
-                mask[1:, ..., length - pad :] = False
-                mask = mask.to(device)
-            else:
-                mask = _alibi_bias(batch, heads, length, pad, dtype).to(device)
-            entry: dict[str, Any] = {}
-            try:
-                with torch.inference_mode():
-                    default = F.scaled_dot_product_attention(*args, attn_mask=mask)
-                    with sdpa_kernel([SDPBackend.MATH]):
-                        math = F.scaled_dot_product_attention(*args, attn_mask=mask)
-                    usable = []
-                    for backend in (
-                        SDPBackend.FLASH_ATTENTION,
-                        SDPBackend.EFFICIENT_ATTENTION,
-                        SDPBackend.CUDNN_ATTENTION,
-                        SDPBackend.MATH,
-                    ):
-                        try:
-                            with sdpa_kernel([backend]):
-                                F.scaled_dot_product_attention(*args, attn_mask=mask)
-                            usable.append(backend.name.lower())
-                        except RuntimeError:
-                            continue
-            except RuntimeError as exc:
-                entry = {"error": str(exc).splitlines()[0][:100]}
-            else:
-                real = slice(0, length - pad)  # query rows every sequence has
-                diff = (default[..., real, :].float() - math[..., real, :].float()).abs()
-                entry = {
-                    "usable": usable,
-                    "max_diff_vs_math": float(diff.max()),
-                    "ok": bool(torch.isfinite(default[..., real, :]).all())
-                    and float(diff.max()) <= SDPA_TOLERANCE[precision],
-                }
-            report[f"{model}/{precision}"] = entry
-    return report
-
-
-# -- the golden case ---------------------------------------------------------------------------
-
-
-def golden_dir() -> Path:
-    return Path(str(resources.files("virnuc_dask.tools") / GOLDEN))
-
-
-def model_digests(paths: dict[str, Path]) -> dict[str, str]:
-    """SHA-256 of each model's tensors (names, shapes, bytes), independent of file layout."""
-    import torch
-
-    from virnuc_dask.models.classifier import load_classifier
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
-
-    models = {
-        "esm": load_esm(str(paths["esm"]))[0],
-        "dnabert": load_dnabert(str(paths["dnabert"]))[0],
-        "classifier": load_classifier(str(paths["classifier"])),
-    }
-    out = {}
-    for name, model in models.items():
-        digest = hashlib.sha256()
-        for key, tensor in sorted(model.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-        out[name] = digest.hexdigest()
-    return out
-
-
-def write_golden(directory: Path, work: Path, client) -> None:
-    """Make the golden case: the packaged input, the demonstration models' digests and the
-    scores ``predict`` gives in fp32. Run once by the project; the result is package data."""
-    from virnuc_dask.tools.demo import build_demo, example_reads, write_fasta
-
-    directory.mkdir(parents=True, exist_ok=True)
-    write_fasta(directory / "input.fa", example_reads(GOLDEN_READS, max_length=600))
-    paths = build_demo(work)
-    result = _predict(directory / "input.fa", paths, work / "out", client)
-    shutil.copy(result / "prediction_results.txt", directory / "prediction_results.txt")
-    (directory / "models.json").write_text(json.dumps(model_digests(paths), indent=2) + "\n")
-
-
-def _predict(fasta: Path, paths: dict[str, Path], out: Path, client) -> Path:
-    from virnuc_dask.config import load_settings
-    from virnuc_dask.dataflow.pipeline import predict
-
-    settings = load_settings(
-        inputs=[str(fasta)],
-        overrides={
-            "out": str(out),
-            "length": 300,
-            "esm_model": str(paths["esm"]),
-            "dnabert_model": str(paths["dnabert"]),
-            "classifier": str(paths["classifier"]),
-            "precision": "fp32",
-            "offline": True,
-            "overwrite": True,
-            "partition_rows": 4096,
-        },
-    )
-    predict(settings, client)
-    return out
-
-
-def _scores(path: Path) -> tuple[list[str], np.ndarray]:
-    rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
-    return [f"{r[0]}\t{r[1]}" for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
-
-
-def check_predict(client, work: Path, *, gpus: bool) -> Check:
-    """One partition through ``predict`` on ``client``'s cluster, against the golden case."""
-    from virnuc_dask.tools.demo import build_demo
-
-    golden = golden_dir()
-    paths = build_demo(work / "demo")
-    expected_models = json.loads((golden / "models.json").read_text())
-    if model_digests(paths) != expected_models:
-        return Check(
-            "predict",
-            False,
-            "the demonstration models built here differ from "
-            "those of the golden case (a different torch build?)",
-        )
-    t = time.perf_counter()
-    out = _predict(golden / "input.fa", paths, work / "predict", client)
-    seconds = time.perf_counter() - t
-    summary = json.loads((out / "run_summary.json").read_text())
-    labels, scores = _scores(out / "prediction_results.txt")
-    want_labels, want = _scores(golden / "prediction_results.txt")
-    diff = float(np.abs(scores - want).max()) if scores.shape == want.shape else float("inf")
-    workers = {
-        a: {k: w.get(k) for k in ("device", "precision", "device_name", "tf32")}
-        for a, w in summary["workers"].items()
-        if "device" in w
-    }
-    wrong = [
-        f"{a}: {w['device']} {w['precision']}"
-        for a, w in workers.items()
-        if w["precision"] != "fp32" or w["device"].startswith("cuda") != gpus
-    ]
-    tf32_on = [a for a, w in workers.items() if not (w["tf32"] or {}).get("tf32_off")]
-    ok = (
-        labels == want_labels
-        and diff <= SCORE_TOLERANCE
-        and not wrong
-        and not tf32_on
-        and workers
-        and not summary["workers_failed"]
-    )
-    text = (
-        f"{len(labels)} ORFs, max score difference {diff:.1e} from the golden case "
-        f"(at most {SCORE_TOLERANCE:.0e}), {len(workers)} worker(s) on "
-        f"{', '.join(sorted({w['device'] for w in workers.values()})) or 'none'} in fp32, "
-        f"TF32 {'on at ' + ', '.join(tf32_on) if tf32_on else 'off'}; {seconds:.1f} s"
-    )
-    if wrong:
-        text += f"; not as started: {'; '.join(wrong)}"
-    if summary["workers_failed"]:
-        text += "; failed: " + "; ".join(f["error"] for f in summary["workers_failed"])
-    return Check(
-        "predict",
-        bool(ok),
-        text,
-        {"max_score_diff": diff, "workers": workers, "workers_failed": summary["workers_failed"]},
-    )
 
 
 # -- checks on the cluster --------------------------------------------------------------------

@@ -138,7 +138,7 @@ class DnabertAdapter:
         return {"ids": ids, "mask": mask}
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        from virnuc_dask.models.dnabert import mean_pool_all_tokens
+        from virnuc_dask.models.dnabert_encoder import mean_pool_all_tokens
 
         hidden = self.model(batch["ids"], batch["mask"])
         return mean_pool_all_tokens(hidden, batch["mask"])
