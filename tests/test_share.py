@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster, get_worker
 from helpers import REFERENCE, TINY
 
 from virnuc_dask.config import load_settings
-from virnuc_dask.dataflow import pipeline
+from virnuc_dask.dataflow import models_on_workers
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.models.esm_fast import SdpaEsm2
 
@@ -29,7 +29,7 @@ def test_the_faster_worker_takes_a_proportionally_larger_share(tmp_path, monkeyp
     monkeypatch.setattr(SdpaEsm2, "forward", forward)
     # The run starts once one worker has its models; here both must take part from the
     # start (on a loaded machine one may finish loading well after the other).
-    real_wait = pipeline.wait_for_models
+    real_wait = models_on_workers.wait_for_models
 
     def wait_for_both(client, **kwargs):
         deadline = time.monotonic() + 120
@@ -42,7 +42,7 @@ def test_the_faster_worker_takes_a_proportionally_larger_share(tmp_path, monkeyp
                 return statuses
             time.sleep(0.2)
 
-    monkeypatch.setattr(pipeline, "wait_for_models", wait_for_both)
+    monkeypatch.setattr(models_on_workers, "wait_for_models", wait_for_both)
     settings = load_settings(
         inputs=[str(INPUT)],
         overrides={

@@ -19,8 +19,9 @@ from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.errors import TrainingDataError
 from virnuc_dask.models.classifier import load_classifier
 from virnuc_dask.train.evaluate import evaluate
+from virnuc_dask.train.inputs import train_inputs
 from virnuc_dask.train.options import TrainOptions
-from virnuc_dask.train.run import LOG_COLUMNS, train, train_inputs
+from virnuc_dask.train.run import LOG_COLUMNS, train
 
 _SENSE = [
     a + b + c

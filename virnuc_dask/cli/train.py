@@ -172,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     from virnuc_dask.cli.options import settings_from_args, verbosity
     from virnuc_dask.cli.progress import TerminalProgress
     from virnuc_dask.rundir import TRAINING_LOG, TRAINING_SUMMARY
-    from virnuc_dask.train.run import run_training, train_inputs
+    from virnuc_dask.train.inputs import train_inputs
+    from virnuc_dask.train.run import run_training
 
     if args.classifier is not None:
         raise ConfigError(

@@ -1,5 +1,6 @@
 """A run's identity: digests of its inputs and models and the settings that decide its
-numbers (the fingerprint a resumed run must match), and the output directory it may use."""
+numbers (the fingerprint a resumed run must match), the output directory it may use, and
+the store it resumes (or starts afresh)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from virnuc_dask.config import Settings
+from virnuc_dask.dataflow.outputs import remove_results
+from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import OutputDirError
 
 
@@ -84,3 +87,32 @@ def prepare_out(settings: Settings) -> Path:
     finally:
         probe.unlink(missing_ok=True)
     return out
+
+
+def open_store(
+    settings: Settings, fp: dict[str, Any], *, dims: dict[str, int], dedup: bool
+) -> EmbeddingStore:
+    """The store under ``settings.out``: the existing one when its fingerprint is ``fp``
+    (its finished partitions are reused), a new one when there is none or with
+    ``settings.overwrite``. Raises :class:`OutputDirError` for a store of another run."""
+    out = Path(settings.out)
+    store = EmbeddingStore(out)
+    if store.exists() and not settings.overwrite:
+        diffs = fingerprint_differences(store.fingerprint, fp)
+        if diffs:
+            raise OutputDirError(
+                f"{out} holds a run with different {', '.join(diffs)}; "
+                "use another --out, or --overwrite to start afresh"
+            )
+        return store
+    # Results of the run being replaced must not outlive it next to the new store.
+    remove_results(out)
+    return EmbeddingStore.create(
+        out,
+        rows=int(fp["rows"]),
+        dims=dims,
+        chunk_rows=settings.partition_rows,
+        classes=2,
+        fingerprint=fp,
+        dedup=dedup,
+    )

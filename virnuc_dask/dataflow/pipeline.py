@@ -37,7 +37,6 @@ import dask.array as da
 import numpy as np
 from distributed import Client
 
-from virnuc_dask.cluster.workers import torch_threads_by_host
 from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import check_input, plan_blocks
 from virnuc_dask.core.orfs import Selection
@@ -50,12 +49,12 @@ from virnuc_dask.core.plan import (
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow import scratch
 from virnuc_dask.dataflow.dashboard import (
-    ThroughputMetrics,
     unique_key,
 )
 from virnuc_dask.dataflow.embedding import MODEL_RESOURCES, embed_partitions
-from virnuc_dask.dataflow.identity import fingerprint, fingerprint_differences, prepare_out
-from virnuc_dask.dataflow.outputs import BlockCounts, assemble, remove_results
+from virnuc_dask.dataflow.identity import fingerprint, open_store, prepare_out
+from virnuc_dask.dataflow.models_on_workers import load_models
+from virnuc_dask.dataflow.outputs import BlockCounts, assemble
 from virnuc_dask.dataflow.scratch import (
     dedup_bucket,
 )
@@ -66,17 +65,12 @@ from virnuc_dask.dataflow.store import (
     lazy_rows,
     naming,
 )
-from virnuc_dask.dataflow.summary import model_facts, run_summary
+from virnuc_dask.dataflow.summary import run_summary
 from virnuc_dask.dataflow.tasks import classify_rows, read_block_task, write_block_task
-from virnuc_dask.errors import ModelLoadError, OutputDirError
+from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.manifest import PartitionResult, failed_rows
 from virnuc_dask.rundir import SUMMARY
-from virnuc_dask.worker.plugin import (
-    ModelPlugin,
-    ModelSpec,
-    wait_for_models,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -182,29 +176,11 @@ def embed_inputs(
     embedded. Without ``settings.classifier`` no classifier is loaded (training).
     """
     t0 = time.perf_counter()
-    out = Path(settings.out)
     blocks = plan_blocks(list(settings.inputs), settings.blocksize)
     tick("models", 0, 1)
 
-    spec = ModelSpec.from_settings(
-        settings, threads_by_host=tuple(torch_threads_by_host(client).items())
-    )
-    registered = time.time()
-    client.register_plugin(ModelPlugin(spec))
-    client.register_plugin(ThroughputMetrics())
-    # Bounded: stops when every worker failed to load (naming each) or after a timeout.
-    statuses = wait_for_models(client, since=registered)
-    facts = {**model_facts(statuses), "registered": registered}
-    dims = {"dnabert": facts["dnabert"], "esm": facts["esm"]}
-    if (
-        settings.classifier is not None
-        and facts["classifier_input"] != dims["dnabert"] + dims["esm"]
-    ):
-        raise ModelLoadError(
-            f"{settings.classifier}: classifier expects {facts['classifier_input']} features, "
-            f"but DNABERT-S ({dims['dnabert']}) + ESM-2 ({dims['esm']}) give "
-            f"{dims['dnabert'] + dims['esm']}"
-        )
+    facts = load_models(settings, client)
+    dims = {m: facts[m] for m in MODEL_KEYS}
     timings["load_models"] = time.perf_counter() - t0
     tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
     # Read and translate every block into the scratch; only counts come back.
@@ -263,29 +239,9 @@ def embed_inputs(
         check_counts(blocks, counts)
     tick("read", len(blocks), len(blocks), reads=reads, orfs=total_rows)
 
-    # Open or create the store; reuse finished partitions of the same run.
-    store = EmbeddingStore(out)
     fp = {**fingerprint(settings, facts["precision"]), **(fingerprint_extra or {})}
     fp["rows"] = total_rows
-    if store.exists() and not settings.overwrite:
-        diffs = fingerprint_differences(store.fingerprint, fp)
-        if diffs:
-            raise OutputDirError(
-                f"{out} holds a run with different {', '.join(diffs)}; "
-                "use another --out, or --overwrite to start afresh"
-            )
-    else:
-        # Results of the run being replaced must not outlive it next to the new store.
-        remove_results(out)
-        store = EmbeddingStore.create(
-            out,
-            rows=total_rows,
-            dims=dims,
-            chunk_rows=settings.partition_rows,
-            classes=2,
-            fingerprint=fp,
-            dedup=bool(buckets),
-        )
+    store = open_store(settings, fp, dims=dims, dedup=bool(buckets))
     plan = plan_partitions(counts, settings.partition_rows)
     done = {p for p in store.done_partitions() if p < len(plan)}
     todo = [p for p in range(len(plan)) if p not in done]

@@ -14,25 +14,12 @@ from distributed import Client
 from virnuc_dask import __version__
 from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.dashboard import gpu_metrics
+from virnuc_dask.dataflow.models_on_workers import load_failures, model_status
 from virnuc_dask.dataflow.outputs import BlockCounts
 from virnuc_dask.manifest import PartitionResult
 from virnuc_dask.models import MODEL_KEYS
-from virnuc_dask.worker.plugin import load_failures, model_status
 
 logger = logging.getLogger(__name__)
-
-
-def model_facts(statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Widths, precision and device of the first worker whose models are ready."""
-    ready = [s for _, s in sorted(statuses.items()) if s["state"] == "ready"]
-    first = ready[0]
-    precisions = sorted({s["precision"] for s in ready})
-    if len(precisions) > 1:
-        logger.warning(
-            "workers embed in different precisions (%s); each is listed in the run summary",
-            ", ".join(precisions),
-        )
-    return {**first["dims"], "precision": first["precision"], "device": first["device"]}
 
 
 def run_summary(

@@ -10,7 +10,8 @@
 Usage::
 
     from distributed import Client
-    from virnuc_dask.train.run import TrainInputs, train
+    from virnuc_dask.train.inputs import TrainInputs
+    from virnuc_dask.train.run import train
     from virnuc_dask.train.options import TrainOptions
 
     with Client() as client:
@@ -24,9 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,10 @@ from distributed import Client, wait
 
 from virnuc_dask import __version__
 from virnuc_dask.config import Settings
-from virnuc_dask.core.fasta import check_input
 from virnuc_dask.core.training_orfs import TrainingSelection, load_reference
 from virnuc_dask.dataflow.dashboard import unique_key
 from virnuc_dask.dataflow.embedding import MODEL_RESOURCES
-from virnuc_dask.dataflow.identity import file_digest, prepare_out
+from virnuc_dask.dataflow.identity import file_digest
 from virnuc_dask.dataflow.pipeline import Embedded, embed_inputs, embedding_scratch
 from virnuc_dask.dataflow.run import ProgressFactory
 from virnuc_dask.dataflow.store import atomic_write_text
@@ -51,6 +49,7 @@ from virnuc_dask.rundir import MODEL, TRAINING_STATE
 from virnuc_dask.rundir import TRAINING_LOG as LOG
 from virnuc_dask.rundir import TRAINING_SUMMARY as SUMMARY
 from virnuc_dask.train.data import UNUSED, VALIDATION, validation_split
+from virnuc_dask.train.inputs import TrainInputs, check_classes, preflight_training
 from virnuc_dask.train.options import TrainOptions
 from virnuc_dask.train.trainer import CHECKPOINT, best_model, load_checkpoint
 
@@ -73,70 +72,11 @@ NO_WORKER_S = 300.0
 POLL_S = 10.0
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainInputs:
-    """The labelled input files and the optional reference proteins."""
-
-    viral: tuple[str, ...]
-    other: tuple[str, ...]
-    protein_reference: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.viral or not self.other:
-            raise TrainingDataError("training needs files of both classes: --viral and --other")
-        both = sorted(set(self.viral) & set(self.other))
-        if both:
-            raise TrainingDataError(f"{', '.join(both)}: given as both --viral and --other")
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        return (*self.viral, *self.other)
-
-    def selection_summary(self) -> dict[str, Any]:
-        if self.protein_reference:
-            return {
-                "mode": "protein reference",
-                "description": "stop-free frames whose protein is a substring of a "
-                "reference protein; chunks with ambiguous bases dropped",
-                "protein_reference": list(self.protein_reference),
-            }
-        return {
-            "mode": "every stop-free frame",
-            "description": "no --protein-reference given: every stop-free frame is kept "
-            "(the original keeps only frames found in the genomes' annotated proteins); "
-            "chunks with ambiguous bases dropped",
-            "protein_reference": [],
-        }
-
-
 @dataclasses.dataclass
 class TrainResult:
     out: Path
     model: Path
     summary: dict[str, Any]
-
-
-def preflight_training(settings: Settings, inputs: TrainInputs) -> None:
-    """Cheap checks before a cluster starts: input and reference files, output directory."""
-    for path in inputs.files:
-        check_input(path)
-    for path in inputs.protein_reference:
-        check_input(path)
-    prepare_out(settings)
-
-
-def _check_classes(inputs: TrainInputs, blocks: list, counts: list[int]) -> None:
-    orfs = {"viral": 0, "other": 0}
-    viral = set(inputs.viral)
-    for block, n in zip(blocks, counts, strict=True):
-        orfs["viral" if block.path in viral else "other"] += n
-    for name, files in (("viral", inputs.viral), ("other", inputs.other)):
-        if not orfs[name]:
-            raise TrainingDataError(
-                f"no usable {name} record: {', '.join(files)} give no ORF in training mode "
-                "(empty, unreadable records, chunks with ambiguous bases, or no frame in the "
-                "protein reference)"
-            )
 
 
 def _row_labels(inputs: TrainInputs, embedded: Embedded) -> np.ndarray:
@@ -249,7 +189,7 @@ def train(
             timings=timings,
             select=TrainingSelection(inputs.protein_reference),
             fingerprint_extra=extra,
-            check_counts=lambda blocks, counts: _check_classes(inputs, blocks, counts),
+            check_counts=lambda blocks, counts: check_classes(inputs, blocks, counts),
         )
 
     labels = _row_labels(inputs, embedded)
@@ -411,17 +351,6 @@ def _summary(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def train_inputs(
-    viral: Sequence[str], other: Sequence[str], protein_reference: Sequence[str] = ()
-) -> TrainInputs:
-    """:class:`TrainInputs` with absolute paths (workers may run in another directory)."""
-
-    def absolute(paths: Sequence[str]) -> tuple[str, ...]:
-        return tuple(os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths)
-
-    return TrainInputs(absolute(viral), absolute(other), absolute(protein_reference))
 
 
 def run_training(

@@ -8,8 +8,8 @@ Batches (:mod:`virnuc_dask.core.batching`) hold at most ``toks_per_batch`` padde
 tokens, longest first; ``None`` derives the budget from the device: free memory on
 a GPU (:func:`device_token_budget`), the adapter's fixed budget on the CPU.
 
-Overlap: a prefetch thread tokenises (in slices, longest first, so the first batch
-starts after one slice), pads, and on CUDA pins the batch and copies it to the
+Overlap (:mod:`.prefetch`): a prefetch thread tokenises (in slices, longest first, so
+the first batch starts after one slice), pads, and on CUDA pins the batch and copies it to the
 device on a side stream. On CUDA the pooled results stay on the device until the
 end of the call, so the host never waits for a batch to finish and keeps the
 GPU's queue full.
@@ -31,24 +31,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from virnuc_dask.core.batching import TokenBudget, budget_from_memory, token_budget_batches
 from virnuc_dask.worker.precision import computing_in_fp32, parameter_dtype
+from virnuc_dask.worker.prefetch import Batch, Prepared, prefetched, to_device, use
 
 logger = logging.getLogger(__name__)
 
-PREFETCH_DEPTH = 2
-
 Tokens = Sequence[int]  # one sequence's token ids, special tokens included
-Batch = dict[str, torch.Tensor]
 
 
 class ModelAdapter(Protocol):
@@ -214,9 +210,9 @@ def embed(
                 lengths[i] = len(ids)
             yield from budget_batches(lengths, part, budget)
 
-    def prepare(idx: np.ndarray) -> _Prepared:
+    def prepare(idx: np.ndarray) -> Prepared:
         host = adapter.prepare([tokens[i] for i in idx], lengths[idx])
-        return _to_device(host, device, idx, side)
+        return to_device(host, device, idx, side)
 
     def run(items: Iterable[np.ndarray], *, prefetch: bool) -> dict[int, str]:
         return _run_batches(
@@ -258,104 +254,10 @@ def budget_batches(
         start += len(first)
 
 
-# -- batch preparation, overlapped with the forward ------------------------------------------
-
-
-@dataclasses.dataclass
-class _Prepared:
-    idx: np.ndarray
-    tensors: Batch
-    ready: Any = None  # a CUDA event recorded after the copy, or None
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _prefetched(
-    items: Iterable[np.ndarray],
-    prepare: Callable[[np.ndarray], _Prepared],
-    stats: StageStats,
-    *,
-    enabled: bool,
-) -> Iterator[_Prepared]:
-    """``prepare(idx)`` for every batch of ``items``, in a background thread when enabled."""
-    if not enabled:
-        for idx in items:
-            t = time.perf_counter()
-            prepared = prepare(idx)
-            stats.prepare_seconds += time.perf_counter() - t
-            yield prepared
-        return
-    q: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
-    stop = threading.Event()
-    done = object()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for idx in items:
-                t = time.perf_counter()
-                prepared = prepare(idx)
-                stats.prepare_seconds += time.perf_counter() - t
-                if not put(prepared):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
-            put(_Failed(exc))
-            return
-        put(done)
-
-    thread = threading.Thread(target=produce, name="virnuc-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            t = time.perf_counter()
-            item = q.get()
-            stats.wait_seconds += time.perf_counter() - t
-            if item is done:
-                return
-            if isinstance(item, _Failed):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _to_device(host: Batch, device: torch.device, idx: np.ndarray, side_stream: Any) -> _Prepared:
-    """Host tensors onto ``device``: pinned and copied on a side stream on CUDA."""
-    if device.type != "cuda":
-        return _Prepared(idx, host)
-    with torch.cuda.stream(side_stream):
-        tensors = {k: v.pin_memory().to(device, non_blocking=True) for k, v in host.items()}
-        ready = torch.cuda.Event()
-        ready.record(side_stream)
-    return _Prepared(idx, tensors, ready)
-
-
-def _use(prepared: _Prepared, device: torch.device) -> Batch:
-    """Make the compute stream wait for ``prepared``'s copy and own its memory."""
-    if prepared.ready is not None:
-        stream = torch.cuda.current_stream(device)
-        stream.wait_event(prepared.ready)
-        for tensor in prepared.tensors.values():
-            tensor.record_stream(stream)
-    return prepared.tensors
-
-
 # -- running batches: OOM halving, then fp32 for non-finite rows ----------------------------
 def _run_batches(
     batches: Iterable[np.ndarray],
-    prepare: Callable[[np.ndarray], _Prepared],
+    prepare: Callable[[np.ndarray], Prepared],
     forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     lengths: np.ndarray,
     out: np.ndarray,
@@ -371,7 +273,7 @@ def _run_batches(
     on_device: list[tuple[np.ndarray, torch.Tensor]] = []
     too_large: dict[int, str] = {}
 
-    def run(prepared: _Prepared) -> None:
+    def run(prepared: Prepared) -> None:
         pending = [prepared]
         while pending:
             item = pending.pop()
@@ -385,7 +287,7 @@ def _run_batches(
                 pending.extend(prepare(idx[p]) for p in reversed(pieces))
                 continue
             try:
-                pooled = forward(_use(item, device))
+                pooled = forward(use(item, device))
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not is_oom(exc):
                     raise
@@ -425,7 +327,7 @@ def _run_batches(
             half = len(idx) // 2
             pending.extend([prepare(idx[half:]), prepare(idx[:half])])
 
-    with contextlib.closing(_prefetched(batches, prepare, stats, enabled=prefetch)) as ready:
+    with contextlib.closing(prefetched(batches, prepare, stats, enabled=prefetch)) as ready:
         for prepared in ready:
             run(prepared)
     if on_device:

@@ -15,8 +15,8 @@ worker.
   device, as an event of topic ``virnuc-dask-models`` on the scheduler, gives
   the resource up and closes with its nanny, so that its tasks go to the
   healthy workers and it is not restarted into the same failure.
-  :func:`wait_for_models` is the client's bounded wait for the first ready
-  worker; :func:`load_failures` lists the failed ones.
+  :mod:`virnuc_dask.dataflow.models_on_workers` has the client's side: the
+  bounded wait for the first ready worker and the list of failed ones.
 - **One task per device.** The ``GPU`` resource lets the scheduler send one
   embedding task at a time; the plugin's device lock makes sure of it inside
   the worker, whatever resources the worker was started with.
@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import socket
 import threading
@@ -44,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import torch
-from distributed import Client, Reschedule, WorkerPlugin, get_worker
+from distributed import Reschedule, WorkerPlugin, get_worker
 
 from virnuc_dask.config import Settings
 from virnuc_dask.core.batching import TokenBudget
@@ -68,7 +67,6 @@ __all__ = [
     "ModelPlugin",
     "ModelSpec",
     "resolve_precision",
-    "wait_for_models",
     "worker_models",
 ]
 
@@ -331,76 +329,3 @@ def worker_models(*, timeout: float = MODEL_LOAD_TIMEOUT) -> ModelPlugin:
     if plugin.state != "ready":
         raise Reschedule()
     return plugin.activate()
-
-
-# -- the client's side ------------------------------------------------------------------------
-
-
-def _status(dask_worker: Any) -> dict[str, Any]:
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    if plugin is None:
-        return {"worker": dask_worker.address, "state": "new"}
-    return plugin.status()
-
-
-def model_status(client: Client) -> dict[str, dict[str, Any]]:
-    """Every connected worker's :meth:`ModelPlugin.status`."""
-    return client.run(_status, on_error="ignore")
-
-
-# How long the client lets failed workers finish leaving before it reports them.
-LEAVE_WAIT_S = 15.0
-# Worker and client clocks may differ a little (other hosts).
-CLOCK_SLACK_S = 2.0
-
-
-def load_failures(client: Client, *, since: float = 0.0) -> list[dict[str, Any]]:
-    """Workers whose models could not be loaded (from scheduler events), at ``since``
-    (``time.time()``, the registration of this run's plugin) or later."""
-    failed = {}
-    for _, msg in client.get_events(EVENT_TOPIC):
-        if (
-            isinstance(msg, dict)
-            and msg.get("state") == "failed"
-            and msg.get("time", 0) >= since - CLOCK_SLACK_S
-        ):
-            failed[msg["worker"]] = msg
-    return list(failed.values())
-
-
-def wait_for_models(
-    client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT, poll: float = 0.25, since: float = 0.0
-) -> dict[str, dict[str, Any]]:
-    """Wait until a worker has its models ready; every worker's status.
-
-    Raises :class:`ModelLoadError` when every worker failed (each named with its
-    error), when no worker is left, or after ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    deadline_leave = math.inf
-    while True:
-        statuses = model_status(client)
-        if any(s["state"] == "ready" for s in statuses.values()):
-            return statuses
-        if not any(s["state"] in ("new", "loading") for s in statuses.values()):
-            deadline_leave = min(deadline_leave, time.monotonic() + LEAVE_WAIT_S)
-        leaving = [a for a, s in statuses.items() if s["state"] == "failed"]
-        if leaving and time.monotonic() < min(deadline_leave, deadline):
-            # Failed workers close themselves; let them finish before the caller, about
-            # to stop, closes the cluster under them.
-            time.sleep(poll)
-            continue
-        if not any(s["state"] in ("new", "loading") for s in statuses.values()):
-            failures = load_failures(client, since=since)
-            reasons = (
-                "; ".join(f["error"] for f in failures) or "no worker is connected to the scheduler"
-            )
-            raise ModelLoadError(f"no worker could load the models: {reasons}")
-        if time.monotonic() > deadline:
-            loading = sorted(a for a, s in statuses.items() if s["state"] != "failed")
-            raise ModelLoadError(
-                f"no worker finished loading the models within {timeout:.0f} s (still "
-                f"loading: {', '.join(loading)}); check the model files and the workers' "
-                "logs"
-            )
-        time.sleep(poll)

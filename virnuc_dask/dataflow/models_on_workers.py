@@ -1,0 +1,135 @@
+"""The models on the workers, from the client: the plugin registered, each worker's
+status, the bounded wait for every worker to load (or fail to), the workers whose load
+failed, and what the loaded models are (widths, precision, device)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from distributed import Client
+
+from virnuc_dask.cluster.workers import torch_threads_by_host
+from virnuc_dask.config import Settings
+from virnuc_dask.dataflow.dashboard import ThroughputMetrics
+from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.worker.plugin import (
+    EVENT_TOPIC,
+    MODEL_LOAD_TIMEOUT,
+    PLUGIN_NAME,
+    ModelPlugin,
+    ModelSpec,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def load_models(settings: Settings, client: Client) -> dict[str, Any]:
+    """Register the models of ``settings`` on every worker and wait for them.
+
+    Returns the facts of :func:`model_facts` and ``registered`` (the time of
+    registration: load failures after it belong to this run). Raises
+    :class:`~virnuc_dask.errors.ModelLoadError` when no worker could load them or the
+    classifier does not take the two models' widths.
+    """
+    spec = ModelSpec.from_settings(
+        settings, threads_by_host=tuple(torch_threads_by_host(client).items())
+    )
+    registered = time.time()
+    client.register_plugin(ModelPlugin(spec))
+    client.register_plugin(ThroughputMetrics())
+    # Bounded: stops when every worker failed to load (naming each) or after a timeout.
+    statuses = wait_for_models(client, since=registered)
+    facts = {**model_facts(statuses), "registered": registered}
+    width = facts["dnabert"] + facts["esm"]
+    if settings.classifier is not None and facts["classifier_input"] != width:
+        raise ModelLoadError(
+            f"{settings.classifier}: classifier expects {facts['classifier_input']} features, "
+            f"but DNABERT-S ({facts['dnabert']}) + ESM-2 ({facts['esm']}) give {width}"
+        )
+    return facts
+
+
+def model_facts(statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Widths, precision and device of the first worker whose models are ready."""
+    ready = [s for _, s in sorted(statuses.items()) if s["state"] == "ready"]
+    first = ready[0]
+    precisions = sorted({s["precision"] for s in ready})
+    if len(precisions) > 1:
+        logger.warning(
+            "workers embed in different precisions (%s); each is listed in the run summary",
+            ", ".join(precisions),
+        )
+    return {**first["dims"], "precision": first["precision"], "device": first["device"]}
+
+
+def _status(dask_worker: Any) -> dict[str, Any]:
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if plugin is None:
+        return {"worker": dask_worker.address, "state": "new"}
+    return plugin.status()
+
+
+def model_status(client: Client) -> dict[str, dict[str, Any]]:
+    """Every connected worker's :meth:`ModelPlugin.status`."""
+    return client.run(_status, on_error="ignore")
+
+
+# How long the client lets failed workers finish leaving before it reports them.
+LEAVE_WAIT_S = 15.0
+# Worker and client clocks may differ a little (other hosts).
+CLOCK_SLACK_S = 2.0
+
+
+def load_failures(client: Client, *, since: float = 0.0) -> list[dict[str, Any]]:
+    """Workers whose models could not be loaded (from scheduler events), at ``since``
+    (``time.time()``, the registration of this run's plugin) or later."""
+    failed = {}
+    for _, msg in client.get_events(EVENT_TOPIC):
+        if (
+            isinstance(msg, dict)
+            and msg.get("state") == "failed"
+            and msg.get("time", 0) >= since - CLOCK_SLACK_S
+        ):
+            failed[msg["worker"]] = msg
+    return list(failed.values())
+
+
+def wait_for_models(
+    client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT, poll: float = 0.25, since: float = 0.0
+) -> dict[str, dict[str, Any]]:
+    """Wait until a worker has its models ready; every worker's status.
+
+    Raises :class:`ModelLoadError` when every worker failed (each named with its
+    error), when no worker is left, or after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    deadline_leave = math.inf
+    while True:
+        statuses = model_status(client)
+        if any(s["state"] == "ready" for s in statuses.values()):
+            return statuses
+        if not any(s["state"] in ("new", "loading") for s in statuses.values()):
+            deadline_leave = min(deadline_leave, time.monotonic() + LEAVE_WAIT_S)
+        leaving = [a for a, s in statuses.items() if s["state"] == "failed"]
+        if leaving and time.monotonic() < min(deadline_leave, deadline):
+            # Failed workers close themselves; let them finish before the caller, about
+            # to stop, closes the cluster under them.
+            time.sleep(poll)
+            continue
+        if not any(s["state"] in ("new", "loading") for s in statuses.values()):
+            failures = load_failures(client, since=since)
+            reasons = (
+                "; ".join(f["error"] for f in failures) or "no worker is connected to the scheduler"
+            )
+            raise ModelLoadError(f"no worker could load the models: {reasons}")
+        if time.monotonic() > deadline:
+            loading = sorted(a for a, s in statuses.items() if s["state"] != "failed")
+            raise ModelLoadError(
+                f"no worker finished loading the models within {timeout:.0f} s (still "
+                f"loading: {', '.join(loading)}); check the model files and the workers' "
+                "logs"
+            )
+        time.sleep(poll)
