@@ -188,17 +188,20 @@ def embed_inputs(
     tick("read", 0, len(blocks))
     buckets = _dedup_buckets(settings)
     # (No retries: a read fails because of the file, and would fail again.)
-    summaries = client.gather(
-        client.map(
-            read_block_task,
-            blocks,
-            chunk_size=settings.length,
-            root=root,
-            buckets=buckets,
-            select=select,
-            key=[unique_key("read_orfs") for _ in blocks],
-        )
+    reading = client.map(
+        read_block_task,
+        blocks,
+        chunk_size=settings.length,
+        root=root,
+        buckets=buckets,
+        select=select,
+        key=[unique_key("read_orfs") for _ in blocks],
     )
+    try:
+        summaries = client.gather(reading)
+    except BaseException:
+        client.cancel(reading)  # on a shared cluster: the blocks not yet read are not read
+        raise
     empty_inputs = files_without_records(blocks, [len(h) for _, h in summaries])
     duplicates = duplicate_reads([h for _, h in summaries])
     counts = [n for n, _ in summaries]

@@ -31,6 +31,7 @@ import io
 import os
 import pickle
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,8 +57,16 @@ def reset(out: str | os.PathLike[str]) -> Path:
     return root
 
 
-def remove(out: str | os.PathLike[str]) -> None:
-    shutil.rmtree(scratch_dir(out), ignore_errors=True)
+def remove(out: str | os.PathLike[str], *, attempts: int = 20) -> None:
+    """Remove the scratch directory. A run that stops on an error may leave tasks
+    writing into it for a moment (on a cluster it does not own); they create no
+    directory above their block's, so once it is gone they fail instead of writing."""
+    root = scratch_dir(out)
+    for _ in range(attempts):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        time.sleep(0.05)  # a file created while the tree was being removed
 
 
 def _block_dir(root: Path, block: int) -> Path:
@@ -85,7 +94,7 @@ def _write(path: Path, data) -> None:
 def write_table(root: str | os.PathLike[str], table: BlockOrfs, *, buckets: int = 0) -> None:
     """Write ``table``'s columns (and, ``buckets`` > 0, its hash buckets) under ``root``."""
     where = _block_dir(Path(root), table.block)
-    where.mkdir(parents=True, exist_ok=True)
+    where.mkdir(exist_ok=True)  # not its parents: a removed scratch stays removed
     columns = {
         "ids": [o.id for o in table.orfs],
         "nucleotide": [o.nucleotide for o in table.orfs],
@@ -164,7 +173,8 @@ def dedup_bucket(
     pair_rows, pair_sources = r[repeated], source[repeated]
     by_row = np.argsort(pair_rows, kind="stable")
     target = root / "dedup" / model
-    target.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(exist_ok=True)  # not the scratch itself: see remove()
+    target.mkdir(exist_ok=True)
     _save(target / f"{bucket:05d}.row.npy", pair_rows[by_row])
     _save(target / f"{bucket:05d}.source.npy", pair_sources[by_row])
     return len(r), int(first.sum())

@@ -12,8 +12,12 @@ read, reads too short for an ORF, an input without any ORF.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gzip
 import hashlib
+import io
+import logging
 import os
 import random
 import resource
@@ -23,7 +27,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from distributed import LocalCluster
 from helpers import REFERENCE, TINY, predict_command
+
+from virnuc_dask.cli.main import main
 
 BASIC = REFERENCE / "dev" / "basic" / "input.fa"
 RESULTS = (
@@ -34,9 +41,22 @@ RESULTS = (
 )
 
 
+@dataclasses.dataclass
+class Ran:
+    returncode: int
+    stderr: str
+
+
 def run_cli(
-    inputs, out: Path, *extra: str, limit_file_size: int | None = None, **models: str
-) -> subprocess.CompletedProcess:
+    inputs,
+    out: Path,
+    *extra: str,
+    scheduler: str | None = None,
+    limit_file_size: int | None = None,
+    **models: str,
+) -> Ran:
+    """``virnuc-dask predict`` on ``inputs``: in this process on ``scheduler``'s cluster,
+    or (with a file size limit, or without a scheduler) as a process of its own."""
     command = [
         *predict_command(*inputs, **models),
         "--out",
@@ -45,24 +65,58 @@ def run_cli(
         "37",
         *extra,
     ]
+    if scheduler is not None and limit_file_size is None:
+        # The worker runs in this process: its own log ("Compute Failed" for the task
+        # that raised) would be in its process's log, not on the command's stderr.
+        worker_log = logging.getLogger("distributed.worker")
+        level, worker_log.level = worker_log.level, logging.CRITICAL
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                code = main([*command[3:], "--scheduler", scheduler])
+        finally:
+            worker_log.setLevel(level)
+        return Ran(code, stderr.getvalue())
 
     def limit() -> None:  # Python ignores SIGXFSZ: writes past the limit fail with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
 
-    return subprocess.run(
+    proc = subprocess.run(
         command,
         capture_output=True,
         text=True,
         timeout=600,
         preexec_fn=limit if limit_file_size else None,
     )
+    return Ran(proc.returncode, proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """An in-process cluster shared by the runs (a worker that fails to load the models
+    closes itself: runs with a broken model start a cluster of their own)."""
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def run(scheduler):
+    """:func:`run_cli` on the shared cluster."""
+
+    def run(inputs, out: Path, *extra: str, **options) -> Ran:
+        shared = None if set(options) & {"esm_model", "dnabert_model", "classifier"} else scheduler
+        return run_cli(inputs, out, *extra, scheduler=shared, **options)
+
+    return run
 
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " ERROR " in line]
 
 
-def assert_fails_cleanly(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+def assert_fails_cleanly(proc: Ran, *fragments: str) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     (line,) = error_lines(proc.stderr)
@@ -83,10 +137,10 @@ def rows(path: Path) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def previous(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def previous(tmp_path_factory, run) -> tuple[Path, dict[str, str]]:
     """An output directory holding a complete earlier run (of dev/basic)."""
     out = tmp_path_factory.mktemp("previous")
-    proc = run_cli([BASIC], out)
+    proc = run([BASIC], out)
     assert proc.returncode == 0, proc.stderr
     return out, digests(out)
 
@@ -218,16 +272,16 @@ STOPPERS = {
 
 
 @pytest.mark.parametrize("case", sorted(STOPPERS))
-def test_bad_input_stops_the_run_and_keeps_earlier_results(previous, tmp_path, case):
+def test_bad_input_stops_the_run_and_keeps_earlier_results(previous, tmp_path, case, run):
     out, before = previous
     make, fragments = STOPPERS[case]
     inputs, models = make(tmp_path)
-    proc = run_cli(inputs, out, "--overwrite", **models)
+    proc = run(inputs, out, "--overwrite", **models)
     assert_fails_cleanly(proc, *fragments)
     assert digests(out) == before
 
 
-def test_unwritable_output_directory(tmp_path):
+def test_unwritable_output_directory(tmp_path, run):
     parent = tmp_path / "locked"
     parent.mkdir()
     if os.geteuid() == 0:  # root writes through permissions: use a read-only filesystem
@@ -239,7 +293,7 @@ def test_unwritable_output_directory(tmp_path):
     else:
         parent.chmod(0o555)
     try:
-        proc = run_cli([BASIC], parent / "out")
+        proc = run([BASIC], parent / "out")
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", str(parent)], check=True)
@@ -279,35 +333,35 @@ def small_filesystem(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_filesystem(previous, small_filesystem):
+def test_full_filesystem(previous, small_filesystem, run):
     """ENOSPC while embedding, then while writing the results of a finished run."""
     expected, _ = previous
     out, filler = small_filesystem / "out", small_filesystem / "filler"
     fill(filler, leave=48 * 1024)
-    proc = run_cli([BASIC], out)
+    proc = run([BASIC], out)
     assert_fails_cleanly(proc, str(out), "No space left on device")
     filler.unlink()
-    proc = run_cli([BASIC], out)  # space again: resumes, ends as an uninterrupted run
+    proc = run([BASIC], out)  # space again: resumes, ends as an uninterrupted run
     assert proc.returncode == 0, proc.stderr
     for name in RESULTS:
         assert (out / name).read_bytes() == (expected / name).read_bytes()
 
     before = digests(out)
     fill(filler, leave=8 * 1024)
-    proc = run_cli([BASIC], out)
+    proc = run([BASIC], out)
     assert_fails_cleanly(proc, str(out), "No space left on device")
     assert digests(out) == before
 
 
 @pytest.mark.slow
-def test_file_size_limit(previous, tmp_path):
+def test_file_size_limit(previous, tmp_path, run):
     """EFBIG (ulimit -f) while writing the ORF tables beside the store, then while writing
     the results of a finished run."""
     expected, _ = previous
     out = tmp_path / "out"
     proc = run_cli([BASIC], out, limit_file_size=8192)
     assert_fails_cleanly(proc, str(out / ".scratch"), "File too large")
-    proc = run_cli([BASIC], out)
+    proc = run([BASIC], out)
     assert proc.returncode == 0, proc.stderr
     for name in RESULTS:
         assert (out / name).read_bytes() == (expected / name).read_bytes()
@@ -327,10 +381,10 @@ def write(tmp: Path, name: str, data: str | bytes) -> Path:
     return path
 
 
-def run_partial(tmp: Path, inputs) -> tuple[list[list[str]], dict[str, list[str]]]:
+def run_partial(run, tmp: Path, inputs) -> tuple[list[list[str]], dict[str, list[str]]]:
     """Run expecting exit 2; the failed records and the read rows by id."""
     out = tmp / "out"
-    proc = run_cli(inputs, out)
+    proc = run(inputs, out)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and not error_lines(proc.stderr)
     assert "records failed; see" in proc.stderr
@@ -340,59 +394,59 @@ def run_partial(tmp: Path, inputs) -> tuple[list[list[str]], dict[str, list[str]
 ORF_READ = "ATGAAACCCGGGTTTAAACCCGGGATGCCC"
 
 
-def test_empty_input_file(tmp_path):
+def test_empty_input_file(tmp_path, run):
     empty = write(tmp_path, "empty.fa", "")
-    failed, reads = run_partial(tmp_path, [empty])
+    failed, reads = run_partial(run, tmp_path, [empty])
     assert failed == [[str(empty), "input", "holds no FASTA record (empty file)"]]
     assert reads == {}
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
         assert len((tmp_path / "out" / name).read_text().splitlines()) == 1
 
 
-def test_records_with_an_empty_sequence(tmp_path):
+def test_records_with_an_empty_sequence(tmp_path, run):
     path = write(tmp_path, "in.fa", f">r1\n{ORF_READ}\n>r2 nothing\n>r3\n{ORF_READ}\n")
-    failed, reads = run_partial(tmp_path, [path])
+    failed, reads = run_partial(run, tmp_path, [path])
     assert failed == [["r2", "read", f"empty sequence ({path}, line 3)"]]
     assert reads["r2"][-1] == "failed" and reads["r1"][-1] in ("virus", "others")
 
 
-def test_header_only_file(tmp_path):
+def test_header_only_file(tmp_path, run):
     path = write(tmp_path, "in.fa", ">only_a_header\n")
-    failed, reads = run_partial(tmp_path, [path])
+    failed, reads = run_partial(run, tmp_path, [path])
     assert failed == [["only_a_header", "read", f"empty sequence ({path}, line 1)"]]
     assert reads["only_a_header"][-1] == "failed"
 
 
-def test_duplicate_read_ids(tmp_path):
+def test_duplicate_read_ids(tmp_path, run):
     first = write(tmp_path, "a.fa", f">r1\n{ORF_READ}\n>r2\n{ORF_READ}\n")
     second = write(tmp_path, "b.fa", f">r2\n{ORF_READ}\n")
-    failed, reads = run_partial(tmp_path, [first, second])
+    failed, reads = run_partial(run, tmp_path, [first, second])
     assert failed == [["r2", "read", f"duplicate read id ({second}, line 1)"]]
     assert len(reads) == 2  # one row per id: the first occurrence's
 
 
-def test_characters_that_are_not_nucleotides(tmp_path):
+def test_characters_that_are_not_nucleotides(tmp_path, run):
     path = write(tmp_path, "in.fa", f">ok\n{ORF_READ}\n>digits\nACGT12ACGT\n>umlaut\nACGÄT\n")
-    failed, _ = run_partial(tmp_path, [path])
+    failed, _ = run_partial(run, tmp_path, [path])
     assert [r[0] for r in failed] == ["digits", "umlaut"]
     assert "not IUPAC nucleotide codes: '1','2'" in failed[0][2]
     assert f"({path}, line 5)" in failed[1][2]
 
 
-def test_windows_line_endings_give_the_same_results(previous, tmp_path):
+def test_windows_line_endings_give_the_same_results(previous, tmp_path, run):
     expected, _ = previous
     crlf = write(tmp_path, "crlf.fa", BASIC.read_bytes().replace(b"\n", b"\r\n"))
-    proc = run_cli([crlf], tmp_path / "out")
+    proc = run([crlf], tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     for name in RESULTS:
         assert (tmp_path / "out" / name).read_bytes() == (expected / name).read_bytes()
 
 
-def test_a_read_of_one_megabase(tmp_path):
+def test_a_read_of_one_megabase(tmp_path, run):
     rng = random.Random(7)
     sequence = "".join(rng.choice("ACGT") for _ in range(1_000_000))
     lines = "\n".join(sequence[i : i + 80] for i in range(0, len(sequence), 80))
-    proc = run_cli(
+    proc = run(
         [write(tmp_path, "long.fa", f">long\n{lines}\n>short\n{ORF_READ}\n")], tmp_path / "out"
     )
     assert proc.returncode == 0, proc.stderr
@@ -402,10 +456,10 @@ def test_a_read_of_one_megabase(tmp_path):
     assert sum(r[0].startswith("long_chunk_") for r in orfs) == int(reads["long"][4]) > 0
 
 
-def test_input_without_any_orf(tmp_path):
+def test_input_without_any_orf(tmp_path, run):
     """Reads shorter than a codon and reads with a stop codon in every frame."""
     path = write(tmp_path, "in.fa", ">a\nA\n>b\nAC\n>c\nCTAGCTAGCTAGCTAG\n>d\nctagctagctag\n")
-    proc = run_cli([path], tmp_path / "out")
+    proc = run([path], tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     out = tmp_path / "out"

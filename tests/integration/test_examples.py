@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dask.array as da
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "walkthrough.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "walkthrough.py"
 
 
 def code_cells(path: Path) -> list[str]:

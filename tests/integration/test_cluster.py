@@ -19,7 +19,7 @@ from pathlib import Path
 import dask
 import pytest
 from distributed import Client, LocalCluster
-from helpers import TINY, assert_matches_reference, predict_command, write_perf_reads
+from helpers import REFERENCE, TINY, assert_matches_reference, predict_command, write_perf_reads
 
 from virnuc_dask.cluster.start import open_client
 from virnuc_dask.cluster.workers import WORKER_ENV, WORKER_ENV_VALUE, WORKER_ENV_VARIABLE
@@ -27,7 +27,6 @@ from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
 BIN = Path(sys.executable).parent
-REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "reference"
 STAGES = ("read_orfs", "dedup", "partition", "embed", "classify", "write-results")
 
 
@@ -323,7 +322,7 @@ def test_scheduler_without_workers_ends_the_run(tmp_path):
     with LocalCluster(n_workers=0, dashboard_address=":0") as cluster:
         started = time.monotonic()
         proc = _predict_cli(
-            REFERENCE_DIR,
+            REFERENCE,
             tmp_path,
             "basic",
             300,

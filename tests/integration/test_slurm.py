@@ -17,7 +17,7 @@ from helpers import TINY, assert_matches_reference, model_flags, write_perf_read
 # One xdist worker runs them all: they share the session's SLURM.
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "virnuc-dask")
 MODELS = model_flags()
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_predictions.tsv")
