@@ -202,6 +202,7 @@ def embed_inputs(
     except BaseException:
         client.cancel(reading)  # on a shared cluster: the blocks not yet read are not read
         raise
+    del reading  # the workers release the summaries
     empty_inputs = files_without_records(blocks, [len(h) for _, h in summaries])
     duplicates = duplicate_reads([h for _, h in summaries])
     counts = [n for n, _ in summaries]
