@@ -78,7 +78,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def client():
-    """A one-worker in-process LocalCluster as the CLI starts it (module-scoped)."""
+    """A one-worker LocalCluster in this process, with the CLI's worker settings and the
+    ``GPU`` resource (module-scoped); tests of worker processes start their own."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -89,7 +90,7 @@ def client():
         LocalCluster(
             n_workers=1,
             threads_per_worker=2,
-            processes=True,
+            processes=False,
             resources={"GPU": 1},
             dashboard_address=":0",
         ) as cluster,
