@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from helpers import REFERENCE, TINY, predict_command
+from helpers import REFERENCE, TINY, predict_command, write_perf_reads
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
@@ -189,13 +189,19 @@ def test_overwrite_starts_afresh_without_stale_partitions(client, complete, tmp_
 
 
 def cli(reads: Path, out: Path) -> list[str]:
-    return [*predict_command(reads, length=500), "--out", str(out), "--partition-rows", "64"]
+    return [*predict_command(reads, length=500), "--out", str(out), "--partition-rows", "32"]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, reads_2k) -> Path:
+def reads(tmp_path_factory) -> Path:
+    """800 reads: about 60 partitions of 32 ORFs, enough for four interruptions."""
+    return write_perf_reads(tmp_path_factory.mktemp("reads") / "reads.fa", 800, seed=5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, reads) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted")
-    proc = subprocess.run(cli(reads_2k, out), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cli(reads, out), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -256,17 +262,17 @@ def interrupt(reads: Path, out: Path, how: str, after: int) -> int:
 
 
 @pytest.mark.slow
-def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, reads_2k, tmp_path):
+def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, reads, tmp_path):
     """Ctrl-C, SIGTERM, SIGKILL of the client alone, SIGKILL of the whole process group,
     each while partitions are being embedded; then the same command to the end."""
     out = tmp_path / "out"
     total = json.loads((uninterrupted / "run_summary.json").read_text())["partitions"]["total"]
     done = 0
     for how in ("ctrl-c", "sigterm", "sigkill-client", "sigkill-group"):
-        now = interrupt(reads_2k, out, how, after=done + 5)
+        now = interrupt(reads, out, how, after=done + 5)
         assert done + 5 <= now < total, how
         done = now
-    again = subprocess.run(cli(reads_2k, out), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cli(reads, out), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "Traceback" not in again.stderr
     summary = json.loads((out / "run_summary.json").read_text())
