@@ -277,7 +277,7 @@ def test_after_an_oom_later_batches_and_calls_are_cut_to_fit(esm, monkeypatch):
 
 def test_a_sequence_too_large_keeps_the_finished_batches(esm, monkeypatch):
     """The record that does not fit alone fails; every other one is embedded once."""
-    from virnuc_dask.worker.task import FailureGuard, isolate_failures
+    from virnuc_dask.dataflow.partition_task import FailureGuard, isolate_failures
 
     model, alphabet = esm
     prots = proteins(30, 5)
@@ -329,7 +329,7 @@ def test_fp16_overflow_is_computed_again_in_fp32_not_failed(monkeypatch):
 
 
 def test_fp16_overflow_in_the_pipeline_is_not_a_failed_record(monkeypatch):
-    from virnuc_dask.worker.task import FailureGuard, isolate_failures
+    from virnuc_dask.dataflow.partition_task import FailureGuard, isolate_failures
 
     model, tokenizer = load_dnabert(TINY["dnabert_model"], dtype=torch.float16)
     seqs = [dna(90 + 7 * s, s) for s in range(5)]

@@ -80,6 +80,60 @@ def test_a_cycle_would_be_found():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
+# The layers, lowest first: a package or top-level module imports only from lower ranks
+# (worker and cluster, side by side, not from each other).
+RANKS = {
+    "errors": 0,
+    "rundir": 0,
+    "formatting": 0,
+    "config": 1,
+    "core": 2,
+    "models": 3,
+    "manifest": 4,
+    "events": 5,
+    "worker": 6,
+    "cluster": 6,
+    "dataflow": 7,
+    "train": 8,
+    "tools": 9,
+    "api": 10,
+    "cli": 10,
+    "__main__": 11,
+}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name} imports {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if _layer(name) is not None
+        and _layer(name) != _layer(target)
+        and RANKS[_layer(target)] >= RANKS[_layer(name)]
+    )
+
+
+def test_layers_import_only_downwards():
+    assert {_layer(m) for m in MODULES} - {None} == set(RANKS)
+    assert _upward(_graph(top_level_only=False)) == []
+
+
+def test_an_upward_import_would_be_found():
+    graph = {
+        "virnuc_dask.worker.task": {"virnuc_dask.dataflow.store", "virnuc_dask.core.plan"},
+        "virnuc_dask.worker.plugin": {"virnuc_dask.cluster.workers"},
+    }
+    assert _upward(graph) == [
+        "virnuc_dask.worker.plugin imports virnuc_dask.cluster.workers",
+        "virnuc_dask.worker.task imports virnuc_dask.dataflow.store",
+    ]
+
+
 def test_core_is_pure():
     """Biology and batching import neither torch nor Dask, nor any other layer."""
     for name, path in MODULES.items():

@@ -24,10 +24,10 @@ from virnuc_dask.config import load_settings
 from virnuc_dask.core.fasta import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.dataflow.models_on_workers import model_status, wait_for_models
+from virnuc_dask.dataflow.partition_task import PartitionJob, embed_partition
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.worker.plugin import EVENT_TOPIC, ModelPlugin, ModelSpec
-from virnuc_dask.worker.task import PartitionJob, embed_partition
 
 INPUT = REFERENCE / "dev" / "basic" / "input.fa"
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "read_predictions.tsv")

@@ -30,12 +30,12 @@ from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.config import load_settings
 from virnuc_dask.core.fasta import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
+from virnuc_dask.dataflow.partition_task import SYSTEMIC_FAILURES, FailureGuard, isolate_failures
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
 from virnuc_dask.worker.batch_runner import SequenceTooLarge
 from virnuc_dask.worker.plugin import PLUGIN_NAME
-from virnuc_dask.worker.task import SYSTEMIC_FAILURES, FailureGuard, isolate_failures
 
 RESULTS = (
     "prediction_results.txt",

@@ -19,17 +19,17 @@ from virnuc_dask.dataflow.dashboard import (
     unique_key,
 )
 from virnuc_dask.dataflow.models_on_workers import load_failures, model_status
-from virnuc_dask.dataflow.store import EmbeddingStore
-from virnuc_dask.dataflow.tasks import load_partition
-from virnuc_dask.errors import ModelLoadError, SystemicFailure
-from virnuc_dask.manifest import PartitionResult
-from virnuc_dask.worker.plugin import EMBED_RESOURCE
-from virnuc_dask.worker.task import (
+from virnuc_dask.dataflow.partition_task import (
     SYSTEMIC_FAILURES,
     PartitionJob,
     embed_partition,
     store_partition,
 )
+from virnuc_dask.dataflow.store import EmbeddingStore
+from virnuc_dask.dataflow.tasks import load_partition
+from virnuc_dask.errors import ModelLoadError, SystemicFailure
+from virnuc_dask.manifest import PartitionResult
+from virnuc_dask.worker.plugin import EMBED_RESOURCE
 
 logger = logging.getLogger(__name__)
 

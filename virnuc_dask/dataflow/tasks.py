@@ -12,6 +12,9 @@ from virnuc_dask.core.fasta import FastaBlock
 from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow.outputs import BlockCounts, write_block
+from virnuc_dask.dataflow.partition_task import (
+    PartitionRows,
+)
 from virnuc_dask.dataflow.scratch import (
     read_column,
     read_reads,
@@ -24,9 +27,6 @@ from virnuc_dask.dataflow.store import (
 from virnuc_dask.models.classifier import score
 from virnuc_dask.worker.plugin import (
     worker_models,
-)
-from virnuc_dask.worker.task import (
-    PartitionRows,
 )
 
 logger = logging.getLogger(__name__)

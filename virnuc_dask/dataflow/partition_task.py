@@ -1,20 +1,20 @@
 """One embedding partition on a worker: both models, failing records isolated, rows stored.
 
 Each model embeds the whole partition in one call (token-budget batches; a batch
-that runs out of device memory is halved inside :mod:`.embed`). When a call
-raises for any other reason, the records are bisected: each half is embedded on
-its own, recursively, until the records that fail alone are found. Those are
-reported as failed (their rows stay zero and they get no score); every other
-record is embedded normally. A record that does not fit in device memory even
-alone (:class:`.embed.SequenceTooLarge`) is failed directly. A record that fails
-in DNABERT-S is not given to ESM-2.
+that runs out of device memory is halved inside the batch runner,
+:mod:`virnuc_dask.worker.batch_runner`). When a call raises for any other reason, the
+records are bisected: each half is embedded on its own, recursively, until the records
+that fail alone are found. Those are reported as failed (their rows stay zero and they
+get no score); every other record is embedded normally. A record that does not fit in
+device memory even alone (``SequenceTooLarge``) is failed directly. A record that
+fails in DNABERT-S is not given to ESM-2.
 
 A fault that is not in the records (unusable weights, a broken driver, a
 poisoned CUDA context) makes every record fail. Rather than trying each record
-of the partition alone, the task stops with :class:`.errors.SystemicFailure`
-once ``SYSTEMIC_FAILURES`` records in a row have failed with no success between
-them. A partition none of whose records could be embedded is written but not
-recorded as finished: the next run tries it again.
+of the partition alone, the task stops with ``SystemicFailure`` once
+``SYSTEMIC_FAILURES`` records in a row have failed with no success between them.
+A partition none of whose records could be embedded is written but not recorded
+as finished: the next run tries it again.
 
 The rows are written by a task of their own (:func:`store_partition`), which a
 worker's second thread runs while the device embeds the next partition.
