@@ -133,6 +133,17 @@ def test_dask_config_beats_packaged_defaults_and_file_beats_both(tmp_path):
         assert "#SBATCH -p from-file" in job_script("slurm", config_file=config).splitlines()
 
 
+def test_defaults_come_back_after_a_config_set_removed_them(monkeypatch):
+    """A ``dask.config.set`` of a jobqueue key, entered before the defaults were first
+    registered, removes the whole section when it ends (as a notebook may do)."""
+    before = job_script("slurm")
+    monkeypatch.delitem(dask.config.config, "jobqueue")
+    with dask.config.set({"jobqueue.slurm.queue": "set-here"}):
+        assert "#SBATCH -p set-here" in job_script("slurm").splitlines()
+    assert job_script("slurm") == before
+    assert "#SBATCH -J virnuc-dask" in before.splitlines()
+
+
 def test_explicit_gpu_requests_are_kept(tmp_path):
     config = site_config(
         tmp_path,

@@ -58,6 +58,15 @@ def _register_jobqueue_defaults() -> None:
         packaged = yaml.safe_load(JOBQUEUE_DEFAULTS.read_text())
         dask.config.update_defaults({"jobqueue": packaged["jobqueue"]})
         _registered.append(JOBQUEUE_DEFAULTS)
+        return
+    # A ``dask.config.set({"jobqueue...": ...})`` entered before the first registration
+    # removes the whole section when it ends: merge the defaults back under what is set,
+    # the later registered (ours, after dask_jobqueue's) first.
+    for defaults in reversed(dask.config.defaults):
+        if "jobqueue" in defaults:
+            dask.config.update(
+                dask.config.config, {"jobqueue": defaults["jobqueue"]}, priority="old"
+            )
 
 
 def worker_profile(worker_type: str) -> dict[str, Any]:
