@@ -118,3 +118,17 @@ def test_no_texts_no_work():
     adapter = CharAdapter(CharMean())
     out, stats = embed(adapter, [], toks_per_batch=10)
     assert out.shape == (0, 4) and stats.batches == 0 and adapter.tokenized == []
+
+
+def test_every_counter_reaches_the_manifest():
+    """A partition's ``ModelStats`` sums the runner's counters by name: none is dropped."""
+    from virnuc_dask.manifest import ModelStats
+    from virnuc_dask.worker.batch_runner import StageStats
+
+    counters = StageStats(sequences=3, batches=2, real_tokens=10, padded_tokens=12, seconds=0.5)
+    total = ModelStats.total([counters.as_dict(), counters.as_dict()], rows=6, unique=6)
+    assert {f.name for f in dataclasses.fields(StageStats)} <= {
+        f.name for f in dataclasses.fields(ModelStats)
+    }
+    assert (total.sequences, total.batches, total.padded_tokens) == (6, 4, 24)
+    assert total.seconds == 1.0 and total.rows == 6
