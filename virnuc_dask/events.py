@@ -21,9 +21,6 @@ from collections.abc import Callable
 
 from virnuc_dask.manifest import PartitionResult
 
-#: Stages of a prediction, in order (``embed`` covers both models); training adds ``train``.
-STAGES = ("models", "read", "embed", "classify", "write")
-
 
 @dataclasses.dataclass(frozen=True)
 class ProgressEvent:

@@ -41,8 +41,9 @@ from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
 from virnuc_dask.manifest import FailedRecord, ModelStats, PartitionResult
-from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge
-from virnuc_dask.worker.embed import embed_dnabert, embed_esm
+from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, embed
+from virnuc_dask.worker.embed import DnabertAdapter, EsmAdapter
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)
@@ -209,36 +210,27 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     dims = models.dims
     # Held here, so that a plugin torn down meanwhile (worker closing) cannot pull the
     # models from under this task and make every record look failed.
-    dnabert_model, tokenizer, esm_model, alphabet, device = (
-        models.dnabert,
-        models.tokenizer,
-        models.esm,
-        models.alphabet,
-        models.device,
-    )
-    ids, nucleotides, proteins = rows.ids, rows.nucleotides, rows.proteins
+    adapters = {
+        "dnabert": DnabertAdapter(models.dnabert, models.tokenizer),
+        "esm": EsmAdapter(models.esm, models.alphabet),
+    }
+    device = models.device
+    ids = rows.ids
+    texts = {"dnabert": rows.nucleotides, "esm": rows.proteins}
     row_start = job.row_start
     here = np.arange(row_start, row_start + len(rows), dtype=np.int64)
 
-    def dnabert(idx: np.ndarray) -> tuple[np.ndarray, Any]:
-        return embed_dnabert(
-            dnabert_model,
-            tokenizer,
-            [nucleotides[i] for i in idx],
-            toks_per_batch=job.ceiling("dnabert"),
-            device=device,
-            budget=models.budget("dnabert"),
-        )
+    def embedder(stage: str) -> Embed:
+        def run(idx: np.ndarray) -> tuple[np.ndarray, Any]:
+            return embed(
+                adapters[stage],
+                [texts[stage][i] for i in idx],
+                toks_per_batch=job.ceiling(stage),
+                device=device,
+                budget=models.budget(stage),
+            )
 
-    def esm(idx: np.ndarray) -> tuple[np.ndarray, Any]:
-        return embed_esm(
-            esm_model,
-            alphabet,
-            [proteins[i] for i in idx],
-            toks_per_batch=job.ceiling("esm"),
-            device=device,
-            budget=models.budget("esm"),
-        )
+        return run
 
     guard = FailureGuard()
     failures: list[RecordFailure] = []
@@ -247,7 +239,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     # One embedding task per device, even where the scheduler would run two (a worker
     # started with more than one GPU resource).
     with models.holding_device():
-        for stage, embed in (("dnabert", dnabert), ("esm", esm)):
+        for stage in MODEL_KEYS:  # DNABERT-S first
             # Only the first copy of an input is embedded; the others read its row.
             first = (
                 np.ones(len(rows), dtype=bool)
@@ -257,7 +249,9 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
             for f in failures:  # failed in DNABERT-S: not given to ESM-2
                 first[f.index] = False
             todo = np.flatnonzero(first).astype(np.int64)
-            pieces, counters, new = isolate_failures(embed, todo, stage=stage, ids=ids, guard=guard)
+            pieces, counters, new = isolate_failures(
+                embedder(stage), todo, stage=stage, ids=ids, guard=guard
+            )
             failures += new
             values = np.zeros((len(rows), dims[stage]), dtype=np.float32)
             for idx, piece in pieces:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.tools.bench_kit import _sync, _timer, read_orfs_of
 
 ORIGINAL_TOKS_PER_BATCH = 2048
@@ -123,7 +124,7 @@ def interleaved_speedup(
             run()
             _sync(device)
             best[key] = min(best[key], time.perf_counter() - t)
-    out = {f"{m}_speedup": best[(m, "original")] / best[(m, "ours")] for m in ("dnabert", "esm")}
+    out = {f"{m}_speedup": best[(m, "original")] / best[(m, "ours")] for m in MODEL_KEYS}
     out["embedding_speedup"] = (best[("dnabert", "original")] + best[("esm", "original")]) / (
         best[("dnabert", "ours")] + best[("esm", "ours")]
     )
