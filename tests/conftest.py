@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 from helpers import REFERENCE
 
+# The suite runs the models uncompiled (every worker process would compile them again):
+# compilation is tested on tiny shapes in test_compiled.py, and a run of the suite with
+# VIRNUC_DASK_COMPILE=on checks parity with compiled layers.
+os.environ.setdefault("VIRNUC_DASK_COMPILE", "off")
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

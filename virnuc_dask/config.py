@@ -23,6 +23,7 @@ from virnuc_dask.errors import ConfigError
 
 DEFAULTS_FILE = Path(__file__).with_name("default.yaml")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE = ("auto", "on", "off")
 DEVICES = ("auto", "cuda", "cpu")
 CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")
 JOBQUEUE_SYSTEMS = ("slurm", "pbs")
@@ -42,6 +43,7 @@ class Settings:
     model_cache: str | None = None
     offline: bool = False
     precision: str = "auto"
+    compile: str = "auto"
     device: str = "auto"
     workers: int | None = None
     threads: int | None = None
@@ -106,6 +108,8 @@ class Settings:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        if self.compile not in COMPILE:
+            raise ConfigError(f"compile must be one of {', '.join(COMPILE)}, got {self.compile!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.cluster not in CLUSTERS:

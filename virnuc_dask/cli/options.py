@@ -6,6 +6,7 @@ import argparse
 
 from virnuc_dask.config import (
     CLUSTERS,
+    COMPILE,
     DEVICES,
     PRECISIONS,
     WORKER_TYPES,
@@ -24,6 +25,7 @@ RUN_SETTINGS = (
     "model_cache",
     "offline",
     "precision",
+    "compile",
     "device",
     "workers",
     "threads",
@@ -214,6 +216,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="never download; load models from local files and caches only",
     )
     add_precision(models)
+    models.add_argument(
+        "--compile",
+        choices=COMPILE,
+        help="compile the models' layers with torch.compile (auto: on for CPU and CUDA; "
+        "the first run compiles, later runs load the cached kernels; default auto)",
+    )
     models.add_argument(
         "--device",
         choices=DEVICES,

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.models.compiled import LayerFunction, mark_dynamic
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +132,6 @@ class _SelfAttention(nn.Module):
         self.head_dim = cfg.head_dim
         self.Wqkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        b, t, h = x.shape
-        qkv = self.Wqkv(x).view(b, t, 3, self.n_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale 1/sqrt(hd)
-        return out.transpose(1, 2).reshape(b, t, h)
-
 
 class _SelfOutput(nn.Module):
     def __init__(self, cfg: DnabertConfig) -> None:
@@ -145,18 +139,12 @@ class _SelfOutput(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, attended: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dense(attended) + residual)
-
 
 class _Attention(nn.Module):
     def __init__(self, cfg: DnabertConfig) -> None:
         super().__init__()
         self.self = _SelfAttention(cfg)
         self.output = _SelfOutput(cfg)
-
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        return self.output(self.self(x, bias), x)
 
 
 class _GatedMLP(nn.Module):
@@ -167,10 +155,6 @@ class _GatedMLP(nn.Module):
         self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: Tensor) -> Tensor:
-        gated, linear = self.gated_layers(x).split(self.intermediate_size, dim=-1)
-        return self.layernorm(self.wo(F.gelu(gated) * linear) + x)
-
 
 class _Layer(nn.Module):
     def __init__(self, cfg: DnabertConfig) -> None:
@@ -178,8 +162,49 @@ class _Layer(nn.Module):
         self.attention = _Attention(cfg)
         self.mlp = _GatedMLP(cfg)
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        return self.mlp(self.attention(x, bias))
+
+def layer_weights(layer: _Layer) -> tuple[Tensor, ...]:
+    """A layer's parameters in the order :func:`dnabert_layer` takes."""
+    att, mlp = layer.attention, layer.mlp
+    return (
+        att.self.Wqkv.weight,
+        att.self.Wqkv.bias,
+        att.output.dense.weight,
+        att.output.dense.bias,
+        att.output.LayerNorm.weight,
+        att.output.LayerNorm.bias,
+        mlp.gated_layers.weight,
+        mlp.wo.weight,
+        mlp.wo.bias,
+        mlp.layernorm.weight,
+        mlp.layernorm.bias,
+    )
+
+
+def dnabert_layer(
+    x: Tensor,
+    bias: Tensor,
+    pad_rows: Tensor | None,
+    weights: tuple[Tensor, ...],
+    heads: int,
+    eps: float,
+) -> Tensor:
+    """One DNABERT-S layer on ``x`` ``[B, T, H]`` (the function that is compiled): fused
+    QKV, SDPA with the additive ``bias`` (ALiBi and padded keys), output projection,
+    residual, post-LayerNorm; gated MLP ``wo(gelu(a) * b)``, residual, post-LayerNorm;
+    ``pad_rows`` zeroed. The modules of :class:`_Layer` hold the weights."""
+    qkv_w, qkv_b, o_w, o_b, ln1_w, ln1_b, gate_w, wo_w, wo_b, ln2_w, ln2_b = weights
+    b, t, h = x.shape
+    head_dim = h // heads
+    inter = gate_w.shape[0] // 2
+    qkv = F.linear(x, qkv_w, qkv_b).view(b, t, 3, heads, head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, head_dim]
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale 1/sqrt(hd)
+    attended = attended.transpose(1, 2).reshape(b, t, h)
+    x = F.layer_norm(F.linear(attended, o_w, o_b) + x, (h,), ln1_w, ln1_b, eps)
+    gated, linear = F.linear(x, gate_w).split(inter, dim=-1)
+    x = F.layer_norm(F.linear(F.gelu(gated) * linear, wo_w, wo_b) + x, (h,), ln2_w, ln2_b, eps)
+    return x if pad_rows is None else x.masked_fill(pad_rows, 0.0)
 
 
 class _Encoder(nn.Module):
@@ -191,14 +216,21 @@ class _Encoder(nn.Module):
 class DnabertS(nn.Module):
     """DNABERT-S encoder; parameter names match the published checkpoint (no ``bert.``)."""
 
-    def __init__(self, config: DnabertConfig) -> None:
+    def __init__(self, config: DnabertConfig, *, compile_layers: bool = False) -> None:
         super().__init__()
         self.config = config
         self.hidden_size = config.hidden_size
+        self.n_heads = config.num_attention_heads
+        self.layer_function = LayerFunction(dnabert_layer, compile_layers)
         self.embeddings = _Embeddings(config)
         self.encoder = _Encoder(config)
         # (device, dtype) -> [heads, S, S] ALiBi, S >= every length seen; sliced per batch.
         self._alibi_cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def compile_layers(self, on: bool = True) -> DnabertS:
+        """Run the layers through ``torch.compile`` (or not); see :mod:`.compiled`."""
+        self.layer_function = LayerFunction(dnabert_layer, on)
+        return self
 
     def _alibi(self, length: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         key = (device, dtype)
@@ -232,12 +264,14 @@ class DnabertS(nn.Module):
         bias = self.attention_bias(mask, x.dtype)
         pad_rows = ~mask[..., None]
         padded = input_ids.device.type != "cpu" or bool(pad_rows.any())
+        # No real row attends to a padded one, but a padded row that overflowed would
+        # reach them through 0 x inf = NaN in the attention's values: zeroed per layer.
+        layer_pad = pad_rows if padded else None
+        mark_dynamic(x, layer_pad)
+        mark_dynamic(bias, dims=(0, 2, 3))
+        eps = self.config.layer_norm_eps
         for layer in self.encoder.layer:
-            x = layer(x, bias)
-            if padded:
-                # No real row attends to a padded one, but a padded row that overflowed
-                # would reach them through 0 x inf = NaN in the attention's values.
-                x = x.masked_fill(pad_rows, 0.0)
+            x = self.layer_function(x, bias, layer_pad, layer_weights(layer), self.n_heads, eps)
         return x.masked_fill(pad_rows, 0.0)
 
     def load_checkpoint(self, state_dict: Mapping[str, Tensor], *, source: str = "") -> None:

@@ -14,6 +14,11 @@ submodules and parameters — nothing is copied:
   pre-LayerNorm ``fc2(gelu(fc1(x)))`` (exact erf GELU), residual;
 * ``emb_layer_norm_after`` on the last layer.
 
+Each layer is one function of tensors, :func:`esm_layer`, whose arguments include the
+layer's weights; with ``compile_layers=True`` it runs through ``torch.compile`` (one
+graph for every layer and batch shape, see :mod:`.compiled`), fusing the elementwise
+passes (rotary, GELU, residual adds, LayerNorms, masking) between the matrix products.
+
 The logits (``lm_head``) and contacts are not computed: embedding needs neither.
 fp32 agreement with fair-esm's forward is tested (``tests/test_esm_fast.py``).
 
@@ -40,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from virnuc_dask.models.compiled import LayerFunction, mark_dynamic
+
 # fair-esm trained with 15 % of positions selected, 80 % of those replaced by <mask>.
 MASK_RATIO_TRAIN = 0.15 * 0.8
 
@@ -59,11 +66,12 @@ class SdpaEsm2(nn.Module):
     Usage::
 
         fast = SdpaEsm2(esm_model)        # shares esm_model's parameters
+        fast = SdpaEsm2(esm_model, compile_layers=True)  # layer bodies compiled
         fast.to("cuda", torch.bfloat16)   # moves esm_model too
 
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, compile_layers: bool = False) -> None:
         super().__init__()
         for name in (
             "layers",
@@ -103,8 +111,15 @@ class SdpaEsm2(nn.Module):
                 raise ValueError(
                     f"layer {n}: rotary inv_freq differs from ESM-2's 1/10000^(2i/{self.head_dim})"
                 )
+        self.eps = _layer_norm_eps(model.layers)
+        self.layer_function = LayerFunction(esm_layer, compile_layers)
         self._inv_freq = inv_freq  # float32, CPU; tables are built from it per device
         self._rotary: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    def compile_layers(self, on: bool = True) -> SdpaEsm2:
+        """Run the layers through ``torch.compile`` (or not); see :mod:`.compiled`."""
+        self.layer_function = LayerFunction(esm_layer, on)
+        return self
 
     def _rotary_tables(
         self, length: int, device: torch.device, dtype: torch.dtype
@@ -139,25 +154,6 @@ class SdpaEsm2(nn.Module):
             x = x * (1 - MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
         return x * (1 - padding_mask.unsqueeze(-1).type_as(x))
 
-    def _attention(
-        self, layer: nn.Module, x: Tensor, cos: Tensor, signed_sin: Tensor, key_mask: Tensor | None
-    ) -> Tensor:
-        attn = layer.self_attn
-        b, t, _ = x.shape
-        half = self.head_dim // 2
-
-        def rotated(y: Tensor) -> Tensor:  # [B, T, H, hd], rotary over the last dim
-            y = y.view(b, t, self.heads, self.head_dim)
-            return torch.addcmul(y * cos, y.roll(half, dims=-1), signed_sin)
-
-        q = rotated(attn.q_proj(x)).transpose(1, 2)  # [B, H, T, hd] views
-        k = rotated(attn.k_proj(x)).transpose(1, 2)
-        v = attn.v_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        # fair-esm scales q by head_dim ** -0.5 before the rotation; the rotation is
-        # linear, so SDPA's scaling of the scores is the same up to rounding.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=attn.scaling)
-        return attn.out_proj(out.transpose(1, 2).reshape(b, t, self.embed_dim))
-
     def forward(
         self, tokens: Tensor, repr_layers: list[int] | tuple[int, ...] = ()
     ) -> dict[str, dict[int, Tensor]]:
@@ -178,18 +174,90 @@ class SdpaEsm2(nn.Module):
         padded = tokens.device.type != "cpu" or bool(padding_mask.any())
         key_mask = (~padding_mask)[:, None, None, :] if padded else None
         cos, sin = self._rotary_tables(tokens.shape[1], x.device, x.dtype)
-        # Padded rows are zeroed after every layer. No real row attends to them (their
-        # keys are masked), so real rows do not change; but a padded row that overflowed
-        # in half precision would otherwise reach every real row through 0 x inf = NaN
-        # in the attention's product with the values.
         pad_rows = padding_mask.unsqueeze(-1) if padded else None
+        mark_dynamic(x, pad_rows)
+        mark_dynamic(key_mask, dims=(0, 3))
+        mark_dynamic(cos, sin, dims=(0,))
         for n, layer in enumerate(self.esm.layers, 1):
-            x = x + self._attention(layer, layer.self_attn_layer_norm(x), cos, sin, key_mask)
-            x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
-            if pad_rows is not None:
-                x = x.masked_fill(pad_rows, 0.0)
+            x = self.layer_function(
+                x, cos, sin, key_mask, pad_rows, layer_weights(layer), self.heads, self.eps
+            )
             if n in wanted and n != self.num_layers:
                 reps[n] = x
         if self.num_layers in wanted:
             reps[self.num_layers] = self.esm.emb_layer_norm_after(x)
         return {"representations": reps}
+
+
+def layer_weights(layer: nn.Module) -> tuple[Tensor, ...]:
+    """A fair-esm ``TransformerLayer``'s parameters in the order :func:`esm_layer` takes."""
+    a = layer.self_attn
+    return tuple(
+        p
+        for m in (
+            layer.self_attn_layer_norm,
+            a.q_proj,
+            a.k_proj,
+            a.v_proj,
+            a.out_proj,
+            layer.final_layer_norm,
+            layer.fc1,
+            layer.fc2,
+        )
+        for p in (m.weight, m.bias)
+    )
+
+
+def _layer_norm_eps(layers: nn.ModuleList) -> float:
+    found = set()
+    for n, layer in enumerate(layers):
+        for name in ("self_attn_layer_norm", "final_layer_norm"):
+            norm = getattr(layer, name)
+            if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine:
+                raise TypeError(f"layer {n}: {name} is not an affine torch LayerNorm")
+            found.add(norm.eps)
+    if len(found) != 1:
+        raise TypeError(f"the layers' LayerNorms differ in eps: {sorted(found)}")
+    return found.pop()
+
+
+def esm_layer(
+    x: Tensor,
+    cos: Tensor,
+    signed_sin: Tensor,
+    key_mask: Tensor | None,
+    pad_rows: Tensor | None,
+    weights: tuple[Tensor, ...],
+    heads: int,
+    eps: float,
+) -> Tensor:
+    """One ESM-2 layer on ``x`` ``[B, T, E]``: the function that is compiled.
+
+    Pre-LayerNorm attention (q, k, v, rotary on q and k, SDPA scaled by
+    ``head_dim ** -0.5`` with ``key_mask``, output projection), residual; pre-LayerNorm
+    ``fc2(gelu(fc1(x)))`` (exact erf GELU), residual; ``pad_rows`` zeroed. ``weights``:
+    :func:`layer_weights`.
+    """
+    ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, w1, b1, w2, b2 = weights
+    b, t, e = x.shape
+    head_dim = e // heads
+    half = head_dim // 2
+
+    def rotated(y: Tensor) -> Tensor:  # [B, T, H, hd], rotary over the last dim
+        y = y.view(b, t, heads, head_dim)
+        return torch.addcmul(y * cos, y.roll(half, dims=-1), signed_sin)
+
+    h = F.layer_norm(x, (e,), ln1_w, ln1_b, eps)
+    q = rotated(F.linear(h, q_w, q_b)).transpose(1, 2)  # [B, H, T, hd] views
+    k = rotated(F.linear(h, k_w, k_b)).transpose(1, 2)
+    v = F.linear(h, v_w, v_b).view(b, t, heads, head_dim).transpose(1, 2)
+    # fair-esm scales q by head_dim ** -0.5 before the rotation; the rotation is
+    # linear, so SDPA's scaling of the scores is the same up to rounding.
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=head_dim**-0.5)
+    x = x + F.linear(attended.transpose(1, 2).reshape(b, t, e), o_w, o_b)
+    x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (e,), ln2_w, ln2_b, eps), w1, b1)), w2, b2)
+    # Padded rows are zeroed after every layer. No real row attends to them (their
+    # keys are masked), so real rows do not change; but a padded row that overflowed
+    # in half precision would otherwise reach every real row through 0 x inf = NaN
+    # in the attention's product with the values.
+    return x if pad_rows is None else x.masked_fill(pad_rows, 0.0)

@@ -79,6 +79,7 @@ class ModelSpec:
     dnabert_model: str
     classifier: str | None = None  # None: the embedding models only (training)
     precision: str = "auto"
+    compile: str = "auto"
     device: str = "auto"
     model_cache: str | None = None
     offline: bool = False
@@ -96,6 +97,7 @@ class ModelSpec:
             dnabert_model=settings.dnabert_model,
             classifier=None if classifier is None else str(Path(classifier).resolve()),
             precision=settings.precision,
+            compile=settings.compile,
             device=settings.device,
             model_cache=settings.model_cache,
             offline=settings.offline,
@@ -127,6 +129,7 @@ class ModelPlugin(WorkerPlugin):
         self.device_info: dict[str, Any] = {}
         self.threads: int | None = None
         self.precision: str | None = None
+        self.compiled = False
         self.matmul: dict[str, Any] = {}
         self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
         self.ready = threading.Event()
@@ -173,6 +176,7 @@ class ModelPlugin(WorkerPlugin):
     def load(self) -> None:
         """Pick and claim the device, then load the three models (blocking)."""
         from virnuc_dask.models.classifier import load_classifier
+        from virnuc_dask.models.compiled import wanted
         from virnuc_dask.models.dnabert import load_dnabert
         from virnuc_dask.models.esm2 import load_esm
         from virnuc_dask.models.esm_fast import SdpaEsm2
@@ -212,13 +216,16 @@ class ModelPlugin(WorkerPlugin):
         )
         # The same layers through fused attention kernels; fp32 agreement with fair-esm's
         # forward is tested in tests/test_esm_fast.py.
-        self.esm = SdpaEsm2(esm)
+        compiled = self.compiled = wanted(spec.compile, device)
+        self.esm = SdpaEsm2(esm, compile_layers=compiled)
+        self.dnabert.compile_layers(compiled)
         self.classifier = None if spec.classifier is None else load_classifier(spec.classifier)
         self.state = "ready"
         logger.info(
-            "models ready on %s (%s, %d torch threads)",
+            "models ready on %s (%s, %s, %d torch threads)",
             device,
             self.precision,
+            "layers compiled" if compiled else "uncompiled",
             torch.get_num_threads(),
         )
 
@@ -289,6 +296,7 @@ class ModelPlugin(WorkerPlugin):
         if self.state == "ready":
             out.update(
                 precision=self.precision,
+                compiled=self.compiled,
                 dims=self.dims,
                 matmul=self.matmul,
                 threads=torch.get_num_threads() if self.device.type == "cpu" else None,

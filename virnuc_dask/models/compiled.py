@@ -1,0 +1,105 @@
+"""Compiled layer bodies: when to compile, where the compiled kernels are kept, and the
+fallback to the eager body.
+
+:class:`.esm_fast.SdpaEsm2` and :class:`.dnabert_encoder.DnabertS` compute each layer
+with one function of tensors (the layer's weights are arguments, so every layer of a
+model shares one compiled graph). :class:`LayerFunction` wraps such a function with
+``torch.compile`` (``fullgraph=True``: a graph break is an error, not a silent slow
+path; the batch and length dimensions are marked dynamic by the callers, so one
+compilation serves every batch shape) or returns it as it is.
+
+- ``compile`` setting: ``auto`` (the default) compiles on CPU and CUDA, where it was
+  measured faster (``docs/performance.md``); ``on`` / ``off`` force it. The environment
+  variable ``VIRNUC_DASK_COMPILE=on|off`` overrides the setting in every process of a
+  run (workers included): the off switch for debugging.
+- Compiled kernels are cached per user in ``$XDG_CACHE_HOME/virnuc-dask/torch-compile``
+  (``~/.cache/...``; ``TORCHINDUCTOR_CACHE_DIR`` where the user set it), so a worker of
+  a later run loads them instead of compiling again (and a node-local ``/tmp``, torch's
+  default, is not where they go).
+- If compilation fails (no C++ compiler on a CPU node, an unsupported device), the
+  eager body runs, after one warning; results are the same to float rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch._dynamo.exc
+import torch._inductor.exc
+
+logger = logging.getLogger(__name__)
+
+COMPILE_CHOICES = ("auto", "on", "off")
+ENV = "VIRNUC_DASK_COMPILE"
+_lock = threading.Lock()
+# What a failed compilation raises (an out-of-memory error of the compiled code is not one).
+COMPILER_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError)
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``TORCHINDUCTOR_CACHE_DIR`` if set, else the
+    user's cache directory."""
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "virnuc-dask" / "torch-compile"
+
+
+def wanted(setting: str, device: torch.device | str) -> bool:
+    """Whether layer bodies are compiled for ``setting`` on ``device`` (the environment
+    variable first).
+
+    >>> wanted("off", "cpu")
+    False
+    """
+    choice = os.environ.get(ENV, "").strip().lower() or setting
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {choice!r}")
+    if choice != "auto":
+        return choice == "on"
+    return torch.device(device).type in ("cpu", "cuda")
+
+
+class LayerFunction:
+    """A layer body, compiled on first use when asked; eager after a failed compilation."""
+
+    def __init__(self, body: Callable[..., torch.Tensor], compiled: bool) -> None:
+        self.body = body
+        self.compiled = compiled
+        self._fn: Callable[..., torch.Tensor] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.compiled:
+            return self.body(*args, **kwargs)
+        if self._fn is None:
+            with _lock:
+                if self._fn is None:
+                    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+                    self._fn = torch.compile(self.body, fullgraph=True, dynamic=None)
+        try:
+            return self._fn(*args, **kwargs)
+        except COMPILER_ERRORS as exc:
+            logger.warning(
+                "compiling %s failed (%s: %s); running it uncompiled (same results, slower)",
+                self.body.__name__,
+                type(exc).__name__,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+            )
+            self.compiled = False
+            return self.body(*args, **kwargs)
+
+
+def mark_dynamic(*tensors: torch.Tensor | None, dims: tuple[int, ...] = (0, 1)) -> None:
+    """Mark the batch and length dimensions dynamic, so that the first compilation is the
+    general one (no recompilation when the next batch has another shape)."""
+    for t in tensors:
+        if t is not None:
+            for d in dims:
+                torch._dynamo.maybe_mark_dynamic(t, d)
