@@ -209,3 +209,16 @@ def test_fewer_workers_started_than_asked_ends_the_wait(monkeypatch, tmp_path):
         VirnucError, match="1 of the 2 workers asked for started within 2 s; use --workers 1"
     ):
         run_pipeline(settings, 2, timeout=2)
+
+
+def test_read_calls_follow_the_prediction_rule():
+    from virnuc_dask.tools.agreement import read_calls
+
+    ids = ["r1_chunk_1F1", "r1_chunk_1R2", "r1_chunk_2F1", "r2_chunk_1F3", "r3_chunk_1F1"]
+    scores = np.array([[0.6, 0.4], [0.3, 0.7], [0.9, 0.1], [0.5, 0.5], [0.8, 0.2]])
+    # r1: chunk 1 max others 0.6, max virus 0.7 -> virus; chunk 2 others; 1 of 2 -> virus.
+    # r2: a tie is virus. r3: others.
+    assert read_calls(ids, scores) == {"r1": True, "r2": True, "r3": False}
+    flipped = scores.copy()
+    flipped[1] = [0.9, 0.1]  # r1 chunk 1 now others: 0 of 2 chunks
+    assert read_calls(ids, flipped)["r1"] is False

@@ -137,13 +137,14 @@ def render(result: dict[str, Any]) -> Any:
     table.add_column("value", justify="right")
     table.add_column("detail")
     add = table.add_row
-    add(
-        "matmul peak",
-        _fmt_rate(result["matmul_peak_flops"], "FLOP/s"),
-        f"{result['peak_dtype']} GEMM, {result['torch_threads']} threads, best of "
-        f"{len(result['matmul_peak_samples'])} samples (lowest "
-        f"{_fmt_rate(min(result['matmul_peak_samples']), 'FLOP/s')})",
-    )
+    for name, p in result.get("matmul_peaks", {}).items():
+        add(
+            f"{name} matmul peak" + (" (the run's)" if name == result["peak_dtype"] else ""),
+            _fmt_rate(p["peak"], "FLOP/s"),
+            f"{p['size']}^2 GEMM, {result['torch_threads']} threads, best of a sweep of "
+            f"{len(p['by_size'])} sizes; rounds within {p['spread']:.0%} of it, "
+            f"{len(p['samples'])} sweeps within {p['sample_gap']:.0%}",
+        )
     for m, name in (("esm", "ESM-2"), ("dnabert", "DNABERT-S")):
         s = result["stages"][m]
         p = result["prefetch"][m]
@@ -216,8 +217,9 @@ def render(result: dict[str, Any]) -> Any:
             continue
         add(
             f"{name} vs fp32",
-            f"{p['labels_flipped']}/{p['orfs']} flipped",
-            f"cosine ESM-2 min {p['esm_cosine_min']:.5f} mean {p['esm_cosine_mean']:.5f}; "
+            f"{p['labels_flipped']}/{p['orfs']} ORFs flipped",
+            (f"{p['reads_flipped']}/{p['reads']} reads flipped; " if "reads" in p else "")
+            + f"cosine ESM-2 min {p['esm_cosine_min']:.5f} mean {p['esm_cosine_mean']:.5f}; "
             f"DNABERT-S min {p['dnabert_cosine_min']:.5f} mean {p['dnabert_cosine_mean']:.5f}",
         )
     loads = result["load_average"]

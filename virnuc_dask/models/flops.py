@@ -178,3 +178,69 @@ def matmul_peak(
             _sync(device)
             best = min(best, (time.perf_counter() - t) / repeats)
     return 2.0 * n**3 / best
+
+
+@dataclasses.dataclass(frozen=True)
+class PeakSweep:
+    """The matmul rate a device attains in one precision, measured over several sizes.
+
+    ``peak`` is the best FLOP/s of any round at any size, ``size`` the size that reached
+    it, ``by_size`` the best rate per size, and ``spread`` how far the rounds at that
+    size fell below their best (``1 - median / best``): a small spread says the peak is
+    a property of the machine, not of one lucky or unlucky round.
+    """
+
+    dtype: str
+    peak: float
+    size: int
+    by_size: dict[int, float]
+    spread: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def peak_sweep(
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    sizes: tuple[int, ...] | None = None,
+    rounds: int = 3,
+    min_seconds: float = 0.1,
+) -> PeakSweep:
+    """Square GEMMs of each of ``sizes``: two warm-up products (thread pools, the
+    kernel's packing and, on CPUs with AMX, its tile setup), then ``rounds`` timed
+    rounds of as many products as fill ``min_seconds``; see :class:`PeakSweep`."""
+    device = torch.device(device)
+    if sizes is None:
+        sizes = (2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 1536, 2048, 3072)
+    by_size: dict[int, float] = {}
+    rates_at: dict[int, list[float]] = {}
+    with torch.inference_mode():
+        for n in sizes:
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            t = time.perf_counter()
+            for _ in range(2):
+                a @ b
+            _sync(device)
+            repeats = max(1, math.ceil(min_seconds / max((time.perf_counter() - t) / 2, 1e-6)))
+            rates = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                for _ in range(repeats):
+                    a @ b
+                _sync(device)
+                rates.append(2.0 * n**3 * repeats / (time.perf_counter() - t))
+            by_size[n] = max(rates)
+            rates_at[n] = rates
+            del a, b
+    size = max(by_size, key=by_size.__getitem__)
+    best = by_size[size]
+    return PeakSweep(
+        dtype=str(dtype).removeprefix("torch."),
+        peak=best,
+        size=size,
+        by_size=by_size,
+        spread=1.0 - float(np.median(rates_at[size])) / best,
+    )

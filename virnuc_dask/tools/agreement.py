@@ -18,6 +18,22 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.where(norms == 0, 1.0, norms)
 
 
+def read_calls(ids: Sequence[str], scores: np.ndarray) -> dict[str, bool]:
+    """Each read's call (True = virus) from its ORFs' scores, by the rule of the
+    predictions: per chunk the largest score of each class over its frames, the chunk
+    viral when the virus maximum is at least the other; the read viral when at least
+    half its chunks are. ``ids`` are ORF ids ``{read}_chunk_{k}{frame}``."""
+    chunks: dict[str, tuple[float, float]] = {}
+    for orf_id, (s1, s2) in zip(ids, scores, strict=True):
+        chunk = orf_id[:-2]
+        b1, b2 = chunks.get(chunk, (-np.inf, -np.inf))
+        chunks[chunk] = (max(b1, s1), max(b2, s2))
+    votes: dict[str, list[bool]] = {}
+    for chunk, (b1, b2) in chunks.items():
+        votes.setdefault(chunk.rsplit("_chunk_", 1)[0], []).append(bool(b2 >= b1))
+    return {read: 2 * sum(v) >= len(v) for read, v in votes.items()}
+
+
 def precision_agreement(
     *,
     esm_model: str,
@@ -27,12 +43,14 @@ def precision_agreement(
     proteins: Sequence[str],
     precisions: Sequence[str] = ("bf16", "fp16"),
     device: torch.device | str = "cpu",
+    ids: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each precision against fp32 on the same ORFs, through the pipeline's embedding path.
 
     Per precision: cosine similarity of each model's embeddings (min, mean), ORF labels
-    flipped (argmax of the classifier's scores), largest score difference, seconds of
-    embedding. A precision the device cannot run is reported with its error instead.
+    flipped (argmax of the classifier's scores), with ``ids`` (the ORFs' ids) read calls
+    flipped (:func:`read_calls`), largest score difference, seconds of embedding. A
+    precision the device cannot run is reported with its error instead.
     ``bf16-mixed`` is :func:`.precision.to_mixed`: bf16 weights and matrix products,
     everything else (LayerNorm, softmax, the residual stream) in fp32.
     """
@@ -62,6 +80,7 @@ def precision_agreement(
     base_dn, base_es, _ = embed("fp32")
     base_scores = score(mlp, np.concatenate([base_dn, base_es], axis=1))
     base_labels = base_scores[:, 1] > base_scores[:, 0]
+    base_reads = read_calls(ids, base_scores) if ids is not None else None
     out: dict[str, dict[str, Any]] = {}
     for precision in precisions:
         try:
@@ -77,6 +96,16 @@ def precision_agreement(
             **{f"{m}_cosine_min": float(c.min()) for m, c in cos.items()},
             **{f"{m}_cosine_mean": float(c.mean()) for m, c in cos.items()},
             "labels_flipped": int(((scores[:, 1] > scores[:, 0]) != base_labels).sum()),
+            **(
+                {}
+                if base_reads is None
+                else {
+                    "reads": len(base_reads),
+                    "reads_flipped": sum(
+                        base_reads[r] != c for r, c in read_calls(ids, scores).items()
+                    ),
+                }
+            ),
             "max_score_diff": float(np.abs(scores - base_scores).max()),
         }
     return out

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from virnuc_dask.errors import VirnucError
-from virnuc_dask.models.flops import matmul_peak, module_shape
+from virnuc_dask.models.flops import module_shape, peak_sweep
 from virnuc_dask.rundir import STORE
 from virnuc_dask.tools.agreement import precision_agreement
 from virnuc_dask.tools.bench_kit import (
@@ -68,6 +68,10 @@ from virnuc_dask.tools.throughput import (
 logger = logging.getLogger(__name__)
 
 SAMPLE_ORFS = 256  # ORFs of the with/without-prefetch and original/ours comparisons
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# The peak a stage is compared with: that of the precision it runs in (fp16 runs on the
+# bf16 matrix units' rate where there is no fp16 one measured).
+PEAK_OF = {"fp32": "fp32", "bf16": "bf16", "fp16": "bf16"}
 REQUIRED_KEYS = (
     "matmul_peak_flops",
     "esm_utilization",
@@ -121,7 +125,6 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     device = pick_device()
     precision = resolve_precision(options.precision, device)
     dtype = DTYPES[precision]
-    peak_dtype = dtype  # the peak of the precision the models run in
     logger.info("bench in %s on %s (%s); input %s", work, device, precision, fasta)
     if device.type == "cpu" and options.size in ("650m", "real") and not options.esm_model:
         logger.warning(
@@ -163,9 +166,12 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         scaling.append(run_pipeline(settings, n))
         loads[f"predict_{n}w"] = os.getloadavg()[0]
     # Sampled between the phases, the best taken: one sample can fall into a moment
-    # when other processes hold the cores.
-    peaks = [matmul_peak(device, peak_dtype)]
-    logger.info("matmul peak %.1f GFLOP/s (%s)", peaks[0] / 1e9, peak_dtype)
+    # when other processes hold the cores. Both precisions, whichever the run uses.
+    sweeps = {p: [peak_sweep(device, d)] for p, d in PEAK_DTYPES.items()}
+    logger.info(
+        "matmul peaks %s",
+        ", ".join(f"{p} {s[0].peak / 1e9:.1f} GFLOP/s" for p, s in sweeps.items()),
+    )
 
     # Models here, for the FLOP accounting, the prefetch comparison and token lengths.
     dnabert, tokenizer = load_dnabert(paths["dnabert_model"], device=device, dtype=dtype)
@@ -182,7 +188,9 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         models, orfs[: min(options.partition_rows, SAMPLE_ORFS)], device=device
     )
     loads["prefetch"] = os.getloadavg()[0]
-    peaks.append(matmul_peak(device, peak_dtype))
+    for p, d in PEAK_DTYPES.items():
+        sweeps[p].append(peak_sweep(device, d))
+    peaks = [s.peak for s in sweeps[PEAK_OF.get(precision, "fp32")]]
     shapes = {
         "esm": {**module_shape(esm).as_dict(), "heads": esm.heads},
         "dnabert": {**module_shape(dnabert).as_dict(), "heads": dnabert.config.num_attention_heads},
@@ -225,6 +233,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         **paths,
         nucleotides=[o.nucleotide for o in orfs[: options.precision_orfs]],
         proteins=[o.protein for o in orfs[: options.precision_orfs]],
+        ids=[o.id for o in orfs[: options.precision_orfs]],
         device=device,
     )
 
@@ -244,9 +253,10 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         "store_share": first["store_share"],
         "workers": best["workers"],
         "matmul_peak_samples": peaks,
+        "matmul_peaks": {p: _peak_summary(s) for p, s in sweeps.items()},
         "device": str(device),
         "precision": precision,
-        "peak_dtype": str(peak_dtype),
+        "peak_dtype": PEAK_OF.get(precision, "fp32"),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "input": fasta,
@@ -268,6 +278,20 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         "bench_seconds": time.perf_counter() - t_start,
     }
     return result
+
+
+def _peak_summary(sweeps: list) -> dict[str, Any]:
+    """The best of a precision's sweeps, and how repeatable it was: the spread of the
+    rounds at the best size, and how far the other sweep's peak fell below it."""
+    best = max(sweeps, key=lambda s: s.peak)
+    return {
+        "peak": best.peak,
+        "size": best.size,
+        "samples": [s.peak for s in sweeps],
+        "sample_gap": 1.0 - min(s.peak for s in sweeps) / best.peak,
+        "spread": best.spread,
+        "by_size": best.by_size,
+    }
 
 
 def _stored_scores(out: str) -> np.ndarray:

@@ -15,7 +15,7 @@ def device_report(*, quick: bool = False) -> dict[str, Any]:
     """This worker's view: NVML vs torch, its device, the precision auto picks, rates."""
     import torch
 
-    from virnuc_dask.models.flops import matmul_peak
+    from virnuc_dask.models.flops import peak_sweep
     from virnuc_dask.worker import device as devices
     from virnuc_dask.worker.precision import resolve_precision
 
@@ -35,14 +35,22 @@ def device_report(*, quick: bool = False) -> dict[str, Any]:
         device = torch.device("cuda", 0)  # a worker's own GPU comes first in its list
     out.update(devices.describe_device(device))
     out["precision_auto"] = resolve_precision("auto", device)
-    size = (512 if quick else 1024) if device.type == "cpu" else 8192
-    rates = {}
+    if device.type == "cpu":
+        sizes = (256, 512) if quick else (512, 1024, 2048)
+    else:
+        sizes = (2048,) if quick else (4096, 8192)
+    rates: dict[str, Any] = {}
+    sweeps: dict[str, Any] = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         try:
-            rates[name] = matmul_peak(device, dtype, size=size, repeats=2, rounds=2)
+            sweep = peak_sweep(device, dtype, sizes=sizes, rounds=2 if quick else 3)
         except RuntimeError as exc:
             rates[name] = f"unsupported: {str(exc).splitlines()[0][:60]}"
+            continue
+        rates[name] = sweep.peak
+        sweeps[name] = sweep.as_dict()
     out["matmul_flops"] = rates
+    out["matmul_sweeps"] = sweeps
     out["sdpa"] = sdpa_report(device, quick=quick)
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -154,8 +154,12 @@ def _worker_checks(reports: dict[str, dict[str, Any]]) -> list[Check]:
             lines.append(f"{address}: {r['error']}")
             continue
         rates = r["matmul_flops"]
+        sweeps = r.get("matmul_sweeps", {})
         rate = ", ".join(
-            f"{k} {si(v, 'FLOP/s', missing='-')}" if isinstance(v, float) else f"{k} {v}"
+            f"{k} {si(v, 'FLOP/s', missing='-')}"
+            + (f" (±{sweeps[k]['spread']:.0%})" if k in sweeps else "")
+            if isinstance(v, float)
+            else f"{k} {v}"
             for k, v in rates.items()
         )
         if r["device"] == "cpu":
