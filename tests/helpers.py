@@ -74,6 +74,36 @@ def read_results(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
     return [(r[0], r[1]) for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
 
 
+SCORE_TOLERANCE = 1e-5  # the parity contract: scores from another CPU or GPU agree this well
+
+
+def _field_differs(got: str, want: str, tolerance: float) -> bool:
+    if got == want:
+        return False
+    try:
+        return abs(float(got) - float(want)) > tolerance
+    except ValueError:
+        return True
+
+
+def assert_same_table(
+    actual: str, expected: str, *, name: str = "table", tolerance: float = SCORE_TOLERANCE
+) -> None:
+    """Two tab-separated result tables hold the same rows: text fields (ids, labels, counts
+    written as text) exactly, numbers within ``tolerance``. Float results differ in their last
+    digits between CPUs (kernels chosen by instruction set), so they are never compared as
+    bytes across machines."""
+    got_lines, want_lines = actual.splitlines(), expected.splitlines()
+    assert len(got_lines) == len(want_lines), (
+        f"{name}: {len(got_lines)} lines, expected {len(want_lines)}"
+    )
+    for number, (got, want) in enumerate(zip(got_lines, want_lines, strict=True), start=1):
+        got_fields, want_fields = got.split("\t"), want.split("\t")
+        assert len(got_fields) == len(want_fields) and not any(
+            _field_differs(g, w, tolerance) for g, w in zip(got_fields, want_fields, strict=True)
+        ), f"{name} line {number}: {got!r}, expected {want!r} (numbers within {tolerance:g})"
+
+
 def assert_matches_reference(out: Path, ref: Path) -> None:
     """``out`` holds what the original wrote in ``ref``: ids, calls, scores within 1e-5,
     the per-chunk file byte for byte, both embeddings within 1e-5."""
