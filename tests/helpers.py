@@ -198,3 +198,30 @@ def write_mates(
         data = "".join(lines).encode()
         path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
     return r1, r2
+
+
+def write_sequencing_run(folder: Path) -> Path:
+    """Four samples and their sheet in ``folder``: ``casava`` (paired FASTQ.gz over two
+    lanes), ``slash`` (paired ``/1`` ``/2`` FASTQ), ``single`` (single-end FASTQ) and
+    ``contigs`` (FASTA). Returns the sheet's path (paths in it are relative)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    reads = read_fasta_pairs(REFERENCE / "dev" / "basic" / "input.fa")
+    write_mates(folder / "casava_L001_R1_001.fastq.gz", folder / "casava_L001_R2_001.fastq.gz")
+    write_mates(
+        folder / "casava_L002_R1_001.fastq.gz", folder / "casava_L002_R2_001.fastq.gz", offset=20
+    )
+    write_mates(folder / "slash_1.fq", folder / "slash_2.fq", n=12, style="slash", offset=40)
+    (folder / "single.fq").write_text(
+        "".join(f"@single_{k}\n{s}\n+\n{'F' * len(s)}\n" for k, (_, s) in enumerate(reads[52:66]))
+    )
+    (folder / "contigs.fa").write_text("".join(f">{i}\n{s}\n" for i, s in reads[66:80]))
+    sheet = folder / "samples.csv"
+    sheet.write_text(
+        "sample,fastq_1,fastq_2,fasta\n"
+        "casava,casava_L001_R1_001.fastq.gz,casava_L001_R2_001.fastq.gz,\n"
+        "casava,casava_L002_R1_001.fastq.gz,casava_L002_R2_001.fastq.gz,\n"
+        "slash,slash_1.fq,slash_2.fq,\n"
+        "single,single.fq,,\n"
+        "contigs,,,contigs.fa\n"
+    )
+    return sheet
