@@ -9,8 +9,9 @@ process stops if the import resolves elsewhere). The process starts an in-proces
 one-worker Dask cluster once, then reads commands from stdin: ``run`` runs
 :func:`virnuc_dask.predict` on ``INPUT`` with the models of ``MODELS_JSON`` (fp32,
 every other setting at that version's default) and answers one line
-``@@result {"end_to_end": s, "esm": s, "dnabert": s}``: the wall time of the call
-and each embedding stage's seconds from the run summary (absent where that version's
+``@@result {"end_to_end": s, "end_to_end_cpu": s, "esm": s, "dnabert": s}``: the wall
+and CPU time of the call (all threads of this process: the cluster is in-process) and
+each embedding stage's seconds from the run summary (absent where that version's
 summary lacks them). ``quit`` ends it. Everything else it prints goes to stderr.
 """
 
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
             if command != "run":
                 print(f"unknown command {command!r}", file=sys.stderr)
                 return 1
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             result = virnuc_dask.predict(
                 fasta,
                 out=os.path.join(work, f"run{runs % 2}"),
@@ -78,10 +79,11 @@ def main(argv: list[str]) -> int:
                 **models,
             )
             seconds = time.perf_counter() - t
+            cpu_seconds = time.process_time() - cpu
             if result.exit_code != 0:
                 print(f"predict exited {result.exit_code}", file=sys.stderr)
                 return 1
-            times = {"end_to_end": seconds}
+            times = {"end_to_end": seconds, "end_to_end_cpu": cpu_seconds}
             for stage, figures in result.summary.get("embedding", {}).items():
                 if isinstance(figures, dict) and "seconds" in figures:
                     times[stage] = figures["seconds"]

@@ -100,10 +100,35 @@ def test_failed_compilation_runs_eagerly(monkeypatch, caplog):
 
 def test_other_errors_are_not_hidden(monkeypatch):
     monkeypatch.setattr(compiled.torch, "compile", lambda fn, **kw: fn)
+    model, _ = load_esm(str(MODELS / "esm2_t2_64_tiny.pt"))
     layer = LayerFunction(esm_layer, True)
-    with pytest.raises(ValueError):
-        layer(torch.zeros(1, 2, 4), None, None, None, None, (), 1, 1e-5)
+    with pytest.raises(RuntimeError):  # a width the layer does not have
+        layer(model.layers[0], torch.zeros(1, 2, 4), None, None, None, None, 4)
     assert layer.compiled
+
+
+def test_layers_with_hooks_run_uncompiled(monkeypatch):
+    """The fp32 recompute of an overflowed batch converts each module as it runs (hooks):
+    such calls bypass the compiled graph."""
+    from virnuc_dask.worker.precision import computing_in_fp32
+
+    calls = []
+    monkeypatch.setattr(
+        compiled.torch, "compile", lambda fn, **kw: lambda *a: calls.append(1) or fn(*a)
+    )
+    model, alphabet = load_esm(str(MODELS / "esm2_t2_64_tiny.pt"))
+    fast = SdpaEsm2(model, compile_layers=True)
+    tokens = esm_batch(alphabet, [30, 9], 6)
+    with torch.inference_mode():
+        want = fast(tokens, repr_layers=[2])["representations"][2]
+        assert len(calls) == 2  # both layers through the compiled function
+        model.to(torch.float16)
+        with computing_in_fp32(fast):
+            got = fast(tokens, repr_layers=[2])["representations"][2]
+    assert len(calls) == 2 and got.dtype == torch.float32
+    real = tokens.ne(alphabet.padding_idx)
+    # fp16 weights computed in fp32: the weights' rounding, no more
+    assert (got - want)[real].abs().max().item() <= 1e-2
 
 
 def test_setting_environment_and_cache_dir(monkeypatch, tmp_path):

@@ -2,8 +2,9 @@
 fallback to the eager body.
 
 :class:`.esm_fast.SdpaEsm2` and :class:`.dnabert_encoder.DnabertS` compute each layer
-with one function of tensors (the layer's weights are arguments, so every layer of a
-model shares one compiled graph). :class:`LayerFunction` wraps such a function with
+with one function of the layer module and tensors (torch.compile inlines the module:
+its parameters are inputs of the graph, so every layer of a model shares one graph).
+:class:`LayerFunction` wraps such a function with
 ``torch.compile`` (``fullgraph=True``: a graph break is an error, not a silent slow
 path; the batch and length dimensions are marked dynamic by the callers, so one
 compilation serves every batch shape) or returns it as it is.
@@ -68,23 +69,26 @@ def wanted(setting: str, device: torch.device | str) -> bool:
 
 
 class LayerFunction:
-    """A layer body, compiled on first use when asked; eager after a failed compilation."""
+    """A layer body ``body(layer_module, *tensors)``, compiled on first use when asked;
+    eager after a failed compilation, and for a layer with hooks."""
 
     def __init__(self, body: Callable[..., torch.Tensor], compiled: bool) -> None:
         self.body = body
         self.compiled = compiled
         self._fn: Callable[..., torch.Tensor] | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not self.compiled:
-            return self.body(*args, **kwargs)
+    def __call__(self, layer: torch.nn.Module, *args: Any) -> torch.Tensor:
+        # Hooks (the fp32 recompute of an overflowed half-precision batch, mixed
+        # precision) change weights or dtypes as modules run: those calls run eagerly.
+        if not self.compiled or hooked(layer):
+            return self.body(layer, *args)
         if self._fn is None:
             with _lock:
                 if self._fn is None:
                     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
                     self._fn = torch.compile(self.body, fullgraph=True, dynamic=None)
         try:
-            return self._fn(*args, **kwargs)
+            return self._fn(layer, *args)
         except COMPILER_ERRORS as exc:
             logger.warning(
                 "compiling %s failed (%s: %s); running it uncompiled (same results, slower)",
@@ -93,7 +97,12 @@ class LayerFunction:
                 str(exc).strip().splitlines()[0] if str(exc).strip() else "",
             )
             self.compiled = False
-            return self.body(*args, **kwargs)
+            return self.body(layer, *args)
+
+
+def hooked(module: torch.nn.Module) -> bool:
+    """Whether ``module`` or a submodule has forward hooks."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def mark_dynamic(*tensors: torch.Tensor | None, dims: tuple[int, ...] = (0, 1)) -> None:

@@ -132,6 +132,13 @@ class _SelfAttention(nn.Module):
         self.head_dim = cfg.head_dim
         self.Wqkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
 
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        b, t, h = x.shape
+        qkv = self.Wqkv(x).view(b, t, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, head_dim]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale 1/sqrt(hd)
+        return out.transpose(1, 2).reshape(b, t, h)
+
 
 class _SelfOutput(nn.Module):
     def __init__(self, cfg: DnabertConfig) -> None:
@@ -139,12 +146,18 @@ class _SelfOutput(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
+    def forward(self, attended: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dense(attended) + residual)
+
 
 class _Attention(nn.Module):
     def __init__(self, cfg: DnabertConfig) -> None:
         super().__init__()
         self.self = _SelfAttention(cfg)
         self.output = _SelfOutput(cfg)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        return self.output(self.self(x, bias), x)
 
 
 class _GatedMLP(nn.Module):
@@ -155,6 +168,10 @@ class _GatedMLP(nn.Module):
         self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
+    def forward(self, x: Tensor) -> Tensor:
+        gated, linear = self.gated_layers(x).split(self.intermediate_size, dim=-1)
+        return self.layernorm(self.wo(F.gelu(gated) * linear) + x)
+
 
 class _Layer(nn.Module):
     def __init__(self, cfg: DnabertConfig) -> None:
@@ -162,48 +179,14 @@ class _Layer(nn.Module):
         self.attention = _Attention(cfg)
         self.mlp = _GatedMLP(cfg)
 
-
-def layer_weights(layer: _Layer) -> tuple[Tensor, ...]:
-    """A layer's parameters in the order :func:`dnabert_layer` takes."""
-    att, mlp = layer.attention, layer.mlp
-    return (
-        att.self.Wqkv.weight,
-        att.self.Wqkv.bias,
-        att.output.dense.weight,
-        att.output.dense.bias,
-        att.output.LayerNorm.weight,
-        att.output.LayerNorm.bias,
-        mlp.gated_layers.weight,
-        mlp.wo.weight,
-        mlp.wo.bias,
-        mlp.layernorm.weight,
-        mlp.layernorm.bias,
-    )
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        return self.mlp(self.attention(x, bias))
 
 
-def dnabert_layer(
-    x: Tensor,
-    bias: Tensor,
-    pad_rows: Tensor | None,
-    weights: tuple[Tensor, ...],
-    heads: int,
-    eps: float,
-) -> Tensor:
-    """One DNABERT-S layer on ``x`` ``[B, T, H]`` (the function that is compiled): fused
-    QKV, SDPA with the additive ``bias`` (ALiBi and padded keys), output projection,
-    residual, post-LayerNorm; gated MLP ``wo(gelu(a) * b)``, residual, post-LayerNorm;
-    ``pad_rows`` zeroed. The modules of :class:`_Layer` hold the weights."""
-    qkv_w, qkv_b, o_w, o_b, ln1_w, ln1_b, gate_w, wo_w, wo_b, ln2_w, ln2_b = weights
-    b, t, h = x.shape
-    head_dim = h // heads
-    inter = gate_w.shape[0] // 2
-    qkv = F.linear(x, qkv_w, qkv_b).view(b, t, 3, heads, head_dim)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, head_dim]
-    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale 1/sqrt(hd)
-    attended = attended.transpose(1, 2).reshape(b, t, h)
-    x = F.layer_norm(F.linear(attended, o_w, o_b) + x, (h,), ln1_w, ln1_b, eps)
-    gated, linear = F.linear(x, gate_w).split(inter, dim=-1)
-    x = F.layer_norm(F.linear(F.gelu(gated) * linear, wo_w, wo_b) + x, (h,), ln2_w, ln2_b, eps)
+def dnabert_layer(layer: _Layer, x: Tensor, bias: Tensor, pad_rows: Tensor | None) -> Tensor:
+    """One DNABERT-S layer on ``x`` ``[B, T, H]`` with the additive attention ``bias``, and
+    ``pad_rows`` zeroed: the function compiled (its submodules' hooks run when it is not)."""
+    x = layer(x, bias)
     return x if pad_rows is None else x.masked_fill(pad_rows, 0.0)
 
 
@@ -220,7 +203,6 @@ class DnabertS(nn.Module):
         super().__init__()
         self.config = config
         self.hidden_size = config.hidden_size
-        self.n_heads = config.num_attention_heads
         self.layer_function = LayerFunction(dnabert_layer, compile_layers)
         self.embeddings = _Embeddings(config)
         self.encoder = _Encoder(config)
@@ -269,9 +251,8 @@ class DnabertS(nn.Module):
         layer_pad = pad_rows if padded else None
         mark_dynamic(x, layer_pad)
         mark_dynamic(bias, dims=(0, 2, 3))
-        eps = self.config.layer_norm_eps
         for layer in self.encoder.layer:
-            x = self.layer_function(x, bias, layer_pad, layer_weights(layer), self.n_heads, eps)
+            x = self.layer_function(layer, x, bias, layer_pad)
         return x.masked_fill(pad_rows, 0.0)
 
     def load_checkpoint(self, state_dict: Mapping[str, Tensor], *, source: str = "") -> None:

@@ -14,9 +14,10 @@ submodules and parameters — nothing is copied:
   pre-LayerNorm ``fc2(gelu(fc1(x)))`` (exact erf GELU), residual;
 * ``emb_layer_norm_after`` on the last layer.
 
-Each layer is one function of tensors, :func:`esm_layer`, whose arguments include the
-layer's weights; with ``compile_layers=True`` it runs through ``torch.compile`` (one
-graph for every layer and batch shape, see :mod:`.compiled`), fusing the elementwise
+Each layer is one function, :func:`esm_layer`, of the layer module and tensors; with
+``compile_layers=True`` it runs through ``torch.compile`` (one graph for every layer
+and batch shape: the layers' parameters are the graph's inputs, see :mod:`.compiled`),
+fusing the elementwise
 passes (rotary, GELU, residual adds, LayerNorms, masking) between the matrix products.
 
 The logits (``lm_head``) and contacts are not computed: embedding needs neither.
@@ -111,7 +112,6 @@ class SdpaEsm2(nn.Module):
                 raise ValueError(
                     f"layer {n}: rotary inv_freq differs from ESM-2's 1/10000^(2i/{self.head_dim})"
                 )
-        self.eps = _layer_norm_eps(model.layers)
         self.layer_function = LayerFunction(esm_layer, compile_layers)
         self._inv_freq = inv_freq  # float32, CPU; tables are built from it per device
         self._rotary: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
@@ -179,9 +179,7 @@ class SdpaEsm2(nn.Module):
         mark_dynamic(key_mask, dims=(0, 3))
         mark_dynamic(cos, sin, dims=(0,))
         for n, layer in enumerate(self.esm.layers, 1):
-            x = self.layer_function(
-                x, cos, sin, key_mask, pad_rows, layer_weights(layer), self.heads, self.eps
-            )
+            x = self.layer_function(layer, x, cos, sin, key_mask, pad_rows, self.heads)
             if n in wanted and n != self.num_layers:
                 reps[n] = x
         if self.num_layers in wanted:
@@ -189,56 +187,23 @@ class SdpaEsm2(nn.Module):
         return {"representations": reps}
 
 
-def layer_weights(layer: nn.Module) -> tuple[Tensor, ...]:
-    """A fair-esm ``TransformerLayer``'s parameters in the order :func:`esm_layer` takes."""
-    a = layer.self_attn
-    return tuple(
-        p
-        for m in (
-            layer.self_attn_layer_norm,
-            a.q_proj,
-            a.k_proj,
-            a.v_proj,
-            a.out_proj,
-            layer.final_layer_norm,
-            layer.fc1,
-            layer.fc2,
-        )
-        for p in (m.weight, m.bias)
-    )
-
-
-def _layer_norm_eps(layers: nn.ModuleList) -> float:
-    found = set()
-    for n, layer in enumerate(layers):
-        for name in ("self_attn_layer_norm", "final_layer_norm"):
-            norm = getattr(layer, name)
-            if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine:
-                raise TypeError(f"layer {n}: {name} is not an affine torch LayerNorm")
-            found.add(norm.eps)
-    if len(found) != 1:
-        raise TypeError(f"the layers' LayerNorms differ in eps: {sorted(found)}")
-    return found.pop()
-
-
 def esm_layer(
+    layer: nn.Module,
     x: Tensor,
     cos: Tensor,
     signed_sin: Tensor,
     key_mask: Tensor | None,
     pad_rows: Tensor | None,
-    weights: tuple[Tensor, ...],
     heads: int,
-    eps: float,
 ) -> Tensor:
-    """One ESM-2 layer on ``x`` ``[B, T, E]``: the function that is compiled.
+    """One fair-esm ``TransformerLayer`` on ``x`` ``[B, T, E]``: the function compiled.
 
     Pre-LayerNorm attention (q, k, v, rotary on q and k, SDPA scaled by
     ``head_dim ** -0.5`` with ``key_mask``, output projection), residual; pre-LayerNorm
-    ``fc2(gelu(fc1(x)))`` (exact erf GELU), residual; ``pad_rows`` zeroed. ``weights``:
-    :func:`layer_weights`.
+    ``fc2(gelu(fc1(x)))`` (exact erf GELU), residual; ``pad_rows`` zeroed. The layer's
+    submodules are called (their hooks run when it is not compiled).
     """
-    ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, w1, b1, w2, b2 = weights
+    attn = layer.self_attn
     b, t, e = x.shape
     head_dim = e // heads
     half = head_dim // 2
@@ -247,15 +212,15 @@ def esm_layer(
         y = y.view(b, t, heads, head_dim)
         return torch.addcmul(y * cos, y.roll(half, dims=-1), signed_sin)
 
-    h = F.layer_norm(x, (e,), ln1_w, ln1_b, eps)
-    q = rotated(F.linear(h, q_w, q_b)).transpose(1, 2)  # [B, H, T, hd] views
-    k = rotated(F.linear(h, k_w, k_b)).transpose(1, 2)
-    v = F.linear(h, v_w, v_b).view(b, t, heads, head_dim).transpose(1, 2)
+    h = layer.self_attn_layer_norm(x)
+    q = rotated(attn.q_proj(h)).transpose(1, 2)  # [B, H, T, hd] views
+    k = rotated(attn.k_proj(h)).transpose(1, 2)
+    v = attn.v_proj(h).view(b, t, heads, head_dim).transpose(1, 2)
     # fair-esm scales q by head_dim ** -0.5 before the rotation; the rotation is
     # linear, so SDPA's scaling of the scores is the same up to rounding.
-    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=head_dim**-0.5)
-    x = x + F.linear(attended.transpose(1, 2).reshape(b, t, e), o_w, o_b)
-    x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (e,), ln2_w, ln2_b, eps), w1, b1)), w2, b2)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=attn.scaling)
+    x = x + attn.out_proj(attended.transpose(1, 2).reshape(b, t, e))
+    x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
     # Padded rows are zeroed after every layer. No real row attends to them (their
     # keys are masked), so real rows do not change; but a padded row that overflowed
     # in half precision would otherwise reach every real row through 0 x inf = NaN
