@@ -167,7 +167,9 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         loads[f"predict_{n}w"] = os.getloadavg()[0]
     # Sampled between the phases, the best taken: one sample can fall into a moment
     # when other processes hold the cores. Both precisions, whichever the run uses.
-    sweeps = {p: [peak_sweep(device, d)] for p, d in PEAK_DTYPES.items()}
+    # tiny models (tests, a quick look): a quick sweep of small sizes
+    sizes = (256, 512) if options.size == "tiny" and device.type == "cpu" else None
+    sweeps = {p: [peak_sweep(device, d, sizes=sizes)] for p, d in PEAK_DTYPES.items()}
     logger.info(
         "matmul peaks %s",
         ", ".join(f"{p} {s[0].peak / 1e9:.1f} GFLOP/s" for p, s in sweeps.items()),
@@ -189,7 +191,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     )
     loads["prefetch"] = os.getloadavg()[0]
     for p, d in PEAK_DTYPES.items():
-        sweeps[p].append(peak_sweep(device, d))
+        sweeps[p].append(peak_sweep(device, d, sizes=sizes))
     peaks = [s.peak for s in sweeps[PEAK_OF.get(precision, "fp32")]]
     shapes = {
         "esm": {**module_shape(esm).as_dict(), "heads": esm.heads},
