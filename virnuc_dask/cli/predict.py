@@ -1,8 +1,9 @@
-"""``virnuc-dask predict INPUT... --out DIR``."""
+"""``virnuc-dask predict INPUT... --out DIR`` and ``predict --samplesheet CSV --out RUN``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -25,9 +26,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
-        help="FASTA or FASTQ file(s), plain or gzip (format from the content)",
+        help="FASTA or FASTQ file(s), plain or gzip (format from the content); two mate "
+        "files one after the other (R1 R2) are paired reads",
+    )
+    parser.add_argument(
+        "--samplesheet",
+        metavar="CSV",
+        help="a sequencing run: the samples of an nf-core style sheet "
+        "(sample,fastq_1,fastq_2[,fasta]) on one cluster, one output folder per sample "
+        "under --out, with samples.tsv and a MultiQC table; instead of INPUT files",
     )
     parser.add_argument("-o", "--out", metavar="DIR", help="output directory")
     parser.add_argument(
@@ -53,7 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from virnuc_dask.cli.options import verbosity
+    from virnuc_dask.config import ConfigError
 
+    if bool(args.inputs) == bool(args.samplesheet):
+        raise ConfigError("give INPUT files or --samplesheet CSV (one of the two)")
+    if args.samplesheet:
+        return run_samplesheet(args.samplesheet, settings_from_args(args), verbosity(args))
     return run_settings(
         settings_from_args(args),
         verbosity=verbosity(args),
@@ -83,4 +97,38 @@ def run_settings(
     logger.info("run summary (%s):\n%s", Path(result.out) / SUMMARY, summary_text(result.summary))
     if result.counts.failed:
         logger.warning("%d records failed; see %s", result.counts.failed, Path(result.out) / FAILED)
+    return result.exit_code
+
+
+def run_samplesheet(sheet_path: str, settings: Settings, verbosity: str = "normal") -> int:
+    """Predict every sample of a sheet on one cluster; a line per sample as it finishes."""
+    from virnuc_dask.cli.logs import forward_worker_logs
+    from virnuc_dask.core.samplesheet import read_samplesheet
+    from virnuc_dask.dataflow.run import run_prediction
+    from virnuc_dask.dataflow.sequencing_run import check_sheet_for_run, predict_samples
+    from virnuc_dask.rundir import SAMPLES
+
+    sheet = read_samplesheet(sheet_path)  # a bad sheet stops here, before any cluster
+    check_sheet_for_run(settings, sheet)
+    settings = settings.replace(inputs=tuple(f for s in sheet for f in s.inputs))
+
+    def logs(cluster):
+        forward_worker_logs(cluster.client, verbosity)
+        return contextlib.nullcontext()
+
+    def work(settings, client, *, progress=None):
+        return predict_samples(settings, client, sheet=sheet, progress=progress)
+
+    result, _ = run_prediction(settings, progress=logs, work=work)
+    logger.info("%d samples: see %s", len(sheet), Path(result.out) / SAMPLES)
+    for row in result.rows:
+        if row.status == "failed":
+            logger.error("sample %s failed: %s", row.sample, row.error)
+        elif row.status == "partial":
+            logger.warning(
+                "sample %s: %d records failed; see %s",
+                row.sample,
+                row.failed_records,
+                Path(result.out) / row.sample / FAILED,
+            )
     return result.exit_code

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client
 
@@ -20,7 +20,6 @@ from virnuc_dask.config import Settings
 
 if TYPE_CHECKING:
     from virnuc_dask.cluster.start import RunCluster
-from virnuc_dask.dataflow.pipeline import RunResult
 from virnuc_dask.events import Progress
 
 logger = logging.getLogger(__name__)
@@ -32,9 +31,16 @@ ProgressFactory = Callable[["RunCluster"], AbstractContextManager[Progress | Non
 
 
 def run_prediction(
-    settings: Settings, *, client: Client | None = None, progress: ProgressFactory | None = None
-) -> tuple[RunResult, str | None]:
-    """Run ``settings``' prediction; return the result and the dashboard link (if any)."""
+    settings: Settings,
+    *,
+    client: Client | None = None,
+    progress: ProgressFactory | None = None,
+    work: Callable[..., Any] | None = None,
+) -> tuple[Any, str | None]:
+    """Run ``settings``' prediction; return the result and the dashboard link (if any).
+
+    ``work(settings, client, progress=...)``: what runs on the cluster instead of
+    :func:`~virnuc_dask.dataflow.pipeline.predict` (a sequencing run's samples)."""
     from virnuc_dask.cluster.start import RunCluster, open_cluster
     from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
     from virnuc_dask.dataflow.pipeline import predict, preflight
@@ -53,5 +59,5 @@ def run_prediction(
         stack.enter_context(client.as_current())
         stack.enter_context(performance_report(settings.performance_report))
         sink = stack.enter_context(progress(cluster)) if progress is not None else None
-        result = predict(settings, client, progress=sink)
+        result = (work or predict)(settings, client, progress=sink)
     return result, link
