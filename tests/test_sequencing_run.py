@@ -194,3 +194,95 @@ def test_predict_r1_r2_classifies_both_mates(client, sheet_run, tmp_path, capsys
     reads = _rows(tmp_path / "out" / "read_predictions.tsv")[1:]
     assert len(reads) == 24 and sum(r[0].endswith("/2") for r in reads) == 12
     assert len(_rows(tmp_path / "out" / "pair_predictions.tsv")) == 13
+
+
+def test_the_python_api_runs_a_sheet_or_a_mapping_of_samples(client, sheet_run, tmp_path):
+    from virnuc_dask import SequencingRun
+    from virnuc_dask import predict as api_predict
+
+    folder, sheet, _ = sheet_run
+    options = {k: v for k, v in OVERRIDES.items() if k != "classifier"}
+    run = api_predict(
+        samplesheet=sheet.path,
+        out=tmp_path / "RUN",
+        classifier=TINY["classifier"],
+        client=client,
+        **options,
+    )
+    assert isinstance(run, SequencingRun) and run.exit_code == 0
+    assert list(run.samples) == ["casava", "slash", "single", "contigs"]
+    assert (
+        run.samples["slash"].paths["reads"] == tmp_path / "RUN" / "slash" / "read_predictions.tsv"
+    )
+    assert run.table.read_text().splitlines()[0].startswith("sample\tstatus")
+    src = folder / "in"
+    mapping = {
+        "slash": [src / "slash_1.fq", src / "slash_2.fq"],
+        "contigs": [src / "contigs.fa"],
+    }
+    run2 = api_predict(
+        samples=mapping,
+        out=tmp_path / "RUN2",
+        classifier=TINY["classifier"],
+        client=client,
+        **options,
+    )
+    assert [r["kind"] for r in run2.rows] == ["paired", "fasta"]
+    for name in mapping:
+        assert_same_results(tmp_path / "RUN2" / name, folder / "RUN" / name)
+    with pytest.raises(ValueError, match="one of inputs, samplesheet or samples"):
+        api_predict(out=tmp_path / "x", classifier=TINY["classifier"])
+
+
+def _fastx(path: Path) -> list[str]:
+    import gzip
+
+    return gzip.decompress(path.read_bytes()).decode().splitlines()
+
+
+def test_viral_reads_keep_the_input_records_and_pairs_together(sheet_run, tmp_path):
+    from virnuc_dask.dataflow.viral_reads import write_viral_reads
+
+    folder, sheet, _ = sheet_run
+    for sample in sheet:
+        out = tmp_path / sample.name
+        shutil.copytree(folder / "RUN" / sample.name, out, ignore=shutil.ignore_patterns("*.zarr"))
+        written = write_viral_reads(out, sample.inputs)
+        calls = {r[0]: r[7] for r in _rows(out / "read_predictions.tsv")[1:]}
+        name = "viral_reads.fasta.gz" if sample.kind == "fasta" else "viral_reads.fastq.gz"
+        lines = _fastx(out / name)
+        step = 2 if sample.kind == "fasta" else 4
+        heads = lines[::step]
+        if sample.kind == "paired":
+            pairs = _rows(out / "pair_predictions.tsv")[1:]
+            kept = [p[0] for p in pairs if "virus" in (p[9], p[10])]
+            assert written == {"records": 2 * len(kept), "pairs": len(kept)}
+            ids = [h[1:].split()[0] for h in heads]
+            if sample.name == "casava":
+                assert ids == [i for k in kept for i in (k, k)]
+                assert [h.split()[1][:2] for h in heads] == ["1:", "2:"] * len(kept)
+            else:
+                assert ids == [f"{k}/{m}" for k in kept for m in (1, 2)]
+        else:
+            viral = [i for i, c in calls.items() if c == "virus"]
+            assert [h[1:] for h in heads] == viral
+            assert written["records"] == len(viral)
+        assert heads and all(h[0] == ("@" if step == 4 else ">") for h in heads)
+        if step == 4:
+            assert all(len(q) == len(s) for s, q in zip(lines[1::4], lines[3::4], strict=True))
+
+
+def test_report_of_a_run_has_an_overview_and_a_page_per_sample(sheet_run, tmp_path, capsys):
+    from virnuc_dask.cli.main import main
+
+    folder, sheet, _ = sheet_run
+    run = tmp_path / "RUN"
+    shutil.copytree(folder / "RUN", run)
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    page = (run / "report.html").read_text()
+    assert "Viral fraction per sample" in page and "<svg" in page
+    for sample in sheet:
+        assert f'<a href="{sample.name}/report.html">' in page
+        assert (run / sample.name / "report.html").is_file()
+        assert f"sample report: {run / sample.name / 'report.html'}" in out

@@ -53,6 +53,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="start afresh instead of resuming a run in --out",
     )
+    parser.add_argument(
+        "--write-viral-reads",
+        action="store_true",
+        help="also write the input records of the reads predicted virus into "
+        "viral_reads.fastq.gz (viral_reads.fasta.gz for FASTA input), both mates of a "
+        "pair when either is viral",
+    )
     add_run_options(parser)
     add_progress(parser)
     add_logging(parser)
@@ -67,16 +74,26 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.inputs) == bool(args.samplesheet):
         raise ConfigError("give INPUT files or --samplesheet CSV (one of the two)")
     if args.samplesheet:
-        return run_samplesheet(args.samplesheet, settings_from_args(args), verbosity(args))
+        return run_samplesheet(
+            args.samplesheet,
+            settings_from_args(args),
+            verbosity(args),
+            viral_reads=args.write_viral_reads,
+        )
     return run_settings(
         settings_from_args(args),
         verbosity=verbosity(args),
         progress_interval=args.progress_interval,
+        viral_reads=args.write_viral_reads,
     )
 
 
 def run_settings(
-    settings: Settings, *, verbosity: str = "normal", progress_interval: float = 30.0
+    settings: Settings,
+    *,
+    verbosity: str = "normal",
+    progress_interval: float = 30.0,
+    viral_reads: bool = False,
 ) -> int:
     """Predict with the live display (or progress log lines) and the end-of-run summary."""
     from virnuc_dask.cli.logs import forward_worker_logs
@@ -94,13 +111,20 @@ def run_settings(
         )
 
     result, _ = run_prediction(settings, progress=display)
+    if viral_reads:
+        from virnuc_dask.dataflow.viral_reads import write_viral_reads
+
+        written = write_viral_reads(result.out, settings.inputs)
+        logger.info("%d viral reads written", written["records"])
     logger.info("run summary (%s):\n%s", Path(result.out) / SUMMARY, summary_text(result.summary))
     if result.counts.failed:
         logger.warning("%d records failed; see %s", result.counts.failed, Path(result.out) / FAILED)
     return result.exit_code
 
 
-def run_samplesheet(sheet_path: str, settings: Settings, verbosity: str = "normal") -> int:
+def run_samplesheet(
+    sheet_path: str, settings: Settings, verbosity: str = "normal", *, viral_reads: bool = False
+) -> int:
     """Predict every sample of a sheet on one cluster; a line per sample as it finishes."""
     from virnuc_dask.cli.logs import forward_worker_logs
     from virnuc_dask.core.samplesheet import read_samplesheet
@@ -117,7 +141,9 @@ def run_samplesheet(sheet_path: str, settings: Settings, verbosity: str = "norma
         return contextlib.nullcontext()
 
     def work(settings, client, *, progress=None):
-        return predict_samples(settings, client, sheet=sheet, progress=progress)
+        return predict_samples(
+            settings, client, sheet=sheet, progress=progress, viral_reads=viral_reads
+        )
 
     result, _ = run_prediction(settings, progress=logs, work=work)
     logger.info("%d samples: see %s", len(sheet), Path(result.out) / SAMPLES)

@@ -40,6 +40,7 @@ from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.pipeline import RunResult, predict, preflight
 from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, samples_tsv
 from virnuc_dask.dataflow.store import atomic_write_text
+from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import FastaFormatError, OutputDirError, SampleSheetError, first_line
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.rundir import MULTIQC, SAMPLES, SUMMARY
@@ -93,9 +94,11 @@ def predict_samples(
     *,
     sheet: SampleSheet,
     progress: Progress | None = None,
+    viral_reads: bool = False,
 ) -> SequencingRunResult:
     """Predict every sample of ``sheet`` into ``settings.out``/<sample> on ``client``'s
-    cluster, then write the run's tables and summary."""
+    cluster, then write the run's tables and summary; ``viral_reads``: also each
+    sample's viral reads (:mod:`.viral_reads`)."""
     t0 = time.perf_counter()
     tick = reporter(progress)  # "samples": finished samples of the sheet
     out = Path(settings.out)
@@ -108,6 +111,8 @@ def predict_samples(
         t = time.perf_counter()
         try:
             result = predict(sample_settings(settings, sample), client, facts=facts)
+            if viral_reads:
+                write_viral_reads(result.out, sample.inputs)
         except SAMPLE_ERRORS as exc:
             logger.error("sample %s failed: %s", sample.name, first_line(exc))
             return None, SampleRow(
