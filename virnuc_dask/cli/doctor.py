@@ -1,5 +1,5 @@
 """``virnuc-dask doctor``: one line per check (✓/✗ and the figure), ``--json``, exit 0
-only when every check passes. The checks: :mod:`virnuc_dask.tools.doctor`."""
+only when every check passes. The checks: :mod:`virnuc_dask.doctor.checks`."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def line(check: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.doctor import report, run_checks
+    from virnuc_dask.doctor.checks import report, run_checks
 
     checks = run_checks(
         out=Path(args.out),

@@ -65,21 +65,11 @@ def run_settings(
     settings: Settings, *, verbosity: str = "normal", progress_interval: float = 30.0
 ) -> int:
     """Predict with the live display (or progress log lines) and the end-of-run summary."""
-    from virnuc_dask.cli.logs import forward_worker_logs
-    from virnuc_dask.cli.progress import TerminalProgress
+    from virnuc_dask.cli.progress import display_factory
     from virnuc_dask.dataflow.run import run_prediction
     from virnuc_dask.dataflow.summary_text import summary_text
 
-    def display(cluster):
-        forward_worker_logs(cluster.client, verbosity)
-        return TerminalProgress(
-            client=cluster.client,
-            interval=progress_interval,
-            cluster_status=cluster.status_lines,
-            enabled=False if verbosity == "quiet" else None,
-        )
-
-    result, _ = run_prediction(settings, progress=display)
+    result, _ = run_prediction(settings, progress=display_factory(verbosity, progress_interval))
     logger.info("run summary (%s):\n%s", Path(result.out) / SUMMARY, summary_text(result.summary))
     if result.counts.failed:
         logger.warning("%d records failed; see %s", result.counts.failed, Path(result.out) / FAILED)

@@ -63,11 +63,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from virnuc_dask.dataflow.summary_text import summary_text
     from virnuc_dask.errors import ReportError
-    from virnuc_dask.tools.report import write_report
+    from virnuc_dask.report.run_report import write_report
 
     if args.top < 0:
         raise ReportError(f"--top must be >= 0, got {args.top}")
-    from virnuc_dask.tools.evaluation_report import is_evaluation, write_evaluation_report
+    from virnuc_dask.report.evaluation_report import is_evaluation, write_evaluation_report
 
     if is_evaluation(args.outdir):
         written = write_evaluation_report(args.outdir, html_path=args.html, png_dir=args.png)

@@ -58,8 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.input_stats import file_summary, repeated_inputs
-    from virnuc_dask.tools.validate import exit_code, validate
+    from virnuc_dask.validate.input_stats import file_summary, repeated_inputs
+    from virnuc_dask.validate.inputs import exit_code, validate
 
     if args.max_findings < 0:
         raise ConfigError(f"--max-findings must be >= 0, got {args.max_findings}")
@@ -96,11 +96,11 @@ def _si(value: float, unit: str) -> str:
 def report_text(
     files: Sequence[Any], chunk_size: int, est: dict[str, Any] | None, max_findings: int
 ) -> str:
-    """The findings of :func:`virnuc_dask.tools.validate.validate` (its ``FileStats``) and
+    """The findings of :func:`virnuc_dask.validate.inputs.validate` (its ``FileStats``) and
     the estimate, as the command prints them."""
     import numpy as np
 
-    from virnuc_dask.tools.input_stats import length_buckets, repeated_inputs
+    from virnuc_dask.validate.input_stats import length_buckets, repeated_inputs
 
     lines = []
     for stats in files:
