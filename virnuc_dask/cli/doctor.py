@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def line(check: Any) -> str:
-    """``✓ key: text`` or ``✗ key: text`` for a :class:`.tools.check.Check`."""
+    """``✓ key: text`` or ``✗ key: text`` for a :class:`~virnuc_dask.doctor.check_result.Check`."""
     return f"{'✓' if check.ok else '✗'} {check.key}: {check.text}"
 
 
