@@ -28,8 +28,8 @@ _EXPORTS = {
     "WORKER_ENV": "cluster.workers",
     "ThroughputMetrics": "dataflow.dashboard",
     "performance_report": "dataflow.dashboard",
-    "StagedModels": "tools.staging",
-    "fetch_models": "tools.staging",
+    "StagedModels": "models.staging",
+    "fetch_models": "models.staging",
 }
 __all__ = ["__version__", *_EXPORTS]
 

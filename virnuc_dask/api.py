@@ -200,8 +200,7 @@ def _predict_samples(
     **options: Any,
 ) -> SequencingRun:
     from virnuc_dask.core.samplesheet import read_samplesheet, samples_from_files
-    from virnuc_dask.dataflow.run import run_prediction
-    from virnuc_dask.dataflow.sequencing_run import check_sheet_for_run, predict_samples
+    from virnuc_dask.dataflow.sequencing_run import run_samples
 
     sheet = (
         read_samplesheet(samplesheet) if samplesheet is not None else samples_from_files(samples)
@@ -215,18 +214,12 @@ def _predict_samples(
     settings = load_settings(
         inputs=[f for s in sheet for f in s.inputs], config_file=config, overrides=overrides
     ).with_absolute_paths()
-    check_sheet_for_run(settings, sheet)
-
-    def work(settings, client, *, progress=None):
-        return predict_samples(
-            settings, client, sheet=sheet, progress=progress, viral_reads=viral_reads
-        )
-
-    result, link = run_prediction(
+    result, link = run_samples(
         settings,
+        sheet,
         client=client,
         progress=None if progress is None else lambda _: contextlib.nullcontext(progress),
-        work=work,
+        viral_reads=viral_reads,
     )
     return SequencingRun(
         out=Path(result.out),

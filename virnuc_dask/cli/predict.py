@@ -96,21 +96,11 @@ def run_settings(
     viral_reads: bool = False,
 ) -> int:
     """Predict with the live display (or progress log lines) and the end-of-run summary."""
-    from virnuc_dask.cli.logs import forward_worker_logs
-    from virnuc_dask.cli.progress import TerminalProgress
+    from virnuc_dask.cli.progress import display_factory
     from virnuc_dask.dataflow.run import run_prediction
     from virnuc_dask.dataflow.summary_text import summary_text
 
-    def display(cluster):
-        forward_worker_logs(cluster.client, verbosity)
-        return TerminalProgress(
-            client=cluster.client,
-            interval=progress_interval,
-            cluster_status=cluster.status_lines,
-            enabled=False if verbosity == "quiet" else None,
-        )
-
-    result, _ = run_prediction(settings, progress=display)
+    result, _ = run_prediction(settings, progress=display_factory(verbosity, progress_interval))
     if viral_reads:
         from virnuc_dask.dataflow.viral_reads import write_viral_reads
 
@@ -128,24 +118,16 @@ def run_samplesheet(
     """Predict every sample of a sheet on one cluster; a line per sample as it finishes."""
     from virnuc_dask.cli.logs import forward_worker_logs
     from virnuc_dask.core.samplesheet import read_samplesheet
-    from virnuc_dask.dataflow.run import run_prediction
-    from virnuc_dask.dataflow.sequencing_run import check_sheet_for_run, predict_samples
+    from virnuc_dask.dataflow.sequencing_run import run_samples
     from virnuc_dask.rundir import SAMPLES
 
     sheet = read_samplesheet(sheet_path)  # a bad sheet stops here, before any cluster
-    check_sheet_for_run(settings, sheet)
-    settings = settings.replace(inputs=tuple(f for s in sheet for f in s.inputs))
 
     def logs(cluster):
         forward_worker_logs(cluster.client, verbosity)
         return contextlib.nullcontext()
 
-    def work(settings, client, *, progress=None):
-        return predict_samples(
-            settings, client, sheet=sheet, progress=progress, viral_reads=viral_reads
-        )
-
-    result, _ = run_prediction(settings, progress=logs, work=work)
+    result, _ = run_samples(settings, sheet, progress=logs, viral_reads=viral_reads)
     logger.info("%d samples: see %s", len(sheet), Path(result.out) / SAMPLES)
     for row in result.rows:
         if row.status == "failed":

@@ -65,12 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from virnuc_dask.dataflow.summary_text import summary_text
     from virnuc_dask.errors import ReportError
-    from virnuc_dask.tools.report import write_report
+    from virnuc_dask.report.run_report import write_report
 
     if args.top < 0:
         raise ReportError(f"--top must be >= 0, got {args.top}")
-    from virnuc_dask.tools.evaluation_report import is_evaluation, write_evaluation_report
-    from virnuc_dask.tools.run_report import is_sequencing_run, write_run_report
+    from virnuc_dask.report.evaluation_report import is_evaluation, write_evaluation_report
+    from virnuc_dask.report.sequencing_report import is_sequencing_run, write_run_report
 
     if is_sequencing_run(args.outdir):
         written = write_run_report(args.outdir, top=args.top)

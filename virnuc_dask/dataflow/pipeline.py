@@ -49,10 +49,11 @@ from virnuc_dask.core.plan import (
 )
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow import scratch
+from virnuc_dask.dataflow.block_tasks import classify_rows, read_block_task, write_block_task
 from virnuc_dask.dataflow.dashboard import (
     unique_key,
 )
-from virnuc_dask.dataflow.embedding import MODEL_RESOURCES, embed_partitions
+from virnuc_dask.dataflow.embedding_graph import MODEL_RESOURCES, embed_partitions
 from virnuc_dask.dataflow.identity import fingerprint, open_store, prepare_out
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.outputs import BlockCounts, assemble
@@ -63,15 +64,14 @@ from virnuc_dask.dataflow.scratch import (
 from virnuc_dask.dataflow.store import (
     MODEL_KEYS,
     EmbeddingStore,
-    atomic_write_text,
     lazy_rows,
     naming,
 )
 from virnuc_dask.dataflow.summary import run_summary
-from virnuc_dask.dataflow.tasks import classify_rows, read_block_task, write_block_task
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.events import Progress, reporter
-from virnuc_dask.manifest import PartitionResult, failed_rows
+from virnuc_dask.files import atomic_write_text
+from virnuc_dask.partition_result import PartitionResult, failed_rows
 from virnuc_dask.rundir import SUMMARY
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,7 @@ stops the run; every finished partition is kept for the next one.
 Usage::
 
     sheet = read_samplesheet("samples.csv")
-    with Client(...) as client:
-        result = predict_samples(settings, client, sheet=sheet)   # settings.out: RUN/
+    result = run_samples(settings, sheet)   # settings.out: RUN/; the cluster settings name
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from virnuc_dask.core.samplesheet import Sample, SampleSheet
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.pipeline import RunResult, predict, preflight
 from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, samples_tsv
+from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.dataflow.store import atomic_write_text
 from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import FastaFormatError, OutputDirError, SampleSheetError, first_line
@@ -86,6 +86,31 @@ def check_sheet_for_run(settings: Settings, sheet: SampleSheet) -> None:
                 f"sample name {sample.name!r} is the name of a file of the run directory",
             )
         preflight(sample_settings(settings, sample))
+
+
+def run_samples(
+    settings: Settings,
+    sheet: SampleSheet,
+    *,
+    client: Client | None = None,
+    progress: ProgressFactory | None = None,
+    viral_reads: bool = False,
+) -> tuple[SequencingRunResult, str | None]:
+    """Check the sheet's samples before any cluster starts, then predict them in the
+    run's session (:func:`~virnuc_dask.dataflow.session.run_session`); the result and
+    the dashboard link (if any)."""
+    settings = settings.replace(inputs=tuple(f for s in sheet for f in s.inputs))
+    preflight(settings)  # the classifier, the run directory
+    check_sheet_for_run(settings, sheet)
+    with run_session(settings, client=client, progress=progress) as session:
+        result = predict_samples(
+            settings,
+            session.client,
+            sheet=sheet,
+            progress=session.progress,
+            viral_reads=viral_reads,
+        )
+    return result, session.dashboard_link
 
 
 def predict_samples(

@@ -1,7 +1,7 @@
 """``virnuc-dask report RUN/`` for a sequencing run: a page per sample and an overview.
 
 Each sample's folder gets the report a one-sample run gets (``RUN/<sample>/report.html``,
-:func:`virnuc_dask.tools.report.write_report`); ``RUN/report.html`` shows the viral
+:func:`virnuc_dask.report.run_report.write_report`); ``RUN/report.html`` shows the viral
 fraction of every sample as a bar chart and the table of ``samples.tsv``, each sample
 linked to its page.  One offline HTML file each (inline SVG, no scripts).
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from virnuc_dask.errors import ReportError
+from virnuc_dask.report.run_report import CSS, write_report
 from virnuc_dask.rundir import SAMPLES, SUMMARY
-from virnuc_dask.tools.report import CSS, write_report
 
 PAGE = "report.html"
 
