@@ -39,10 +39,10 @@ from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.pipeline import RunResult, predict, preflight
 from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, samples_tsv
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
-from virnuc_dask.dataflow.store import atomic_write_text
 from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import FastaFormatError, OutputDirError, SampleSheetError, first_line
 from virnuc_dask.events import Progress, reporter
+from virnuc_dask.files import atomic_write_text
 from virnuc_dask.rundir import MULTIQC, SAMPLES, SUMMARY
 
 logger = logging.getLogger(__name__)
