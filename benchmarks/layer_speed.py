@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from virnuc_dask.worker.embed import embed_dnabert, embed_esm
 
+from virnuc_dask.bench.kit import build_models, read_orfs_of, write_bench_input
 from virnuc_dask.models.dnabert import load_dnabert
 from virnuc_dask.models.esm2 import load_esm
 from virnuc_dask.models.esm_fast import SdpaEsm2
 from virnuc_dask.models.flops import module_shape, peak_sweep
-from virnuc_dask.tools.bench_kit import build_models, read_orfs_of, write_bench_input
-from virnuc_dask.worker.embed import embed_dnabert, embed_esm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -205,7 +205,7 @@ class Version:
 def prepare_workload(work: Path, reads: int) -> tuple[Path, Path]:
     """The generated reads and the ``small`` models, built by this checkout's code."""
     sys.path.insert(0, str(ROOT))
-    from virnuc_dask.tools.bench_kit import build_models, write_bench_input
+    from virnuc_dask.bench.kit import build_models, write_bench_input
 
     fasta = write_bench_input(work / "reads.fa", reads)
     models = build_models(work / "models", "small")

@@ -69,8 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.input_stats import file_summary, repeated_inputs
-    from virnuc_dask.tools.validate import exit_code, validate
+    from virnuc_dask.validate.input_stats import file_summary, repeated_inputs
+    from virnuc_dask.validate.inputs import exit_code, validate
 
     if args.max_findings < 0:
         raise ConfigError(f"--max-findings must be >= 0, got {args.max_findings}")
@@ -107,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
 def run_samplesheet(args: argparse.Namespace, settings: Any) -> int:
     """``validate --samplesheet``: the sheet, then each sample's files, per sample."""
     from virnuc_dask.core.samplesheet import read_samplesheet
-    from virnuc_dask.tools.input_stats import file_summary
-    from virnuc_dask.tools.validate import exit_code, validate_samples
+    from virnuc_dask.validate.input_stats import file_summary
+    from virnuc_dask.validate.inputs import exit_code, validate_samples
 
     sheet = read_samplesheet(args.samplesheet)  # a bad sheet: exit 1, naming the line
     checked, est = validate_samples(
@@ -159,11 +159,11 @@ def _si(value: float, unit: str) -> str:
 def report_text(
     files: Sequence[Any], chunk_size: int, est: dict[str, Any] | None, max_findings: int
 ) -> str:
-    """The findings of :func:`virnuc_dask.tools.validate.validate` (its ``FileStats``) and
+    """The findings of :func:`virnuc_dask.validate.inputs.validate` (its ``FileStats``) and
     the estimate, as the command prints them."""
     import numpy as np
 
-    from virnuc_dask.tools.input_stats import length_buckets, repeated_inputs
+    from virnuc_dask.validate.input_stats import length_buckets, repeated_inputs
 
     lines = []
     for stats in files:

@@ -49,10 +49,11 @@ from virnuc_dask.core.plan import (
 )
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow import scratch
+from virnuc_dask.dataflow.block_tasks import classify_rows, read_block_task, write_block_task
 from virnuc_dask.dataflow.dashboard import (
     unique_key,
 )
-from virnuc_dask.dataflow.embedding import MODEL_RESOURCES, embed_partitions
+from virnuc_dask.dataflow.embedding_graph import MODEL_RESOURCES, embed_partitions
 from virnuc_dask.dataflow.identity import fingerprint, open_store, prepare_out
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.outputs import BlockCounts, assemble
@@ -63,15 +64,14 @@ from virnuc_dask.dataflow.scratch import (
 from virnuc_dask.dataflow.store import (
     MODEL_KEYS,
     EmbeddingStore,
-    atomic_write_text,
     lazy_rows,
     naming,
 )
 from virnuc_dask.dataflow.summary import run_summary
-from virnuc_dask.dataflow.tasks import classify_rows, read_block_task, write_block_task
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.events import Progress, reporter
-from virnuc_dask.manifest import PartitionResult, failed_rows
+from virnuc_dask.files import atomic_write_text
+from virnuc_dask.partition_result import PartitionResult, failed_rows
 from virnuc_dask.rundir import SUMMARY
 
 logger = logging.getLogger(__name__)
@@ -138,14 +138,24 @@ class Embedded:
         return sum(self.counts)
 
 
-def predict(settings: Settings, client: Client, *, progress: Progress | None = None) -> RunResult:
-    """Run the whole prediction for ``settings`` on ``client``'s cluster."""
+def predict(
+    settings: Settings,
+    client: Client,
+    *,
+    progress: Progress | None = None,
+    facts: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run the whole prediction for ``settings`` on ``client``'s cluster; ``facts``: what
+    :func:`load_models` gave when the models are on the workers already (a sequencing
+    run loads them once for all its samples)."""
     tick = reporter(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     preflight(settings)
     with embedding_scratch(settings) as root:
-        embedded = embed_inputs(settings, client, root=root, tick=tick, timings=timings)
+        embedded = embed_inputs(
+            settings, client, root=root, tick=tick, timings=timings, facts=facts
+        )
         return _run(settings, client, tick, embedded, timings, t0)
 
 
@@ -170,6 +180,7 @@ def embed_inputs(
     select: Selection = six_frame_orfs,
     fingerprint_extra: dict[str, Any] | None = None,
     check_counts: Callable[[list, list[int]], None] | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> Embedded:
     """Load the models, read and translate the inputs, embed every ORF into the store.
 
@@ -183,7 +194,8 @@ def embed_inputs(
     blocks = with_mates(plan_blocks(list(settings.inputs), settings.blocksize), layout)
     tick("models", 0, 1)
 
-    facts = load_models(settings, client)
+    if facts is None:
+        facts = load_models(settings, client)
     dims = {m: facts[m] for m in MODEL_KEYS}
     timings["load_models"] = time.perf_counter() - t0
     tick("models", 1, 1, precision=facts["precision"], device=facts["device"])

@@ -23,7 +23,7 @@ import numpy as np
 
 from virnuc_dask.core.fasta import Record
 from virnuc_dask.core.orfs import content_hashes, orfs_from_records
-from virnuc_dask.tools.estimate import SAMPLE_FOR_TOKENIZER
+from virnuc_dask.validate.estimate import SAMPLE_FOR_TOKENIZER
 
 LONG_READ = 100_000
 
