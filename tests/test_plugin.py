@@ -16,8 +16,8 @@ from pathlib import Path
 
 import dask
 import pytest
-from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
-from helpers import REFERENCE, TINY
+from distributed import Client, LocalCluster
+from helpers import REFERENCE, TINY, two_workers
 
 from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.config import load_settings
@@ -45,16 +45,6 @@ def settings_for(out: Path, **overrides):
         **overrides,
     }
     return load_settings(inputs=[str(INPUT)], overrides=values)
-
-
-def two_workers(scheduler_port: int = 0, **envs: dict[str, str]) -> SpecCluster:
-    """A cluster of one nanny-run worker per ``envs`` entry, each with its environment."""
-    workers = {
-        name: {"cls": Nanny, "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}}}
-        for name, env in envs.items()
-    }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "port": scheduler_port}}
-    return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False)
 
 
 def worker_named(client: Client, name: str) -> str:

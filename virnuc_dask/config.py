@@ -58,6 +58,7 @@ class Settings:
     job_replacements: int = 8
     start_timeout: float | None = None
     no_worker_timeout: float = 300.0
+    stuck_after: float = 300.0
     performance_report: str | None = None
     toks_per_batch: int | None = None
     dnabert_toks_per_batch: int | None = None
@@ -93,9 +94,9 @@ class Settings:
             raise ConfigError(
                 f"job_replacements must be an integer >= 0, got {self.job_replacements!r}"
             )
-        for key in ("start_timeout", "no_worker_timeout"):
+        for key in ("start_timeout", "no_worker_timeout", "stuck_after"):
             value = getattr(self, key)
-            if (value is not None or key == "no_worker_timeout") and (
+            if (value is not None or key != "start_timeout") and (
                 isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
             ):
                 raise ConfigError(

@@ -9,9 +9,12 @@ get no score); every other record is embedded normally. A record that does not f
 device memory even alone (``SequenceTooLarge``) is failed directly. A record that
 fails in DNABERT-S is not given to ESM-2.
 
-A fault that is not in the records (unusable weights, a broken driver, a
-poisoned CUDA context) makes every record fail. Rather than trying each record
-of the partition alone, the task stops with ``SystemicFailure`` once
+A device fault (a sticky CUDA error, :mod:`virnuc_dask.worker.faults`) is not a
+record's: it takes the worker out of the run and the partition goes to another
+worker (:meth:`~virnuc_dask.worker.plugin.ModelPlugin.holding_device`). Another fault
+that is not in the records (unusable weights, a broken driver) makes every record
+fail. Rather than trying each record of the partition alone, the task stops with
+``SystemicFailure`` once
 ``SYSTEMIC_FAILURES`` records in a row have failed with no success between them.
 A partition none of whose records could be embedded is written but not recorded
 as finished: the next run tries it again.
@@ -44,6 +47,7 @@ from virnuc_dask.manifest import FailedRecord, ModelStats, PartitionResult
 from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, embed
 from virnuc_dask.worker.embed import DnabertAdapter, EsmAdapter
+from virnuc_dask.worker.faults import is_device_fault
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)
@@ -124,6 +128,8 @@ def isolate_failures(
                 pending.append(idx[rest])
             continue
         except Exception as exc:  # noqa: BLE001 - whatever a forward raises is recorded per record
+            if is_device_fault(exc):
+                raise  # the device failed, not these records: the worker leaves
             if len(idx) == 1:
                 failures.append(RecordFailure(int(idx[0]), stage, describe(exc)))
                 logger.warning("%s: %s failed: %s", stage, ids[int(idx[0])], describe(exc))
@@ -238,7 +244,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     stats: dict[str, ModelStats] = {}
     # One embedding task per device, even where the scheduler would run two (a worker
     # started with more than one GPU resource).
-    with models.holding_device():
+    with models.holding_device(f"partition {job.partition}"):
         for stage in MODEL_KEYS:  # DNABERT-S first
             # Only the first copy of an input is embedded; the others read its row.
             first = (

@@ -107,7 +107,8 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     from virnuc_dask.models.dnabert import load_dnabert
     from virnuc_dask.models.esm2 import load_esm
     from virnuc_dask.models.esm_fast import SdpaEsm2
-    from virnuc_dask.worker.plugin import DTYPES, pick_device, resolve_precision
+    from virnuc_dask.worker.device import pick_device
+    from virnuc_dask.worker.plugin import DTYPES, resolve_precision
 
     t_start = time.perf_counter()
     check_worker_counts(options.workers)
