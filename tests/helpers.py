@@ -80,6 +80,36 @@ def read_results(path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
     return [(r[0], r[1]) for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
 
 
+SCORE_TOLERANCE = 1e-5  # the parity contract: scores from another CPU or GPU agree this well
+
+
+def _field_differs(got: str, want: str, tolerance: float) -> bool:
+    if got == want:
+        return False
+    try:
+        return abs(float(got) - float(want)) > tolerance
+    except ValueError:
+        return True
+
+
+def assert_same_table(
+    actual: str, expected: str, *, name: str = "table", tolerance: float = SCORE_TOLERANCE
+) -> None:
+    """Two tab-separated result tables hold the same rows: text fields (ids, labels, counts
+    written as text) exactly, numbers within ``tolerance``. Float results differ in their last
+    digits between CPUs (kernels chosen by instruction set), so they are never compared as
+    bytes across machines."""
+    got_lines, want_lines = actual.splitlines(), expected.splitlines()
+    assert len(got_lines) == len(want_lines), (
+        f"{name}: {len(got_lines)} lines, expected {len(want_lines)}"
+    )
+    for number, (got, want) in enumerate(zip(got_lines, want_lines, strict=True), start=1):
+        got_fields, want_fields = got.split("\t"), want.split("\t")
+        assert len(got_fields) == len(want_fields) and not any(
+            _field_differs(g, w, tolerance) for g, w in zip(got_fields, want_fields, strict=True)
+        ), f"{name} line {number}: {got!r}, expected {want!r} (numbers within {tolerance:g})"
+
+
 def assert_matches_reference(out: Path, ref: Path) -> None:
     """``out`` holds what the original wrote in ``ref``: ids, calls, scores within 1e-5,
     the per-chunk file byte for byte, both embeddings within 1e-5."""
@@ -226,3 +256,53 @@ def two_workers(scheduler_port: int = 0, **envs: dict[str, str]):
     }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "port": scheduler_port}}
     return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False)
+
+
+def write_mates(
+    r1: Path, r2: Path, *, n: int = 20, style: str = "casava", offset: int = 0
+) -> tuple[Path, Path]:
+    """Two mate files of ``n`` pairs cut from the reference reads (mate 1 the first
+    half of a read, mate 2 its second half); ``style``: ``casava`` (``@id 1:N:0:…``)
+    or ``slash`` (``@id/1``); gzip when a name ends in ``.gz``. ``offset``: the first
+    read used (different offsets give different samples)."""
+    import gzip
+
+    reads = read_fasta_pairs(REFERENCE / "dev" / "basic" / "input.fa")
+    for path, mate in ((r1, 1), (r2, 2)):
+        lines = []
+        for k in range(n):
+            _, seq = reads[(offset + k) % len(reads)]
+            half = seq[: len(seq) // 2] if mate == 1 else seq[len(seq) // 2 :]
+            rid = f"M00123:45:000000000-A1B2C:1:1101:{15589 + offset + k}:1332"
+            title = f"{rid} {mate}:N:0:ATCACG" if style == "casava" else f"{rid}/{mate}"
+            lines.append(f"@{title}\n{half}\n+\n{'F' * len(half)}\n")
+        data = "".join(lines).encode()
+        path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+    return r1, r2
+
+
+def write_sequencing_run(folder: Path) -> Path:
+    """Four samples and their sheet in ``folder``: ``casava`` (paired FASTQ.gz over two
+    lanes), ``slash`` (paired ``/1`` ``/2`` FASTQ), ``single`` (single-end FASTQ) and
+    ``contigs`` (FASTA). Returns the sheet's path (paths in it are relative)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    reads = read_fasta_pairs(REFERENCE / "dev" / "basic" / "input.fa")
+    write_mates(folder / "casava_L001_R1_001.fastq.gz", folder / "casava_L001_R2_001.fastq.gz")
+    write_mates(
+        folder / "casava_L002_R1_001.fastq.gz", folder / "casava_L002_R2_001.fastq.gz", offset=20
+    )
+    write_mates(folder / "slash_1.fq", folder / "slash_2.fq", n=12, style="slash", offset=40)
+    (folder / "single.fq").write_text(
+        "".join(f"@single_{k}\n{s}\n+\n{'F' * len(s)}\n" for k, (_, s) in enumerate(reads[52:66]))
+    )
+    (folder / "contigs.fa").write_text("".join(f">{i}\n{s}\n" for i, s in reads[66:80]))
+    sheet = folder / "samples.csv"
+    sheet.write_text(
+        "sample,fastq_1,fastq_2,fasta\n"
+        "casava,casava_L001_R1_001.fastq.gz,casava_L001_R2_001.fastq.gz,\n"
+        "casava,casava_L002_R1_001.fastq.gz,casava_L002_R2_001.fastq.gz,\n"
+        "slash,slash_1.fq,slash_2.fq,\n"
+        "single,single.fq,,\n"
+        "contigs,,,contigs.fa\n"
+    )
+    return sheet

@@ -4,7 +4,8 @@
 |---|---|
 | ``prediction_results.txt`` | the original's per-ORF scores |
 | ``prediction_results_highestscore.csv`` | the original's per-chunk verdicts |
-| ``read_predictions.tsv`` | one row per input read |
+| ``read_predictions.tsv`` | one row per input read (mates of a pair: ``<id>/1``, ``<id>/2``) |
+| ``pair_predictions.tsv`` | paired reads: one row per pair |
 | ``failed_records.tsv`` | records that could not be processed |
 | ``run_summary.json`` | what the run did, how fast, where |
 | ``embeddings.zarr/`` | the embeddings and scores (the resume state, with ``partitions/``) |
@@ -29,6 +30,7 @@ from __future__ import annotations
 PREDICTIONS = "prediction_results.txt"
 HIGHEST = "prediction_results_highestscore.csv"
 READS = "read_predictions.tsv"
+PAIRS = "pair_predictions.tsv"
 FAILED = "failed_records.tsv"
 SUMMARY = "run_summary.json"
 STORE = "embeddings.zarr"

@@ -70,6 +70,8 @@ class FileStats:
     )
     hashes: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     lines: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    #: Hashes of the pair ids of a mate file's reads (see :mod:`virnuc_dask.core.pairs`).
+    pairs: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     sample: list[str] = dataclasses.field(default_factory=list, repr=False)
     #: 64 bits of the content hash of each accepted read's sequence and of each ORF's
     #: model inputs: enough to count repeats (a collision among 10^9 is unlikely, and
