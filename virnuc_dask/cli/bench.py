@@ -70,8 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--workers",
         type=_worker_counts,
         metavar="N[,N]",
-        help="worker counts of the predict runs (default 1,2; on a node with one "
-        "visible GPU, 1)",
+        help="worker counts of the predict runs (default 1,2; on a node with one visible GPU, 1)",
     )
     parser.add_argument(
         "--partition-rows", type=int, default=512, help="ORFs per partition (default 512)"
