@@ -122,6 +122,10 @@ class Settings:
             raise ConfigError(
                 f"worker_type must be one of {', '.join(WORKER_TYPES)}, got {self.worker_type!r}"
             )
+        if self.worker_type == "cpu" and self.device == "cuda":
+            raise ConfigError(
+                "worker_type cpu asks for no GPU; it cannot be combined with device cuda"
+            )
         if self.worker_type is not None and self.cluster not in (*JOBQUEUE_SYSTEMS, "slurm-runner"):
             raise ConfigError(
                 f"worker_type applies to cluster slurm, pbs or slurm-runner, not {self.cluster!r}"
@@ -214,4 +218,7 @@ def load_settings(
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     _check_keys(given, "overrides")
     values.update(given)
+    if values.get("worker_type") == "cpu" and values.get("device") == "auto":
+        # A CPU job on a node without device cgroups may see GPUs it was not given.
+        values["device"] = "cpu"
     return Settings(inputs=tuple(str(p) for p in inputs), **values)
