@@ -26,7 +26,6 @@ from helpers import (
     hand_started_cluster,
     predict_command,
     read_results,
-    two_workers,
 )
 
 from virnuc_dask.cluster.workers import WORKER_ENV
@@ -154,12 +153,8 @@ def test_the_run_stops_when_no_healthy_worker_is_left_naming_every_failure(tmp_p
         },
     )
     fault = {INJECT_VARIABLE: "device-error:2"}
-    with (
-        dask.config.set(WORKER_ENV),
-        two_workers(first=fault, second=fault) as cluster,
-        Client(cluster) as client,
-    ):
-        client.wait_for_workers(2, timeout=60)
+    workers = {"first": fault, "second": fault}
+    with hand_started_cluster(tmp_path / "cluster", workers) as (client, _):
         names = list(client.scheduler_info(n_workers=-1)["workers"])
         with pytest.raises(ModelLoadError, match="no worker is left that can embed") as stop:
             predict(settings, client)
