@@ -23,6 +23,7 @@ def test_pipeline_matches_original(client, reference, tmp_path, case, length):
             "precision": "fp32",
             "blocksize": 4096,
             "partition_rows": 37,
+            "keep_embeddings": True,  # compared with the original's too
             **TINY,
         },
     )

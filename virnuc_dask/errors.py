@@ -65,3 +65,7 @@ def first_line(exc: BaseException) -> str:
 
 class ClusterError(VirnucError):
     """The cluster cannot run the work: a job was rejected or ended, no worker came."""
+
+
+class StoreDamaged(VirnucError):
+    """Stored data failed its checksum (a torn write, a bad disk block)."""

@@ -40,7 +40,7 @@ from virnuc_dask.dataflow.embedding import MODEL_RESOURCES
 from virnuc_dask.dataflow.identity import file_digest
 from virnuc_dask.dataflow.pipeline import Embedded, embed_inputs, embedding_scratch
 from virnuc_dask.dataflow.run import ProgressFactory
-from virnuc_dask.dataflow.store import atomic_write_text
+from virnuc_dask.dataflow.store import atomic_write_text, checked_compressors
 from virnuc_dask.errors import OutputDirError, TrainingDataError, VirnucError
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.manifest import failed_rows
@@ -104,6 +104,7 @@ def _write_rows(embedded: Embedded, labels: np.ndarray, split: np.ndarray) -> No
             dtype="int8",
             fill_value=UNUSED,
             overwrite=True,
+            compressors=checked_compressors(),
         )
         array[:] = values
 
@@ -170,7 +171,10 @@ def train(
     t0 = time.perf_counter()
     preflight_training(settings, inputs)
     out = Path(settings.out)
-    settings = settings.replace(inputs=inputs.files, classifier=None)
+    # Training reads every embedding back: the store keeps them, in float32.
+    settings = settings.replace(
+        inputs=inputs.files, classifier=None, keep_embeddings=True, embeddings_dtype="float32"
+    )
     if inputs.protein_reference:
         load_reference(inputs.protein_reference)  # a bad reference fails here, not on workers
     extra = {
