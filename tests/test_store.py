@@ -10,9 +10,10 @@ import pytest
 import zarr
 
 from virnuc_dask.dataflow.integrity import check_partition
-from virnuc_dask.dataflow.store import EmbeddingStore, atomic_write_text, naming, read_rows
+from virnuc_dask.dataflow.store import EmbeddingStore, naming, read_rows
 from virnuc_dask.errors import StoreDamaged
-from virnuc_dask.manifest import FailedRecord, ModelStats, PartitionResult
+from virnuc_dask.files import atomic_write_text
+from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
 
 DIMS = {"dnabert": 3, "esm": 5}
 

@@ -69,3 +69,15 @@ class ClusterError(VirnucError):
 
 class StoreDamaged(VirnucError):
     """Stored data failed its checksum (a torn write, a bad disk block)."""
+
+
+class SampleSheetError(VirnucError, ValueError):
+    """A samplesheet that cannot describe a run: ``"<sheet>: line <n>: <problem>"``."""
+
+    def __init__(self, path: str, line: int | None, problem: str) -> None:
+        self.path, self.line, self.problem = path, line, problem
+        where = f"{path}: line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # keep the attributes across pickling
+        return (type(self), (self.path, self.line, self.problem))

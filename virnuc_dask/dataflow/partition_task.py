@@ -47,11 +47,11 @@ from virnuc_dask.dataflow.copies import plan_rows
 from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import SCORES, EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.manifest import FailedRecord, ModelStats, PartitionResult
 from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.models.classifier import score
+from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
+from virnuc_dask.worker.adapters import DnabertAdapter, EsmAdapter
 from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, embed
-from virnuc_dask.worker.embed import DnabertAdapter, EsmAdapter
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)

@@ -47,8 +47,9 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from virnuc_dask.errors import StoreDamaged
-from virnuc_dask.manifest import PartitionResult
+from virnuc_dask.files import atomic_write_text
 from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.partition_result import PartitionResult
 from virnuc_dask.rundir import MANIFEST, STORE
 
 #: What ``--embeddings-dtype`` may ask for.
@@ -62,20 +63,6 @@ def checked_compressors() -> tuple:
     """Zarr compressors of every stored array: zstd, then a CRC-32C of the compressed
     bytes (last, so it is checked first on read)."""
     return (ZstdCodec(level=3), Crc32cCodec())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager
