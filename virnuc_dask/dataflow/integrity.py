@@ -20,7 +20,7 @@ from distributed import Client
 
 from virnuc_dask.dataflow.dashboard import unique_key
 from virnuc_dask.dataflow.store import EmbeddingStore
-from virnuc_dask.manifest import PartitionResult
+from virnuc_dask.partition_result import PartitionResult
 
 logger = logging.getLogger(__name__)
 
