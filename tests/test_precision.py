@@ -84,6 +84,7 @@ def test_cpu_and_explicit_precisions():
 
 
 def test_an_fp32_worker_turns_tf32_off_whatever_the_site_set(monkeypatch):
+    from virnuc_dask.config import Settings
     from virnuc_dask.worker.plugin import ModelPlugin, ModelSpec
 
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
@@ -96,7 +97,7 @@ def test_an_fp32_worker_turns_tf32_off_whatever_the_site_set(monkeypatch):
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")
     try:
-        plugin = ModelPlugin(ModelSpec(**TINY, precision="fp32"))
+        plugin = ModelPlugin(ModelSpec.from_settings(Settings(**TINY, precision="fp32")))
         plugin.load()
         state = plugin.status()["matmul"]
     finally:

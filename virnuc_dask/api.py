@@ -77,7 +77,8 @@ class Prediction:
 
     @property
     def embeddings(self) -> dict[str, da.Array]:
-        """``{"dnabert": [rows, 768], "esm": [rows, 2560]}`` for the published models."""
+        """Per embedding model (by key) its rows: ``[rows, 768]`` for DNABERT-S, ``[rows,
+        2560]`` for ESM-2 with the published models."""
         return {name: lazy_rows(self.paths["embeddings"], name) for name in MODEL_KEYS}
 
     @property

@@ -245,7 +245,7 @@ def worker_pids(client: Client) -> dict[str, int]:
 
 def has_models(dask_worker) -> bool:
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    return plugin is not None and plugin.esm is not None
+    return plugin is not None and bool(plugin.adapters)
 
 
 @contextlib.contextmanager

@@ -22,10 +22,8 @@ from virnuc_dask.dataflow.scratch import (
     write_table,
 )
 from virnuc_dask.dataflow.scratch import sources as dedup_sources
-from virnuc_dask.dataflow.store import (
-    MODEL_KEYS,
-)
 from virnuc_dask.models.classifier import score
+from virnuc_dask.models.registry import MODEL_KEYS, lacking_rows
 from virnuc_dask.worker.plugin import (
     worker_models,
 )
@@ -88,13 +86,13 @@ def write_block_task(
     group = zarr.open_group(store_path, mode="r")
     stop = row_start + len(ids)
     mine = {r - row_start: f for r, f in failed.items() if row_start <= r < stop}
-    if failed and "dnabert_source" in group:
-        # A copy of an input that failed failed too: its DNABERT-S row, or its ESM-2 row
-        # (not computed for a row that failed in DNABERT-S), is missing.
+    if failed and f"{MODEL_KEYS[0]}_source" in group:
+        # A copy of an input that failed failed too: the row of the model it failed in,
+        # or of a later one (not computed for a row that failed earlier), is missing.
         for model in MODEL_KEYS:
             source = group[f"{model}_source"][row_start:stop]
             for i in np.flatnonzero(source != np.arange(row_start, stop)):
                 f = failed.get(int(source[i]))
-                if f is not None and (model == "esm" or f[0] == "dnabert"):
+                if f is not None and model in lacking_rows(f[0]):
                     mine.setdefault(int(i), f)
     return write_block(BlockOrfs(block, reads, ids), group["scores"][row_start:stop], parts, mine)

@@ -1,4 +1,5 @@
-"""One embedding partition on a worker: both models, failing records isolated, rows stored.
+"""One embedding partition on a worker: every embedding model, failing records isolated,
+rows stored.
 
 Each model embeds the whole partition in one call (token-budget batches; a batch
 that runs out of device memory is halved inside the batch runner,
@@ -6,8 +7,9 @@ that runs out of device memory is halved inside the batch runner,
 records are bisected: each half is embedded on its own, recursively, until the records
 that fail alone are found. Those are reported as failed (their rows stay zero and they
 get no score); every other record is embedded normally. A record that does not fit in
-device memory even alone (``SequenceTooLarge``) is failed directly. A record that
-fails in DNABERT-S is not given to ESM-2.
+device memory even alone (``SequenceTooLarge``) is failed directly. The models run in
+the registry's order (:mod:`virnuc_dask.models.registry`); a record that fails in one is
+not given to the next.
 
 A fault that is not in the records (unusable weights, a broken driver, a
 poisoned CUDA context) makes every record fail. Rather than trying each record
@@ -20,7 +22,7 @@ The rows are written by a task of their own (:func:`store_partition`), which a
 worker's second thread runs while the device embeds the next partition.
 
 >>> guard = FailureGuard(limit=2)
->>> guard.failed("r1_chunk_1F1", "esm", ValueError("bad"))
+>>> guard.failed("r1_chunk_1F1", MODEL_KEYS[-1], ValueError("bad"))
 >>> guard.succeeded()
 >>> guard.streak
 0
@@ -40,9 +42,8 @@ from distributed import get_worker
 from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
-from virnuc_dask.worker.adapters import DnabertAdapter, EsmAdapter
 from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, embed
 from virnuc_dask.worker.plugin import worker_models
 
@@ -165,23 +166,26 @@ class PartitionRows:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def texts(self, embeds: str) -> list[str]:
+        """What a model that embeds ``embeds`` (``nucleotide`` or ``protein``) reads."""
+        return {"nucleotide": self.nucleotides, "protein": self.proteins}[embeds]
+
 
 @dataclasses.dataclass(frozen=True)
 class PartitionJob:
     """What one embedding task is asked for; its rows come as the other argument.
 
-    ``toks_per_batch`` (ESM-2) and ``dnabert_toks_per_batch``: the token-budget
-    ceilings the settings give (None: from the device's free memory).
+    ``ceilings``: per embedding model (its key), the token-budget ceiling the settings
+    give (missing or None: from the device's free memory).
     """
 
     partition: int
     row_start: int
     out: str
-    toks_per_batch: int | None = None
-    dnabert_toks_per_batch: int | None = None
+    ceilings: tuple[tuple[str, int | None], ...] = ()
 
     def ceiling(self, model: str) -> int | None:
-        return self.dnabert_toks_per_batch if model == "dnabert" else self.toks_per_batch
+        return dict(self.ceilings).get(model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +202,7 @@ class EmbeddedPartition:
 
 
 def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> EmbeddedPartition:
-    """Embed one partition's ORFs with both models (the task holding the device).
+    """Embed one partition's ORFs with every embedding model (the task holding the device).
 
     ``rows``: a :class:`PartitionRows` (or a list of ORFs). Writing is left to
     :func:`store_partition`, a separate task, so that the device is free for the next
@@ -210,13 +214,10 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     dims = models.dims
     # Held here, so that a plugin torn down meanwhile (worker closing) cannot pull the
     # models from under this task and make every record look failed.
-    adapters = {
-        "dnabert": DnabertAdapter(models.dnabert, models.tokenizer),
-        "esm": EsmAdapter(models.esm, models.alphabet),
-    }
+    adapters = dict(models.adapters)
     device = models.device
     ids = rows.ids
-    texts = {"dnabert": rows.nucleotides, "esm": rows.proteins}
+    texts = {m.key: rows.texts(m.embeds) for m in EMBEDDING_MODELS}
     row_start = job.row_start
     here = np.arange(row_start, row_start + len(rows), dtype=np.int64)
 
@@ -239,14 +240,14 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     # One embedding task per device, even where the scheduler would run two (a worker
     # started with more than one GPU resource).
     with models.holding_device():
-        for stage in MODEL_KEYS:  # DNABERT-S first
+        for stage in MODEL_KEYS:  # in the registry's order
             # Only the first copy of an input is embedded; the others read its row.
             first = (
                 np.ones(len(rows), dtype=bool)
                 if rows.sources is None
                 else rows.sources[stage] == here
             )
-            for f in failures:  # failed in DNABERT-S: not given to ESM-2
+            for f in failures:  # failed in an earlier model: not given to this one
                 first[f.index] = False
             todo = np.flatnonzero(first).astype(np.int64)
             pieces, counters, new = isolate_failures(
