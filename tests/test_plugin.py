@@ -17,10 +17,10 @@ from pathlib import Path
 import dask
 import pytest
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
-from helpers import REFERENCE, TINY
+from helpers import REFERENCE, TINY, tiny_settings
 
 from virnuc_dask.cluster.workers import WORKER_ENV
-from virnuc_dask.config import Settings, load_settings
+from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.dataflow.models_on_workers import model_status, wait_for_models
@@ -34,17 +34,8 @@ RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "rea
 
 
 def settings_for(out: Path, **overrides):
-    values = {
-        "out": str(out),
-        "length": 300,
-        "precision": "fp32",
-        "blocksize": 4096,
-        "partition_rows": 16,
-        "threads": 1,
-        **TINY,
-        **overrides,
-    }
-    return load_settings(inputs=[str(INPUT)], overrides=values)
+    values = {"blocksize": 4096, "partition_rows": 16, "threads": 1, **overrides}
+    return tiny_settings([INPUT], out, **values)
 
 
 def two_workers(scheduler_port: int = 0, **envs: dict[str, str]) -> SpecCluster:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -226,23 +225,9 @@ class DnabertAdapter:
         return dnabert_bytes_per_token(self.model, longest)
 
 
-def load_adapter(
-    source: str,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    cache_dir: str | os.PathLike[str] | None = None,
-    offline: bool = False,
-) -> DnabertAdapter:
-    """DNABERT-S from ``source`` for the batch runner."""
-    model, tokenizer = load_dnabert(
-        source,
-        device=device,
-        dtype=dtype,
-        cache_dir=None if cache_dir is None else str(cache_dir),
-        offline=offline,
-    )
-    return DnabertAdapter(model, tokenizer)
+def load_adapter(source: str, **options: Any) -> DnabertAdapter:
+    """DNABERT-S from ``source`` for the batch runner (the options of :func:`load_dnabert`)."""
+    return DnabertAdapter(*load_dnabert(source, **options))
 
 
 def load_module(source: str, **options: Any) -> torch.nn.Module:

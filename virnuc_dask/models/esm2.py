@@ -230,22 +230,13 @@ class EsmAdapter:
         return esm_bytes_per_token(self.model, longest)
 
 
-def load_adapter(
-    source: str,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    cache_dir: str | os.PathLike[str] | None = None,
-    offline: bool = False,
-) -> EsmAdapter:
-    """ESM-2 from ``source`` for the batch runner, its layers through fused attention
-    kernels (:class:`~virnuc_dask.models.esm_fast.SdpaEsm2`; fp32 agreement with
-    fair-esm's forward is tested in tests/test_esm_fast.py)."""
+def load_adapter(source: str, **options: Any) -> EsmAdapter:
+    """ESM-2 from ``source`` for the batch runner (the options of :func:`load_esm`), its
+    layers through fused attention kernels (:class:`~virnuc_dask.models.esm_fast.SdpaEsm2`;
+    fp32 agreement with fair-esm's forward is tested in tests/test_esm_fast.py)."""
     from virnuc_dask.models.esm_fast import SdpaEsm2
 
-    model, alphabet = load_esm(
-        source, device=device, dtype=dtype, cache_dir=cache_dir, offline=offline
-    )
+    model, alphabet = load_esm(source, **options)
     return EsmAdapter(SdpaEsm2(model), alphabet)
 
 

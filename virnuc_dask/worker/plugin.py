@@ -201,7 +201,7 @@ class ModelPlugin(WorkerPlugin):
                 sources[m.key],
                 device=device,
                 dtype=dtype,
-                cache_dir=None if cache is None else m.cache_dir(cache),
+                cache_dir=None if cache is None else str(m.cache_dir(cache)),
                 offline=spec.offline,
             )
             for m in EMBEDDING_MODELS
