@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "predict": "api",
     "Prediction": "api",
+    "SequencingRun": "api",
     "Settings": "config",
     "load_settings": "config",
     "open_client": "cluster.start",

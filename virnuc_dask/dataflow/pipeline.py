@@ -138,14 +138,24 @@ class Embedded:
         return sum(self.counts)
 
 
-def predict(settings: Settings, client: Client, *, progress: Progress | None = None) -> RunResult:
-    """Run the whole prediction for ``settings`` on ``client``'s cluster."""
+def predict(
+    settings: Settings,
+    client: Client,
+    *,
+    progress: Progress | None = None,
+    facts: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run the whole prediction for ``settings`` on ``client``'s cluster; ``facts``: what
+    :func:`load_models` gave when the models are on the workers already (a sequencing
+    run loads them once for all its samples)."""
     tick = reporter(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     preflight(settings)
     with embedding_scratch(settings) as root:
-        embedded = embed_inputs(settings, client, root=root, tick=tick, timings=timings)
+        embedded = embed_inputs(
+            settings, client, root=root, tick=tick, timings=timings, facts=facts
+        )
         return _run(settings, client, tick, embedded, timings, t0)
 
 
@@ -170,6 +180,7 @@ def embed_inputs(
     select: Selection = six_frame_orfs,
     fingerprint_extra: dict[str, Any] | None = None,
     check_counts: Callable[[list, list[int]], None] | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> Embedded:
     """Load the models, read and translate the inputs, embed every ORF into the store.
 
@@ -183,7 +194,8 @@ def embed_inputs(
     blocks = with_mates(plan_blocks(list(settings.inputs), settings.blocksize), layout)
     tick("models", 0, 1)
 
-    facts = load_models(settings, client)
+    if facts is None:
+        facts = load_models(settings, client)
     dims = {m: facts[m] for m in MODEL_KEYS}
     timings["load_models"] = time.perf_counter() - t0
     tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
