@@ -17,10 +17,10 @@ from helpers import (
     TINY,
     assert_matches_reference,
     read_fasta_pairs,
+    tiny_settings,
     write_duplicated_reads,
 )
 
-from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.dataflow.store import read_rows
 
@@ -40,18 +40,7 @@ def fasta_to_fastq(src: Path, dest: Path, *, compressed: bool = False) -> Path:
 
 
 def _run(client, inputs, out: Path, length: int, **extra):
-    settings = load_settings(
-        inputs=[str(p) for p in inputs],
-        overrides={
-            "out": str(out),
-            "length": length,
-            "precision": "fp32",
-            "blocksize": 4096,
-            "partition_rows": 37,
-            **TINY,
-            **extra,
-        },
-    )
+    settings = tiny_settings(inputs, out, length=length, blocksize=4096, partition_rows=37, **extra)
     return predict(settings, client)
 
 

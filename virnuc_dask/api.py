@@ -79,8 +79,9 @@ class Prediction:
 
     @property
     def embeddings(self) -> dict[str, da.Array]:
-        """``{"dnabert": [rows, 768], "esm": [rows, 2560]}`` for the published models,
-        when the run kept them (``keep_embeddings=True``; else a ``ValueError``)."""
+        """Per embedding model (by key) its rows: ``[rows, 768]`` for DNABERT-S, ``[rows,
+        2560]`` for ESM-2 with the published models, when the run kept them
+        (``keep_embeddings=True``; else a ``ValueError``)."""
         group = zarr.open_group(self.paths["embeddings"], mode="r")
         if group.attrs.get("embeddings") is None:
             raise ValueError(

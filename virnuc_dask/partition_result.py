@@ -5,12 +5,14 @@ the progress display and the run summary count.
 The JSON form is flat: the per-model statistics sit under the model's key; ``checksum``
 is the SHA-256 of the rest (sorted keys), checked when the entry is read back.
 
+>>> from virnuc_dask.models import MODEL_KEYS
+>>> first, last = MODEL_KEYS[0], MODEL_KEYS[-1]
 >>> result = PartitionResult(partition=3, row_start=600, rows=2, worker="tcp://w1",
-...     models={"dnabert": ModelStats(sequences=2, rows=2, unique=2),
-...             "esm": ModelStats(sequences=1, rows=2, unique=1)},
-...     failed=(FailedRecord(row=601, id="r1_1F", stage="esm", error="E: x"),))
+...     models={first: ModelStats(sequences=2, rows=2, unique=2),
+...             last: ModelStats(sequences=1, rows=2, unique=1)},
+...     failed=(FailedRecord(row=601, id="r1_1F", stage=last, error="E: x"),))
 >>> data = result.to_json()
->>> data["esm"]["unique"], data["failed"][0]["row"]
+>>> data[last]["unique"], data["failed"][0]["row"]
 (1, 601)
 >>> PartitionResult.from_json(data) == result
 True

@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
-from helpers import REFERENCE, TINY, predict_command, write_perf_reads
+from helpers import REFERENCE, TINY, predict_command, wait_until, write_perf_reads
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
@@ -243,11 +242,12 @@ def interrupt(reads: Path, out: Path, how: str, after: int) -> int:
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    while finished(out) < after:
+
+    def enough_finished() -> bool:
         assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+        return finished(out) >= after
+
+    wait_until(enough_finished, 300, interval=0.05, what=f"{after} finished partitions")
     if how == "sigkill-group":
         os.killpg(proc.pid, signal.SIGKILL)
     elif how == "sigkill-client":
@@ -263,10 +263,8 @@ def interrupt(reads: Path, out: Path, how: str, after: int) -> int:
         assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     else:
         assert proc.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 30
-    while session_alive(proc.pid):  # the workers go with their client
-        assert time.monotonic() < deadline, session_alive(proc.pid)
-        time.sleep(0.2)
+    # the workers go with their client
+    wait_until(lambda: not session_alive(proc.pid), 30, interval=0.2, what="the workers to end")
     return finished(out)
 
 

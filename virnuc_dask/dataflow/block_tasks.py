@@ -22,7 +22,8 @@ from virnuc_dask.dataflow.scratch import (
     write_table,
 )
 from virnuc_dask.dataflow.scratch import sources as dedup_sources
-from virnuc_dask.dataflow.store import MODEL_KEYS, SCORES, read_rows
+from virnuc_dask.dataflow.store import SCORES, read_rows
+from virnuc_dask.models.registry import MODEL_KEYS
 
 logger = logging.getLogger(__name__)
 

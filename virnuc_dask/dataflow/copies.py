@@ -5,8 +5,8 @@ A row's features are ``[DNABERT-S of its nucleotide slice, ESM-2 of its protein]
 with dedup each half is the vector of the first row with that input (its *source*,
 per model). Three cases:
 
-- both sources are the row itself: both models embed it here;
-- both sources are one earlier row (a plain copy): its features are that row's, so
+- every source is the row itself: every model embeds it here;
+- every source is one earlier row (a plain copy): its features are that row's, so
   are its scores; it is neither embedded nor scored here, and takes that row's
   scores (``scores_source``), wherever that row lies;
 - otherwise each half comes from its source when the source lies in this partition
@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.models.registry import MODEL_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +64,12 @@ def plan_rows(
             here,
         )
     source = {m: np.asarray(sources[m], dtype=np.int64) for m in MODEL_KEYS}
-    first, second = (source[m] for m in MODEL_KEYS)
-    copies = (first == second) & (first != here) if scoring else np.zeros(rows, dtype=bool)
+    first = source[MODEL_KEYS[0]]
+    copies = np.zeros(rows, dtype=bool)
+    if scoring:
+        copies = first != here
+        for m in MODEL_KEYS[1:]:
+            copies &= source[m] == first
     embed, own, take = {}, {}, {}
     for m in MODEL_KEYS:
         own[m] = source[m] == here

@@ -28,6 +28,7 @@ from virnuc_dask.dataflow.partition_task import (
 )
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import ModelLoadError, SystemicFailure
+from virnuc_dask.models.registry import EMBEDDING_MODELS
 from virnuc_dask.partition_result import PartitionResult
 from virnuc_dask.worker.plugin import EMBED_RESOURCE
 
@@ -82,8 +83,7 @@ def embed_partitions(
             partition=p,
             row_start=row_start,
             out=str(store.out),
-            toks_per_batch=settings.toks_per_batch,
-            dnabert_toks_per_batch=settings.dnabert_toks_per_batch,
+            ceilings=tuple((m.key, m.ceiling(settings)) for m in EMBEDDING_MODELS),
             keep=store.embeddings,
         )
         with dask.annotate(resources=resources):

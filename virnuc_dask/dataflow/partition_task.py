@@ -1,5 +1,5 @@
-"""One embedding partition on a worker: both models, the classifier, failing records
-isolated, rows stored.
+"""One embedding partition on a worker: every embedding model, the classifier, failing
+records isolated, rows stored.
 
 Each model embeds the whole partition in one call (token-budget batches; a batch
 that runs out of device memory is halved inside the batch runner,
@@ -7,9 +7,10 @@ that runs out of device memory is halved inside the batch runner,
 records are bisected: each half is embedded on its own, recursively, until the records
 that fail alone are found. Those are reported as failed (their rows stay zero and they
 get no score); every other record is embedded normally. A record that does not fit in
-device memory even alone (``SequenceTooLarge``) is failed directly. A record that
-fails in DNABERT-S is not given to ESM-2. A row that takes its vector from a row
-that failed (dedup) fails with it.
+device memory even alone (``SequenceTooLarge``) is failed directly. The models run in
+the registry's order (:mod:`virnuc_dask.models.registry`); a record that fails in one is
+not given to the next. A row that takes its vector from a row that failed (dedup)
+fails with it.
 
 The classifier scores the rows on the same worker, from the vectors in memory
 (:mod:`virnuc_dask.dataflow.copies` says which rows take another row's vectors or
@@ -26,7 +27,7 @@ The rows are written by a task of their own (:func:`store_partition`), which a
 worker's second thread runs while the device embeds the next partition.
 
 >>> guard = FailureGuard(limit=2)
->>> guard.failed("r1_chunk_1F1", "esm", ValueError("bad"))
+>>> guard.failed("r1_chunk_1F1", MODEL_KEYS[-1], ValueError("bad"))
 >>> guard.succeeded()
 >>> guard.streak
 0
@@ -47,10 +48,9 @@ from virnuc_dask.dataflow.copies import plan_rows
 from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import SCORES, EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.models.classifier import score
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
-from virnuc_dask.worker.adapters import DnabertAdapter, EsmAdapter
 from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, embed
 from virnuc_dask.worker.plugin import worker_models
 
@@ -173,25 +173,28 @@ class PartitionRows:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def texts(self, embeds: str) -> list[str]:
+        """What a model that embeds ``embeds`` (``nucleotide`` or ``protein``) reads."""
+        return {"nucleotide": self.nucleotides, "protein": self.proteins}[embeds]
+
 
 @dataclasses.dataclass(frozen=True)
 class PartitionJob:
     """What one embedding task is asked for; its rows come as the other argument.
 
-    ``toks_per_batch`` (ESM-2) and ``dnabert_toks_per_batch``: the token-budget
-    ceilings the settings give (None: from the device's free memory). ``keep``: the
-    dtype in which the embeddings are stored (None: they are not).
+    ``ceilings``: per embedding model (its key), the token-budget ceiling the settings
+    give (missing or None: from the device's free memory). ``keep``: the dtype in which
+    the embeddings are stored (None: they are not).
     """
 
     partition: int
     row_start: int
     out: str
-    toks_per_batch: int | None = None
-    dnabert_toks_per_batch: int | None = None
+    ceilings: tuple[tuple[str, int | None], ...] = ()
     keep: str | None = None
 
     def ceiling(self, model: str) -> int | None:
-        return self.dnabert_toks_per_batch if model == "dnabert" else self.toks_per_batch
+        return dict(self.ceilings).get(model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +211,8 @@ class EmbeddedPartition:
 
 
 def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> EmbeddedPartition:
-    """Embed and score one partition's ORFs (the task holding the device).
+    """Embed one partition's ORFs with every embedding model and score them (the task
+    holding the device).
 
     ``rows``: a :class:`PartitionRows` (or a list of ORFs). Writing is left to
     :func:`store_partition`, a separate task, so that the device is free for the next
@@ -220,14 +224,11 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     dims = models.dims
     # Held here, so that a plugin torn down meanwhile (worker closing) cannot pull the
     # models from under this task and make every record look failed.
-    adapters = {
-        "dnabert": DnabertAdapter(models.dnabert, models.tokenizer),
-        "esm": EsmAdapter(models.esm, models.alphabet),
-    }
+    adapters = dict(models.adapters)
     classifier = models.classifier
     device = models.device
     ids = rows.ids
-    texts = {"dnabert": rows.nucleotides, "esm": rows.proteins}
+    texts = {m.key: rows.texts(m.embeds) for m in EMBEDDING_MODELS}
     row_start = job.row_start
     plan = plan_rows(row_start, len(rows), rows.sources, scoring=classifier is not None)
 
@@ -250,9 +251,9 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     # One embedding task per device, even where the scheduler would run two (a worker
     # started with more than one GPU resource).
     with models.holding_device():
-        for stage in MODEL_KEYS:  # DNABERT-S first
+        for stage in MODEL_KEYS:  # in the registry's order
             todo = plan.embed[stage].copy()
-            todo[list(failed)] = False  # failed in DNABERT-S: not given to ESM-2
+            todo[list(failed)] = False  # failed in an earlier model: not given to this one
             todo = np.flatnonzero(todo).astype(np.int64)
             pieces, counters, new = isolate_failures(
                 embedder(stage), todo, stage=stage, ids=ids, guard=guard

@@ -61,11 +61,12 @@ from virnuc_dask.dataflow.pair_outputs import write_pair_predictions
 from virnuc_dask.dataflow.scratch import (
     dedup_bucket,
 )
-from virnuc_dask.dataflow.store import MODEL_KEYS, EmbeddingStore
+from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.summary import run_summary
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.partition_result import PartitionResult, failed_rows
 from virnuc_dask.rundir import SUMMARY
 
@@ -269,11 +270,10 @@ def embed_inputs(
     logger.info("%d ORFs in %d partitions, %d already done", total_rows, len(plan), len(done))
     if buckets:
         logger.info(
-            "inputs embedded once: DNABERT-S %d of %d, ESM-2 %d of %d",
-            dedup["dnabert"]["unique"],
-            total_rows,
-            dedup["esm"]["unique"],
-            total_rows,
+            "inputs embedded once: %s",
+            ", ".join(
+                f"{m.name} {dedup[m.key]['unique']} of {total_rows}" for m in EMBEDDING_MODELS
+            ),
         )
 
     # Embed the remaining partitions.

@@ -88,8 +88,8 @@ class EmbeddingStore:
     """Open or create the store under ``out``; see the module docstring for the layout.
 
     >>> import tempfile
-    >>> store = EmbeddingStore.create(tempfile.mkdtemp(), rows=10, dims={"dnabert": 4, "esm": 6},
-    ...                               chunk_rows=4, classes=2, fingerprint={"k": 1})
+    >>> store = EmbeddingStore.create(tempfile.mkdtemp(), rows=10,
+    ...     dims=dict.fromkeys(MODEL_KEYS, 4), chunk_rows=4, classes=2, fingerprint={"k": 1})
     >>> store.done_partitions()
     set()
     """
