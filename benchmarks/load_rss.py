@@ -66,7 +66,7 @@ def write_checkpoint(path: Path, layers: int, dim: int, heads: int) -> Path:
 def child(path: str, way: str) -> dict[str, float]:
     import torch
 
-    from virnuc_dask.models.esm2 import _read_checkpoint, load_esm
+    from virnuc_dask.models.esm2 import load_esm, read_checkpoint
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t = time.perf_counter()
@@ -76,7 +76,7 @@ def child(path: str, way: str) -> dict[str, float]:
         from esm import pretrained
 
         model, _ = pretrained.load_model_and_alphabet_core(
-            Path(path).stem, _read_checkpoint(Path(path)), None
+            Path(path).stem, read_checkpoint(Path(path)), None
         )
     with torch.no_grad():
         touched = sum(float(p.sum()) for p in model.parameters())

@@ -12,16 +12,15 @@ import dask
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-from helpers import REFERENCE, TINY
+from helpers import REFERENCE, tiny_settings
 
 from virnuc_dask.cli.main import main
 from virnuc_dask.cluster.workers import WORKER_ENV
-from virnuc_dask.config import load_settings
 from virnuc_dask.core.chunking import chunk_spans
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.dataflow.summary_text import summary_text
-from virnuc_dask.tools.figures import figure_tracks
-from virnuc_dask.tools.report_data import COLOURS, load_run
+from virnuc_dask.report.figures import figure_tracks
+from virnuc_dask.report.run_data import COLOURS, load_run
 
 CASE, LENGTH = "mixed", 300
 
@@ -29,15 +28,8 @@ CASE, LENGTH = "mixed", 300
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    settings = load_settings(
-        inputs=[str(REFERENCE / "dev" / CASE / "input.fa")],
-        overrides={
-            "out": str(out),
-            "length": LENGTH,
-            "precision": "fp32",
-            "partition_rows": 64,
-            **TINY,
-        },
+    settings = tiny_settings(
+        [REFERENCE / "dev" / CASE / "input.fa"], out, length=LENGTH, partition_rows=64
     )
     with (
         dask.config.set(WORKER_ENV),

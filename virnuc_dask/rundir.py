@@ -21,6 +21,15 @@ the validation split), and:
 | ``training_summary.json`` | data, split, options, best epoch and its metrics |
 | ``training/`` | the checkpoint of the last finished epoch and what it was trained on |
 
+A sequencing run's directory (``predict --samplesheet``) holds one such directory per
+sample (``<sample>/``) and:
+
+| name | content |
+|---|---|
+| ``samples.tsv`` | one line per sample: reads, pairs, chunks, ORFs, viral reads ... |
+| ``virnuc_dask_mqc.tsv`` | the same figures as a MultiQC custom-content general-stats table |
+| ``run_summary.json`` | the run: samplesheet, samples and their status, models, timings |
+
 An ``evaluate`` directory holds one prediction run directory per class (``viral/``,
 ``other/``), ``evaluation.json`` and ``evaluation.txt``.
 """
@@ -36,6 +45,10 @@ SUMMARY = "run_summary.json"
 STORE = "embeddings.zarr"
 MANIFEST = "partitions"
 SCRATCH = ".scratch"
+VIRAL_READS = "viral_reads"  # + ".fastq.gz" or ".fasta.gz"
+
+SAMPLES = "samples.tsv"
+MULTIQC = "virnuc_dask_mqc.tsv"
 
 MODEL = "model.pth"
 TRAINING_LOG = "training_log.tsv"

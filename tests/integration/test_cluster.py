@@ -25,6 +25,7 @@ from helpers import (
     assert_matches_reference,
     hand_started_cluster,
     predict_command,
+    wait_until,
     write_perf_reads,
 )
 
@@ -33,7 +34,7 @@ from virnuc_dask.cluster.workers import WORKER_ENV, WORKER_ENV_VALUE, WORKER_ENV
 from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
-STAGES = ("read_orfs", "dedup", "partition", "embed", "classify", "write-results")
+STAGES = ("read_orfs", "dedup", "partition", "embed", "store-embeddings", "write-results")
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,7 @@ def test_predict_on_scheduler_address_matches_original(hand_started, reference, 
     assert not {"_take", "_gather", "_first", "_write_block"} & prefixes
 
     # Each worker's embedding throughput reaches the scheduler with the heartbeats.
-    deadline = time.monotonic() + 30
-    while _embedded_orfs(client) - before < 250 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: _embedded_orfs(client) - before >= 250, 30, interval=0.5)
     assert _embedded_orfs(client) - before == 250  # ORFs of basic at 300 bp
     for worker in client.scheduler_info(n_workers=-1)["workers"].values():
         assert {"embedded_orfs", "embedded_tokens", "embed_seconds", "embed_orfs_per_s"} <= set(
@@ -320,10 +319,12 @@ def test_workers_lost_mid_run_end_it_and_keep_finished_partitions(tmp_path):
                     stdout=fh,
                     stderr=subprocess.STDOUT,
                 )
-            deadline = time.monotonic() + 120
-            while not re.search(r"· [1-9]\d*/\d+ partitions", log.read_text()):
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+
+            def partition_done() -> bool:
+                assert proc.poll() is None, log.read_text()
+                return bool(re.search(r"· [1-9]\d*/\d+ partitions", log.read_text()))
+
+            wait_until(partition_done, 120, interval=0.2, what="a finished partition")
             os.killpg(worker.pid, signal.SIGKILL)
             lost = time.monotonic()
             proc.wait(timeout=60)

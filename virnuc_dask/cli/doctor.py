@@ -1,5 +1,5 @@
 """``virnuc-dask doctor``: one line per check (✓/✗ and the figure), ``--json``, exit 0
-only when every check passes. The checks: :mod:`virnuc_dask.tools.doctor`."""
+only when every check passes. The checks: :mod:`virnuc_dask.doctor.checks`."""
 
 from __future__ import annotations
 
@@ -45,17 +45,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def line(check: Any) -> str:
-    """``✓ key: text`` or ``✗ key: text`` for a :class:`.tools.check.Check`."""
+    """``✓ key: text`` or ``✗ key: text`` for a :class:`~virnuc_dask.doctor.check_result.Check`."""
     return f"{'✓' if check.ok else '✗'} {check.key}: {check.text}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.doctor import report, run_checks
+    from virnuc_dask.doctor.checks import report, run_checks
+    from virnuc_dask.models.registry import EMBEDDING_MODELS
 
     checks = run_checks(
         out=Path(args.out),
-        esm_model=args.esm_model,
-        dnabert_model=args.dnabert_model,
+        models={m.source_setting: getattr(args, m.source_setting) for m in EMBEDDING_MODELS},
         classifier=args.classifier,
         on_check=lambda check: print(line(check), flush=True),
     )

@@ -18,6 +18,7 @@ from virnuc_dask.cli.options import (
 )
 from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.formatting import duration_words, si
+from virnuc_dask.models.registry import MODEL_KEYS, MODEL_NAMES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -69,8 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.input_stats import file_summary, repeated_inputs
-    from virnuc_dask.tools.validate import exit_code, validate
+    from virnuc_dask.validate.input_stats import file_summary, repeated_inputs
+    from virnuc_dask.validate.inputs import exit_code, validate
 
     if args.max_findings < 0:
         raise ConfigError(f"--max-findings must be >= 0, got {args.max_findings}")
@@ -107,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
 def run_samplesheet(args: argparse.Namespace, settings: Any) -> int:
     """``validate --samplesheet``: the sheet, then each sample's files, per sample."""
     from virnuc_dask.core.samplesheet import read_samplesheet
-    from virnuc_dask.tools.input_stats import file_summary
-    from virnuc_dask.tools.validate import exit_code, validate_samples
+    from virnuc_dask.validate.input_stats import file_summary
+    from virnuc_dask.validate.inputs import exit_code, validate_samples
 
     sheet = read_samplesheet(args.samplesheet)  # a bad sheet: exit 1, naming the line
     checked, est = validate_samples(
@@ -159,11 +160,11 @@ def _si(value: float, unit: str) -> str:
 def report_text(
     files: Sequence[Any], chunk_size: int, est: dict[str, Any] | None, max_findings: int
 ) -> str:
-    """The findings of :func:`virnuc_dask.tools.validate.validate` (its ``FileStats``) and
+    """The findings of :func:`virnuc_dask.validate.inputs.validate` (its ``FileStats``) and
     the estimate, as the command prints them."""
     import numpy as np
 
-    from virnuc_dask.tools.input_stats import length_buckets, repeated_inputs
+    from virnuc_dask.validate.input_stats import length_buckets, repeated_inputs
 
     lines = []
     for stats in files:
@@ -203,12 +204,15 @@ def report_text(
         )
     repeats = repeated_inputs(files)
     if repeats["reads"]["total"]:
-        r, d, e = repeats["reads"], repeats["dnabert"], repeats["esm"]
+        r = repeats["reads"]
+        unique = ", ".join(
+            f"{name} {repeats[key]['unique']:,}" for key, name in MODEL_NAMES.items()
+        )
         lines.append(
             f"duplicates: {r['total'] - r['unique']:,} of {r['total']:,} reads "
             f"({r['duplicate_share']:.1%}) repeat an earlier read's sequence; "
-            f"expected unique ORFs (embedded once each): DNABERT-S {d['unique']:,}, "
-            f"ESM-2 {e['unique']:,} of {d['total']:,}"
+            f"expected unique ORFs (embedded once each): {unique} "
+            f"of {repeats[MODEL_KEYS[0]]['total']:,}"
         )
     if est is not None:
         if "error" in est:

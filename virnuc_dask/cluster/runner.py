@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from virnuc_dask.cluster.jobqueue import _import_jobqueue
+from virnuc_dask.cluster.jobqueue import import_jobqueue
 from virnuc_dask.cluster.workers import visible_gpus
 from virnuc_dask.config import Settings
 from virnuc_dask.errors import ConfigError
@@ -23,7 +23,7 @@ def slurm_runner(settings: Settings):
     scheduler file goes into the output directory, named after the job id. Scheduler
     and worker ranks exit when the client rank is done.
     """
-    _import_jobqueue()
+    import_jobqueue()
     from dask_jobqueue.slurm import SLURMRunner
 
     # The runner stops scheduler and worker ranks by sending them SIGINT once the client

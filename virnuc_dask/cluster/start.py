@@ -35,7 +35,7 @@ import dask
 from distributed import Client, LocalCluster
 
 from virnuc_dask.cluster.guard import Guard
-from virnuc_dask.cluster.jobqueue import _check_submit_command, _jobqueue_class, jobqueue_options
+from virnuc_dask.cluster.jobqueue import check_submit_command, jobqueue_class, jobqueue_options
 from virnuc_dask.cluster.jobs import watched_job_class
 from virnuc_dask.cluster.runner import slurm_runner
 from virnuc_dask.cluster.workers import WORKER_ENV, visible_gpus
@@ -88,8 +88,8 @@ def open_cluster(settings: Settings) -> Iterator[RunCluster]:
             cores=settings.job_cores,
             memory=settings.job_memory,
         )
-        cls = _jobqueue_class(settings.cluster)
-        _check_submit_command(cls.job_cls)
+        cls = jobqueue_class(settings.cluster)
+        check_submit_command(cls.job_cls)
         jobs = settings.jobs or 1
         with (
             cls(job_cls=watched_job_class(cls.job_cls), **options) as cluster,

@@ -27,11 +27,11 @@ import csv
 import dataclasses
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from virnuc_dask.core.fasta import inspect_input
-from virnuc_dask.core.pairs import are_mates, first_title, title_mate
+from virnuc_dask.core.pairs import are_mates, first_title, mate_layout, title_mate
 from virnuc_dask.errors import FastaFormatError, SampleSheetError
 
 COLUMNS = ("sample", "fastq_1", "fastq_2", "fasta")
@@ -95,8 +95,41 @@ def check_sample_name(name: str) -> str | None:
 def read_samplesheet(path: str | os.PathLike[str]) -> SampleSheet:
     """Read and check a samplesheet; raises :class:`SampleSheetError` naming the line."""
     path = os.fspath(path)
-    rows = list(_rows(path))
-    folder = Path(path).resolve().parent
+    return _check_rows(path, list(_rows(path)), Path(path).resolve().parent)
+
+
+def samples_from_files(
+    samples: Mapping[str, Sequence[str | os.PathLike[str]]],
+) -> SampleSheet:
+    """A sheet from ``{sample: [files]}`` (in reading order; two mate files one after
+    the other are a pair, as ``predict`` pairs them), checked as a sheet is; errors name
+    the sample (``samples['S1']: ...``)."""
+    rows = []
+    for k, (name, files) in enumerate(samples.items(), start=1):
+        paths = [os.fspath(f) for f in files]
+        layout = mate_layout(paths)
+        i = 0
+        while i < len(paths):
+            row = dict.fromkeys(COLUMNS, "") | {"sample": name}
+            head = first_title(paths[i])
+            if layout[i] == 1:
+                row["fastq_1"], row["fastq_2"] = paths[i], paths[i + 1]
+                i += 2
+            else:
+                row["fasta" if head and head[0] == "fasta" else "fastq_1"] = paths[i]
+                i += 1
+            rows.append((k, row))
+        if not paths:
+            rows.append((k, dict.fromkeys(COLUMNS, "") | {"sample": name}))
+    try:
+        return _check_rows("samples", rows, Path.cwd())
+    except SampleSheetError as exc:  # name the entry, not a line of a file there is not
+        names = list(samples)
+        where = f"samples[{names[exc.line - 1]!r}]" if exc.line else "samples"
+        raise SampleSheetError(where, None, exc.problem) from None
+
+
+def _check_rows(path: str, rows: list[tuple[int, dict[str, str]]], folder: Path) -> SampleSheet:
     lanes: dict[str, list[tuple[str, Lane]]] = {}
     seen: dict[str, tuple[int, str]] = {}
     for line, row in rows:

@@ -41,8 +41,9 @@ from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import FastaFormatError, Record, plan_blocks, read_block
 from virnuc_dask.core.pairs import first_mismatch, mate_id, mate_layout, mate_pairs, pair_hashes
 from virnuc_dask.core.samplesheet import Sample, SampleSheet
-from virnuc_dask.tools.estimate import estimate
-from virnuc_dask.tools.input_stats import FileStats, Finding, add_records
+from virnuc_dask.files import is_gzip
+from virnuc_dask.validate.estimate import estimate
+from virnuc_dask.validate.input_stats import FileStats, Finding, add_records
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def check_file(
             Finding("error", path, None, None, f"cannot be read: {exc.strerror}"), max_findings
         )
         return stats
-    stats.compressed = blocks[0].stop is None and _is_gzip(path)
+    stats.compressed = blocks[0].stop is None and is_gzip(path)
     stats.format = blocks[0].format
     ending = _line_endings(path, stats.compressed)
     if ending is not None:
@@ -129,7 +130,7 @@ def check_file(
 
 def _format_error(path: str, exc: FastaFormatError) -> Finding:
     line = exc.line
-    if "gzip" in exc.problem and _is_gzip(path):
+    if "gzip" in exc.problem and is_gzip(path):
         line = _gzip_lines_before_error(path)  # where the readable data ends, not line 1
     return Finding("error", path, line, exc.record, exc.problem)
 
@@ -148,11 +149,6 @@ def _gzip_lines_before_error(path: str) -> int:
                 if decoder.eof:  # next member of a multi-member file
                     decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
     return lines
-
-
-def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
 
 
 def find_duplicates(files: Sequence[FileStats], *, max_findings: int) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnuc_dask.tools.check import Check
+from virnuc_dask.doctor.check_result import Check
 
 GOLDEN = "golden"  # package data directory beside this module
 GOLDEN_READS = 24
@@ -21,7 +21,7 @@ SCORE_TOLERANCE = 1e-5
 
 
 def golden_dir() -> Path:
-    return Path(str(resources.files("virnuc_dask.tools") / GOLDEN))
+    return Path(str(resources.files("virnuc_dask.doctor") / GOLDEN))
 
 
 def model_digests(paths: dict[str, Path]) -> dict[str, str]:
@@ -29,12 +29,10 @@ def model_digests(paths: dict[str, Path]) -> dict[str, str]:
     import torch
 
     from virnuc_dask.models.classifier import load_classifier
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
+    from virnuc_dask.models.registry import EMBEDDING_MODELS
 
     models = {
-        "esm": load_esm(str(paths["esm"]))[0],
-        "dnabert": load_dnabert(str(paths["dnabert"]))[0],
+        **{m.key: m.load_module(str(paths[m.key])) for m in EMBEDDING_MODELS},
         "classifier": load_classifier(str(paths["classifier"])),
     }
     out = {}
@@ -51,7 +49,7 @@ def model_digests(paths: dict[str, Path]) -> dict[str, str]:
 def write_golden(directory: Path, work: Path, client) -> None:
     """Make the golden case: the packaged input, the demonstration models' digests and the
     scores ``predict`` gives in fp32. Run once by the project; the result is package data."""
-    from virnuc_dask.tools.demo import build_demo, example_reads, write_fasta
+    from virnuc_dask.models.demo import build_demo, example_reads, write_fasta
 
     directory.mkdir(parents=True, exist_ok=True)
     write_fasta(directory / "input.fa", example_reads(GOLDEN_READS, max_length=600))
@@ -64,14 +62,14 @@ def write_golden(directory: Path, work: Path, client) -> None:
 def _predict(fasta: Path, paths: dict[str, Path], out: Path, client) -> Path:
     from virnuc_dask.config import load_settings
     from virnuc_dask.dataflow.pipeline import predict
+    from virnuc_dask.models.registry import EMBEDDING_MODELS
 
     settings = load_settings(
         inputs=[str(fasta)],
         overrides={
             "out": str(out),
             "length": 300,
-            "esm_model": str(paths["esm"]),
-            "dnabert_model": str(paths["dnabert"]),
+            **{m.source_setting: str(paths[m.key]) for m in EMBEDDING_MODELS},
             "classifier": str(paths["classifier"]),
             "precision": "fp32",
             "offline": True,
@@ -90,7 +88,7 @@ def _scores(path: Path) -> tuple[list[str], np.ndarray]:
 
 def check_predict(client, work: Path, *, gpus: bool) -> Check:
     """One partition through ``predict`` on ``client``'s cluster, against the golden case."""
-    from virnuc_dask.tools.demo import build_demo
+    from virnuc_dask.models.demo import build_demo
 
     golden = golden_dir()
     paths = build_demo(work / "demo")
