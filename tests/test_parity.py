@@ -20,6 +20,7 @@ def test_pipeline_matches_original(client, reference, tmp_path, case, length):
         length=length,
         blocksize=4096,
         partition_rows=37,
+        keep_embeddings=True,  # compared with the original's too
     )
     result = predict(settings, client)
     assert result.exit_code == 0

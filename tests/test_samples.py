@@ -92,9 +92,14 @@ def _read_calls(out: Path) -> list[list[str]]:
 
 def test_dedup_agrees_with_no_dedup_and_embeds_each_input_once(client, tmp_path):
     reads = write_duplicated_reads(tmp_path / "dup.fa", 240, share=0.3)
-    plain = _run(client, [reads], tmp_path / "all", 500, dedup=False)
-    once = _run(client, [reads], tmp_path / "once", 500)
-    assert plain.exit_code == once.exit_code == 0
+    plain = _run(client, [reads], tmp_path / "all", 500, dedup=False, keep_embeddings=True)
+    once = _run(client, [reads], tmp_path / "once", 500, keep_embeddings=True)
+    lean = _run(client, [reads], tmp_path / "lean", 500)  # scores only: copies read theirs
+    assert plain.exit_code == once.exit_code == lean.exit_code == 0
+    assert _predictions(tmp_path / "lean")[0] == _predictions(tmp_path / "all")[0]
+    assert (
+        np.abs(_predictions(tmp_path / "lean")[1] - _predictions(tmp_path / "all")[1]).max() <= 1e-5
+    )
     labels, scores = _predictions(tmp_path / "all")
     labels_once, scores_once = _predictions(tmp_path / "once")
     assert labels_once == labels

@@ -123,7 +123,7 @@ def test_model_loads_both_ways_with_identical_predictions(client, trained, data,
     out = tmp_path / "held_out"
     result = predict(
         _settings(out, classifier=str(trained.model)).replace(
-            inputs=(str(data["viral_test"]), str(data["other_test"]))
+            inputs=(str(data["viral_test"]), str(data["other_test"])), keep_embeddings=True
         ),
         client,
     )

@@ -34,7 +34,7 @@ from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
 BIN = Path(sys.executable).parent
-STAGES = ("read_orfs", "dedup", "partition", "embed", "classify", "write-results")
+STAGES = ("read_orfs", "dedup", "partition", "embed", "store-embeddings", "write-results")
 
 
 def _wait_for_file(path: Path, procs: list[subprocess.Popen], timeout: float = 60) -> None:

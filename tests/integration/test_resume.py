@@ -31,18 +31,21 @@ RESULTS = (
     "read_predictions.tsv",
     "failed_records.tsv",
 )
-ARRAYS = ("ids", "dnabert", "esm", "scores")
+ARRAYS = ("ids", "scores", "scores_source", "dnabert", "esm")
 MIXED = REFERENCE / "dev" / "mixed" / "input.fa"
 
 
 def assert_same_outputs(out: Path, expected: Path) -> None:
-    """Result files byte for byte, embeddings and scores value for value."""
+    """Result files byte for byte, stored arrays (scores, embeddings when kept) value for
+    value."""
     for name in RESULTS:
         assert (out / name).read_bytes() == (expected / name).read_bytes(), name
     a = zarr.open_group(out / "embeddings.zarr", mode="r")
     b = zarr.open_group(expected / "embeddings.zarr", mode="r")
+    assert sorted(a.array_keys()) == sorted(b.array_keys())
     for name in ARRAYS:
-        assert np.array_equal(a[name][:], b[name][:]), name
+        if name in b:
+            assert np.array_equal(a[name][:], b[name][:]), name
 
 
 def digests(out: Path) -> dict[str, str]:
@@ -79,11 +82,14 @@ def test_half_written_partitions_and_results_are_redone(client, complete, tmp_pa
     n = result.partitions
     assert n > 4
     # As if killed: two partitions had their chunks half written and no manifest entry,
-    # the classifier's scores were half written, and the results were being assembled.
+    # and the results were being assembled; and one finished partition's scores chunk
+    # was overwritten since (a bad disk block).
     for p in (1, n - 2):
         (tmp_path / "partitions" / f"p{p:07d}.json").unlink()
-        for name in ("dnabert", "esm"):
-            chunk = tmp_path / "embeddings.zarr" / name / "c" / str(p) / "0"
+        for chunk in (
+            tmp_path / "embeddings.zarr" / "ids" / "c" / str(p),
+            tmp_path / "embeddings.zarr" / "scores" / "c" / str(p) / "0",
+        ):
             chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
     scores = tmp_path / "embeddings.zarr" / "scores" / "c" / "0" / "0"
     scores.write_bytes(b"\0" * 7)
@@ -92,9 +98,12 @@ def test_half_written_partitions_and_results_are_redone(client, complete, tmp_pa
     (tmp_path / "read_predictions.tsv").write_text("read_id\tlen")
 
     again = predict(settings_for(tmp_path), client)
-    assert (again.partitions, again.partitions_reused) == (n, n - 2)
+    assert (again.partitions, again.partitions_reused) == (n, n - 3)
     summary = json.loads((tmp_path / "run_summary.json").read_text())
-    assert summary["partitions"] == {"total": n, "computed": 2, "reused": n - 2}
+    damaged = summary["partitions"].pop("damaged")
+    assert summary["partitions"] == {"total": n, "computed": 3, "reused": n - 3}
+    assert [d["partition"] for d in damaged] == [0]
+    assert "scores/c/0" in damaged[0]["problem"]
     assert_same_outputs(tmp_path, complete)
     assert not (tmp_path / ".parts").exists()
 
@@ -274,5 +283,10 @@ def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, reads, t
     assert again.returncode == 0, again.stderr
     assert "Traceback" not in again.stderr
     summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["partitions"] == {"total": total, "computed": total - done, "reused": done}
+    assert summary["partitions"] == {
+        "total": total,
+        "computed": total - done,
+        "reused": done,
+        "damaged": [],
+    }
     assert_same_outputs(out, uninterrupted)

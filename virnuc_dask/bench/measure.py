@@ -262,7 +262,10 @@ def bench(options: BenchOptions) -> dict[str, Any]:
 def _stored_scores(out: str) -> np.ndarray:
     import zarr
 
-    return zarr.open_group(str(Path(out) / STORE), mode="r")["scores"][:]
+    from virnuc_dask.dataflow.store import SCORES, read_rows
+
+    group = zarr.open_group(str(Path(out) / STORE), mode="r")
+    return read_rows(group, SCORES, 0, group[SCORES].shape[0])
 
 
 def _first_reads(src: Path, dest: Path, n: int) -> Path:

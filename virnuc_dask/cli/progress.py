@@ -12,7 +12,7 @@ embed      partition   first call: ``orfs_total``, ``orfs_reused``; then per fin
                        partition ``partitions``: its
                        :class:`~virnuc_dask.partition_result.PartitionResult` (per model
                        tokens and seconds, measured on the worker)
-classify   1           ``orfs``
+classify   partition   ``orfs``: scored so far (in the embedding task, on the worker)
 write      FASTA block ``reads``
 =========  ==========  ===========================================================
 

@@ -59,8 +59,6 @@ def _stage_text(state: StageState, progress: RunProgress) -> tuple[str, str]:
             rate.append(f"{share:.0%} of model time")
         return text, " · ".join(rate)
     if key == "classify":
-        if state.finished is None:
-            return "running", ""
         return f"{c.get('orfs', 0):,} ORFs scored", ""
     if key == "write":
         text = f"{state.done}/{state.total} blocks"

@@ -39,6 +39,7 @@ from virnuc_dask.dataflow.embedding_graph import MODEL_RESOURCES
 from virnuc_dask.dataflow.identity import file_digest
 from virnuc_dask.dataflow.pipeline import Embedded, embed_inputs, embedding_scratch
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
+from virnuc_dask.dataflow.store import checked_compressors
 from virnuc_dask.errors import OutputDirError, TrainingDataError, VirnucError
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
@@ -104,6 +105,7 @@ def _write_rows(embedded: Embedded, labels: np.ndarray, split: np.ndarray) -> No
             dtype="int8",
             fill_value=UNUSED,
             overwrite=True,
+            compressors=checked_compressors(),
         )
         array[:] = values
 
@@ -170,7 +172,10 @@ def train(
     t0 = time.perf_counter()
     preflight_training(settings, inputs)
     out = Path(settings.out)
-    settings = settings.replace(inputs=inputs.files, classifier=None)
+    # Training reads every embedding back: the store keeps them, in float32.
+    settings = settings.replace(
+        inputs=inputs.files, classifier=None, keep_embeddings=True, embeddings_dtype="float32"
+    )
     if inputs.protein_reference:
         load_reference(inputs.protein_reference)  # a bad reference fails here, not on workers
     extra = {
