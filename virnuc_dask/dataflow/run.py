@@ -1,8 +1,8 @@
 """One run of the prediction, from ``Settings`` to result files: the orchestration that
 ``virnuc-dask predict``, ``virnuc-dask demo`` and :func:`virnuc_dask.predict` share.
 
-It checks the inputs before any cluster starts, starts the cluster the settings name
-(unless a client is given), logs the dashboard link, keeps Dask's performance report
+It checks the inputs before any cluster starts, holds the output directory, starts the
+cluster the settings name (unless a client is given), keeps Dask's performance report
 when asked, and runs :func:`virnuc_dask.dataflow.pipeline.predict`.
 """
 
@@ -35,21 +35,15 @@ def run_prediction(
     settings: Settings, *, client: Client | None = None, progress: ProgressFactory | None = None
 ) -> tuple[RunResult, str | None]:
     """Run ``settings``' prediction; return the result and the dashboard link (if any)."""
-    from virnuc_dask.cluster.start import RunCluster, open_cluster
+    from virnuc_dask.cluster.start import open_cluster
     from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
     from virnuc_dask.dataflow.pipeline import predict, preflight
 
     preflight(settings)  # bad inputs fail here, before any cluster starts
     with contextlib.ExitStack() as stack:
-        if client is None:
-            cluster = stack.enter_context(open_cluster(settings))
-            client = cluster.client
-        else:
-            cluster = RunCluster(client)
+        cluster = stack.enter_context(open_cluster(settings, client=client, hold=[settings.out]))
+        client = cluster.client
         link = dashboard_link(client)
-        logger.info(
-            "dashboard: %s", link or "none (the scheduler runs without one; it needs bokeh)"
-        )
         stack.enter_context(client.as_current())
         stack.enter_context(performance_report(settings.performance_report))
         sink = stack.enter_context(progress(cluster)) if progress is not None else None

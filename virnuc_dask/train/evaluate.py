@@ -195,17 +195,14 @@ def run_evaluation(
 ) -> EvaluationResult:
     """:func:`evaluate` with the cluster the settings name (unless a client is given)."""
     from virnuc_dask.cluster.start import open_client
-    from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
+    from virnuc_dask.dataflow.dashboard import performance_report
 
     for files, name in ((viral, "viral"), (other, "other")):
         preflight(settings.replace(inputs=files, out=str(Path(settings.out) / name)))
     with contextlib.ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(open_client(settings))
-        logger.info(
-            "dashboard: %s",
-            dashboard_link(client) or "none (the scheduler runs without one; it needs bokeh)",
-        )
+        # The evaluation's directory and the prediction directory of each class in it.
+        held = [settings.out, *(str(Path(settings.out) / name) for name, _ in CLASSES)]
+        client = stack.enter_context(open_client(settings, client=client, hold=held))
         stack.enter_context(client.as_current())
         stack.enter_context(performance_report(settings.performance_report))
         sink = stack.enter_context(progress(client)) if progress is not None else None

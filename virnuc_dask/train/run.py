@@ -364,16 +364,11 @@ def run_training(
     """:func:`train` with the cluster the settings name (unless a client is given), the
     dashboard link logged and Dask's performance report kept when asked."""
     from virnuc_dask.cluster.start import open_client
-    from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
+    from virnuc_dask.dataflow.dashboard import performance_report
 
     preflight_training(settings, inputs)  # bad inputs fail here, before any cluster starts
     with contextlib.ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(open_client(settings))
-        logger.info(
-            "dashboard: %s",
-            dashboard_link(client) or "none (the scheduler runs without one; it needs bokeh)",
-        )
+        client = stack.enter_context(open_client(settings, client=client, hold=[settings.out]))
         stack.enter_context(client.as_current())
         stack.enter_context(performance_report(settings.performance_report))
         sink = stack.enter_context(progress(client)) if progress is not None else None
