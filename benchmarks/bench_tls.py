@@ -7,8 +7,11 @@ its nanny; :func:`virnuc_dask.cluster.start.local_cluster`) once with the run's 
 credentials and once without (plain TCP), alternating which goes first, and runs the
 same prediction on it (the tiny models of ``tests/data/reference/models``, fp32,
 500 bp) into a fresh directory. A warm-up run on 500 reads comes first and is not
-counted. Printed: the start time of each cluster, the wall time of each run on it,
-each round's TLS/TCP ratio and the ratio of the medians.
+counted. Printed: the start time of each cluster, the wall time of each run on it
+and the CPU time (user + system) that this process and the cluster's processes
+spent on it, each round's TLS/TCP ratios and the ratios of the medians. On a shared
+machine the CPU time is the steadier figure: other users' work stretches the wall
+time, not the CPU time a run needs.
 
 The script prints numbers; it is not a test.
 """
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import dask
+import psutil
 from distributed import Client
 
 from virnuc_dask.cluster import credentials
@@ -44,8 +48,21 @@ TINY = {
 }
 
 
-def one_run(reads: Path, out: Path, *, tls: bool) -> tuple[float, float]:
-    """Seconds to start the cluster and seconds of the prediction on it."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and every process it started."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in (me, *me.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def one_run(reads: Path, out: Path, *, tls: bool) -> tuple[float, float, float]:
+    """Seconds to start the cluster, seconds of the prediction on it, its CPU seconds."""
     shutil.rmtree(out, ignore_errors=True)
     settings = load_settings(
         inputs=[str(reads)],
@@ -66,11 +83,11 @@ def one_run(reads: Path, out: Path, *, tls: bool) -> tuple[float, float]:
         Client(cluster, security=security) as client,
     ):
         client.wait_for_workers(1)
-        up = time.perf_counter()
+        up, cpu = time.perf_counter(), cpu_seconds()
         result, _ = run_prediction(settings, client=client)
-        done = time.perf_counter()
+        done, cpu = time.perf_counter(), cpu_seconds() - cpu
     assert result.exit_code == 0, result.exit_code
-    return up - started, done - up
+    return up - started, done - up, cpu
 
 
 def main() -> None:
@@ -85,21 +102,31 @@ def main() -> None:
     warmup = write_reads(args.work / "reads_500.fa", 500)
     one_run(warmup, args.work / "warmup", tls=True)
 
-    times: dict[bool, list[float]] = {True: [], False: []}
+    wall: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
     print(f"{args.reads} reads, {args.rounds} rounds (alternating order)")
-    print("round  mode  cluster start s  run s")
+    print("round  mode  cluster start s  run s  CPU s")
     for k in range(args.rounds):
         order = (True, False) if k % 2 == 0 else (False, True)
         for tls in order:
-            start, run = one_run(reads, args.work / "out", tls=tls)
-            times[tls].append(run)
-            print(f"{k + 1:5d}  {'TLS ' if tls else 'TCP '}  {start:15.2f}  {run:6.1f}", flush=True)
-        print(f"       round ratio TLS/TCP: {times[True][-1] / times[False][-1]:.3f}", flush=True)
-    tls_median, tcp_median = statistics.median(times[True]), statistics.median(times[False])
-    print(
-        f"median run: TLS {tls_median:.1f} s, TCP {tcp_median:.1f} s, "
-        f"ratio {tls_median / tcp_median:.3f}"
-    )
+            start, run, used = one_run(reads, args.work / "out", tls=tls)
+            wall[tls].append(run)
+            cpu[tls].append(used)
+            print(
+                f"{k + 1:5d}  {'TLS ' if tls else 'TCP '}  {start:15.2f}  {run:5.1f}  {used:5.1f}",
+                flush=True,
+            )
+        print(
+            f"       round ratios TLS/TCP: run {wall[True][-1] / wall[False][-1]:.3f}, "
+            f"CPU {cpu[True][-1] / cpu[False][-1]:.3f}",
+            flush=True,
+        )
+    for what, values in (("run", wall), ("CPU", cpu)):
+        tls_median, tcp_median = statistics.median(values[True]), statistics.median(values[False])
+        print(
+            f"median {what}: TLS {tls_median:.1f} s, TCP {tcp_median:.1f} s, "
+            f"ratio {tls_median / tcp_median:.3f}"
+        )
 
 
 if __name__ == "__main__":
