@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from virnuc_dask.tools.agreement import precision_agreement
-from virnuc_dask.tools.bench_kit import read_orfs_of, write_bench_input
-from virnuc_dask.tools.demo import build_classifier, build_dnabert, build_esm
+from virnuc_dask.bench.agreement import precision_agreement
+from virnuc_dask.bench.kit import read_orfs_of, write_bench_input
+from virnuc_dask.models.demo import build_classifier, build_dnabert, build_esm
 
 
 def main() -> None:

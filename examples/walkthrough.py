@@ -23,7 +23,7 @@ from distributed import Client, LocalCluster
 
 from virnuc_dask import WORKER_ENV, predict
 from virnuc_dask.dataflow.dashboard import worker_throughput
-from virnuc_dask.tools.demo import build_demo
+from virnuc_dask.models.demo import build_demo
 
 work = Path("virnuc-walkthrough")
 demo = build_demo(work)  # example.fa and three demonstration models

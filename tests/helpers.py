@@ -175,3 +175,53 @@ def write_duplicated_reads(
         for i, seq in enumerate(order):
             fh.write(f">{prefix}_{i + 1:06d}\n{seq}\n")
     return path
+
+
+def write_mates(
+    r1: Path, r2: Path, *, n: int = 20, style: str = "casava", offset: int = 0
+) -> tuple[Path, Path]:
+    """Two mate files of ``n`` pairs cut from the reference reads (mate 1 the first
+    half of a read, mate 2 its second half); ``style``: ``casava`` (``@id 1:N:0:…``)
+    or ``slash`` (``@id/1``); gzip when a name ends in ``.gz``. ``offset``: the first
+    read used (different offsets give different samples)."""
+    import gzip
+
+    reads = read_fasta_pairs(REFERENCE / "dev" / "basic" / "input.fa")
+    for path, mate in ((r1, 1), (r2, 2)):
+        lines = []
+        for k in range(n):
+            _, seq = reads[(offset + k) % len(reads)]
+            half = seq[: len(seq) // 2] if mate == 1 else seq[len(seq) // 2 :]
+            rid = f"M00123:45:000000000-A1B2C:1:1101:{15589 + offset + k}:1332"
+            title = f"{rid} {mate}:N:0:ATCACG" if style == "casava" else f"{rid}/{mate}"
+            lines.append(f"@{title}\n{half}\n+\n{'F' * len(half)}\n")
+        data = "".join(lines).encode()
+        path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+    return r1, r2
+
+
+def write_sequencing_run(folder: Path) -> Path:
+    """Four samples and their sheet in ``folder``: ``casava`` (paired FASTQ.gz over two
+    lanes), ``slash`` (paired ``/1`` ``/2`` FASTQ), ``single`` (single-end FASTQ) and
+    ``contigs`` (FASTA). Returns the sheet's path (paths in it are relative)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    reads = read_fasta_pairs(REFERENCE / "dev" / "basic" / "input.fa")
+    write_mates(folder / "casava_L001_R1_001.fastq.gz", folder / "casava_L001_R2_001.fastq.gz")
+    write_mates(
+        folder / "casava_L002_R1_001.fastq.gz", folder / "casava_L002_R2_001.fastq.gz", offset=20
+    )
+    write_mates(folder / "slash_1.fq", folder / "slash_2.fq", n=12, style="slash", offset=40)
+    (folder / "single.fq").write_text(
+        "".join(f"@single_{k}\n{s}\n+\n{'F' * len(s)}\n" for k, (_, s) in enumerate(reads[52:66]))
+    )
+    (folder / "contigs.fa").write_text("".join(f">{i}\n{s}\n" for i, s in reads[66:80]))
+    sheet = folder / "samples.csv"
+    sheet.write_text(
+        "sample,fastq_1,fastq_2,fasta\n"
+        "casava,casava_L001_R1_001.fastq.gz,casava_L001_R2_001.fastq.gz,\n"
+        "casava,casava_L002_R1_001.fastq.gz,casava_L002_R2_001.fastq.gz,\n"
+        "slash,slash_1.fq,slash_2.fq,\n"
+        "single,single.fq,,\n"
+        "contigs,,,contigs.fa\n"
+    )
+    return sheet

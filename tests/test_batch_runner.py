@@ -122,7 +122,7 @@ def test_no_texts_no_work():
 
 def test_every_counter_reaches_the_manifest():
     """A partition's ``ModelStats`` sums the runner's counters by name: none is dropped."""
-    from virnuc_dask.manifest import ModelStats
+    from virnuc_dask.partition_result import ModelStats
     from virnuc_dask.worker.batch_runner import StageStats
 
     counters = StageStats(sequences=3, batches=2, real_tokens=10, padded_tokens=12, seconds=0.5)

@@ -11,9 +11,9 @@ import torch
 from helpers import TINY
 from torch.utils.flop_counter import FlopCounterMode
 
+from virnuc_dask.bench.measure import REQUIRED_KEYS
 from virnuc_dask.cli.main import main
 from virnuc_dask.models.flops import matmul_peak, module_shape
-from virnuc_dask.tools.bench import REQUIRED_KEYS
 
 
 def test_bench_runs_and_writes_sane_json(tmp_path, capsys):
@@ -143,7 +143,7 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
 def test_stage_figures_of_concurrent_workers_are_the_machine_rate():
     """Stage seconds of a run are summed over its workers, which embed at the same time:
     with two workers the machine did the FLOPs in half the summed seconds."""
-    from virnuc_dask.tools.throughput import stage_figures
+    from virnuc_dask.bench.throughput import stage_figures
 
     stage = {"seconds": 10.0, "real_tokens": 900, "padded_tokens": 1000, "batches": 3}
     one = stage_figures(stage, flops=1e12, peak=1e11)
@@ -158,8 +158,8 @@ def test_stage_figures_of_concurrent_workers_are_the_machine_rate():
 def test_bench_classifier_takes_both_embedding_widths(tmp_path, given):
     """The classifier built for the bench reads DNABERT-S + ESM-2 embeddings: of the
     ``--size small`` models (256 + 320), or of the files given instead (64 + 64)."""
+    from virnuc_dask.bench.kit import build_models
     from virnuc_dask.models.classifier import load_classifier
-    from virnuc_dask.tools.bench_kit import build_models
 
     files = {}
     if given:
@@ -193,9 +193,9 @@ def test_fewer_workers_started_than_asked_ends_the_wait(monkeypatch, tmp_path):
     from distributed import LocalCluster
 
     import virnuc_dask.cluster.start as start
+    from virnuc_dask.bench.throughput import run_pipeline
     from virnuc_dask.config import load_settings
     from virnuc_dask.errors import VirnucError
-    from virnuc_dask.tools.throughput import run_pipeline
 
     monkeypatch.setattr(
         start,

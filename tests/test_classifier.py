@@ -6,7 +6,7 @@ import torch
 
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.models.classifier import MLPClassifier, load_classifier, score
-from virnuc_dask.tools.demo import build_classifier
+from virnuc_dask.models.demo import build_classifier
 
 
 def test_loads_pickled_original_module(reference):

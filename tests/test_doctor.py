@@ -11,7 +11,8 @@ from distributed import Client, LocalCluster
 from helpers import TINY, assert_same_table
 
 from virnuc_dask.cli.main import main
-from virnuc_dask.tools import doctor, golden_case
+from virnuc_dask.doctor import checks as doctor
+from virnuc_dask.doctor import golden_case
 
 KEYS = ("torch", "disk", "models", "dask_cuda", "cluster", "gpus", "devices", "sdpa", "predict")
 
@@ -39,7 +40,7 @@ def test_doctor_passes_here_and_says_no_gpu(tmp_path, capsys):
 
 
 def test_model_widths_are_checked(tmp_path):
-    from virnuc_dask.tools.demo import build_classifier
+    from virnuc_dask.models.demo import build_classifier
 
     assert doctor.check_models(**TINY).ok
     wrong = build_classifier(tmp_path / "mlp.pth", input_dim=100)

@@ -13,17 +13,17 @@ from virnuc_dask.core.batching import token_budget_batches
 from virnuc_dask.models.dnabert import load_dnabert
 from virnuc_dask.models.esm2 import load_esm
 from virnuc_dask.models.esm_fast import SdpaEsm2
-from virnuc_dask.worker.batch_runner import (
-    NonFiniteEmbedding,
-    SequenceTooLarge,
-    device_token_budget,
-)
-from virnuc_dask.worker.embed import (
+from virnuc_dask.worker.adapters import (
     CPU_TOKS_PER_BATCH,
     dnabert_bytes_per_token,
     embed_dnabert,
     embed_esm,
     esm_bytes_per_token,
+)
+from virnuc_dask.worker.batch_runner import (
+    NonFiniteEmbedding,
+    SequenceTooLarge,
+    device_token_budget,
 )
 
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"

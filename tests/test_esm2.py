@@ -5,7 +5,7 @@ from helpers import CASES, LENGTHS, read_embeddings_tsv, read_fasta_pairs
 
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.models.esm2 import load_esm, resolve_esm_path
-from virnuc_dask.worker.embed import embed_esm
+from virnuc_dask.worker.adapters import embed_esm
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_corrupt_checkpoint_is_named(tmp_path):
 
 
 def test_fast_tokens_equal_fair_esm_encode(esm):
-    from virnuc_dask.worker.embed import esm_tokens
+    from virnuc_dask.worker.adapters import esm_tokens
 
     _, alphabet = esm
     proteins = ["MKVLAAGIRSTWY", "ACDEFGHIKLMNPQRSTVWY", "X", "BZUO", "M"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import CASES, LENGTHS, read_embeddings_tsv, read_fasta_pairs
 
+from virnuc_dask.models.demo import build_esm
 from virnuc_dask.models.esm2 import load_esm
 from virnuc_dask.models.esm_fast import SdpaEsm2, rotary_inv_freq
-from virnuc_dask.tools.demo import build_esm
-from virnuc_dask.worker.embed import embed_esm
+from virnuc_dask.worker.adapters import embed_esm
 
 TOL = 1e-5
 AMINO = list("ACDEFGHIKLMNPQRSTVWYXBZUO")

@@ -81,22 +81,27 @@ def test_a_cycle_would_be_found():
 
 
 # The layers, lowest first: a package or top-level module imports only from lower ranks
-# (worker and cluster, side by side, not from each other).
+# (worker and cluster side by side, and the four commands' packages side by side, none
+# importing from another).
 RANKS = {
     "errors": 0,
+    "files": 0,
     "rundir": 0,
     "formatting": 0,
     "config": 1,
     "runlock": 1,
     "core": 2,
     "models": 3,
-    "manifest": 4,
+    "partition_result": 4,
     "events": 5,
     "worker": 6,
     "cluster": 6,
     "dataflow": 7,
     "train": 8,
-    "tools": 9,
+    "doctor": 9,
+    "bench": 9,
+    "validate": 9,
+    "report": 9,
     "api": 10,
     "cli": 10,
     "__main__": 11,
@@ -154,7 +159,8 @@ def test_core_is_pure():
                 if m.startswith("virnuc_dask.") and m in MODULES
             }
             assert inner <= {m for m in MODULES if m.startswith("virnuc_dask.core")} | {
-                "virnuc_dask.errors"
+                "virnuc_dask.errors",
+                "virnuc_dask.files",
             }, f"{name} imports {inner}"
 
 
@@ -183,7 +189,7 @@ def test_argparse_and_print_only_in_cli():
 # fair-esm checkpoints pickle an argparse.Namespace of the model's options: building one is
 # writing the model format, not parsing a command line.
 ALLOWED_ARGPARSE = {
-    "virnuc_dask.tools.demo",
+    "virnuc_dask.models.demo",
     "virnuc_dask.models.esm2",
     "virnuc_dask.models.flops",
     "virnuc_dask.models.safeload",
@@ -213,3 +219,40 @@ def test_ruff_is_clean(command):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _private_imports(root: Path) -> list[str]:
+    """``from x import _name`` of a module of this project, outside the module itself."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if ".venv" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("virnuc_dask"):
+                found.extend(
+                    f"{path.relative_to(root)}:{node.lineno} imports {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                )
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    assert _private_imports(PACKAGE.parent) == []
+
+
+def test_a_private_import_would_be_found(tmp_path):
+    (tmp_path / "a.py").write_text("from virnuc_dask.core.fasta import _read_plain, Record\n")
+    assert _private_imports(tmp_path) == ["a.py:1 imports virnuc_dask.core.fasta._read_plain"]
+
+
+MAX_LINES = 400
+
+
+def test_no_module_is_longer_than_the_limit():
+    long = {
+        name: n
+        for name, path in MODULES.items()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}

@@ -252,10 +252,10 @@ def test_waiting_for_models_is_bounded(monkeypatch):
 def test_esm_checkpoint_is_memory_mapped_not_copied():
     """The checkpoint's tensors are pages of the file (dropped by the kernel once copied
     into the model), not a second copy of the weights in the worker's memory."""
-    from virnuc_dask.models.esm2 import _read_checkpoint
+    from virnuc_dask.models.esm2 import read_checkpoint
 
     path = Path(TINY["esm_model"]).resolve()
-    data = _read_checkpoint(path)
+    data = read_checkpoint(path)
     maps = Path("/proc/self/maps").read_text()
     assert str(path) in maps and data["model"]
 

@@ -23,7 +23,7 @@ from virnuc_dask.cli.progress_view import stage_table, status_line
 from virnuc_dask.cli.run_state import RunProgress
 from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.events import ProgressEvent
-from virnuc_dask.manifest import ModelStats, PartitionResult
+from virnuc_dask.partition_result import ModelStats, PartitionResult
 
 
 def partition(

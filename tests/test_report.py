@@ -20,8 +20,8 @@ from virnuc_dask.config import load_settings
 from virnuc_dask.core.chunking import chunk_spans
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.dataflow.summary_text import summary_text
-from virnuc_dask.tools.figures import figure_tracks
-from virnuc_dask.tools.report_data import COLOURS, load_run
+from virnuc_dask.report.figures import figure_tracks
+from virnuc_dask.report.run_data import COLOURS, load_run
 
 CASE, LENGTH = "mixed", 300
 

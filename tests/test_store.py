@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import zarr
 
-from virnuc_dask.dataflow.store import EmbeddingStore, atomic_write_text, naming
-from virnuc_dask.manifest import FailedRecord, ModelStats, PartitionResult
+from virnuc_dask.dataflow.store import EmbeddingStore, naming
+from virnuc_dask.files import atomic_write_text
+from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
 
 DIMS = {"dnabert": 3, "esm": 5}
 

@@ -17,7 +17,7 @@ from virnuc_dask.config import load_settings
 from virnuc_dask.core.fasta import Record, plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.models.flops import esm_source_shape
-from virnuc_dask.tools.validate import validate
+from virnuc_dask.validate.inputs import validate
 
 
 def run_validate(capsys, *argv: str) -> tuple[int, str]:

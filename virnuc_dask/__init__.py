@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "predict": "api",
     "Prediction": "api",
+    "SequencingRun": "api",
     "Settings": "config",
     "load_settings": "config",
     "open_client": "cluster.start",
@@ -27,8 +28,8 @@ _EXPORTS = {
     "WORKER_ENV": "cluster.workers",
     "ThroughputMetrics": "dataflow.dashboard",
     "performance_report": "dataflow.dashboard",
-    "StagedModels": "tools.staging",
-    "fetch_models": "tools.staging",
+    "StagedModels": "models.staging",
+    "fetch_models": "models.staging",
 }
 __all__ = ["__version__", *_EXPORTS]
 

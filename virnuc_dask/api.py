@@ -22,19 +22,19 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
 from distributed import Client
 
-from virnuc_dask.config import load_settings
+from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.outputs import BlockCounts
 from virnuc_dask.dataflow.store import lazy_rows
 from virnuc_dask.events import Progress
 from virnuc_dask.models import MODEL_KEYS
-from virnuc_dask.rundir import FAILED, HIGHEST, PREDICTIONS, READS, STORE, SUMMARY
+from virnuc_dask.rundir import FAILED, HIGHEST, PREDICTIONS, READS, SAMPLES, STORE, SUMMARY
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +92,26 @@ class Prediction:
 
 
 def predict(
-    inputs: PathLike | Sequence[PathLike],
+    inputs: PathLike | Sequence[PathLike] | None = None,
     *,
     out: PathLike,
+    samplesheet: PathLike | None = None,
+    samples: Mapping[str, Sequence[PathLike]] | None = None,
+    write_viral_reads: bool = False,
     classifier: PathLike | None = None,
     client: Client | None = None,
     config: PathLike | None = None,
     performance_report: PathLike | None = None,
     progress: Progress | None = None,
     **options: Any,
-) -> Prediction:
+) -> Prediction | SequencingRun:
     """Run the prediction of ``inputs`` into ``out``; see :class:`Prediction`.
+
+    Or a sequencing run: ``samplesheet`` (a CSV file: ``sample,fastq_1,fastq_2[,fasta]``)
+    or ``samples`` (``{"S1": ["S1_R1.fastq.gz", "S1_R2.fastq.gz"], "S2": ["S2.fa"]}``;
+    two mate files one after the other are a pair), every sample into ``out/<sample>``
+    on one cluster; see :class:`SequencingRun`. ``write_viral_reads``: also write the
+    viral reads' input records (``viral_reads.fastq.gz``, per sample).
 
     ``options`` are the settings of ``configs/default.yaml`` by name (``length=300``,
     ``esm_model=...``, ``precision="fp32"``, ``model_cache=...``, ``offline=True``,
@@ -114,6 +123,21 @@ def predict(
     """
     from virnuc_dask.dataflow.run import run_prediction
 
+    if (inputs is None) + (samplesheet is None) + (samples is None) != 2:
+        raise ConfigError("give one of inputs, samplesheet or samples")
+    if inputs is None:
+        return _predict_samples(
+            samplesheet,
+            samples,
+            out=out,
+            classifier=classifier,
+            client=client,
+            config=config,
+            performance_report=performance_report,
+            progress=progress,
+            viral_reads=write_viral_reads,
+            **options,
+        )
     paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     overrides = {
         **options,
@@ -129,10 +153,86 @@ def predict(
         client=client,
         progress=None if progress is None else lambda _: contextlib.nullcontext(progress),
     )
+    if write_viral_reads:
+        from virnuc_dask.dataflow.viral_reads import write_viral_reads as write_reads
+
+        write_reads(result.out, settings.inputs)
     return Prediction(
         out=Path(result.out),
         exit_code=result.exit_code,
         counts=result.counts,
+        summary=result.summary,
+        dashboard_link=link,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SequencingRun:
+    """What a sequencing run produced: a :class:`Prediction` per sample (None for a
+    sample that failed: ``rows`` says why), the lines of ``samples.tsv`` as dicts, and
+    the run's summary. ``exit_code``: 0 complete, 2 some records failed, 1 a sample failed.
+    """
+
+    out: Path
+    exit_code: int
+    samples: dict[str, Prediction | None]
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    dashboard_link: str | None = None
+
+    @property
+    def table(self) -> Path:
+        """``samples.tsv``: one line per sample."""
+        return self.out / SAMPLES
+
+
+def _predict_samples(
+    samplesheet: PathLike | None,
+    samples: Mapping[str, Sequence[PathLike]] | None,
+    *,
+    out: PathLike,
+    classifier: PathLike | None,
+    client: Client | None,
+    config: PathLike | None,
+    performance_report: PathLike | None,
+    progress: Progress | None,
+    viral_reads: bool,
+    **options: Any,
+) -> SequencingRun:
+    from virnuc_dask.core.samplesheet import read_samplesheet, samples_from_files
+    from virnuc_dask.dataflow.sequencing_run import run_samples
+
+    sheet = (
+        read_samplesheet(samplesheet) if samplesheet is not None else samples_from_files(samples)
+    )
+    overrides = {
+        **options,
+        "out": os.fspath(out),
+        "classifier": None if classifier is None else os.fspath(classifier),
+        "performance_report": None if performance_report is None else os.fspath(performance_report),
+    }
+    settings = load_settings(
+        inputs=[f for s in sheet for f in s.inputs], config_file=config, overrides=overrides
+    ).with_absolute_paths()
+    result, link = run_samples(
+        settings,
+        sheet,
+        client=client,
+        progress=None if progress is None else lambda _: contextlib.nullcontext(progress),
+        viral_reads=viral_reads,
+    )
+    return SequencingRun(
+        out=Path(result.out),
+        exit_code=result.exit_code,
+        samples={
+            name: None
+            if one is None
+            else Prediction(
+                out=Path(one.out), exit_code=one.exit_code, counts=one.counts, summary=one.summary
+            )
+            for name, one in result.results.items()
+        },
+        rows=[row.as_dict() for row in result.rows],
         summary=result.summary,
         dashboard_link=link,
     )

@@ -65,3 +65,15 @@ def first_line(exc: BaseException) -> str:
 
 class ClusterError(VirnucError):
     """The cluster cannot run the work: a job was rejected or ended, no worker came."""
+
+
+class SampleSheetError(VirnucError, ValueError):
+    """A samplesheet that cannot describe a run: ``"<sheet>: line <n>: <problem>"``."""
+
+    def __init__(self, path: str, line: int | None, problem: str) -> None:
+        self.path, self.line, self.problem = path, line, problem
+        where = f"{path}: line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # keep the attributes across pickling
+        return (type(self), (self.path, self.line, self.problem))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from virnuc_dask.manifest import PartitionResult
+from virnuc_dask.partition_result import PartitionResult
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ from helpers import REFERENCE, TINY, assert_matches_reference, predict_command
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.models.dnabert import load_dnabert
 from virnuc_dask.models.esm2 import load_esm
-from virnuc_dask.tools.staging import StagedModels, dnabert_cache, esm_cache
+from virnuc_dask.models.staging import StagedModels, dnabert_cache, esm_cache
 
 ESM_NAME = "esm2_t2_64_tiny"
 DNABERT_ID = "zhihan1996/DNABERT-S"

@@ -103,7 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from virnuc_dask.tools.bench import BenchOptions, bench
+    from virnuc_dask.bench.measure import BenchOptions, bench
 
     if args.input is None and args.reads is None:
         args.reads = 2000

@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from virnuc_dask.cli.predict import run_settings
-    from virnuc_dask.tools.demo import demo_settings
+    from virnuc_dask.models.demo import demo_settings
 
     settings = demo_settings(Path(args.out), workers=args.workers)
     return run_settings(

@@ -1,5 +1,5 @@
 """``virnuc-dask doctor``: one line per check (✓/✗ and the figure), ``--json``, exit 0
-only when every check passes. The checks: :mod:`virnuc_dask.tools.doctor`."""
+only when every check passes. The checks: :mod:`virnuc_dask.doctor.checks`."""
 
 from __future__ import annotations
 
@@ -45,12 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def line(check: Any) -> str:
-    """``✓ key: text`` or ``✗ key: text`` for a :class:`.tools.check.Check`."""
+    """``✓ key: text`` or ``✗ key: text`` for a :class:`~virnuc_dask.doctor.check_result.Check`."""
     return f"{'✓' if check.ok else '✗'} {check.key}: {check.text}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.doctor import report, run_checks
+    from virnuc_dask.doctor.checks import report, run_checks
 
     checks = run_checks(
         out=Path(args.out),

@@ -40,9 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from virnuc_dask.cli.logs import forward_worker_logs
     from virnuc_dask.cli.options import settings_from_args, verbosity
-    from virnuc_dask.cli.progress import TerminalProgress
+    from virnuc_dask.cli.progress import display_factory
     from virnuc_dask.rundir import EVALUATION
     from virnuc_dask.train.evaluate import metrics_text, run_evaluation
 
@@ -52,15 +51,7 @@ def run(args: argparse.Namespace) -> int:
     other = tuple(os.path.abspath(p) for p in args.other)
     args.inputs = [*viral, *other]
     settings = settings_from_args(args)
-    level = verbosity(args)
-
-    def display(client):
-        forward_worker_logs(client, level)
-        return TerminalProgress(
-            client=client,
-            interval=args.progress_interval,
-            enabled=False if level == "quiet" else None,
-        )
+    display = display_factory(verbosity(args), args.progress_interval)
 
     result = run_evaluation(settings, viral, other, progress=display)
     logger.info(

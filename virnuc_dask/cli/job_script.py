@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "submit, from the worker type's profile, the packaged defaults, Dask's config, "
         "--cluster-config and the --job-* flags; nothing is submitted.",
     )
-    parser.add_argument("system", choices=JOBQUEUE_SYSTEMS)
+    parser.add_argument("system", choices=JOBQUEUE_SYSTEMS, help="the batch system")
     parser.add_argument(
         "--cluster-config",
         metavar="FILE",

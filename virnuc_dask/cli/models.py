@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from dask.utils import format_bytes
 
-    from virnuc_dask.tools.staging import fetch_models, usage_hint
+    from virnuc_dask.models.staging import fetch_models, usage_hint
 
     root = Path(args.to).expanduser().absolute()
     staged = fetch_models(root, esm_model=args.esm_model, dnabert_model=args.dnabert_model)

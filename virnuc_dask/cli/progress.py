@@ -10,7 +10,7 @@ models     1           ``precision``, ``device`` once the models are loaded
 read       FASTA block ``reads``, ``orfs`` (totals so far)
 embed      partition   first call: ``orfs_total``, ``orfs_reused``; then per finished
                        partition ``partitions``: its
-                       :class:`~virnuc_dask.manifest.PartitionResult` (per model
+                       :class:`~virnuc_dask.partition_result.PartitionResult` (per model
                        tokens and seconds, measured on the worker)
 classify   1           ``orfs``
 write      FASTA block ``reads``
@@ -192,3 +192,22 @@ class TerminalProgress:
     def _log_every_interval(self) -> None:
         while not self._stop.wait(self.interval):
             logger.info("%s", self.line())
+
+
+def display_factory(verbosity: str, interval: float) -> Callable[[Any], TerminalProgress]:
+    """The display of a ``predict``, ``train`` or ``evaluate`` run: given the run's cluster,
+    its workers' log records forwarded at ``verbosity`` and a :class:`TerminalProgress`
+    (live unless ``quiet``) that also shows the cluster's batch jobs."""
+
+    def display(cluster: Any) -> TerminalProgress:
+        from virnuc_dask.cli.logs import forward_worker_logs
+
+        forward_worker_logs(cluster.client, verbosity)
+        return TerminalProgress(
+            client=cluster.client,
+            interval=interval,
+            cluster_status=cluster.status_lines,
+            enabled=False if verbosity == "quiet" else None,
+        )
+
+    return display

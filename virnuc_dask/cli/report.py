@@ -21,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "outdir",
         metavar="OUTDIR",
         help="the --out directory of a predict "
-        "run, or of an evaluate run (metrics, ROC curves, score histograms)",
+        "run, of a predict --samplesheet run (a page per sample and an overview with "
+        "each sample's viral fraction), or of an evaluate run (metrics, ROC curves, score "
+        "histograms)",
     )
     parser.add_argument(
         "--html", metavar="FILE", help="where to write the report (default: OUTDIR/report.html)"
@@ -63,12 +65,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from virnuc_dask.dataflow.summary_text import summary_text
     from virnuc_dask.errors import ReportError
-    from virnuc_dask.tools.report import write_report
+    from virnuc_dask.report.run_report import write_report
 
     if args.top < 0:
         raise ReportError(f"--top must be >= 0, got {args.top}")
-    from virnuc_dask.tools.evaluation_report import is_evaluation, write_evaluation_report
+    from virnuc_dask.report.evaluation_report import is_evaluation, write_evaluation_report
+    from virnuc_dask.report.sequencing_report import is_sequencing_run, write_run_report
 
+    if is_sequencing_run(args.outdir):
+        written = write_run_report(args.outdir, top=args.top)
+        for path in written["pages"]:
+            print(f"sample report: {path}")
+        print(f"report: {written['html']}")
+        return 0
     if is_evaluation(args.outdir):
         written = write_evaluation_report(args.outdir, html_path=args.html, png_dir=args.png)
         for path in (written["html"], *written["pngs"]):

@@ -70,7 +70,7 @@ class WorkerState:
 class RunProgress:
     """The state behind the display: fed by the pipeline's events, read by the renderers.
 
-    >>> from virnuc_dask.manifest import ModelStats, PartitionResult
+    >>> from virnuc_dask.partition_result import ModelStats, PartitionResult
     >>> state = RunProgress(clock=lambda: 10.0)
     >>> state.record(ProgressEvent("embed", 0, 2, orfs_total=100, orfs_reused=0))
     >>> stats = {"dnabert": ModelStats(sequences=50, rows=50, real_tokens=400, seconds=1.0),

@@ -168,9 +168,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.cli.logs import forward_worker_logs
     from virnuc_dask.cli.options import settings_from_args, verbosity
-    from virnuc_dask.cli.progress import TerminalProgress
+    from virnuc_dask.cli.progress import display_factory
     from virnuc_dask.rundir import TRAINING_LOG, TRAINING_SUMMARY
     from virnuc_dask.train.inputs import train_inputs
     from virnuc_dask.train.run import run_training
@@ -184,15 +183,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = train_inputs(args.viral, args.other, args.protein_reference or ())
     args.inputs = list(inputs.files)
     settings = settings_from_args(args)
-    level = verbosity(args)
-
-    def display(client):
-        forward_worker_logs(client, level)
-        return TerminalProgress(
-            client=client,
-            interval=args.progress_interval,
-            enabled=False if level == "quiet" else None,
-        )
+    display = display_factory(verbosity(args), args.progress_interval)
 
     result = run_training(settings, inputs, options, progress=display)
     s = result.summary

@@ -1,4 +1,5 @@
-"""``virnuc-dask validate INPUT...``: check inputs and estimate the run time, no models."""
+"""``virnuc-dask validate INPUT...`` or ``--samplesheet SHEET``: check inputs and estimate
+the run time, no models."""
 
 from __future__ import annotations
 
@@ -32,7 +33,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "read as FASTA or FASTQ.",
     )
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="FASTA or FASTQ file(s), plain or gzip"
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="FASTA or FASTQ file(s), plain or gzip (two mate files one after the other: "
+        "paired reads)",
+    )
+    parser.add_argument(
+        "--samplesheet",
+        metavar="CSV",
+        help="check the samples of a sequencing run's sheet (sample,fastq_1,fastq_2[,fasta]) "
+        "and report per sample, instead of INPUT files",
     )
     add_length(parser)
     add_embedding_models(parser)  # the models the estimate is for
@@ -58,11 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from virnuc_dask.tools.input_stats import file_summary, repeated_inputs
-    from virnuc_dask.tools.validate import exit_code, validate
+    from virnuc_dask.validate.input_stats import file_summary, repeated_inputs
+    from virnuc_dask.validate.inputs import exit_code, validate
 
     if args.max_findings < 0:
         raise ConfigError(f"--max-findings must be >= 0, got {args.max_findings}")
+    if bool(args.inputs) == bool(args.samplesheet):
+        raise ConfigError("give INPUT files or --samplesheet CSV (one of the two)")
     overrides = {
         "length": args.length,
         "esm_model": args.esm_model,
@@ -72,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         "gpus": args.gpus,
     }
     settings = load_settings(inputs=args.inputs, config_file=args.config, overrides=overrides)
+    if args.samplesheet:
+        return run_samplesheet(args, settings)
     files, est = validate(
         args.inputs, settings, max_findings=args.max_findings, with_estimate=not args.no_estimate
     )
@@ -89,6 +104,54 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def run_samplesheet(args: argparse.Namespace, settings: Any) -> int:
+    """``validate --samplesheet``: the sheet, then each sample's files, per sample."""
+    from virnuc_dask.core.samplesheet import read_samplesheet
+    from virnuc_dask.validate.input_stats import file_summary
+    from virnuc_dask.validate.inputs import exit_code, validate_samples
+
+    sheet = read_samplesheet(args.samplesheet)  # a bad sheet: exit 1, naming the line
+    checked, est = validate_samples(
+        sheet, settings, max_findings=args.max_findings, with_estimate=not args.no_estimate
+    )
+    lines = [f"{sheet.path}: {len(sheet)} samples"]
+    for sample, files in checked:
+        reads = sum(f.records for f in files)
+        pairs = f", {reads // 2:,} pairs" if sample.kind == "paired" else ""
+        lanes = f"{len(sample.lanes)} lane{'s' if len(sample.lanes) > 1 else ''}"
+        code = exit_code(files)
+        verdict = {0: "ok", 1: "ERROR", 2: "problems"}[code]
+        lines.append(
+            f"sample {sample.name} (sheet line {sample.line}; {sample.kind}, {lanes}): "
+            f"{reads:,} reads{pairs}: {verdict}"
+        )
+        text = report_text(files, settings.length, None, args.max_findings)
+        lines.extend("  " + line for line in text.splitlines())
+    if est is not None:
+        lines.extend(report_text([], settings.length, est, args.max_findings).splitlines())
+    print("\n".join(lines))
+    code = max((exit_code(files) for _, files in checked), key=[0, 2, 1].index)
+    if args.json:
+        doc = {
+            "exit_code": code,
+            "samplesheet": sheet.path,
+            "length": settings.length,
+            "samples": [
+                {
+                    "sample": sample.name,
+                    "kind": sample.kind,
+                    "line": sample.line,
+                    "exit_code": exit_code(files),
+                    "files": [file_summary(f, settings.length) for f in files],
+                }
+                for sample, files in checked
+            ],
+            "estimate": est,
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    return code
+
+
 def _si(value: float, unit: str) -> str:
     return si(value, unit) if value >= 1000 else f"{value:.3g} {unit}"
 
@@ -96,11 +159,11 @@ def _si(value: float, unit: str) -> str:
 def report_text(
     files: Sequence[Any], chunk_size: int, est: dict[str, Any] | None, max_findings: int
 ) -> str:
-    """The findings of :func:`virnuc_dask.tools.validate.validate` (its ``FileStats``) and
+    """The findings of :func:`virnuc_dask.validate.inputs.validate` (its ``FileStats``) and
     the estimate, as the command prints them."""
     import numpy as np
 
-    from virnuc_dask.tools.input_stats import length_buckets, repeated_inputs
+    from virnuc_dask.validate.input_stats import length_buckets, repeated_inputs
 
     lines = []
     for stats in files:

@@ -32,7 +32,7 @@ from virnuc_dask.errors import ConfigError
 JOBQUEUE_DEFAULTS = Path(__file__).with_name("jobqueue.yaml")
 
 
-def _import_jobqueue():
+def import_jobqueue():
     """dask_jobqueue, imported without keeping the SIGINT handler its runner module installs.
 
     ``dask_jobqueue.runner`` replaces Ctrl-C with a bare ``sys.exit()`` at import (its
@@ -139,7 +139,7 @@ def jobqueue_options(
             f"cluster system must be one of {', '.join(JOBQUEUE_SYSTEMS)}, got {system!r}"
         )
     profile = worker_profile(worker_type)
-    _import_jobqueue()
+    import_jobqueue()
     section = dict(dask.config.get(f"jobqueue.{system}"))
     if config_file is not None:
         given = _read_cluster_config(config_file, system)
@@ -253,12 +253,12 @@ def jobqueue_cluster(
 
     """
     options = _options(system, config_file, dict(overrides))
-    cls = _jobqueue_class(system)
+    cls = jobqueue_class(system)
     return cls(job_cls=watched_job_class(cls.job_cls), **options)
 
 
-def _jobqueue_class(system: str):
-    jobqueue = _import_jobqueue()
+def jobqueue_class(system: str):
+    jobqueue = import_jobqueue()
     return {"slurm": jobqueue.SLURMCluster, "pbs": jobqueue.PBSCluster}[system]
 
 
@@ -276,12 +276,12 @@ def job_script(
     options = _options(system, config_file, dict(overrides))
     for cluster_only in ("scheduler_options", "shared_temp_directory"):
         options.pop(cluster_only, None)
-    job_cls = _jobqueue_class(system).job_cls
+    job_cls = jobqueue_class(system).job_cls
     name = f"{options.get('job_name', 'worker')}-0"
     return job_cls(scheduler=scheduler, name=name, **options).job_script()
 
 
-def _check_submit_command(job_cls) -> None:
+def check_submit_command(job_cls) -> None:
     command = job_cls.submit_command
     if shutil.which(command) is None:
         raise ConfigError(

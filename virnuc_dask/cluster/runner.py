@@ -16,7 +16,7 @@ from pathlib import Path
 from distributed.core import rpc
 
 from virnuc_dask.cluster import credentials
-from virnuc_dask.cluster.jobqueue import _import_jobqueue
+from virnuc_dask.cluster.jobqueue import import_jobqueue
 from virnuc_dask.cluster.workers import visible_gpus
 from virnuc_dask.config import Settings
 from virnuc_dask.errors import ConfigError
@@ -35,7 +35,7 @@ def slurm_runner(settings: Settings):
     and worker ranks exit when the client rank is done. The returned runner (client
     rank) carries the run's credentials as ``security``.
     """
-    _import_jobqueue()
+    import_jobqueue()
     from dask_jobqueue.slurm import SLURMRunner
 
     # The runner stops scheduler and worker ranks by sending them SIGINT once the client

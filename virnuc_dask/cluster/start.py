@@ -48,7 +48,7 @@ from distributed.security import Security
 from virnuc_dask.cluster import credentials
 from virnuc_dask.cluster.dashboard_access import NO_DASHBOARD, describe_dashboard
 from virnuc_dask.cluster.guard import Guard
-from virnuc_dask.cluster.jobqueue import _check_submit_command, _jobqueue_class, jobqueue_options
+from virnuc_dask.cluster.jobqueue import check_submit_command, jobqueue_class, jobqueue_options
 from virnuc_dask.cluster.jobs import watched_job_class
 from virnuc_dask.cluster.runner import slurm_runner
 from virnuc_dask.cluster.workers import WORKER_ENV, visible_gpus
@@ -149,8 +149,8 @@ def _batch_jobs(settings: Settings) -> Iterator[RunCluster]:
         cores=settings.job_cores,
         memory=settings.job_memory,
     )
-    cls = _jobqueue_class(settings.cluster)
-    _check_submit_command(cls.job_cls)
+    cls = jobqueue_class(settings.cluster)
+    check_submit_command(cls.job_cls)
     jobs = settings.jobs or 1
     # The workers in the jobs read the credentials from the output directory (a file
     # system every node sees); the directory goes when the run ends.

@@ -56,6 +56,7 @@ from virnuc_dask.core.records import (
     lines_at as _lines_at,
 )
 from virnuc_dask.errors import FastaFormatError
+from virnuc_dask.files import GZIP_MAGIC, is_gzip
 
 __all__ = [
     "FastaBlock",
@@ -68,7 +69,6 @@ __all__ = [
     "record_problem",
 ]
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _SCAN = 16 * 2**20  # bytes per read when counting lines or decompressing
 _HEAD = 2**16  # bytes looked at by plan_blocks' early format check
 _IUPAC = b"ACGTUNRYKMSWBDHVacgtunrykmswbdhv"
@@ -153,7 +153,7 @@ def inspect_input(path: str) -> tuple[int, bool, str, int]:
             head = f.read(_HEAD)
     except OSError as exc:
         raise FastaFormatError(path, None, None, f"cannot be read: {exc.strerror or exc}") from exc
-    compressed = head[:2] == _GZIP_MAGIC
+    compressed = head[:2] == GZIP_MAGIC
     if compressed:
         try:
             with gzip.open(path, "rb") as g:
@@ -174,18 +174,13 @@ def inspect_input(path: str) -> tuple[int, bool, str, int]:
 def read_block(block: FastaBlock) -> list[Record]:
     """The records whose header line starts in ``block`` (``[]`` if none), in file order."""
     if block.format == "fastq":
-        if block.start == 0 and block.stop is None and _is_gzip(block.path):
+        if block.start == 0 and block.stop is None and is_gzip(block.path):
             return [rec for batch in fastq.iter_fastq_gzip(block.path) for rec in batch]
         return fastq.read_fastq_block(block)
     with open(block.path, "rb") as f:
-        if block.start == 0 and f.read(2) == _GZIP_MAGIC:
+        if block.start == 0 and f.read(2) == GZIP_MAGIC:
             return _read_gzip(block.path)
         return _read_plain(f, block)
-
-
-def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == _GZIP_MAGIC
 
 
 def _read_plain(f, block: FastaBlock) -> list[Record]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from virnuc_dask.core.chunking import chunk_record
 from virnuc_dask.core.fasta import FastaBlock, Record, read_block, record_problem
+from virnuc_dask.core.pairs import mate_id
 from virnuc_dask.core.translate import Orf, six_frame_orfs
 
 
@@ -83,8 +84,11 @@ def orfs_from_records(
 
 
 def read_orfs(block: FastaBlock, chunk_size: int, select: Selection = six_frame_orfs) -> BlockOrfs:
-    """Read one FASTA block and build its ORF table."""
-    return orfs_from_records(read_block(block), chunk_size, block.index, select)
+    """Read one FASTA block and build its ORF table (mates named ``<id>/<mate>``)."""
+    records = read_block(block)
+    if block.mate is not None:
+        records = [Record(mate_id(r.id, block.mate), r.sequence, r.path, r.line) for r in records]
+    return orfs_from_records(records, chunk_size, block.index, select)
 
 
 def content_hashes(texts: Sequence[str]) -> np.ndarray:

@@ -17,7 +17,8 @@ class FastaBlock:
     ``first_line`` is the 1-based line number at ``start`` (1 + line ends that
     begin before ``start``), filled in by ``plan_blocks``.  ``format``: ``"fasta"`` or
     ``"fastq"`` (of the whole file, from its content); ``record_line``: the line of the
-    file's first FASTQ record (see :mod:`.fastq`).
+    file's first FASTQ record (see :mod:`.fastq`); ``mate``: 1 or 2 when the file holds
+    one mate of paired reads (its reads are named ``<id>/<mate>``, see :mod:`.pairs`).
     """
 
     path: str
@@ -27,6 +28,7 @@ class FastaBlock:
     first_line: int | None = None
     format: str = "fasta"
     record_line: int = 1
+    mate: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

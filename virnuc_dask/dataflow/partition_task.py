@@ -40,10 +40,10 @@ from distributed import get_worker
 from virnuc_dask.dataflow.dashboard import record_embedding
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.manifest import FailedRecord, ModelStats, PartitionResult
 from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
+from virnuc_dask.worker.adapters import DnabertAdapter, EsmAdapter
 from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, embed
-from virnuc_dask.worker.embed import DnabertAdapter, EsmAdapter
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)

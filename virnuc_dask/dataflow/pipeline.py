@@ -40,6 +40,7 @@ from distributed import Client
 from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import check_input, plan_blocks
 from virnuc_dask.core.orfs import Selection
+from virnuc_dask.core.pairs import PairRows, check_mates, mate_layout, mate_pairs, with_mates
 from virnuc_dask.core.plan import (
     duplicate_reads,
     files_without_records,
@@ -48,28 +49,29 @@ from virnuc_dask.core.plan import (
 )
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow import scratch
+from virnuc_dask.dataflow.block_tasks import classify_rows, read_block_task, write_block_task
 from virnuc_dask.dataflow.dashboard import (
     unique_key,
 )
-from virnuc_dask.dataflow.embedding import MODEL_RESOURCES, embed_partitions
+from virnuc_dask.dataflow.embedding_graph import MODEL_RESOURCES, embed_partitions
 from virnuc_dask.dataflow.identity import fingerprint, open_store, prepare_out
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.outputs import BlockCounts, assemble
+from virnuc_dask.dataflow.pair_outputs import write_pair_predictions
 from virnuc_dask.dataflow.scratch import (
     dedup_bucket,
 )
 from virnuc_dask.dataflow.store import (
     MODEL_KEYS,
     EmbeddingStore,
-    atomic_write_text,
     lazy_rows,
     naming,
 )
 from virnuc_dask.dataflow.summary import run_summary
-from virnuc_dask.dataflow.tasks import classify_rows, read_block_task, write_block_task
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.events import Progress, reporter
-from virnuc_dask.manifest import PartitionResult, failed_rows
+from virnuc_dask.files import atomic_write_text
+from virnuc_dask.partition_result import PartitionResult, failed_rows
 from virnuc_dask.rundir import SUMMARY
 
 logger = logging.getLogger(__name__)
@@ -129,20 +131,31 @@ class Embedded:
     empty_inputs: list[tuple[str, str, str]]
     reads: int
     dedup: dict[str, dict[str, int]]
+    pairs: list[PairRows] = dataclasses.field(default_factory=list)
 
     @property
     def rows(self) -> int:
         return sum(self.counts)
 
 
-def predict(settings: Settings, client: Client, *, progress: Progress | None = None) -> RunResult:
-    """Run the whole prediction for ``settings`` on ``client``'s cluster."""
+def predict(
+    settings: Settings,
+    client: Client,
+    *,
+    progress: Progress | None = None,
+    facts: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run the whole prediction for ``settings`` on ``client``'s cluster; ``facts``: what
+    :func:`load_models` gave when the models are on the workers already (a sequencing
+    run loads them once for all its samples)."""
     tick = reporter(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     preflight(settings)
     with embedding_scratch(settings) as root:
-        embedded = embed_inputs(settings, client, root=root, tick=tick, timings=timings)
+        embedded = embed_inputs(
+            settings, client, root=root, tick=tick, timings=timings, facts=facts
+        )
         return _run(settings, client, tick, embedded, timings, t0)
 
 
@@ -167,6 +180,7 @@ def embed_inputs(
     select: Selection = six_frame_orfs,
     fingerprint_extra: dict[str, Any] | None = None,
     check_counts: Callable[[list, list[int]], None] | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> Embedded:
     """Load the models, read and translate the inputs, embed every ORF into the store.
 
@@ -176,10 +190,12 @@ def embed_inputs(
     embedded. Without ``settings.classifier`` no classifier is loaded (training).
     """
     t0 = time.perf_counter()
-    blocks = plan_blocks(list(settings.inputs), settings.blocksize)
+    layout = mate_layout(settings.inputs)
+    blocks = with_mates(plan_blocks(list(settings.inputs), settings.blocksize), layout)
     tick("models", 0, 1)
 
-    facts = load_models(settings, client)
+    if facts is None:
+        facts = load_models(settings, client)
     dims = {m: facts[m] for m in MODEL_KEYS}
     timings["load_models"] = time.perf_counter() - t0
     tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
@@ -203,10 +219,12 @@ def embed_inputs(
         client.cancel(reading)  # on a shared cluster: the blocks not yet read are not read
         raise
     del reading  # the workers release the summaries
-    empty_inputs = files_without_records(blocks, [len(h) for _, h in summaries])
-    duplicates = duplicate_reads([h for _, h in summaries])
-    counts = [n for n, _ in summaries]
-    reads = sum(len(h) for _, h in summaries)
+    # Mates out of order stop the run here, before anything is embedded or stored.
+    pairs = check_mates(blocks, [m for _, _, m in summaries], mate_pairs(layout))
+    empty_inputs = files_without_records(blocks, [len(h) for _, h, _ in summaries])
+    duplicates = duplicate_reads([h for _, h, _ in summaries])
+    counts = [n for n, _, _ in summaries]
+    reads = sum(len(h) for _, h, _ in summaries)
     del summaries
     for block, excluded in duplicates.items():  # rare: written again without those reads
         counts[block] = client.submit(
@@ -283,6 +301,7 @@ def embed_inputs(
         empty_inputs,
         reads,
         dedup,
+        pairs,
     )
 
 
@@ -367,11 +386,14 @@ def _run(
         assemble(parts, out, len(blocks), empty_inputs)
     finally:
         shutil.rmtree(parts, ignore_errors=True)
+    pair_counts = write_pair_predictions(out, embedded.pairs)
     timings["write"] = time.perf_counter() - t
     tick("write", len(blocks), len(blocks), reads=total.reads)
     timings["total"] = time.perf_counter() - t0
 
     summary = run_summary(settings, client, facts, total, plan, todo, partition_stats, timings)
     summary["dedup"] = {"enabled": bool(buckets), **embedded.dedup}
+    if pair_counts:
+        summary["pairs"] = pair_counts
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return RunResult(out, total, len(plan), len(plan) - len(todo), summary)

@@ -31,6 +31,7 @@ import io
 import os
 import pickle
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,17 @@ import numpy as np
 
 from virnuc_dask.core.orfs import BlockOrfs, ReadInfo, content_hashes
 from virnuc_dask.rundir import SCRATCH
+
+# numpy parses an .npy header with ``ast.literal_eval``; CPython releases without the fix for
+# python/cpython#106905 (3.11.7 among them) raise "SystemError: AST constructor recursion depth
+# mismatch" when two threads of one worker parse at once. The headers are tiny: one at a time.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def _load(path: Path, *, mmap: bool = True) -> np.ndarray:
+    with _NPY_HEADER_LOCK:
+        return np.load(path, mmap_mode="r" if mmap else None)
+
 
 COLUMNS = ("ids", "nucleotide", "protein")
 #: model -> the ORF column it embeds
@@ -124,13 +136,13 @@ def read_column(
 ) -> list[str]:
     """Rows ``[lo, hi)`` of one column of a block's table."""
     where = _block_dir(Path(root), block)
-    ends = np.load(where / f"{name}.ends.npy", mmap_mode="r")
+    ends = _load(where / f"{name}.ends.npy")
     hi = len(ends) if hi is None else hi
     if hi <= lo:
         return []
     start = int(ends[lo - 1]) if lo else 0
     stops = np.asarray(ends[lo:hi]) - start
-    data = np.load(where / f"{name}.data.npy", mmap_mode="r")
+    data = _load(where / f"{name}.data.npy")
     raw = bytes(data[start : start + int(stops[-1])])
     text = raw.decode()
     if len(text) == len(raw):  # ASCII: byte offsets are character offsets
@@ -157,11 +169,11 @@ def dedup_bucket(
     hashes, rows = [], []
     for block, offset in enumerate(offsets):
         where = _block_dir(root, block)
-        bounds = np.load(where / f"{model}.bounds.npy")
+        bounds = _load(where / f"{model}.bounds.npy", mmap=False)
         lo, hi = int(bounds[bucket]), int(bounds[bucket + 1])
         if hi > lo:
-            hashes.append(np.load(where / f"{model}.hash.npy", mmap_mode="r")[lo:hi])
-            rows.append(np.load(where / f"{model}.row.npy", mmap_mode="r")[lo:hi] + offset)
+            hashes.append(_load(where / f"{model}.hash.npy")[lo:hi])
+            rows.append(_load(where / f"{model}.row.npy")[lo:hi] + offset)
     h = np.concatenate(hashes) if hashes else np.zeros((0, 2), np.uint64)
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     order = np.lexsort((r, h[:, 1], h[:, 0]))
@@ -186,9 +198,9 @@ def sources(root: str | os.PathLike[str], model: str, buckets: int, lo: int, hi:
     out = np.arange(lo, hi, dtype=np.int64)
     target = Path(root) / "dedup" / model
     for bucket in range(buckets):
-        rows = np.load(target / f"{bucket:05d}.row.npy", mmap_mode="r")
+        rows = _load(target / f"{bucket:05d}.row.npy")
         a, b = np.searchsorted(rows, [lo, hi])
         if b > a:
-            src = np.load(target / f"{bucket:05d}.source.npy", mmap_mode="r")
+            src = _load(target / f"{bucket:05d}.source.npy")
             out[np.asarray(rows[a:b]) - lo] = src[a:b]
     return out

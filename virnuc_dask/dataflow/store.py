@@ -37,23 +37,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from virnuc_dask.manifest import PartitionResult
+from virnuc_dask.files import atomic_write_text
 from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.partition_result import PartitionResult
 from virnuc_dask.rundir import MANIFEST, STORE
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager

@@ -16,8 +16,8 @@ from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.dashboard import gpu_metrics
 from virnuc_dask.dataflow.models_on_workers import load_failures, model_status
 from virnuc_dask.dataflow.outputs import BlockCounts
-from virnuc_dask.manifest import PartitionResult
 from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.partition_result import PartitionResult
 
 logger = logging.getLogger(__name__)
 

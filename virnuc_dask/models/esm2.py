@@ -84,7 +84,7 @@ def resolve_esm_path(
     return directory / files[0]
 
 
-def _read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path) -> dict:
     """A fair-esm checkpoint under torch's safe loading, memory-mapped where the file's
     format allows: its tensors stay in the page cache (dropped after the weights are
     copied into the model) instead of being a second copy in the worker's memory,
@@ -114,10 +114,10 @@ def load_esm(
 
     path = resolve_esm_path(source, cache_dir=cache_dir, offline=offline)
     try:
-        model_data = _read_checkpoint(path)
+        model_data = read_checkpoint(path)
         regression = None
         if pretrained._has_regression_weights(path.stem):
-            regression = _read_checkpoint(path.with_name(path.stem + "-contact-regression.pt"))
+            regression = read_checkpoint(path.with_name(path.stem + "-contact-regression.pt"))
         # fair-esm's own loader, given the data (what load_model_and_alphabet_local does
         # after its torch.load).
         model, alphabet = pretrained.load_model_and_alphabet_core(path.stem, model_data, regression)

@@ -17,7 +17,6 @@ result files:
 from __future__ import annotations
 
 import array
-import contextlib
 import dataclasses
 import json
 import logging
@@ -30,10 +29,10 @@ from distributed import Client
 
 from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.pipeline import predict, preflight
-from virnuc_dask.dataflow.run import ProgressFactory
-from virnuc_dask.dataflow.store import atomic_write_text
+from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.errors import TrainingDataError
 from virnuc_dask.events import Progress
+from virnuc_dask.files import atomic_write_text
 from virnuc_dask.rundir import EVALUATION as JSON
 from virnuc_dask.rundir import EVALUATION_TEXT as TEXT
 from virnuc_dask.rundir import PREDICTIONS, READS
@@ -193,17 +192,12 @@ def run_evaluation(
     client: Client | None = None,
     progress: ProgressFactory | None = None,
 ) -> EvaluationResult:
-    """:func:`evaluate` with the cluster the settings name (unless a client is given)."""
-    from virnuc_dask.cluster.start import open_client
-    from virnuc_dask.dataflow.dashboard import performance_report
+    """:func:`evaluate` in the run's session (the cluster the settings name unless a client
+    is given)."""
 
     for files, name in ((viral, "viral"), (other, "other")):
         preflight(settings.replace(inputs=files, out=str(Path(settings.out) / name)))
-    with contextlib.ExitStack() as stack:
-        # The evaluation's directory and the prediction directory of each class in it.
-        held = [settings.out, *(str(Path(settings.out) / name) for name, _ in CLASSES)]
-        client = stack.enter_context(open_client(settings, client=client, hold=held))
-        stack.enter_context(client.as_current())
-        stack.enter_context(performance_report(settings.performance_report))
-        sink = stack.enter_context(progress(client)) if progress is not None else None
-        return evaluate(settings, viral, other, client, progress=sink)
+    # The evaluation's directory and the prediction directory of each class in it.
+    held = [settings.out, *(str(Path(settings.out) / name) for name, _ in CLASSES)]
+    with run_session(settings, client=client, progress=progress, hold=held) as session:
+        return evaluate(settings, viral, other, session.client, progress=session.progress)

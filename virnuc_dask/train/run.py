@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -36,15 +35,15 @@ from virnuc_dask import __version__
 from virnuc_dask.config import Settings
 from virnuc_dask.core.training_orfs import TrainingSelection, load_reference
 from virnuc_dask.dataflow.dashboard import unique_key
-from virnuc_dask.dataflow.embedding import MODEL_RESOURCES
+from virnuc_dask.dataflow.embedding_graph import MODEL_RESOURCES
 from virnuc_dask.dataflow.identity import file_digest
 from virnuc_dask.dataflow.pipeline import Embedded, embed_inputs, embedding_scratch
-from virnuc_dask.dataflow.run import ProgressFactory
-from virnuc_dask.dataflow.store import atomic_write_text
+from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.errors import OutputDirError, TrainingDataError, VirnucError
 from virnuc_dask.events import Progress, reporter
-from virnuc_dask.manifest import failed_rows
+from virnuc_dask.files import atomic_write_text
 from virnuc_dask.models.classifier import classifier_bytes
+from virnuc_dask.partition_result import failed_rows
 from virnuc_dask.rundir import MODEL, TRAINING_STATE
 from virnuc_dask.rundir import TRAINING_LOG as LOG
 from virnuc_dask.rundir import TRAINING_SUMMARY as SUMMARY
@@ -361,15 +360,9 @@ def run_training(
     client: Client | None = None,
     progress: ProgressFactory | None = None,
 ) -> TrainResult:
-    """:func:`train` with the cluster the settings name (unless a client is given), the
-    dashboard link logged and Dask's performance report kept when asked."""
-    from virnuc_dask.cluster.start import open_client
-    from virnuc_dask.dataflow.dashboard import performance_report
-
+    """:func:`train` in the run's session (:func:`~virnuc_dask.dataflow.session.run_session`:
+    the cluster the settings name unless a client is given, the dashboard link, Dask's
+    performance report when asked)."""
     preflight_training(settings, inputs)  # bad inputs fail here, before any cluster starts
-    with contextlib.ExitStack() as stack:
-        client = stack.enter_context(open_client(settings, client=client, hold=[settings.out]))
-        stack.enter_context(client.as_current())
-        stack.enter_context(performance_report(settings.performance_report))
-        sink = stack.enter_context(progress(client)) if progress is not None else None
-        return train(settings, inputs, options, client, progress=sink)
+    with run_session(settings, client=client, progress=progress) as session:
+        return train(settings, inputs, options, session.client, progress=session.progress)

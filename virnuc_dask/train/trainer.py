@@ -28,6 +28,7 @@ import torch
 import zarr
 from torch import nn
 
+from virnuc_dask.files import atomic_writer
 from virnuc_dask.models.classifier import MLPClassifier
 from virnuc_dask.train.data import train_batches, validation_rows
 from virnuc_dask.train.metrics import binary_metrics
@@ -74,16 +75,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, "wb") as fh:
+        torch.save(state, fh)
 
 
 def validate(

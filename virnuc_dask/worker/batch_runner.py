@@ -48,7 +48,7 @@ Tokens = Sequence[int]  # one sequence's token ids, special tokens included
 
 
 class ModelAdapter(Protocol):
-    """What the runner needs of a model; :mod:`virnuc_dask.worker.embed` has both."""
+    """What the runner needs of a model; :mod:`virnuc_dask.worker.adapters` has both."""
 
     name: str  # in messages ("ESM-2")
     model: torch.nn.Module

@@ -48,6 +48,7 @@ from distributed import Reschedule, WorkerPlugin, get_worker
 from virnuc_dask.config import Settings
 from virnuc_dask.core.batching import TokenBudget
 from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.models.staging import dnabert_cache, esm_cache
 from virnuc_dask.worker import device as devices
 from virnuc_dask.worker.precision import DTYPES, matmul_state, pin_fp32, resolve_precision
 
@@ -200,14 +201,14 @@ class ModelPlugin(WorkerPlugin):
             spec.dnabert_model,
             device=device,
             dtype=dtype,
-            cache_dir=None if cache is None else os.path.join(cache, "huggingface"),
+            cache_dir=None if cache is None else str(dnabert_cache(cache)),
             offline=spec.offline,
         )
         esm, self.alphabet = load_esm(
             spec.esm_model,
             device=device,
             dtype=dtype,
-            cache_dir=None if cache is None else os.path.join(cache, "torch"),
+            cache_dir=None if cache is None else str(esm_cache(cache)),
             offline=spec.offline,
         )
         # The same layers through fused attention kernels; fp32 agreement with fair-esm's

@@ -15,7 +15,7 @@ from virnuc_dask.models.sizes import SIZES
 
 def write_bench_input(path: Path, reads: int, *, seed: int = 2000) -> Path:
     """Coding-like reads of 400-600 bp, like the reference perf inputs."""
-    from virnuc_dask.tools.demo import example_reads, write_fasta
+    from virnuc_dask.models.demo import example_reads, write_fasta
 
     write_fasta(path, example_reads(reads, seed, min_length=400, max_length=600, random_every=0))
     return path
@@ -26,10 +26,10 @@ def build_models(
 ) -> dict[str, str]:
     """Model files in the real formats: given ones, else random ones of ``size``; and a
     random classifier for their embedding widths."""
+    from virnuc_dask.models.demo import build_classifier, build_dnabert, build_esm
     from virnuc_dask.models.dnabert import resolve_dnabert_dir
     from virnuc_dask.models.dnabert_encoder import DnabertConfig
     from virnuc_dask.models.esm2 import load_esm
-    from virnuc_dask.tools.demo import build_classifier, build_dnabert, build_esm
 
     directory.mkdir(parents=True, exist_ok=True)
     shape = SIZES[size]
@@ -58,12 +58,12 @@ def read_orfs_of(path: str, length: int) -> tuple[int, list]:
     return len(records), orfs_from_records(records, length).orfs
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _release(device: torch.device) -> None:
+def release_device(device: torch.device) -> None:
     """Hand this process's cached GPU memory back, for the workers (same GPUs) and the
     models loaded next: with the real sizes, two copies do not fit."""
     if device.type == "cuda":
@@ -74,7 +74,7 @@ def _release(device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def _timer(into: dict[str, float], key: str) -> Iterator[None]:
+def timed(into: dict[str, float], key: str) -> Iterator[None]:
     t = time.perf_counter()
     yield
     into[key] = time.perf_counter() - t

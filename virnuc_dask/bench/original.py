@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from virnuc_dask.bench.kit import read_orfs_of, sync_device, timed
 from virnuc_dask.models import MODEL_KEYS
-from virnuc_dask.tools.bench_kit import _sync, _timer, read_orfs_of
 
 ORIGINAL_TOKS_PER_BATCH = 2048
 
@@ -69,17 +69,17 @@ def run_original_style(
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    with _timer(times, "load_models"):
+    with timed(times, "load_models"):
         dnabert, tokenizer = load_dnabert(paths["dnabert_model"], device=device)
         esm, alphabet = load_esm(paths["esm_model"], device=device)
         classifier = load_classifier(paths["classifier"])
-    with _timer(times, "read_translate"):
+    with timed(times, "read_translate"):
         reads, orfs = read_orfs_of(fasta, length)
-    with _timer(times, "dnabert"):
+    with timed(times, "dnabert"):
         dn = original_dnabert(dnabert, tokenizer, [o.nucleotide for o in orfs], device=device)
-    with _timer(times, "esm"):
+    with timed(times, "esm"):
         es = original_esm(esm, alphabet, [o.protein for o in orfs], device=device)
-    with _timer(times, "classify"):
+    with timed(times, "classify"):
         scores = score(classifier, np.concatenate([dn, es], axis=1))
     seconds = time.perf_counter() - t0
     return {
@@ -101,7 +101,7 @@ def interleaved_speedup(
     from virnuc_dask.models.dnabert import load_dnabert
     from virnuc_dask.models.esm2 import load_esm
     from virnuc_dask.models.esm_fast import SdpaEsm2
-    from virnuc_dask.worker.embed import embed_dnabert, embed_esm
+    from virnuc_dask.worker.adapters import embed_dnabert, embed_esm
     from virnuc_dask.worker.plugin import DTYPES
 
     nucleotides = [o.nucleotide for o in orfs]
@@ -122,7 +122,7 @@ def interleaved_speedup(
         for key, run in runs.items():
             t = time.perf_counter()
             run()
-            _sync(device)
+            sync_device(device)
             best[key] = min(best[key], time.perf_counter() - t)
     out = {f"{m}_speedup": best[(m, "original")] / best[(m, "ours")] for m in MODEL_KEYS}
     out["embedding_speedup"] = (best[("dnabert", "original")] + best[("esm", "original")]) / (

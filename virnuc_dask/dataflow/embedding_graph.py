@@ -12,6 +12,7 @@ import dask
 from distributed import Client, wait
 
 from virnuc_dask.config import Settings
+from virnuc_dask.dataflow.block_tasks import load_partition
 from virnuc_dask.dataflow.dashboard import (
     EMBED_STAGE,
     STORE_STAGE,
@@ -26,9 +27,8 @@ from virnuc_dask.dataflow.partition_task import (
     store_partition,
 )
 from virnuc_dask.dataflow.store import EmbeddingStore
-from virnuc_dask.dataflow.tasks import load_partition
 from virnuc_dask.errors import ModelLoadError, SystemicFailure
-from virnuc_dask.manifest import PartitionResult
+from virnuc_dask.partition_result import PartitionResult
 from virnuc_dask.worker.plugin import EMBED_RESOURCE
 
 logger = logging.getLogger(__name__)

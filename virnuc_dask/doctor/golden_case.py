@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnuc_dask.tools.check import Check
+from virnuc_dask.doctor.check_result import Check
 
 GOLDEN = "golden"  # package data directory beside this module
 GOLDEN_READS = 24
@@ -21,7 +21,7 @@ SCORE_TOLERANCE = 1e-5
 
 
 def golden_dir() -> Path:
-    return Path(str(resources.files("virnuc_dask.tools") / GOLDEN))
+    return Path(str(resources.files("virnuc_dask.doctor") / GOLDEN))
 
 
 def model_digests(paths: dict[str, Path]) -> dict[str, str]:
@@ -51,7 +51,7 @@ def model_digests(paths: dict[str, Path]) -> dict[str, str]:
 def write_golden(directory: Path, work: Path, client) -> None:
     """Make the golden case: the packaged input, the demonstration models' digests and the
     scores ``predict`` gives in fp32. Run once by the project; the result is package data."""
-    from virnuc_dask.tools.demo import build_demo, example_reads, write_fasta
+    from virnuc_dask.models.demo import build_demo, example_reads, write_fasta
 
     directory.mkdir(parents=True, exist_ok=True)
     write_fasta(directory / "input.fa", example_reads(GOLDEN_READS, max_length=600))
@@ -90,7 +90,7 @@ def _scores(path: Path) -> tuple[list[str], np.ndarray]:
 
 def check_predict(client, work: Path, *, gpus: bool) -> Check:
     """One partition through ``predict`` on ``client``'s cluster, against the golden case."""
-    from virnuc_dask.tools.demo import build_demo
+    from virnuc_dask.models.demo import build_demo
 
     golden = golden_dir()
     paths = build_demo(work / "demo")

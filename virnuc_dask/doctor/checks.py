@@ -24,7 +24,7 @@ the workers. A check passes on a machine without GPUs when it has nothing to do
 there, and says "no GPU".
 
 What the workers measure is :mod:`.device_report`; the golden case and its check,
-:mod:`.golden_case`; each check's result, a :class:`.check.Check`.
+:mod:`.golden_case`; each check's result, a :class:`.check_result.Check`.
 
 >>> from virnuc_dask.cli.main import main
 >>> main(["doctor", "--out", "/tmp/doctor"])  # doctest: +SKIP
@@ -41,10 +41,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from virnuc_dask.doctor.check_result import Check
+from virnuc_dask.doctor.device_report import device_report
+from virnuc_dask.doctor.golden_case import check_predict
 from virnuc_dask.formatting import si
-from virnuc_dask.tools.check import Check
-from virnuc_dask.tools.device_report import device_report
-from virnuc_dask.tools.golden_case import check_predict
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ import zarr
 
 from virnuc_dask.core.fasta import FastaBlock
 from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
+from virnuc_dask.core.pairs import pair_hashes
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow.outputs import BlockCounts, write_block
 from virnuc_dask.dataflow.partition_task import (
@@ -39,13 +40,19 @@ def read_block_task(
     buckets: int,
     excluded: dict[int, str] | None = None,
     select: Selection = six_frame_orfs,
-) -> tuple[int, np.ndarray]:
-    """Read and translate one block into the scratch; (ORFs, read id hashes)."""
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Read and translate one block into the scratch; (ORFs, read id hashes, pair id
+    hashes of a mate file's reads (empty for other files))."""
     table = read_orfs(block, chunk_size, select)
     if excluded:
         table = table.without_reads(excluded)
     write_table(root, table, buckets=buckets)
-    return len(table.orfs), id_hashes(table)
+    mates = (
+        pair_hashes([r.id for r in table.reads], block.mate)
+        if block.mate
+        else np.zeros(0, np.uint64)
+    )
+    return len(table.orfs), id_hashes(table), mates
 
 
 def load_partition(

@@ -21,7 +21,7 @@ On one input and one set of models it measures
   embeddings and ORF labels flipped.
 
 Models: the real architectures with random weights in the real file formats
-(:mod:`.demo` builders), ``--size small`` = ESM-2 8M layout (6 layers x 320, 20
+(:mod:`virnuc_dask.models.demo` builders), ``--size small`` = ESM-2 8M layout (6 layers x 320, 20
 heads) and DNABERT-S 2 layers x 256; or real model files with ``--esm-model``,
 ``--dnabert-model`` (and a random classifier matching them). The input is a
 FASTA file, or reads generated like the perf inputs (coding-like, 400-600 bp).
@@ -47,23 +47,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from virnuc_dask.errors import VirnucError
-from virnuc_dask.models.flops import matmul_peak, module_shape
-from virnuc_dask.rundir import STORE
-from virnuc_dask.tools.agreement import precision_agreement
-from virnuc_dask.tools.bench_kit import (
-    _release,
+from virnuc_dask.bench.agreement import precision_agreement
+from virnuc_dask.bench.kit import (
     build_models,
     read_orfs_of,
+    release_device,
     write_bench_input,
 )
-from virnuc_dask.tools.original import interleaved_speedup, run_original_style
-from virnuc_dask.tools.throughput import (
+from virnuc_dask.bench.original import interleaved_speedup, run_original_style
+from virnuc_dask.bench.throughput import (
     check_worker_counts,
     prefetch_effect,
     run_pipeline,
     stage_figures,
 )
+from virnuc_dask.errors import VirnucError
+from virnuc_dask.models.flops import matmul_peak, module_shape
+from virnuc_dask.rundir import STORE
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         "dnabert": {**module_shape(dnabert).as_dict(), "heads": dnabert.config.num_attention_heads},
     }
     del models, esm, dnabert
-    _release(device)
+    release_device(device)
     # The stage figures come from the run with the fewest workers (one worker has the
     # whole machine; more are normalised by their count, see stage_figures).
     first = min(scaling, key=lambda r: r["workers"])
@@ -207,11 +207,11 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         original["max_score_diff_vs_pipeline"] = float(np.abs(ours - original.pop("scores")).max())
         loads["original"] = os.getloadavg()[0]
         logger.info("the original way and ours alternating on %d ORFs", len(sample))
-        _release(device)
+        release_device(device)
         original["interleaved"] = interleaved_speedup(
             paths, sample, device=device, precision=precision
         )
-        _release(device)
+        release_device(device)
         # How busy the original way keeps the hardware, and so the most any implementation
         # can gain over it at this precision: its time over the same FLOPs at the peak.
         original["utilization"] = {m: flops[m] / original["timings_s"][m] / peak for m in flops}

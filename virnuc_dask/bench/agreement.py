@@ -40,7 +40,7 @@ def precision_agreement(
     from virnuc_dask.models.dnabert import load_dnabert
     from virnuc_dask.models.esm2 import load_esm
     from virnuc_dask.models.esm_fast import SdpaEsm2
-    from virnuc_dask.worker.embed import embed_dnabert, embed_esm
+    from virnuc_dask.worker.adapters import embed_dnabert, embed_esm
     from virnuc_dask.worker.precision import DTYPES, to_mixed
 
     device = torch.device(device)

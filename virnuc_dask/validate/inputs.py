@@ -38,9 +38,12 @@ from typing import Any
 import numpy as np
 
 from virnuc_dask.config import Settings
-from virnuc_dask.core.fasta import FastaFormatError, plan_blocks, read_block
-from virnuc_dask.tools.estimate import estimate
-from virnuc_dask.tools.input_stats import FileStats, Finding, add_records
+from virnuc_dask.core.fasta import FastaFormatError, Record, plan_blocks, read_block
+from virnuc_dask.core.pairs import first_mismatch, mate_id, mate_layout, mate_pairs, pair_hashes
+from virnuc_dask.core.samplesheet import Sample, SampleSheet
+from virnuc_dask.files import is_gzip
+from virnuc_dask.validate.estimate import estimate
+from virnuc_dask.validate.input_stats import FileStats, Finding, add_records
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +78,14 @@ def _line_endings(path: str, compressed: bool) -> Finding | None:
     return None
 
 
-def check_file(path: str, *, chunk_size: int, blocksize: int, max_findings: int) -> FileStats:
-    """Read one input completely; unreadable parts become ``error`` findings."""
+def check_file(
+    path: str, *, chunk_size: int, blocksize: int, max_findings: int, mate: int | None = None
+) -> FileStats:
+    """Read one input completely; unreadable parts become ``error`` findings.
+
+    ``mate``: the file holds mate 1 or 2 of paired reads (named ``<id>/<mate>``, as a
+    run names them; ``stats.pairs`` gets their pair ids' hashes).
+    """
     stats = FileStats(path)
     try:
         blocks = plan_blocks([path], blocksize)
@@ -91,7 +100,7 @@ def check_file(path: str, *, chunk_size: int, blocksize: int, max_findings: int)
             Finding("error", path, None, None, f"cannot be read: {exc.strerror}"), max_findings
         )
         return stats
-    stats.compressed = blocks[0].stop is None and _is_gzip(path)
+    stats.compressed = blocks[0].stop is None and is_gzip(path)
     stats.format = blocks[0].format
     ending = _line_endings(path, stats.compressed)
     if ending is not None:
@@ -107,6 +116,9 @@ def check_file(path: str, *, chunk_size: int, blocksize: int, max_findings: int)
                 Finding("error", path, None, None, f"cannot be read: {exc.strerror}"), max_findings
             )
             return stats
+        if mate is not None:
+            stats.pairs.append(pair_hashes([r.id for r in records], mate))
+            records = [Record(mate_id(r.id, mate), r.sequence, r.path, r.line) for r in records]
         add_records(stats, records, chunk_size=chunk_size, max_findings=max_findings)
     if stats.records == 0:
         stats.add(
@@ -118,7 +130,7 @@ def check_file(path: str, *, chunk_size: int, blocksize: int, max_findings: int)
 
 def _format_error(path: str, exc: FastaFormatError) -> Finding:
     line = exc.line
-    if "gzip" in exc.problem and _is_gzip(path):
+    if "gzip" in exc.problem and is_gzip(path):
         line = _gzip_lines_before_error(path)  # where the readable data ends, not line 1
     return Finding("error", path, line, exc.record, exc.problem)
 
@@ -137,11 +149,6 @@ def _gzip_lines_before_error(path: str) -> int:
                 if decoder.eof:  # next member of a multi-member file
                     decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
     return lines
-
-
-def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
 
 
 def find_duplicates(files: Sequence[FileStats], *, max_findings: int) -> None:
@@ -183,6 +190,33 @@ def find_duplicates(files: Sequence[FileStats], *, max_findings: int) -> None:
         )
 
 
+def find_unpaired(first: FileStats, second: FileStats, *, max_findings: int) -> None:
+    """An ``error`` where the reads of two mate files stop being mates (a run stops there)."""
+    if first.counts["error"] or second.counts["error"]:
+        return
+    joined = [
+        np.concatenate(f.pairs) if f.pairs else np.zeros(0, np.uint64) for f in (first, second)
+    ]
+    k = first_mismatch(*joined)
+    if k is None:
+        return
+    if k >= len(joined[1]) or k >= len(joined[0]):
+        longer, shorter = (first, second) if k < len(joined[0]) else (second, first)
+        problem = (
+            f"no mate: {shorter.path} ends after {k:,} reads, this file has more; "
+            "the two files of a pair must hold the same reads in the same order"
+        )
+    else:
+        longer = second
+        problem = (
+            f"mates out of order: read {k + 1:,} is not the mate of read {k + 1:,} of "
+            f"{first.path}; the two files of a pair must hold the same reads in the same order"
+        )
+    line = int(np.concatenate(longer.lines)[k])
+    read_id = _ids_at([longer], {0: {line}}).get((0, line))
+    longer.add(Finding("error", longer.path, line, read_id, problem), max_findings)
+
+
 def _ids_at(files: Sequence[FileStats], wanted: dict[int, set[int]]) -> dict[tuple[int, int], str]:
     """Read ids of the records whose header is on the given lines (a second, rare pass)."""
     out = {}
@@ -207,17 +241,40 @@ def validate(
     inputs: Sequence[str], settings: Settings, *, max_findings: int = 20, with_estimate: bool = True
 ) -> tuple[list[FileStats], dict[str, Any] | None]:
     """Check every input; the estimate only when some input has ORFs and none is unreadable."""
+    layout = mate_layout(inputs)
     files = [
         check_file(
-            p, chunk_size=settings.length, blocksize=settings.blocksize, max_findings=max_findings
+            p,
+            chunk_size=settings.length,
+            blocksize=settings.blocksize,
+            max_findings=max_findings,
+            mate=mate,
         )
-        for p in inputs
+        for p, mate in zip(inputs, layout, strict=True)
     ]
+    for pair in mate_pairs(layout):
+        find_unpaired(files[pair.first], files[pair.second], max_findings=max_findings)
     find_duplicates(files, max_findings=max_findings)
     est = None
     if with_estimate and sum(f.orfs for f in files) and exit_code(files) != EXIT_UNREADABLE:
         est = estimate(files, settings)
     return files, est
+
+
+def validate_samples(
+    sheet: SampleSheet, settings: Settings, *, max_findings: int = 20, with_estimate: bool = True
+) -> tuple[list[tuple[Sample, list[FileStats]]], dict[str, Any] | None]:
+    """:func:`validate` for each sample of a sheet (a sample is a run of its own: reads of
+    different samples may share ids); one estimate for the whole run."""
+    checked = [
+        (s, validate(s.inputs, settings, max_findings=max_findings, with_estimate=False)[0])
+        for s in sheet
+    ]
+    files = [f for _, fs in checked for f in fs]
+    est = None
+    if with_estimate and sum(f.orfs for f in files) and exit_code(files) != EXIT_UNREADABLE:
+        est = estimate(files, settings)
+    return checked, est
 
 
 # -- command line -------------------------------------------------------------------------

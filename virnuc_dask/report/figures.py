@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from virnuc_dask.core.chunking import chunk_spans
-from virnuc_dask.tools.report_data import BINS, CALL_LABELS, CALLS, COLOURS, RunData
+from virnuc_dask.report.run_data import BINS, CALL_LABELS, CALLS, COLOURS, RunData
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +34,7 @@ def _pyplot():
 
 def figure_calls(data: RunData):
     """Horizontal bars: reads per call, and chunks per call."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_reads, ax_chunks) = plt.subplots(
         1, 2, figsize=(10, 2.6), gridspec_kw={"width_ratios": [2, 1]}
     )
@@ -61,7 +61,7 @@ def figure_calls(data: RunData):
 
 def figure_scores(data: RunData):
     """Histograms of P(virus): per ORF (stacked by call) and per read (best ORF)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_orf, ax_read) = plt.subplots(1, 2, figsize=(10, 3.2))
     width = np.diff(BINS)
     bottom = np.zeros(len(BINS) - 1)
@@ -94,7 +94,7 @@ def figure_scores(data: RunData):
 
 def figure_tracks(data: RunData):
     """One panel per selected read: ORF segments over their chunk spans (drew_fig.py's plot)."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     n = max(1, len(data.reads))
@@ -155,10 +155,10 @@ FIGURES = {
 }
 
 
-def _svg(fig) -> str:
+def svg_text(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     text = buf.getvalue()
     return text[text.index("<svg") :]
 
@@ -172,6 +172,6 @@ def write_pngs(data: RunData, directory: str | os.PathLike[str], *, dpi: int = 2
         fig = make(data)
         path = directory / f"{name}.png"
         fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
-        _pyplot().close(fig)
+        pyplot().close(fig)
         paths.append(path)
     return paths

@@ -115,7 +115,7 @@ def prefetch_effect(
     ``rounds``, alternating, so that both see the same machine), and the share of the
     stage's time spent preparing batches (tokenising, padding, copying) when not
     overlapped: what the prefetch thread can hide at most."""
-    from virnuc_dask.worker.embed import embed_dnabert, embed_esm
+    from virnuc_dask.worker.adapters import embed_dnabert, embed_esm
 
     runs = {
         "esm": lambda prefetch: embed_esm(

@@ -15,7 +15,7 @@ does not grow with the run, and draws with matplotlib:
 Figures are inlined in the HTML as SVG (no scripts, no network); ``--png DIR``
 writes the same figures as PNG for papers.
 
-The figures are drawn by :mod:`virnuc_dask.tools.figures`; the summary's text by
+The figures are drawn by :mod:`virnuc_dask.report.figures`; the summary's text by
 :mod:`virnuc_dask.dataflow.summary_text`.
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from virnuc_dask.dataflow.summary_text import summary_rows
-from virnuc_dask.tools.figures import FIGURES, _svg, write_pngs
-from virnuc_dask.tools.report_data import CALL_LABELS, CALLS, RunData, load_run
+from virnuc_dask.report.figures import FIGURES, svg_text, write_pngs
+from virnuc_dask.report.run_data import CALL_LABELS, CALLS, RunData, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def render_html(data: RunData, *, title: str) -> str:
         f"<td>{e(CALL_LABELS.get(r.prediction, r.prediction))}</td></tr>"
         for r in data.reads
     )
-    figures = {name: _svg(make(data)) for name, make in FIGURES.items()}
+    figures = {name: svg_text(make(data)) for name, make in FIGURES.items()}
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from virnuc_dask.errors import ReportError
-from virnuc_dask.tools.figures import _pyplot, _svg
-from virnuc_dask.tools.report import CSS
+from virnuc_dask.report.figures import pyplot, svg_text
+from virnuc_dask.report.run_report import CSS
 from virnuc_dask.train.evaluate import JSON, LEVELS, level_scores
 from virnuc_dask.train.metrics import METRICS, roc_curve
 
@@ -48,7 +48,7 @@ def _scores(out: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def figure_roc(scores: dict[str, dict[str, np.ndarray]], metrics: dict[str, Any]):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     for level in LEVELS:
         viral, other = scores[level]["viral"], scores[level]["other"]
@@ -74,7 +74,7 @@ def figure_roc(scores: dict[str, dict[str, np.ndarray]], metrics: dict[str, Any]
 
 
 def figure_histograms(scores: dict[str, dict[str, np.ndarray]]):
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     for ax, level, xlabel in (
         (axes[0], "orf", "ORF: P(virus) (score2)"),
@@ -137,7 +137,7 @@ def write_evaluation_report(
             path = Path(png_dir) / f"{name}.png"
             fig.savefig(path, dpi=200, bbox_inches="tight")
             pngs.append(path)
-    svgs = {name: _svg(fig) for name, fig in figures.items()}
+    svgs = {name: svg_text(fig) for name, fig in figures.items()}
     e = html.escape
     unscored = metrics["read"]["unscored"]
     title = f"virnuc-dask evaluation: {out.resolve().name}"

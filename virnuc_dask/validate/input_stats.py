@@ -23,7 +23,7 @@ import numpy as np
 
 from virnuc_dask.core.fasta import Record
 from virnuc_dask.core.orfs import content_hashes, orfs_from_records
-from virnuc_dask.tools.estimate import SAMPLE_FOR_TOKENIZER
+from virnuc_dask.validate.estimate import SAMPLE_FOR_TOKENIZER
 
 LONG_READ = 100_000
 
@@ -70,6 +70,8 @@ class FileStats:
     )
     hashes: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     lines: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    #: Hashes of the pair ids of a mate file's reads (see :mod:`virnuc_dask.core.pairs`).
+    pairs: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     sample: list[str] = dataclasses.field(default_factory=list, repr=False)
     #: 64 bits of the content hash of each accepted read's sequence and of each ORF's
     #: model inputs: enough to count repeats (a collision among 10^9 is unlikely, and

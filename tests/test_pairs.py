@@ -1,0 +1,151 @@
+"""Paired-end reads: mates recognised, named ``<id>/1`` and ``<id>/2``, checked to be in
+the same order in both files, and judged as pairs in ``pair_predictions.tsv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import TINY, write_mates
+
+from virnuc_dask.config import load_settings
+from virnuc_dask.core.pairs import mate_layout, title_mate
+from virnuc_dask.dataflow.pair_outputs import pair_row
+from virnuc_dask.dataflow.pipeline import predict
+from virnuc_dask.errors import FastaFormatError
+
+
+def _run(client, inputs, out: Path, **extra):
+    settings = load_settings(
+        inputs=[str(p) for p in inputs],
+        overrides={
+            "out": str(out),
+            "length": 300,
+            "precision": "fp32",
+            "blocksize": 1024,
+            "partition_rows": 37,
+            **TINY,
+            **extra,
+        },
+    )
+    return predict(settings, client)
+
+
+def _table(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        ("M1:45:FC:1:1101:15589:1332 1:N:0:ATCACG", ("M1:45:FC:1:1101:15589:1332", 1)),
+        ("M1:45:FC:1:1101:15589:1332 2:Y:18:1", ("M1:45:FC:1:1101:15589:1332", 2)),
+        ("read7/2", ("read7", 2)),
+        ("read7/1 some comment", ("read7", 1)),
+        ("read7/3", ("read7/3", None)),
+        ("contig 1:x", ("contig", None)),
+        ("", ("", None)),
+    ],
+)
+def test_a_title_gives_its_pair_id_and_mate(title, expected):
+    assert title_mate(title) == expected
+
+
+def test_consecutive_mate_files_are_pairs(tmp_path):
+    c1, c2 = write_mates(tmp_path / "c_R1.fq.gz", tmp_path / "c_R2.fq.gz")
+    s1, s2 = write_mates(tmp_path / "s_R1.fq", tmp_path / "s_R2.fq", style="slash", offset=5)
+    single = tmp_path / "single.fq"
+    single.write_text("@r1\nACGT\n+\nFFFF\n")
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">r1\nACGT\n")
+    layout = mate_layout([str(p) for p in (single, c1, c2, s1, s2, fasta)])
+    assert layout == [None, 1, 2, 1, 2, None]
+    # Mate 2 first, two files of mate 1, or mates of different reads: no pair.
+    assert mate_layout([str(c2), str(c1)]) == [None, None]
+    assert mate_layout([str(c1), str(c1)]) == [None, None]
+    assert mate_layout([str(c1), str(s2)]) == [None, None]
+
+
+def test_a_pair_is_judged_over_both_mates_chunks():
+    one = "r/1\t600\t2\t2\t8\t2\t0.9\tvirus\n"
+    two = "r/2\t600\t2\t2\t7\t0\t0.4\tothers\n"
+    row, call = pair_row(one, two)
+    assert call == "virus"  # 2 of 4 chunks: at least half
+    assert row == "r\t600\t600\t4\t4\t15\t2\t0.9\tvirus\tvirus\tothers\n"
+    three = "r/2\t600\t3\t3\t9\t0\t0.95\tothers\n"
+    assert pair_row(one, three)[1] == "others"  # 2 of 5
+    assert pair_row(one, three)[0].split("\t")[7] == "0.95"
+    none = "r/2\t2\t1\t0\t0\t0\tNA\tno_orf\n"
+    assert pair_row("r/1\t2\t1\t0\t0\t0\tNA\tno_orf\n", none)[1] == "no_orf"
+    assert pair_row("r/1\t2\t0\t0\t0\t0\tNA\tfailed\n", none)[1] == "failed"
+    assert pair_row(one, none)[1] == "virus"
+    with pytest.raises(ValueError, match="not mates"):
+        pair_row(one, "q/2\t600\t2\t2\t7\t0\t0.4\tothers\n")
+
+
+@pytest.mark.parametrize("style", ["casava", "slash"])
+def test_both_mates_are_classified_as_each_file_alone(client, tmp_path, style):
+    r1, r2 = write_mates(tmp_path / "R1.fastq.gz", tmp_path / "R2.fastq.gz", style=style)
+    paired = _run(client, [r1, r2], tmp_path / "pair")
+    assert paired.exit_code == 0
+    assert paired.summary["pairs"]["pairs"] == 20
+    assert _table(tmp_path / "pair" / "failed_records.tsv") == [["id", "stage", "error"]]
+    reads = _table(tmp_path / "pair" / "read_predictions.tsv")[1:]
+    assert len(reads) == 40
+    orfs = _table(tmp_path / "pair" / "prediction_results.txt")[1:]
+    for mate, path in ((1, r1), (2, r2)):
+        alone = _run(client, [path], tmp_path / f"alone{mate}")
+        assert alone.exit_code == 0
+        base = {"casava": "", "slash": f"/{mate}"}[style]
+        mine = [r for r in reads if r[0].endswith(f"/{mate}")]
+        single = _table(tmp_path / f"alone{mate}" / "read_predictions.tsv")[1:]
+        assert [r[0] for r in mine] == [r[0][: len(r[0]) - len(base)] + f"/{mate}" for r in single]
+        assert [r[1:6] + r[7:] for r in mine] == [r[1:6] + r[7:] for r in single]
+        single_orfs = _table(tmp_path / f"alone{mate}" / "prediction_results.txt")[1:]
+        mine_orfs = [r for r in orfs if f"/{mate}_chunk_" in r[0]]
+        assert len(mine_orfs) == len(single_orfs)
+        assert [r[1] for r in mine_orfs] == [r[1] for r in single_orfs]
+        got = np.array([[float(x) for x in r[2:]] for r in mine_orfs])
+        want = np.array([[float(x) for x in r[2:]] for r in single_orfs])
+        assert np.abs(got - want).max() <= 1e-5
+
+    pairs = _table(tmp_path / "pair" / "pair_predictions.tsv")
+    assert pairs[0][:2] == ["pair_id", "length_1"]
+    assert len(pairs) == 21
+    by_id = {r[0]: r for r in reads}
+    for row in pairs[1:]:
+        one, two = by_id[row[0] + "/1"], by_id[row[0] + "/2"]
+        assert row[9:] == [one[7], two[7]]
+        assert int(row[6]) == int(one[5]) + int(two[5])
+
+
+def _swap_records(path: Path, a: int, b: int) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    recs = [lines[i : i + 4] for i in range(0, len(lines), 4)]
+    recs[a], recs[b] = recs[b], recs[a]
+    path.write_text("".join(sum(recs, [])))
+
+
+def test_mates_out_of_order_stop_the_run_naming_file_line_and_record(client, tmp_path):
+    r1, r2 = write_mates(tmp_path / "R1.fq", tmp_path / "R2.fq")
+    out = tmp_path / "out"
+    assert _run(client, [r1, r2], out).exit_code == 0
+    before = (out / "read_predictions.tsv").read_text()
+    _swap_records(r2, 3, 4)
+    with pytest.raises(FastaFormatError) as err:
+        _run(client, [r1, r2], out)
+    assert err.value.path == str(r2)
+    assert err.value.line == 13  # the 4th record
+    assert err.value.record == "M00123:45:000000000-A1B2C:1:1101:15593:1332"
+    assert "mates out of order" in str(err.value)
+    assert (out / "read_predictions.tsv").read_text() == before  # nothing finished lost
+
+
+def test_mate_files_with_different_read_counts_name_the_read_without_mate(client, tmp_path):
+    r1, r2 = write_mates(tmp_path / "R1.fq", tmp_path / "R2.fq", n=6)
+    r2.write_text("".join(r2.read_text().splitlines(keepends=True)[:-4]))
+    with pytest.raises(FastaFormatError) as err:
+        _run(client, [r1, r2], tmp_path / "out")
+    assert (err.value.path, err.value.line) == (str(r1), 21)
+    assert f"{r2} ends after 5 reads" in str(err.value)
