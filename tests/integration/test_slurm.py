@@ -217,7 +217,7 @@ def test_another_user_cannot_run_code_on_a_batch_job_run(
             str(reads),
             *MODELS,
             "--partition-rows",
-            "20",
+            "40",
             "--out",
             "out",
             "--cluster",
