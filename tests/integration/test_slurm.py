@@ -157,26 +157,31 @@ def test_cpu_job_gives_the_local_outputs(slurm, reference, tmp_path):
     assert slurm.jobs() == []
 
 
+def cpu_job_run(reads: Path) -> list[str]:
+    """``predict`` of ``reads`` (as ``local_run``) in a CPU batch job, progress every 0.5 s."""
+    return [
+        CLI,
+        "predict",
+        str(reads),
+        *MODELS,
+        "--partition-rows",
+        "40",
+        "--out",
+        "out",
+        "--cluster",
+        "slurm",
+        "--worker-type",
+        "cpu",
+        "--progress-interval",
+        "0.5",
+    ]
+
+
 def test_job_cancelled_mid_run_is_replaced_and_the_run_completes(slurm, reads, local_run, tmp_path):
     log = tmp_path / "run.log"
     proc = start(
         slurm,
-        [
-            CLI,
-            "predict",
-            str(reads),
-            *MODELS,
-            "--partition-rows",
-            "40",
-            "--out",
-            "out",
-            "--cluster",
-            "slurm",
-            "--worker-type",
-            "cpu",
-            "--progress-interval",
-            "0.5",
-        ],
+        cpu_job_run(reads),
         tmp_path,
         log,
     )
@@ -211,22 +216,7 @@ def test_another_user_cannot_run_code_on_a_batch_job_run(
     log = tmp_path / "run.log"
     proc = start(
         slurm,
-        [
-            CLI,
-            "predict",
-            str(reads),
-            *MODELS,
-            "--partition-rows",
-            "40",
-            "--out",
-            "out",
-            "--cluster",
-            "slurm",
-            "--worker-type",
-            "cpu",
-            "--progress-interval",
-            "0.5",
-        ],
+        cpu_job_run(reads),
         tmp_path,
         log,
     )
