@@ -122,15 +122,15 @@ class Sampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
-def run(reads: Path, out: Path, interval: float, *extra: str) -> dict:
-    command = [
+def predict_command(*args: str) -> list[str]:
+    """``virnuc-dask predict ARGS`` as these benchmarks run it: one local worker, the tiny
+    models, fp32, 500 bp, ``--overwrite`` (nothing reused), quiet."""
+    return [
         sys.executable,
         "-m",
         "virnuc_dask",
         "predict",
-        str(reads),
-        "--out",
-        str(out),
+        *args,
         "--length",
         "500",
         "--precision",
@@ -140,8 +140,12 @@ def run(reads: Path, out: Path, interval: float, *extra: str) -> dict:
         "--overwrite",
         "--quiet",
         *[str(x) for kv in TINY.items() for x in kv],
-        *extra,
     ]
+
+
+def sampled(command: list[str], interval: float) -> tuple[float, int, list[int]]:
+    """Run ``command`` (exit 0 or 2 expected); its wall seconds, the peak RSS of its
+    process and those of every process it started, largest first."""
     t = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = Sampler(proc.pid, interval)
@@ -152,11 +156,16 @@ def run(reads: Path, out: Path, interval: float, *extra: str) -> dict:
     sampler.join(timeout=10)
     if proc.returncode not in (0, 2):
         raise RuntimeError(f"{command} exited {proc.returncode}:\n{stderr}")
-    summary = json.loads((out / "run_summary.json").read_text())
     client = sampler.peaks.get(proc.pid, (0, ""))[0]
     others = sorted(
         (rss for pid, (rss, _) in sampler.peaks.items() if pid != proc.pid), reverse=True
     )
+    return wall, client, others
+
+
+def run(reads: Path, out: Path, interval: float, *extra: str) -> dict:
+    wall, client, others = sampled(predict_command(str(reads), "--out", str(out), *extra), interval)
+    summary = json.loads((out / "run_summary.json").read_text())
     return {
         "reads": summary["counts"]["reads"],
         "orfs": summary["counts"]["orfs"],

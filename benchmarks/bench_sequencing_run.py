@@ -21,49 +21,18 @@ The script prints numbers; it is not a test.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
-from bench_samples import MIB, TINY, Sampler, write_reads
-
-
-def command(*args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "virnuc_dask",
-        "predict",
-        *args,
-        "--length",
-        "500",
-        "--precision",
-        "fp32",
-        "--workers",
-        "1",
-        "--overwrite",
-        "--quiet",
-        *[str(x) for kv in TINY.items() for x in kv],
-    ]
+from bench_samples import MIB, sampled, write_reads
+from bench_samples import predict_command as command
 
 
 def timed(cmd: list[str], interval: float = 0.2) -> tuple[float, int, int]:
     """Wall seconds, peak client RSS and peak RSS of the largest other process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sampler = Sampler(proc.pid, interval)
-    sampler.start()
-    _, stderr = proc.communicate(timeout=6 * 3600)
-    wall = time.perf_counter() - t
-    sampler.stop.set()
-    sampler.join(timeout=10)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} exited {proc.returncode}:\n{stderr}")
-    client = sampler.peaks.get(proc.pid, (0, ""))[0]
-    others = [rss for pid, (rss, _) in sampler.peaks.items() if pid != proc.pid]
-    return wall, client, max(others, default=0)
+    wall, client, others = sampled(cmd, interval)
+    return wall, client, others[0] if others else 0
 
 
 def samples(work: Path, n: int, reads: int) -> Path:

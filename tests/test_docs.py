@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from virnuc_dask import rundir
 from virnuc_dask.cli.reference import command_section, reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +99,12 @@ def test_the_architecture_page_names_every_package():
         f"docs/architecture.md names {sorted(named - actual)} that the package lacks and "
         f"lacks {sorted(actual - named)}"
     )
+
+
+def test_every_file_a_run_writes_is_documented():
+    """Each name in ``rundir`` (the one list of what a run writes) is on a page."""
+    documented = "\n".join(p.read_text() for p in DOCS.glob("*.md"))
+    names = [v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str)]
+    assert len(names) >= 10
+    missing = [n for n in names if not re.search(rf"(?<![\w.-]){re.escape(n)}", documented)]
+    assert not missing, f"written by a run but on no page of docs/: {missing}"

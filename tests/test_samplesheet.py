@@ -164,3 +164,29 @@ def test_validate_of_two_mate_files_sees_pairs(run_dir, capsys):
     code, out = _validate(capsys, str(r1), str(r2))
     assert code == 0, out
     assert "duplicate read id" not in out
+
+
+def test_a_mapping_of_samples_is_checked_as_a_sheet(run_dir):
+    from virnuc_dask.core.samplesheet import samples_from_files
+
+    sheet = samples_from_files(
+        {
+            "casava": [
+                run_dir / "casava_L001_R1_001.fastq.gz",
+                run_dir / "casava_L001_R2_001.fastq.gz",
+                run_dir / "casava_L002_R1_001.fastq.gz",
+                run_dir / "casava_L002_R2_001.fastq.gz",
+            ],
+            "single": [run_dir / "single.fq"],
+            "contigs": [run_dir / "contigs.fa"],
+        }
+    )
+    assert [(s.name, s.kind, len(s.lanes)) for s in sheet] == [
+        ("casava", "paired", 2),
+        ("single", "single", 1),
+        ("contigs", "fasta", 1),
+    ]
+    with pytest.raises(SampleSheetError, match=r"^samples\['bad name'\]: sample name"):
+        samples_from_files({"ok": [run_dir / "single.fq"], "bad name": [run_dir / "contigs.fa"]})
+    with pytest.raises(SampleSheetError, match=r"^samples\['b'\]: fastq_1 .* is named twice"):
+        samples_from_files({"a": [run_dir / "single.fq"], "b": [run_dir / "single.fq"]})

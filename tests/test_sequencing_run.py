@@ -286,3 +286,23 @@ def test_report_of_a_run_has_an_overview_and_a_page_per_sample(sheet_run, tmp_pa
         assert f'<a href="{sample.name}/report.html">' in page
         assert (run / sample.name / "report.html").is_file()
         assert f"sample report: {run / sample.name / 'report.html'}" in out
+
+
+def test_changed_files_recompute_only_their_sample(client, sheet_run, tmp_path):
+    folder, sheet, _ = sheet_run
+    src = tmp_path / "in"
+    shutil.copytree(Path(sheet.path).parent, src)
+    run = tmp_path / "RUN"
+    first = predict_samples(_settings(run), client, sheet=read_samplesheet(src / "samples.csv"))
+    assert first.exit_code == 0
+    lines = (src / "single.fq").read_text().splitlines(keepends=True)
+    (src / "single.fq").write_text("".join(lines[:-4]))  # one read fewer
+    again = predict_samples(_settings(run), client, sheet=read_samplesheet(src / "samples.csv"))
+    assert again.exit_code == 0
+    reused = {
+        s["sample"]: (s["partitions_reused"], s["partitions"]) for s in again.summary["samples"]
+    }
+    assert reused["single"][0] == 0 < reused["single"][1]
+    for name in ("casava", "slash", "contigs"):
+        assert reused[name][0] == reused[name][1] > 0, name
+    assert [r.reads for r in again.rows if r.sample == "single"] == [13]

@@ -103,7 +103,7 @@ def samples_from_files(
 ) -> SampleSheet:
     """A sheet from ``{sample: [files]}`` (in reading order; two mate files one after
     the other are a pair, as ``predict`` pairs them), checked as a sheet is; errors name
-    the sample's position (``line``) in the mapping."""
+    the sample (``samples['S1']: ...``)."""
     rows = []
     for k, (name, files) in enumerate(samples.items(), start=1):
         paths = [os.fspath(f) for f in files]
@@ -121,7 +121,12 @@ def samples_from_files(
             rows.append((k, row))
         if not paths:
             rows.append((k, dict.fromkeys(COLUMNS, "") | {"sample": name}))
-    return _check_rows("samples", rows, Path.cwd())
+    try:
+        return _check_rows("samples", rows, Path.cwd())
+    except SampleSheetError as exc:  # name the entry, not a line of a file there is not
+        names = list(samples)
+        where = f"samples[{names[exc.line - 1]!r}]" if exc.line else "samples"
+        raise SampleSheetError(where, None, exc.problem) from None
 
 
 def _check_rows(path: str, rows: list[tuple[int, dict[str, str]]], folder: Path) -> SampleSheet:

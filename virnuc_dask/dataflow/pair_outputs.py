@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from virnuc_dask.core.pairs import PairRows
+from virnuc_dask.files import atomic_writer
 from virnuc_dask.rundir import PAIRS, READS
 
 HEADER = (
@@ -79,15 +80,11 @@ def write_pair_predictions(out: str | os.PathLike[str], pairs: Sequence[PairRows
         dest.unlink(missing_ok=True)
         return {}
     counts = {"pairs": 0, "virus": 0, "others": 0, "no_orf": 0, "failed": 0}
-    tmp = out / f".{PAIRS}.tmp"
-    with open(tmp, "w") as fh:
+    with atomic_writer(dest) as fh:
         fh.write(HEADER)
         for mate1, mate2 in _mate_lines(out / READS, pairs):
             row, call = pair_row(mate1, mate2)
             fh.write(row)
             counts["pairs"] += 1
             counts[call] += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
     return counts

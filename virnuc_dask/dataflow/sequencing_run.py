@@ -8,7 +8,8 @@ sheet is the only one computed, a sample whose files changed starts afresh, the 
 reuse every partition.  Several samples are in flight at once on the one cluster, so
 one sample's reading, dedup and writing overlap another's embedding and a small
 sample's partitions fill the gaps of a large one; the devices take embedding tasks of
-any sample, one at a time each.
+any sample, one at a time each.  A sample whose files changed since its folder was
+written starts afresh (the others still resume).
 
 A sample whose input turns out to be bad while it is read (a malformed record, mates
 out of order) fails alone: the other samples finish, the run ends with exit code 1 and
@@ -35,14 +36,16 @@ from distributed import Client
 
 from virnuc_dask.config import Settings
 from virnuc_dask.core.samplesheet import Sample, SampleSheet
+from virnuc_dask.dataflow.identity import fingerprint, fingerprint_differences
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.pipeline import RunResult, predict, preflight
 from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, samples_tsv
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
-from virnuc_dask.dataflow.store import atomic_write_text
+from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import FastaFormatError, OutputDirError, SampleSheetError, first_line
 from virnuc_dask.events import Progress, reporter
+from virnuc_dask.files import atomic_write_text
 from virnuc_dask.rundir import MULTIQC, SAMPLES, SUMMARY
 
 logger = logging.getLogger(__name__)
@@ -113,6 +116,18 @@ def run_samples(
     return result, session.dashboard_link
 
 
+def files_changed(settings: Settings, precision: str) -> bool:
+    """Whether a sample's folder holds the store of a run of other files (the sheet names
+    other files, or they changed) and nothing else differs: that sample starts afresh.
+    (Other differences, such as other models, are refused as a one-sample run refuses
+    them.)"""
+    store = EmbeddingStore(Path(settings.out))
+    if settings.overwrite or not store.exists():
+        return False
+    diffs = set(fingerprint_differences(store.fingerprint, fingerprint(settings, precision)))
+    return "inputs" in diffs and diffs <= {"inputs", "rows"}
+
+
 def predict_samples(
     settings: Settings,
     client: Client,
@@ -135,7 +150,11 @@ def predict_samples(
     def one(sample: Sample) -> tuple[RunResult | None, SampleRow]:
         t = time.perf_counter()
         try:
-            result = predict(sample_settings(settings, sample), client, facts=facts)
+            mine = sample_settings(settings, sample)
+            if files_changed(mine, facts["precision"]):
+                logger.info("sample %s: its files changed, it starts afresh", sample.name)
+                mine = mine.replace(overwrite=True)
+            result = predict(mine, client, facts=facts)
             if viral_reads:
                 write_viral_reads(result.out, sample.inputs)
         except SAMPLE_ERRORS as exc:

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import IO
 
 from virnuc_dask.core.pairs import first_title, mate_layout
+from virnuc_dask.files import atomic_writer, is_gzip
 from virnuc_dask.rundir import READS, VIRAL_READS
 
 
 def _open_text(path: str) -> IO[str]:
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
+    if is_gzip(path):
         return gzip.open(path, "rt", encoding="utf-8", newline=None)
     return open(path, encoding="utf-8", newline=None)
 
@@ -90,10 +89,12 @@ def write_viral_reads(out: str | os.PathLike[str], inputs: Sequence[str]) -> dic
     fastq = name.endswith(".fastq.gz")
     calls = _calls(out / READS)
     layout = mate_layout(inputs)
-    tmp = out / f".{name}.tmp"
     written = {"records": 0, "pairs": 0}
     row = 0
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+    with (
+        atomic_writer(out / name, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+    ):
         i = 0
         while i < len(inputs):
             if layout[i] == 1:
@@ -117,10 +118,7 @@ def write_viral_reads(out: str | os.PathLike[str], inputs: Sequence[str]) -> dic
                 f"{out / READS}: {len(calls)} reads, the inputs hold {row} records; "
                 "the results are not those of these inputs"
             )
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
     for other in (f"{VIRAL_READS}.fastq.gz", f"{VIRAL_READS}.fasta.gz"):
         if other != name:
             (out / other).unlink(missing_ok=True)
-    os.replace(tmp, out / name)
     return written

@@ -51,6 +51,17 @@ th { background: #f5f5f5; } td.n { text-align: right; font-variant-numeric: tabu
 """
 
 
+def page_head(title: str) -> str:
+    """The start of a report page: its head (inline CSS) and its title as a heading."""
+    e = html.escape
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{e(title)}</h1>"""
+
+
 def render_html(data: RunData, *, title: str) -> str:
     """The whole report as one HTML document (inline CSS and SVG, no scripts)."""
     e = html.escape
@@ -74,12 +85,7 @@ def render_html(data: RunData, *, title: str) -> str:
         for r in data.reads
     )
     figures = {name: svg_text(make(data)) for name, make in FIGURES.items()}
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title><style>{CSS}</style></head>
-<body>
-<h1>{e(title)}</h1>
+    return f"""{page_head(title)}
 <p class="note">virnuc-dask {e(str(data.summary.get("version", "")))} ·
 chunk length {data.length} bp · {e(str(data.summary.get("finished", "")))}</p>
 <div class="cards">{cards}</div>

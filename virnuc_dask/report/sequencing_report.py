@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from virnuc_dask.errors import ReportError
-from virnuc_dask.report.run_report import CSS, write_report
+from virnuc_dask.report.run_report import page_head, write_report
 from virnuc_dask.rundir import SAMPLES, SUMMARY
 
 PAGE = "report.html"
@@ -77,12 +77,7 @@ def render_overview(rows: list[dict[str, str]], summary: dict[str, Any], *, titl
         for r in rows
         if r["status"] == "failed"
     )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title><style>{CSS}</style></head>
-<body>
-<h1>{e(title)}</h1>
+    return f"""{page_head(title)}
 <p class="note">virnuc-dask {e(str(summary.get("version", "")))} · {len(rows)} samples ·
 samplesheet {e(str(summary.get("samplesheet", "")))}</p>
 <h2>Viral fraction per sample</h2>
