@@ -27,6 +27,7 @@ DEVICES = ("auto", "cuda", "cpu")
 CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")
 JOBQUEUE_SYSTEMS = ("slurm", "pbs")
 WORKER_TYPES = ("gpu", "cpu")
+EMBEDDINGS_DTYPES = ("float32", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,8 @@ class Settings:
     partition_rows: int = 2048
     blocksize: int = 8 * 2**20
     dedup: bool = True
+    keep_embeddings: bool = False
+    embeddings_dtype: str = "float32"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -141,9 +144,19 @@ class Settings:
             raise ConfigError(
                 f"cluster_config applies to cluster slurm or pbs, not {self.cluster!r}"
             )
-        for key in ("offline", "overwrite", "dedup"):
+        if self.embeddings_dtype not in EMBEDDINGS_DTYPES:
+            raise ConfigError(
+                f"embeddings_dtype must be one of {', '.join(EMBEDDINGS_DTYPES)}, "
+                f"got {self.embeddings_dtype!r}"
+            )
+        for key in ("offline", "overwrite", "dedup", "keep_embeddings"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
+
+    @property
+    def kept_embeddings(self) -> str | None:
+        """The dtype the store keeps the embeddings in; None: it keeps none."""
+        return self.embeddings_dtype if self.keep_embeddings else None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

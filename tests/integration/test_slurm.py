@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import TINY, assert_matches_reference, model_flags, write_perf_reads
+from helpers import TINY, assert_matches_reference, model_flags, wait_until, write_perf_reads
 from probe import assert_refused, listening, probe_as
 
 # One xdist worker runs them all: they share the session's SLURM.
@@ -59,15 +59,18 @@ def wait_for(
     proc: subprocess.Popen | None = None,
     log: Path | None = None,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
+
+    def done() -> bool:
         if proc is not None and proc.poll() is not None:
             pytest.fail(
                 f"exited with {proc.returncode} before {what}:\n{log.read_text() if log else ''}"
             )
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout:.0f} s\n{log.read_text() if log else ''}")
-        time.sleep(0.3)
+        return predicate()
+
+    try:
+        wait_until(done, timeout, interval=0.3, what=what)
+    except AssertionError as exc:
+        pytest.fail(f"{exc}\n{log.read_text() if log else ''}")
 
 
 def partitions_done(log: Path) -> bool:

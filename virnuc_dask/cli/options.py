@@ -47,6 +47,8 @@ RUN_SETTINGS = (
     "partition_rows",
     "blocksize",
     "dedup",
+    "keep_embeddings",
+    "embeddings_dtype",
     "overwrite",
 )
 
