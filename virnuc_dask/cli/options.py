@@ -41,6 +41,7 @@ RUN_SETTINGS = (
     "start_timeout",
     "no_worker_timeout",
     "stuck_after",
+    "dashboard_address",
     "performance_report",
     "toks_per_batch",
     "dnabert_toks_per_batch",
@@ -294,6 +295,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="a worker whose device makes no progress this long (or 20x its slowest "
         "recent batch, if longer) is closed and its partitions go to the other "
         "workers (default 300)",
+    )
+    run.add_argument(
+        "--dashboard-address",
+        metavar="HOST:PORT",
+        help="where the dashboard of a cluster started here listens (default "
+        "localhost:8787: only on the scheduler's machine, reached with ssh -L as the "
+        "log says; :8787 for every interface)",
     )
     run.add_argument(
         "--performance-report",
