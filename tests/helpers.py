@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import random
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,6 +26,34 @@ TINY = {
     "dnabert_model": str(REFERENCE / "models" / "dnabert_s_tiny"),
     "classifier": str(REFERENCE / "models" / "mlp_tiny.pth"),
 }
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float, *, interval: float = 0.1, what: str = ""
+) -> T:
+    """Call ``predicate`` until it returns a true value, and return that value; after
+    ``timeout`` seconds an AssertionError saying what was awaited (``what``, or the
+    predicate's name) and for how long."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"still waiting after {timeout:g} s for {what or predicate.__name__}"
+            )
+        time.sleep(interval)
+    return value
+
+
+def tiny_settings(inputs, out, *, length: int = 300, **overrides):
+    """The settings of a run of ``inputs`` (paths) into ``out`` on the tiny models in fp32
+    at ``length``; ``overrides`` (settings by name) on top."""
+    from virnuc_dask.config import load_settings
+
+    values = {"out": str(out), "length": length, "precision": "fp32", **TINY, **overrides}
+    return load_settings(inputs=[str(p) for p in inputs], overrides=values)
 
 
 def model_flags(length: int = 300, **models: str) -> list[str]:
@@ -106,7 +137,8 @@ def assert_same_table(
 
 def assert_matches_reference(out: Path, ref: Path) -> None:
     """``out`` holds what the original wrote in ``ref``: ids, calls, scores within 1e-5,
-    the per-chunk file byte for byte, both embeddings within 1e-5."""
+    the per-chunk file byte for byte, both embeddings within 1e-5 (when the run kept
+    them; the store's ids always)."""
     import zarr
 
     from virnuc_dask.dataflow.store import read_rows
@@ -122,12 +154,39 @@ def assert_matches_reference(out: Path, ref: Path) -> None:
     for array, tsv in (("dnabert", "dnabert_s_embeddings.tsv"), ("esm", "esm_embeddings.tsv")):
         ids, expected = read_embeddings_tsv(ref / tsv)
         assert list(group["ids"][:]) == ids
+        if group.attrs["embeddings"] is None:
+            assert array not in group
+            continue
         # Copies of an input read their first copy's row (the store's ``<model>_source``).
         assert np.abs(read_rows(group, array, 0, len(ids)) - expected).max() <= 1e-5
 
 
+# VirNucPro's classifier class as its prediction script defines it in ``__main__``: a
+# script that starts with this loads a pickled model the original way (torch.load).
+ORIGINAL_MLP_SOURCE = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLPClassifier(nn.Module):
+    def __init__(self, input_dim, hidden_dim, num_class):
+        super(MLPClassifier, self).__init__()
+        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, num_class)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.hidden_layer(x)
+        x = self.bn1(x)
+        x = F.relu(x)
+        x = self.dropout(x)
+        return self.output_layer(x)
+"""
+
 # Coding-like reads: random sense codons, so most frames of most chunks are stop-free.
-_SENSE = [
+SENSE_CODONS = [
     a + b + c
     for a in "ACGT"
     for b in "ACGT"
@@ -151,7 +210,7 @@ def write_perf_reads(
     with open(path, "w") as fh:
         for i in range(n):
             length = rng.randint(min_length, max_length)
-            seq = "".join(rng.choices(_SENSE, k=length // 3 + 1))[:length]
+            seq = "".join(rng.choices(SENSE_CODONS, k=length // 3 + 1))[:length]
             fh.write(f">{prefix}_{i + 1:06d}\n")
             for j in range(0, length, 60):
                 fh.write(seq[j : j + 60] + "\n")
@@ -168,7 +227,7 @@ def write_duplicated_reads(
     seqs = []
     for _ in range(unique):
         length = rng.randint(400, 600)
-        seqs.append("".join(rng.choices(_SENSE, k=length // 3 + 1))[:length])
+        seqs.append("".join(rng.choices(SENSE_CODONS, k=length // 3 + 1))[:length])
     order = seqs + [rng.choice(seqs) for _ in range(n - unique)]
     rng.shuffle(order)
     with open(path, "w") as fh:

@@ -116,9 +116,10 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
     from esm.model.esm2 import ESM2
 
     from virnuc_dask.models.dnabert_encoder import DnabertConfig, DnabertS
-    from virnuc_dask.models.sizes import SIZES
+    from virnuc_dask.models.registry import embedding_model
 
-    e, d = SIZES[size]["esm"], SIZES[size]["dnabert"]
+    e = embedding_model("esm").bench_layouts[size]
+    d = embedding_model("dnabert").bench_layouts[size]
     with torch.device("meta"):
         model = ESM2(
             num_layers=e["layers"],

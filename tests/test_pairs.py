@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY, write_mates
+from helpers import tiny_settings, write_mates
 
-from virnuc_dask.config import load_settings
 from virnuc_dask.core.pairs import mate_layout, title_mate
 from virnuc_dask.dataflow.pair_outputs import pair_row
 from virnuc_dask.dataflow.pipeline import predict
@@ -17,18 +16,7 @@ from virnuc_dask.errors import FastaFormatError
 
 
 def _run(client, inputs, out: Path, **extra):
-    settings = load_settings(
-        inputs=[str(p) for p in inputs],
-        overrides={
-            "out": str(out),
-            "length": 300,
-            "precision": "fp32",
-            "blocksize": 1024,
-            "partition_rows": 37,
-            **TINY,
-            **extra,
-        },
-    )
+    settings = tiny_settings(inputs, out, blocksize=1024, partition_rows=37, **extra)
     return predict(settings, client)
 
 

@@ -67,6 +67,10 @@ class ClusterError(VirnucError):
     """The cluster cannot run the work: a job was rejected or ended, no worker came."""
 
 
+class StoreDamaged(VirnucError):
+    """Stored data failed its checksum (a torn write, a bad disk block)."""
+
+
 class SampleSheetError(VirnucError, ValueError):
     """A samplesheet that cannot describe a run: ``"<sheet>: line <n>: <problem>"``."""
 

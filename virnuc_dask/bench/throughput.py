@@ -109,37 +109,23 @@ def stage_figures(
 
 
 def prefetch_effect(
-    models: dict[str, Any], orfs: list, *, device: torch.device, rounds: int = 2
+    adapters: dict[str, Any], orfs: list, *, device: torch.device, rounds: int = 2
 ) -> dict[str, dict[str, float]]:
     """Tokens/s of each stage on ``orfs`` with and without the prefetch thread (best of
     ``rounds``, alternating, so that both see the same machine), and the share of the
     stage's time spent preparing batches (tokenising, padding, copying) when not
     overlapped: what the prefetch thread can hide at most."""
-    from virnuc_dask.worker.adapters import embed_dnabert, embed_esm
+    from virnuc_dask.models.registry import embedding_model
+    from virnuc_dask.worker.batch_runner import embed
 
-    runs = {
-        "esm": lambda prefetch: embed_esm(
-            models["esm"],
-            models["alphabet"],
-            [o.protein for o in orfs],
-            device=device,
-            prefetch=prefetch,
-        )[1],
-        "dnabert": lambda prefetch: embed_dnabert(
-            models["dnabert"],
-            models["tokenizer"],
-            [o.nucleotide for o in orfs],
-            device=device,
-            prefetch=prefetch,
-        )[1],
-    }
     out: dict[str, dict[str, float]] = {}
-    for stage, run in runs.items():
+    for stage, adapter in adapters.items():
+        texts = [getattr(o, embedding_model(stage).embeds) for o in orfs]
         best = {True: 0.0, False: 0.0}
         share = 1.0
         for _ in range(rounds):
             for prefetch in (True, False):
-                stats = run(prefetch)
+                stats = embed(adapter, texts, device=device, prefetch=prefetch)[1]
                 best[prefetch] = max(best[prefetch], stats.real_tokens / stats.seconds)
                 if not prefetch:
                     share = min(share, stats.prepare_seconds / stats.seconds)

@@ -11,7 +11,7 @@ from typing import Any
 from virnuc_dask.cli.options import add_logging
 from virnuc_dask.config import ConfigError
 from virnuc_dask.formatting import si
-from virnuc_dask.models.sizes import SIZES
+from virnuc_dask.models.registry import BENCH_SIZES, MODEL_NAMES
 
 
 def _worker_counts(text: str) -> list[int]:
@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--length", type=int, default=500, help="chunk length (default 500)")
     parser.add_argument(
         "--size",
-        choices=sorted(SIZES),
+        choices=sorted(BENCH_SIZES),
         default="small",
         help="random models to build: small = ESM-2 6 x 320 (8M layout) and "
         "DNABERT-S 2 x 256; tiny = 2 x 64 each; real = ESM-2 3B (36 x 2560, "
@@ -144,7 +144,7 @@ def render(result: dict[str, Any]) -> Any:
         f"{len(result['matmul_peak_samples'])} samples (lowest "
         f"{_fmt_rate(min(result['matmul_peak_samples']), 'FLOP/s')})",
     )
-    for m, name in (("esm", "ESM-2"), ("dnabert", "DNABERT-S")):
+    for m, name in MODEL_NAMES.items():
         s = result["stages"][m]
         p = result["prefetch"][m]
         add(
@@ -186,8 +186,9 @@ def render(result: dict[str, Any]) -> Any:
         add(
             "original way",
             f"{o['reads_per_s']:.1f} reads/s",
-            f"{o['seconds']:.1f} s (ESM-2 {o['timings_s']['esm']:.1f} s, DNABERT-S "
-            f"{o['timings_s']['dnabert']:.1f} s); max score diff "
+            f"{o['seconds']:.1f} s ("
+            + ", ".join(f"{n} {o['timings_s'][m]:.1f} s" for m, n in MODEL_NAMES.items())
+            + f"); max score diff "
             f"{o['max_score_diff_vs_pipeline']:.1e}",
         )
         add(
@@ -200,15 +201,16 @@ def render(result: dict[str, Any]) -> Any:
             "bound at peak",
             f"x{o['speedup_bound_end_to_end']:.2f}",
             f"original way's time over its FLOPs at the peak (embeddings only "
-            f"x{o['speedup_bound_embedding']:.2f}); it runs ESM-2 at {u['esm']:.0%}, "
-            f"DNABERT-S at {u['dnabert']:.0%} of peak",
+            f"x{o['speedup_bound_embedding']:.2f}); it runs "
+            + ", ".join(f"{n} at {u[m]:.0%}" for m, n in MODEL_NAMES.items())
+            + " of peak",
         )
         i = o["interleaved"]
         add(
             "embedding speedup",
             f"x{i['embedding_speedup']:.2f}",
-            f"ESM-2 x{i['esm_speedup']:.2f}, DNABERT-S x{i['dnabert_speedup']:.2f}: "
-            f"{i['orfs']} ORFs, both ways alternating",
+            ", ".join(f"{n} x{i[f'{m}_speedup']:.2f}" for m, n in MODEL_NAMES.items())
+            + f": {i['orfs']} ORFs, both ways alternating",
         )
     for name, p in result["precision_agreement"].items():
         if "error" in p:
@@ -217,8 +219,11 @@ def render(result: dict[str, Any]) -> Any:
         add(
             f"{name} vs fp32",
             f"{p['labels_flipped']}/{p['orfs']} flipped",
-            f"cosine ESM-2 min {p['esm_cosine_min']:.5f} mean {p['esm_cosine_mean']:.5f}; "
-            f"DNABERT-S min {p['dnabert_cosine_min']:.5f} mean {p['dnabert_cosine_mean']:.5f}",
+            "cosine "
+            + "; ".join(
+                f"{n} min {p[f'{m}_cosine_min']:.5f} mean {p[f'{m}_cosine_mean']:.5f}"
+                for m, n in MODEL_NAMES.items()
+            ),
         )
     loads = result["load_average"]
     add(

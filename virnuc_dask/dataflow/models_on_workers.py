@@ -15,6 +15,7 @@ from virnuc_dask.cluster.workers import torch_threads_by_host
 from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.dashboard import ThroughputMetrics
 from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.models.registry import EMBEDDING_MODELS
 from virnuc_dask.worker.plugin import (
     EVENT_TOPIC,
     MODEL_LOAD_TIMEOUT,
@@ -43,11 +44,12 @@ def load_models(settings: Settings, client: Client) -> dict[str, Any]:
     # Bounded: stops when every worker failed to load (naming each) or after a timeout.
     statuses = wait_for_models(client, since=registered)
     facts = {**model_facts(statuses), "registered": registered}
-    width = facts["dnabert"] + facts["esm"]
+    width = sum(facts[m.key] for m in EMBEDDING_MODELS)
     if settings.classifier is not None and facts["classifier_input"] != width:
+        given = " + ".join(f"{m.name} ({facts[m.key]})" for m in EMBEDDING_MODELS)
         raise ModelLoadError(
             f"{settings.classifier}: classifier expects {facts['classifier_input']} features, "
-            f"but DNABERT-S ({facts['dnabert']}) + ESM-2 ({facts['esm']}) give {width}"
+            f"but {given} give {width}"
         )
     return facts
 

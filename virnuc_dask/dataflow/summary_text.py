@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from virnuc_dask.formatting import clock, compact
+from virnuc_dask.models.registry import MODEL_NAMES
 
 STAGE_NAMES = {
     "load_models": "load models",
@@ -20,7 +21,6 @@ STAGE_NAMES = {
     "classify": "classify",
     "write": "write",
 }
-MODEL_NAMES = {"dnabert": "DNABERT-S", "esm": "ESM-2"}
 
 
 def _seconds(value: float | None) -> str:

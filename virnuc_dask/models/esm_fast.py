@@ -106,6 +106,11 @@ class SdpaEsm2(nn.Module):
         self._inv_freq = inv_freq  # float32, CPU; tables are built from it per device
         self._rotary: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """fair-esm's layers (the weights this forward runs), as on its own module."""
+        return self.esm.layers
+
     def _rotary_tables(
         self, length: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:

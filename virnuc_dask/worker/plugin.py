@@ -21,8 +21,7 @@ worker.
   embedding task at a time; the plugin's device lock makes sure of it inside
   the worker, whatever resources the worker was started with.
 
->>> plugin = ModelPlugin(ModelSpec(esm_model="esm2.pt", dnabert_model="dnabert/",
-...                                classifier="300_model.pth"))
+>>> plugin = ModelPlugin(ModelSpec.from_settings(Settings()))
 >>> plugin.name
 'virnuc-dask-models'
 """
@@ -48,7 +47,8 @@ from distributed import Reschedule, WorkerPlugin, get_worker
 from virnuc_dask.config import Settings
 from virnuc_dask.core.batching import TokenBudget
 from virnuc_dask.errors import ModelLoadError
-from virnuc_dask.models.staging import dnabert_cache, esm_cache
+from virnuc_dask.models.adapter import ModelAdapter
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.worker import device as devices
 from virnuc_dask.worker.precision import DTYPES, matmul_state, pin_fp32, resolve_precision
 
@@ -74,10 +74,10 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Where the models come from and how to run them."""
+    """Where the models come from (``sources``: each embedding model's key and source)
+    and how to run them."""
 
-    esm_model: str
-    dnabert_model: str
+    sources: tuple[tuple[str, str], ...]
     classifier: str | None = None  # None: the embedding models only (training)
     precision: str = "auto"
     device: str = "auto"
@@ -93,8 +93,7 @@ class ModelSpec:
         """The run's models; without a classifier in ``settings``, the embedding models."""
         classifier = settings.classifier
         return cls(
-            esm_model=settings.esm_model,
-            dnabert_model=settings.dnabert_model,
+            sources=tuple((m.key, m.source(settings)) for m in EMBEDDING_MODELS),
             classifier=None if classifier is None else str(Path(classifier).resolve()),
             precision=settings.precision,
             device=settings.device,
@@ -112,7 +111,9 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 class ModelPlugin(WorkerPlugin):
-    """Loads DNABERT-S, ESM-2 and the classifier once per worker, off its event loop."""
+    """Loads the embedding models and the classifier once per worker, off its event loop.
+
+    ``adapters``: each embedding model's adapter for the batch runner, by key."""
 
     name = PLUGIN_NAME
 
@@ -129,10 +130,11 @@ class ModelPlugin(WorkerPlugin):
         self.threads: int | None = None
         self.precision: str | None = None
         self.matmul: dict[str, Any] = {}
-        self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
+        self.adapters: dict[str, ModelAdapter] = {}
+        self.classifier = None
         self.ready = threading.Event()
         self.device_lock = threading.Lock()
-        self.budgets = {"esm": TokenBudget(), "dnabert": TokenBudget()}
+        self.budgets = {key: TokenBudget() for key in MODEL_KEYS}
         self._claim: devices.DeviceClaim | None = None
         self._task: asyncio.Future | None = None
 
@@ -172,11 +174,8 @@ class ModelPlugin(WorkerPlugin):
         worker.loop.add_callback(worker.close_gracefully, reason="models could not be loaded")
 
     def load(self) -> None:
-        """Pick and claim the device, then load the three models (blocking)."""
+        """Pick and claim the device, then load the models (blocking)."""
         from virnuc_dask.models.classifier import load_classifier
-        from virnuc_dask.models.dnabert import load_dnabert
-        from virnuc_dask.models.esm2 import load_esm
-        from virnuc_dask.models.esm_fast import SdpaEsm2
 
         spec = self.spec
         device = devices.decide(spec.device, devices.probe())
@@ -196,24 +195,17 @@ class ModelPlugin(WorkerPlugin):
             pin_fp32()
         self.matmul = matmul_state()
         dtype = DTYPES[self.precision]
-        cache = spec.model_cache
-        self.dnabert, self.tokenizer = load_dnabert(
-            spec.dnabert_model,
-            device=device,
-            dtype=dtype,
-            cache_dir=None if cache is None else str(dnabert_cache(cache)),
-            offline=spec.offline,
-        )
-        esm, self.alphabet = load_esm(
-            spec.esm_model,
-            device=device,
-            dtype=dtype,
-            cache_dir=None if cache is None else str(esm_cache(cache)),
-            offline=spec.offline,
-        )
-        # The same layers through fused attention kernels; fp32 agreement with fair-esm's
-        # forward is tested in tests/test_esm_fast.py.
-        self.esm = SdpaEsm2(esm)
+        cache, sources = spec.model_cache, dict(spec.sources)
+        self.adapters = {
+            m.key: m.load_adapter(
+                sources[m.key],
+                device=device,
+                dtype=dtype,
+                cache_dir=None if cache is None else str(m.cache_dir(cache)),
+                offline=spec.offline,
+            )
+            for m in EMBEDDING_MODELS
+        }
         self.classifier = None if spec.classifier is None else load_classifier(spec.classifier)
         self.state = "ready"
         logger.info(
@@ -224,7 +216,7 @@ class ModelPlugin(WorkerPlugin):
         )
 
     def _fail(self, exc: BaseException) -> None:
-        self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
+        self.adapters, self.classifier = {}, None
         if self._claim is not None:
             self._claim.release()
             self._claim = None
@@ -237,7 +229,7 @@ class ModelPlugin(WorkerPlugin):
         self.state = "failed"
 
     def teardown(self, worker: Any) -> None:
-        self.esm = self.alphabet = self.dnabert = self.tokenizer = self.classifier = None
+        self.adapters, self.classifier = {}, None
         if self._claim is not None:
             self._claim.release()
             self._claim = None
@@ -266,14 +258,13 @@ class ModelPlugin(WorkerPlugin):
             self.device_lock.release()
 
     def budget(self, model: str) -> TokenBudget:
-        """The token budget this worker learned for ``model`` (``esm``/``dnabert``)."""
+        """The token budget this worker learned for embedding model ``model`` (its key)."""
         return self.budgets[model]
 
     @property
     def dims(self) -> dict[str, int]:
         return {
-            "dnabert": self.dnabert.hidden_size,
-            "esm": self.esm.embed_dim,
+            **{key: adapter.width for key, adapter in self.adapters.items()},
             "classifier_input": None if self.classifier is None else self.classifier.input_dim,
         }
 
