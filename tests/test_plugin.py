@@ -21,7 +21,7 @@ from helpers import REFERENCE, TINY, tiny_settings
 
 from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.config import Settings
-from virnuc_dask.core.fasta import plan_blocks, read_block
+from virnuc_dask.core.formats import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.dataflow.models_on_workers import model_status, wait_for_models
 from virnuc_dask.dataflow.partition_task import PartitionJob, embed_partition

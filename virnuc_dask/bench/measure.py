@@ -270,7 +270,7 @@ def _stored_scores(out: str) -> np.ndarray:
 
 def _first_reads(src: Path, dest: Path, n: int) -> Path:
     """The first ``n`` records of ``src`` (plain FASTA) written to ``dest``."""
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
 
     records = [r for block in plan_blocks([str(src)]) for r in read_block(block)][:n]
     with open(dest, "w") as fh:
