@@ -63,6 +63,7 @@ result = predict(
     dnabert_model=str(demo["dnabert"]),
     length=300,
     precision="fp32",
+    keep_embeddings=True,  # the store keeps both models' vectors (else: ids and scores)
     client=client,
     performance_report=work / "performance-report.html",
 )

@@ -7,10 +7,16 @@ formats (see its README); larger inputs are generated deterministically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import random
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -18,11 +24,40 @@ DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = DATA / "reference"
 CASES = sorted(p.name for p in (REFERENCE / "dev").iterdir() if p.is_dir())
 LENGTHS = (300, 500)
+BIN = Path(sys.executable).parent
 TINY = {
     "esm_model": str(REFERENCE / "models" / "esm2_t2_64_tiny.pt"),
     "dnabert_model": str(REFERENCE / "models" / "dnabert_s_tiny"),
     "classifier": str(REFERENCE / "models" / "mlp_tiny.pth"),
 }
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float, *, interval: float = 0.1, what: str = ""
+) -> T:
+    """Call ``predicate`` until it returns a true value, and return that value; after
+    ``timeout`` seconds an AssertionError saying what was awaited (``what``, or the
+    predicate's name) and for how long."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"still waiting after {timeout:g} s for {what or predicate.__name__}"
+            )
+        time.sleep(interval)
+    return value
+
+
+def tiny_settings(inputs, out, *, length: int = 300, **overrides):
+    """The settings of a run of ``inputs`` (paths) into ``out`` on the tiny models in fp32
+    at ``length``; ``overrides`` (settings by name) on top."""
+    from virnuc_dask.config import load_settings
+
+    values = {"out": str(out), "length": length, "precision": "fp32", **TINY, **overrides}
+    return load_settings(inputs=[str(p) for p in inputs], overrides=values)
 
 
 def model_flags(length: int = 300, **models: str) -> list[str]:
@@ -106,7 +141,8 @@ def assert_same_table(
 
 def assert_matches_reference(out: Path, ref: Path) -> None:
     """``out`` holds what the original wrote in ``ref``: ids, calls, scores within 1e-5,
-    the per-chunk file byte for byte, both embeddings within 1e-5."""
+    the per-chunk file byte for byte, both embeddings within 1e-5 (when the run kept
+    them; the store's ids always)."""
     import zarr
 
     from virnuc_dask.dataflow.store import read_rows
@@ -122,12 +158,39 @@ def assert_matches_reference(out: Path, ref: Path) -> None:
     for array, tsv in (("dnabert", "dnabert_s_embeddings.tsv"), ("esm", "esm_embeddings.tsv")):
         ids, expected = read_embeddings_tsv(ref / tsv)
         assert list(group["ids"][:]) == ids
+        if group.attrs["embeddings"] is None:
+            assert array not in group
+            continue
         # Copies of an input read their first copy's row (the store's ``<model>_source``).
         assert np.abs(read_rows(group, array, 0, len(ids)) - expected).max() <= 1e-5
 
 
+# VirNucPro's classifier class as its prediction script defines it in ``__main__``: a
+# script that starts with this loads a pickled model the original way (torch.load).
+ORIGINAL_MLP_SOURCE = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLPClassifier(nn.Module):
+    def __init__(self, input_dim, hidden_dim, num_class):
+        super(MLPClassifier, self).__init__()
+        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, num_class)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.hidden_layer(x)
+        x = self.bn1(x)
+        x = F.relu(x)
+        x = self.dropout(x)
+        return self.output_layer(x)
+"""
+
 # Coding-like reads: random sense codons, so most frames of most chunks are stop-free.
-_SENSE = [
+SENSE_CODONS = [
     a + b + c
     for a in "ACGT"
     for b in "ACGT"
@@ -151,7 +214,7 @@ def write_perf_reads(
     with open(path, "w") as fh:
         for i in range(n):
             length = rng.randint(min_length, max_length)
-            seq = "".join(rng.choices(_SENSE, k=length // 3 + 1))[:length]
+            seq = "".join(rng.choices(SENSE_CODONS, k=length // 3 + 1))[:length]
             fh.write(f">{prefix}_{i + 1:06d}\n")
             for j in range(0, length, 60):
                 fh.write(seq[j : j + 60] + "\n")
@@ -168,13 +231,86 @@ def write_duplicated_reads(
     seqs = []
     for _ in range(unique):
         length = rng.randint(400, 600)
-        seqs.append("".join(rng.choices(_SENSE, k=length // 3 + 1))[:length])
+        seqs.append("".join(rng.choices(SENSE_CODONS, k=length // 3 + 1))[:length])
     order = seqs + [rng.choice(seqs) for _ in range(n - unique)]
     rng.shuffle(order)
     with open(path, "w") as fh:
         for i, seq in enumerate(order):
             fh.write(f">{prefix}_{i + 1:06d}\n{seq}\n")
     return path
+
+
+def _wait_for_file(path: Path, procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    def written() -> bool:
+        for proc in procs:
+            assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+        return path.is_file()
+
+    wait_until(written, timeout, interval=0.2, what=str(path))
+
+
+@contextlib.contextmanager
+def hand_started_cluster(
+    base: Path, workers: Mapping[str, Mapping[str, str]], *, nthreads: int = 1
+) -> Iterator[tuple[object, Path]]:
+    """`dask scheduler` and one `dask worker` (with its nanny) per ``workers`` entry
+    (name: extra environment), started as a user starts them by hand, in another working
+    directory than the client; yields a connected ``Client`` and the scheduler file."""
+    from distributed import Client
+
+    from virnuc_dask.cluster.workers import WORKER_ENV_VALUE, WORKER_ENV_VARIABLE
+
+    elsewhere = base / "worker-cwd"
+    elsewhere.mkdir(parents=True)
+    scheduler_file = base / "scheduler.json"
+    env = {**os.environ, WORKER_ENV_VARIABLE: WORKER_ENV_VALUE}
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    dask = str(BIN / "dask")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": elsewhere}
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--port", "0", "--dashboard-address", ":0"]
+            + ["--scheduler-file", str(scheduler_file)],
+            env=env,
+            **quiet,
+        )
+    ]
+    try:
+        _wait_for_file(scheduler_file, procs)
+        for name, extra in workers.items():
+            procs.append(
+                subprocess.Popen(
+                    [dask, "worker", "--scheduler-file", str(scheduler_file)]
+                    + ["--nthreads", str(nthreads), "--resources", "GPU=1", "--name", name]
+                    + ["--dashboard-address", ":0", "--local-directory", str(elsewhere)],
+                    env={**env, **extra},
+                    **quiet,
+                )
+            )
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(len(workers), timeout=120)
+            yield client, scheduler_file
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def two_workers(scheduler_port: int = 0, **envs: dict[str, str]):
+    """A cluster of one nanny-run worker per ``envs`` entry, each with its environment
+    (an in-process scheduler)."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {
+        name: {"cls": Nanny, "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}}}
+        for name, env in envs.items()
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "port": scheduler_port}}
+    return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False)
 
 
 def write_mates(

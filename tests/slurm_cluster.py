@@ -21,8 +21,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from helpers import wait_until
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
@@ -158,8 +159,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return proc.returncode == 0 and proc.stdout.strip() == "idle"
 
     def _wait_for(self, ready, what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
+        def done() -> bool:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     self.stop()
@@ -167,12 +167,15 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                         f"{name} exited with {proc.returncode} while waiting "
                         f"for {what}; see {self.base / 'log'}"
                     )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(
-                    f"waited {timeout:.0f} s for {what}; see the logs in {self.base / 'log'}"
-                )
-            time.sleep(0.5)
+            return ready()
+
+        try:
+            wait_until(done, timeout, interval=0.5, what=what)
+        except AssertionError:
+            self.stop()
+            raise TimeoutError(
+                f"waited {timeout:.0f} s for {what}; see the logs in {self.base / 'log'}"
+            ) from None
 
     def jobs(self) -> list[str]:
         """Ids of the jobs in the queue (pending or running)."""
@@ -220,7 +223,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 if __name__ == "__main__":
     cluster = LocalSlurm(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/slurm"))
     cluster.start()
-    print(f"export SLURM_CONF={cluster.conf}", flush=True)
+    sys.stdout.write(f"export SLURM_CONF={cluster.conf}\n")  # for the calling shell to eval
+    sys.stdout.flush()
     try:
         signal.pause()
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ def test_predict_returns_lazy_arrays_and_paths(client, reference, tmp_path):
         dnabert_model=TINY["dnabert_model"],
         precision="fp32",
         partition_rows=37,
+        keep_embeddings=True,
         performance_report=tmp_path / "report.html",
     )
     assert isinstance(result, Prediction)
@@ -60,6 +61,9 @@ def test_predict_starts_and_stops_its_own_cluster(reference, tmp_path):
     assert_matches_reference(tmp_path, reference / "dev" / "basic" / "L500")
     # The arrays read from disk and need no cluster.
     assert result.scores.sum().compute() == pytest.approx(result.counts.orfs, rel=1e-5)
+    # Embeddings only when asked for.
+    with pytest.raises(ValueError, match="keep_embeddings=True"):
+        result.embeddings  # noqa: B018
 
 
 def test_unknown_option_names_the_allowed_ones(tmp_path):

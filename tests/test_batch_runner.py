@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from virnuc_dask.core.batching import TokenBudget
-from virnuc_dask.worker.batch_runner import SequenceTooLarge, embed, pad
+from virnuc_dask.models.adapter import pad
+from virnuc_dask.worker.batch_runner import SequenceTooLarge, embed
 
 
 class CharMean(torch.nn.Module):

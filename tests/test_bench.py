@@ -116,9 +116,10 @@ def test_gpu_sizes_are_the_published_layouts(size, esm_params):
     from esm.model.esm2 import ESM2
 
     from virnuc_dask.models.dnabert_encoder import DnabertConfig, DnabertS
-    from virnuc_dask.models.sizes import SIZES
+    from virnuc_dask.models.registry import embedding_model
 
-    e, d = SIZES[size]["esm"], SIZES[size]["dnabert"]
+    e = embedding_model("esm").bench_layouts[size]
+    d = embedding_model("dnabert").bench_layouts[size]
     with torch.device("meta"):
         model = ESM2(
             num_layers=e["layers"],
@@ -222,3 +223,14 @@ def test_read_calls_follow_the_prediction_rule():
     flipped = scores.copy()
     flipped[1] = [0.9, 0.1]  # r1 chunk 1 now others: 0 of 2 chunks
     assert read_calls(ids, flipped)["r1"] is False
+
+
+@pytest.mark.parametrize(
+    ("gpus", "counts"), [([], (1, 2)), (["0"], (1,)), (["0", "1", "2"], (1, 2))]
+)
+def test_the_default_worker_counts_fit_the_node(gpus, counts):
+    """Without --workers a one-GPU node benches one worker instead of refusing 1,2."""
+    from virnuc_dask.bench.throughput import check_worker_counts, default_worker_counts
+
+    assert default_worker_counts(gpus) == counts
+    check_worker_counts(counts, gpus)  # accepted

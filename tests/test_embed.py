@@ -1,4 +1,5 @@
-"""Embedding loops: prefetch, device token budget, OOM halving, failures named by position."""
+"""Embedding loops: prefetch, device token budget, OOM halving, failures named by position;
+each behaviour of the batch runner checked on every embedding model's adapter."""
 
 from __future__ import annotations
 
@@ -10,20 +11,12 @@ import torch
 from helpers import TINY
 
 from virnuc_dask.core.batching import token_budget_batches
-from virnuc_dask.models.dnabert import load_dnabert
-from virnuc_dask.models.esm2 import load_esm
-from virnuc_dask.models.esm_fast import SdpaEsm2
-from virnuc_dask.worker.adapters import (
-    CPU_TOKS_PER_BATCH,
-    dnabert_bytes_per_token,
-    embed_dnabert,
-    embed_esm,
-    esm_bytes_per_token,
-)
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS, embedding_model
 from virnuc_dask.worker.batch_runner import (
     NonFiniteEmbedding,
     SequenceTooLarge,
     device_token_budget,
+    embed,
 )
 
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -33,14 +26,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def esm():
-    model, alphabet = load_esm(TINY["esm_model"])
-    return SdpaEsm2(model), alphabet
+def adapters():
+    return {m.key: m.load_adapter(TINY[m.source_setting]) for m in EMBEDDING_MODELS}
 
 
-@pytest.fixture(scope="module")
-def dnabert():
-    return load_dnabert(TINY["dnabert_model"])
+@pytest.fixture(params=MODEL_KEYS)
+def adapter(request, adapters):
+    return adapters[request.param]
 
 
 def dna(n: int, seed: int) -> str:
@@ -48,50 +40,48 @@ def dna(n: int, seed: int) -> str:
     return "".join(rng.choice("ACGT") for _ in range(n))
 
 
+def protein(n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(n))
+
+
 def proteins(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    return [
-        "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(1, 200)))
-        for _ in range(n)
-    ]
+    return [protein(rng.randint(1, 200), rng.random()) for _ in range(n)]
 
 
-def test_prefetch_gives_the_same_rows(esm, dnabert):
-    model, alphabet = esm
-    prots = proteins(60, 1)
-    a, sa = embed_esm(model, alphabet, prots, toks_per_batch=800, prefetch=True)
-    b, sb = embed_esm(model, alphabet, prots, toks_per_batch=800, prefetch=False)
+def text(adapter, n: int, seed: int) -> str:
+    """A random input of what ``adapter``'s model embeds, for an ``n``-base nucleotide
+    slice: the slice, or a protein a third as long."""
+    embeds = embedding_model(key_of(adapter)).embeds
+    return dna(n, seed) if embeds == "nucleotide" else protein(max(1, n // 3), seed)
+
+
+def key_of(adapter) -> str:
+    return next(m.key for m in EMBEDDING_MODELS if m.name == adapter.name)
+
+
+def test_prefetch_gives_the_same_rows(adapter):
+    texts = [text(adapter, n, n) for n in range(3, 1400, 23)]  # several tokenising slices
+    a, sa = embed(adapter, texts, toks_per_batch=900, prefetch=True)
+    b, sb = embed(adapter, texts, toks_per_batch=900, prefetch=False)
     np.testing.assert_array_equal(a, b)
     assert sa.batches == sb.batches > 5 and sa.prepare_seconds > 0
-
-    dn_model, tokenizer = dnabert
-    seqs = [dna(n, n) for n in range(3, 1400, 23)]  # several tokenising slices' worth
-    a, sa = embed_dnabert(dn_model, tokenizer, seqs, toks_per_batch=900, prefetch=True)
-    b, sb = embed_dnabert(dn_model, tokenizer, seqs, toks_per_batch=900, prefetch=False)
-    np.testing.assert_array_equal(a, b)
-    alone = np.vstack(
-        [embed_dnabert(dn_model, tokenizer, [s], toks_per_batch=10_000)[0] for s in seqs[::9]]
-    )
+    alone = np.vstack([embed(adapter, [t], toks_per_batch=10_000)[0] for t in texts[::9]])
     np.testing.assert_allclose(a[::9], alone, rtol=0, atol=1e-5)
     assert sa.real_tokens == sb.real_tokens and sa.real_tokens <= sa.padded_tokens
 
 
-def test_cpu_budget_when_none_is_given(esm):
-    model, alphabet = esm
-    prots = proteins(80, 2)
-    _, stats = embed_esm(model, alphabet, prots)
-    lengths = [len(p) + 2 for p in prots]
-    assert stats.batches == len(token_budget_batches(lengths, CPU_TOKS_PER_BATCH["esm"]))
+def test_cpu_budget_when_none_is_given(adapter):
+    texts = [text(adapter, 1 + 7 * i, i) for i in range(80)]
+    _, stats = embed(adapter, texts)
+    lengths = [len(t) for t in adapter.tokenize(texts)]
+    assert stats.batches == len(token_budget_batches(lengths, adapter.cpu_tokens))
     assert device_token_budget("cpu", bytes_per_token=1, cpu_default=123) == 123
 
 
-def test_activation_estimates_grow_with_width_and_length(esm, dnabert):
-    model, _ = esm
-    dn_model, _ = dnabert
-    assert (
-        esm_bytes_per_token(model, 200) > esm_bytes_per_token(model, 100) > 4 * 16 * model.embed_dim
-    )
-    assert dnabert_bytes_per_token(dn_model, 100) >= 4 * 24 * dn_model.hidden_size
+def test_activation_estimates_grow_with_width_and_length(adapter):
+    assert adapter.bytes_per_token(200) > adapter.bytes_per_token(100) >= 4 * 16 * adapter.width
 
 
 def failing_forward(model: torch.nn.Module, monkeypatch, *, when, exc=None):
@@ -111,12 +101,11 @@ def failing_forward(model: torch.nn.Module, monkeypatch, *, when, exc=None):
 
 
 @pytest.mark.parametrize("prefetch", [True, False])
-def test_dnabert_oom_halves_batches(dnabert, monkeypatch, prefetch):
-    model, tokenizer = dnabert
-    seqs = [dna(120, s) for s in range(9)]
-    expected, _ = embed_dnabert(model, tokenizer, seqs, toks_per_batch=100_000)
-    calls = failing_forward(model, monkeypatch, when=lambda ids: ids.shape[0] > 2)
-    got, stats = embed_dnabert(model, tokenizer, seqs, toks_per_batch=100_000, prefetch=prefetch)
+def test_oom_halves_batches(adapter, monkeypatch, prefetch):
+    texts = [text(adapter, 120, s) for s in range(9)]
+    expected, _ = embed(adapter, texts, toks_per_batch=100_000)
+    calls = failing_forward(adapter.model, monkeypatch, when=lambda ids: ids.shape[0] > 2)
+    got, stats = embed(adapter, texts, toks_per_batch=100_000, prefetch=prefetch)
     # 9 fails, the budget halves (5 of them are cut to 4 + 1); 4 fails, the budget halves
     # again; from then on every batch is cut to fit: no third OOM.
     assert calls[0] == 9 and [c for c in calls if c > 2] == [9, 4] and stats.oom_splits == 2
@@ -124,98 +113,73 @@ def test_dnabert_oom_halves_batches(dnabert, monkeypatch, prefetch):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
-def test_dnabert_single_sequence_oom_names_its_position(dnabert, monkeypatch):
-    model, tokenizer = dnabert
-    seqs = [dna(60, 1), dna(900, 2), dna(60, 3)]
+def test_single_sequence_oom_names_its_position(adapter, monkeypatch):
+    texts = [text(adapter, 15, 1), text(adapter, 900, 2), text(adapter, 21, 3)]
     failing_forward(
-        model, monkeypatch, when=lambda ids: ids.shape[1] > 100, exc=torch.OutOfMemoryError(OOM)
+        adapter.model,
+        monkeypatch,
+        when=lambda ids: ids.shape[1] > 100,
+        exc=torch.OutOfMemoryError(OOM),
     )
-    with pytest.raises(SequenceTooLarge, match="DNABERT-S: out of memory on a single") as err:
-        embed_dnabert(model, tokenizer, seqs, toks_per_batch=100_000)
-    assert err.value.index == 1 and err.value.model == "DNABERT-S"
+    with pytest.raises(SequenceTooLarge, match=f"{adapter.name}: out of memory on a single") as e:
+        embed(adapter, texts, toks_per_batch=100_000)
+    assert e.value.index == 1 and e.value.model == adapter.name
 
 
-def test_esm_single_sequence_oom_names_its_position(esm, monkeypatch):
-    model, alphabet = esm
-    prots = ["MKV" * 5, "M" * 300, "MKV" * 7, "W" * 20]
-    failing_forward(model, monkeypatch, when=lambda ids: ids.shape[1] > 100)
-    with pytest.raises(SequenceTooLarge) as err:
-        embed_esm(model, alphabet, prots, toks_per_batch=100_000)
-    assert err.value.index == 1 and err.value.model == "ESM-2"
-
-
-def test_other_errors_are_not_taken_for_oom(esm, monkeypatch):
-    model, alphabet = esm
+def test_other_errors_are_not_taken_for_oom(adapter, monkeypatch):
     calls = failing_forward(
-        model, monkeypatch, when=lambda ids: True, exc=RuntimeError("expected scalar type Float")
+        adapter.model,
+        monkeypatch,
+        when=lambda ids: True,
+        exc=RuntimeError("expected scalar type Float"),
     )
     with pytest.raises(RuntimeError, match="expected scalar type"):
-        embed_esm(model, alphabet, proteins(6, 3), toks_per_batch=100_000)
+        embed(adapter, [text(adapter, 30, s) for s in range(6)], toks_per_batch=100_000)
     assert len(calls) == 1
 
 
-def test_tokenizer_failure_reaches_the_caller(dnabert):
-    model, tokenizer = dnabert
+def test_tokenizer_failure_reaches_the_caller(adapter, monkeypatch):
+    def broken(texts):
+        raise ValueError("cannot tokenise")
 
-    class Broken:
-        pad_id = tokenizer.pad_id
-
-        def encode(self, seqs):
-            raise ValueError("cannot tokenise")
-
+    monkeypatch.setattr(adapter, "tokenize", broken)
     with pytest.raises(ValueError, match="cannot tokenise"):
-        embed_dnabert(model, Broken(), ["ACGT"] * 3, toks_per_batch=100)
+        embed(adapter, [text(adapter, 4, s) for s in range(3)], toks_per_batch=100)
 
 
-def test_non_finite_embeddings_are_refused(esm, monkeypatch):
-    model, alphabet = esm
-    real = model.forward
+def test_non_finite_embeddings_are_refused(adapter, monkeypatch):
+    real = adapter.forward
 
-    def overflowing(ids, *args, **kwargs):
-        out = real(ids, *args, **kwargs)
-        for rep in out["representations"].values():
-            rep[0, 1] = float("inf")  # first sequence of every batch
+    def overflowing(batch):
+        out = real(batch)
+        out[0] = float("inf")  # the first (longest) sequence of every batch
         return out
 
-    monkeypatch.setattr(model, "forward", overflowing)
+    monkeypatch.setattr(adapter, "forward", overflowing)
     with pytest.raises(NonFiniteEmbedding, match="non-finite embedding") as err:
-        embed_esm(model, alphabet, ["MKVL", "MK"], toks_per_batch=100_000)
+        embed(adapter, [text(adapter, 40, 1), text(adapter, 8, 2)], toks_per_batch=100_000)
     assert err.value.indices == [0]
     # the finished row is kept
     assert err.value.done.tolist() == [False, True] and np.isfinite(err.value.values[1]).all()
 
 
-def test_empty_input(esm, dnabert):
-    model, alphabet = esm
-    out, stats = embed_esm(model, alphabet, [], toks_per_batch=None)
-    assert out.shape == (0, model.embed_dim) and stats.batches == 0
-    dn_model, tokenizer = dnabert
-    out, _ = embed_dnabert(dn_model, tokenizer, [])
-    assert out.shape == (0, dn_model.hidden_size)
+def test_empty_input(adapter):
+    out, stats = embed(adapter, [], toks_per_batch=None)
+    assert out.shape == (0, adapter.width) and stats.batches == 0
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_path_matches_cpu(esm, dnabert):
-    model, alphabet = esm
-    prots = proteins(50, 5)
-    cpu, _ = embed_esm(model, alphabet, prots, toks_per_batch=1500)
-    model.to("cuda")
+def test_cuda_path_matches_cpu(adapter):
+    texts = [text(adapter, n, n) for n in range(5, 900, 37)]
+    cpu, _ = embed(adapter, texts, toks_per_batch=1500)
+    adapter.model.to("cuda")
     try:
-        gpu, stats = embed_esm(model, alphabet, prots, device="cuda")  # budget from memory
+        gpu, stats = embed(adapter, texts, device="cuda")  # budget from memory
     finally:
-        model.to("cpu")
+        adapter.model.to("cpu")
     np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4)
     assert stats.batches >= 1
-    dn_model, tokenizer = dnabert
-    seqs = [dna(n, n) for n in range(5, 900, 37)]
-    cpu, _ = embed_dnabert(dn_model, tokenizer, seqs, toks_per_batch=1500)
-    dn_model.to("cuda")
-    try:
-        gpu, _ = embed_dnabert(dn_model, tokenizer, seqs, device="cuda")
-    finally:
-        dn_model.to("cpu")
-    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4)
 
 
 # -- the token budget learned from OOM ---------------------------------------------------------
@@ -238,20 +202,21 @@ def memory_limit(model, monkeypatch, *, tokens: list[int | None]):
     return forwards
 
 
-def test_after_an_oom_later_batches_and_calls_are_cut_to_fit(esm, monkeypatch):
+def test_after_an_oom_later_batches_and_calls_are_cut_to_fit(adapters, monkeypatch):
     from virnuc_dask.core.batching import TokenBudget
 
-    model, alphabet = esm
+    esm = adapters["esm"]
+    model = esm.model
     prots = [
         "".join(random.Random(s).choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(60))
         for s in range(40)
     ]
-    expected, _ = embed_esm(model, alphabet, prots, toks_per_batch=4000)
+    expected, _ = embed(esm, prots, toks_per_batch=4000)
     limit = [1000]
     forwards = memory_limit(model, monkeypatch, tokens=limit)
 
     budget = TokenBudget(recover_after=100)
-    first, stats = embed_esm(model, alphabet, prots, toks_per_batch=4000, budget=budget)
+    first, stats = embed(esm, prots, toks_per_batch=4000, budget=budget)
     ooms_first = sum(1 for _, ran in forwards if not ran)
     assert 1 <= ooms_first <= 2 and budget.current <= 1000
     # Every batch after the first OOMs ran at once: 40 x 62 tokens in batches <= 1000.
@@ -259,37 +224,42 @@ def test_after_an_oom_later_batches_and_calls_are_cut_to_fit(esm, monkeypatch):
     np.testing.assert_allclose(first, expected, rtol=0, atol=1e-5)
 
     forwards.clear()  # the next partition on the same worker: no OOM at all
-    second, _ = embed_esm(model, alphabet, prots, toks_per_batch=4000, budget=budget)
+    second, _ = embed(esm, prots, toks_per_batch=4000, budget=budget)
     assert all(ran for _, ran in forwards) and len(forwards) >= 3
     np.testing.assert_allclose(second, expected, rtol=0, atol=1e-5)
 
     forwards.clear()  # a fresh budget, as before this was learned, fails first again
-    embed_esm(model, alphabet, prots, toks_per_batch=4000)
+    embed(esm, prots, toks_per_batch=4000)
     assert not forwards[0][1]
 
     limit[0] = None  # the memory is free again: the budget grows back to the ceiling
     budget.recover_after, budget.growth = 2, 2.0
     forwards.clear()
-    embed_esm(model, alphabet, prots, toks_per_batch=4000, budget=budget)
-    embed_esm(model, alphabet, prots, toks_per_batch=4000, budget=budget)
+    embed(esm, prots, toks_per_batch=4000, budget=budget)
+    embed(esm, prots, toks_per_batch=4000, budget=budget)
     assert budget.current == 4000 and max(t for t, _ in forwards) > 1000
 
 
-def test_a_sequence_too_large_keeps_the_finished_batches(esm, monkeypatch):
+def test_a_sequence_too_large_keeps_the_finished_batches(adapters, monkeypatch):
     """The record that does not fit alone fails; every other one is embedded once."""
     from virnuc_dask.dataflow.partition_task import FailureGuard, isolate_failures
 
-    model, alphabet = esm
+    esm = adapters["esm"]
+    model = esm.model
     prots = proteins(30, 5)
     prots[7] = "M" * 400
-    expected, _ = embed_esm(model, alphabet, prots, toks_per_batch=100_000)
+    expected, _ = embed(esm, prots, toks_per_batch=100_000)
     forwards = memory_limit(model, monkeypatch, tokens=[300])
 
-    def embed(idx):
-        return embed_esm(model, alphabet, [prots[i] for i in idx], toks_per_batch=2000)
+    def embed_some(idx):
+        return embed(esm, [prots[i] for i in idx], toks_per_batch=2000)
 
     pieces, _, failures = isolate_failures(
-        embed, np.arange(30), stage="esm", ids=[f"p{i}" for i in range(30)], guard=FailureGuard()
+        embed_some,
+        np.arange(30),
+        stage="esm",
+        ids=[f"p{i}" for i in range(30)],
+        guard=FailureGuard(),
     )
     assert [(f.index, f.error.split(":")[0]) for f in failures] == [(7, "SequenceTooLarge")]
     rows = np.concatenate([idx for idx, _ in pieces])
@@ -307,10 +277,11 @@ def test_a_sequence_too_large_keeps_the_finished_batches(esm, monkeypatch):
 def test_fp16_overflow_is_computed_again_in_fp32_not_failed(monkeypatch):
     """An overflow (injected where the model computes in fp16) gives an fp32 result for
     that record; the fp16 weights are the same afterwards."""
-    model, alphabet = load_esm(TINY["esm_model"], dtype=torch.float16)
-    fast = SdpaEsm2(model)
-    reference, _ = embed_esm(
-        SdpaEsm2(load_esm(TINY["esm_model"])[0]), alphabet, proteins(6, 9), toks_per_batch=100_000
+    esm = embedding_model("esm")
+    fast = esm.load_adapter(TINY["esm_model"], dtype=torch.float16)
+    model = fast.model.esm
+    reference, _ = embed(
+        esm.load_adapter(TINY["esm_model"]), proteins(6, 9), toks_per_batch=100_000
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -320,7 +291,7 @@ def test_fp16_overflow_is_computed_again_in_fp32_not_failed(monkeypatch):
         return output
 
     model.emb_layer_norm_after.register_forward_hook(overflow)
-    got, stats = embed_esm(fast, alphabet, proteins(6, 9), toks_per_batch=100_000)
+    got, stats = embed(fast, proteins(6, 9), toks_per_batch=100_000)
     assert np.isfinite(got).all() and stats.recomputed_fp32 == 1
     cos = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
     assert cos.min() > 0.999
@@ -331,7 +302,8 @@ def test_fp16_overflow_is_computed_again_in_fp32_not_failed(monkeypatch):
 def test_fp16_overflow_in_the_pipeline_is_not_a_failed_record(monkeypatch):
     from virnuc_dask.dataflow.partition_task import FailureGuard, isolate_failures
 
-    model, tokenizer = load_dnabert(TINY["dnabert_model"], dtype=torch.float16)
+    dnabert = embedding_model("dnabert").load_adapter(TINY["dnabert_model"], dtype=torch.float16)
+    model = dnabert.model
     seqs = [dna(90 + 7 * s, s) for s in range(5)]
 
     def overflow(module, args, output):
@@ -341,7 +313,7 @@ def test_fp16_overflow_in_the_pipeline_is_not_a_failed_record(monkeypatch):
 
     model.encoder.layer[-1].register_forward_hook(overflow)
     pieces, _, failures = isolate_failures(
-        lambda idx: embed_dnabert(model, tokenizer, [seqs[i] for i in idx], toks_per_batch=100_000),
+        lambda idx: embed(dnabert, [seqs[i] for i in idx], toks_per_batch=100_000),
         np.arange(5),
         stage="dnabert",
         ids=[str(i) for i in range(5)],
@@ -357,26 +329,20 @@ def nan_at_padding(module, args, output):
     return output
 
 
-def test_nan_at_a_padded_position_does_not_reach_real_rows(esm, dnabert):
-    model, alphabet = esm
-    prots = ["MKVLAAGIVG" * 4, "MKVL"]  # one batch: the second is padded by 36
-    alone = np.vstack([embed_esm(model, alphabet, [p], toks_per_batch=10_000)[0] for p in prots])
-    hook = model.esm.layers[0].fc2.register_forward_hook(nan_at_padding)
-    try:
-        got, stats = embed_esm(model, alphabet, prots, toks_per_batch=10_000)
-    finally:
-        hook.remove()
-    assert stats.batches == 1 and np.isfinite(got).all()
-    np.testing.assert_allclose(got, alone, rtol=0, atol=1e-5)
+# The first layer of each model, where a NaN at a padded position is injected.
+FIRST_LAYER = {
+    "esm": lambda model: model.esm.layers[0].fc2,
+    "dnabert": lambda model: model.encoder.layer[0],
+}
 
-    dn_model, tokenizer = dnabert
-    seqs = [dna(200, 1), dna(40, 2)]
-    alone = np.vstack(
-        [embed_dnabert(dn_model, tokenizer, [s], toks_per_batch=10_000)[0] for s in seqs]
-    )
-    hook = dn_model.encoder.layer[0].register_forward_hook(nan_at_padding)
+
+def test_nan_at_a_padded_position_does_not_reach_real_rows(adapter):
+    texts = [text(adapter, 200, 1), text(adapter, 40, 2)]  # one batch: the second is padded
+    alone = np.vstack([embed(adapter, [t], toks_per_batch=10_000)[0] for t in texts])
+    layer = FIRST_LAYER[key_of(adapter)](adapter.model)
+    hook = layer.register_forward_hook(nan_at_padding)
     try:
-        got, stats = embed_dnabert(dn_model, tokenizer, seqs, toks_per_batch=10_000)
+        got, stats = embed(adapter, texts, toks_per_batch=10_000)
     finally:
         hook.remove()
     assert stats.batches == 1 and np.isfinite(got).all()

@@ -4,8 +4,8 @@ import torch
 from helpers import CASES, LENGTHS, read_embeddings_tsv, read_fasta_pairs
 
 from virnuc_dask.errors import ModelLoadError
-from virnuc_dask.models.esm2 import load_esm, resolve_esm_path
-from virnuc_dask.worker.adapters import embed_esm
+from virnuc_dask.models.esm2 import EsmAdapter, load_esm, resolve_esm_path
+from virnuc_dask.worker.batch_runner import embed
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_esm_embeddings_match_reference(reference, esm, case, length):
     proteins = read_fasta_pairs(ref / "input_identified_protein.faa")
     ids, expected = read_embeddings_tsv(ref / "esm_embeddings.tsv")
     assert ids == [i for i, _ in proteins]
-    got, stats = embed_esm(model, alphabet, [p for _, p in proteins], toks_per_batch=1024)
+    got, stats = embed(EsmAdapter(model, alphabet), [p for _, p in proteins], toks_per_batch=1024)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5
     assert stats.sequences == len(proteins) and stats.real_tokens <= stats.padded_tokens
@@ -32,8 +32,10 @@ def test_batch_composition_does_not_change_results(esm):
     rng = np.random.default_rng(1)
     aas = list("ACDEFGHIKLMNPQRSTVWY")
     proteins = ["".join(rng.choice(aas, size=n)) for n in (1, 5, 40, 41, 166, 3)]
-    alone = np.vstack([embed_esm(model, alphabet, [p], toks_per_batch=10_000)[0] for p in proteins])
-    batched, _ = embed_esm(model, alphabet, proteins, toks_per_batch=10_000)
+    alone = np.vstack(
+        [embed(EsmAdapter(model, alphabet), [p], toks_per_batch=10_000)[0] for p in proteins]
+    )
+    batched, _ = embed(EsmAdapter(model, alphabet), proteins, toks_per_batch=10_000)
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
 
@@ -50,10 +52,10 @@ def test_oom_splits_batches_and_names_single_sequence(esm, monkeypatch):
 
     monkeypatch.setattr(model, "forward", flaky)
     proteins = ["MKV" * 5] * 8
-    got, stats = embed_esm(model, alphabet, proteins, toks_per_batch=10_000)
+    got, stats = embed(EsmAdapter(model, alphabet), proteins, toks_per_batch=10_000)
     assert stats.oom_splits >= 2 and max(calls[1:]) <= 4
     monkeypatch.setattr(model, "forward", real_forward)
-    expected, _ = embed_esm(model, alphabet, proteins, toks_per_batch=10_000)
+    expected, _ = embed(EsmAdapter(model, alphabet), proteins, toks_per_batch=10_000)
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
@@ -92,7 +94,7 @@ def test_corrupt_checkpoint_is_named(tmp_path):
 
 
 def test_fast_tokens_equal_fair_esm_encode(esm):
-    from virnuc_dask.worker.adapters import esm_tokens
+    from virnuc_dask.models.esm2 import esm_tokens
 
     _, alphabet = esm
     proteins = ["MKVLAAGIRSTWY", "ACDEFGHIKLMNPQRSTVWY", "X", "BZUO", "M"]

@@ -8,9 +8,9 @@ import torch
 from helpers import CASES, LENGTHS, read_embeddings_tsv, read_fasta_pairs
 
 from virnuc_dask.models.demo import build_esm
-from virnuc_dask.models.esm2 import load_esm
+from virnuc_dask.models.esm2 import EsmAdapter, load_esm
 from virnuc_dask.models.esm_fast import SdpaEsm2, rotary_inv_freq
-from virnuc_dask.worker.adapters import embed_esm
+from virnuc_dask.worker.batch_runner import embed
 
 TOL = 1e-5
 AMINO = list("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -90,7 +90,7 @@ def test_reference_embeddings_through_sdpa(reference, tiny, case, length):
     ref = reference / "dev" / case / f"L{length}"
     proteins = [p for _, p in read_fasta_pairs(ref / "input_identified_protein.faa")]
     _, expected = read_embeddings_tsv(ref / "esm_embeddings.tsv")
-    got, stats = embed_esm(SdpaEsm2(model), alphabet, proteins, toks_per_batch=4096)
+    got, stats = embed(EsmAdapter(SdpaEsm2(model), alphabet), proteins, toks_per_batch=4096)
     assert np.abs(got - expected).max() <= TOL
     assert stats.batches >= 1 and stats.real_tokens <= stats.padded_tokens
 
@@ -115,8 +115,8 @@ def test_long_protein_beyond_cached_rotary_table(tiny):
 def test_pooled_embeddings_equal_reference_forward(wide):
     model, alphabet = wide
     proteins = random_proteins(40, 11)
-    ref, _ = embed_esm(model, alphabet, proteins, toks_per_batch=3000)
-    got, _ = embed_esm(SdpaEsm2(model), alphabet, proteins, toks_per_batch=3000)
+    ref, _ = embed(EsmAdapter(model, alphabet), proteins, toks_per_batch=3000)
+    got, _ = embed(EsmAdapter(SdpaEsm2(model), alphabet), proteins, toks_per_batch=3000)
     np.testing.assert_allclose(got, ref, rtol=0, atol=TOL)
 
 

@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import DATA, REFERENCE, TINY, assert_same_table
+from helpers import DATA, REFERENCE, assert_same_table, tiny_settings
 
-from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
 GOLDEN = DATA / "golden"
@@ -45,17 +44,7 @@ def run(client, tmp_path_factory) -> Path:
     out = tmp / "out"
     # Every ORF embedded (last_good repeats a read): with dedup, which copies share a
     # batch changes the scores' last digits (tests/test_samples.py compares the two).
-    settings = load_settings(
-        inputs=[str(fasta)],
-        overrides={
-            "out": str(out),
-            "length": 300,
-            "precision": "fp32",
-            "partition_rows": 16,
-            "dedup": False,
-            **TINY,
-        },
-    )
+    settings = tiny_settings([fasta], out, partition_rows=16, dedup=False)
     assert predict(settings, client).exit_code == 2
     return out
 

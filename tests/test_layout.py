@@ -89,6 +89,7 @@ RANKS = {
     "rundir": 0,
     "formatting": 0,
     "config": 1,
+    "runlock": 1,
     "core": 2,
     "models": 3,
     "partition_result": 4,
@@ -255,3 +256,17 @@ def test_no_module_is_longer_than_the_limit():
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_tests_do_not_print():
+    """Tests say what they found in assertion messages or the log, not on stdout."""
+    tests = Path(__file__).resolve().parent
+    printing = [
+        f"{path.relative_to(tests)}:{node.lineno}"
+        for path in sorted(tests.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "print"
+    ]
+    assert printing == []

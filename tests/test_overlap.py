@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from distributed import get_task_stream
-from helpers import TINY
+from helpers import tiny_settings
 
-from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
 
@@ -21,15 +20,8 @@ def test_store_runs_as_its_own_unrestricted_task(client, reference, tmp_path):
         if event.stage == "embed" and event.done == 1:
             seen.update(client.run_on_scheduler(_restrictions))
 
-    settings = load_settings(
-        inputs=[str(reference / "dev" / "mixed" / "input.fa")],
-        overrides={
-            "out": str(tmp_path),
-            "length": 300,
-            "precision": "fp32",
-            "partition_rows": 16,
-            **TINY,
-        },
+    settings = tiny_settings(
+        [reference / "dev" / "mixed" / "input.fa"], tmp_path, partition_rows=16
     )
     with get_task_stream(client) as stream:
         result = predict(settings, client, progress=progress)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from helpers import CASES, LENGTHS, TINY, assert_matches_reference, predict_command
+from helpers import CASES, LENGTHS, assert_matches_reference, predict_command, tiny_settings
 
-from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
 
@@ -15,16 +14,13 @@ from virnuc_dask.dataflow.pipeline import predict
 @pytest.mark.parametrize("length", LENGTHS)
 def test_pipeline_matches_original(client, reference, tmp_path, case, length):
     # Small blocks and partitions, so that partitions span blocks and blocks span partitions.
-    settings = load_settings(
-        inputs=[str(reference / "dev" / case / "input.fa")],
-        overrides={
-            "out": str(tmp_path),
-            "length": length,
-            "precision": "fp32",
-            "blocksize": 4096,
-            "partition_rows": 37,
-            **TINY,
-        },
+    settings = tiny_settings(
+        [reference / "dev" / case / "input.fa"],
+        tmp_path,
+        length=length,
+        blocksize=4096,
+        partition_rows=37,
+        keep_embeddings=True,  # compared with the original's too
     )
     result = predict(settings, client)
     assert result.exit_code == 0

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import dask
 import pytest
-from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
-from helpers import REFERENCE, TINY
+from distributed import Client, LocalCluster
+from helpers import REFERENCE, TINY, tiny_settings, two_workers
 
 from virnuc_dask.cluster.workers import WORKER_ENV
-from virnuc_dask.config import load_settings
-from virnuc_dask.core.fasta import plan_blocks, read_block
+from virnuc_dask.config import Settings
+from virnuc_dask.core.formats import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.dataflow.models_on_workers import model_status, wait_for_models
 from virnuc_dask.dataflow.partition_task import PartitionJob, embed_partition
@@ -34,27 +34,8 @@ RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "rea
 
 
 def settings_for(out: Path, **overrides):
-    values = {
-        "out": str(out),
-        "length": 300,
-        "precision": "fp32",
-        "blocksize": 4096,
-        "partition_rows": 16,
-        "threads": 1,
-        **TINY,
-        **overrides,
-    }
-    return load_settings(inputs=[str(INPUT)], overrides=values)
-
-
-def two_workers(scheduler_port: int = 0, **envs: dict[str, str]) -> SpecCluster:
-    """A cluster of one nanny-run worker per ``envs`` entry, each with its environment."""
-    workers = {
-        name: {"cls": Nanny, "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}}}
-        for name, env in envs.items()
-    }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "port": scheduler_port}}
-    return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False)
+    values = {"blocksize": 4096, "partition_rows": 16, "threads": 1, **overrides}
+    return tiny_settings([INPUT], out, **values)
 
 
 def worker_named(client: Client, name: str) -> str:
@@ -170,7 +151,7 @@ def test_one_embedding_task_at_a_time_per_worker(orfs, tmp_path, monkeypatch):
                 active[0] -= 1
 
     monkeypatch.setattr(SdpaEsm2, "forward", counting)
-    job = PartitionJob(0, 0, str(tmp_path), toks_per_batch=200, dnabert_toks_per_batch=400)
+    job = PartitionJob(0, 0, str(tmp_path), ceilings=(("esm", 200), ("dnabert", 400)))
     with (
         LocalCluster(
             n_workers=1,
@@ -181,7 +162,9 @@ def test_one_embedding_task_at_a_time_per_worker(orfs, tmp_path, monkeypatch):
         ) as cluster,
         Client(cluster) as client,
     ):
-        client.register_plugin(ModelPlugin(ModelSpec(**TINY, precision="fp32")))
+        client.register_plugin(
+            ModelPlugin(ModelSpec.from_settings(Settings(**TINY, precision="fp32")))
+        )
         wait_for_models(client, timeout=60)
         futures = [
             client.submit(
@@ -216,7 +199,7 @@ def test_models_load_off_the_event_loop(monkeypatch):
         Client(cluster) as client,
     ):
         t = time.monotonic()
-        client.register_plugin(ModelPlugin(ModelSpec(**TINY)))
+        client.register_plugin(ModelPlugin(ModelSpec.from_settings(Settings(**TINY))))
         assert started.wait(10)
         (state,) = [s["state"] for s in model_status(client).values()]
         answered = time.monotonic() - t
@@ -241,7 +224,7 @@ def test_waiting_for_models_is_bounded(monkeypatch):
         ) as cluster,
         Client(cluster) as client,
     ):
-        client.register_plugin(ModelPlugin(ModelSpec(**TINY)))
+        client.register_plugin(ModelPlugin(ModelSpec.from_settings(Settings(**TINY))))
         try:
             with pytest.raises(ModelLoadError, match="within 1 s .*still loading"):
                 wait_for_models(client, timeout=1)

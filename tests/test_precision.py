@@ -9,6 +9,8 @@ fp16 rather than fp32.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from helpers import CASES, LENGTHS, TINY, read_fasta_pairs
@@ -17,6 +19,8 @@ from virnuc_dask.bench.agreement import precision_agreement
 from virnuc_dask.worker.plugin import resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+logger = logging.getLogger(__name__)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -84,6 +88,7 @@ def test_cpu_and_explicit_precisions():
 
 
 def test_an_fp32_worker_turns_tf32_off_whatever_the_site_set(monkeypatch):
+    from virnuc_dask.config import Settings
     from virnuc_dask.worker.plugin import ModelPlugin, ModelSpec
 
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
@@ -96,7 +101,7 @@ def test_an_fp32_worker_turns_tf32_off_whatever_the_site_set(monkeypatch):
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")
     try:
-        plugin = ModelPlugin(ModelSpec(**TINY, precision="fp32"))
+        plugin = ModelPlugin(ModelSpec.from_settings(Settings(**TINY, precision="fp32")))
         plugin.load()
         state = plugin.status()["matmul"]
     finally:
@@ -109,7 +114,8 @@ def test_an_fp32_worker_turns_tf32_off_whatever_the_site_set(monkeypatch):
 
 def test_mixed_precision_against_casting_on_the_tiny_models(reference):
     """bf16 by casting every weight against bf16 matrix products with an fp32 residual
-    stream (``bf16-mixed``), both against fp32; the figures are printed (pytest -s)."""
+    stream (``bf16-mixed``), both against fp32; the figures are logged (pytest -o
+    log_cli=true --log-cli-level=INFO)."""
     ref = reference / "dev" / "basic" / "L500"
     nucleotides = [s for _, s in read_fasta_pairs(ref / "input_identified_nucleotide.fa")]
     proteins = [s for _, s in read_fasta_pairs(ref / "input_identified_protein.faa")]
@@ -117,7 +123,7 @@ def test_mixed_precision_against_casting_on_the_tiny_models(reference):
         **TINY, nucleotides=nucleotides, proteins=proteins, precisions=("bf16", "bf16-mixed")
     )
     for name, r in result.items():
-        print(
+        logger.info(
             f"{name}: ESM-2 cosine min {r['esm_cosine_min']:.6f} mean "
             f"{r['esm_cosine_mean']:.6f}; DNABERT-S min {r['dnabert_cosine_min']:.6f} mean "
             f"{r['dnabert_cosine_mean']:.6f}; {r['labels_flipped']}/{r['orfs']} flipped; "

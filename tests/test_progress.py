@@ -9,12 +9,13 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dask
 import pytest
 from distributed import Client, LocalCluster
-from helpers import REFERENCE, predict_command
+from helpers import REFERENCE, predict_command, wait_until
 from rich.console import Console
 
 from virnuc_dask.cli.logs import forward_worker_logs
@@ -205,14 +206,16 @@ def test_live_display_in_a_terminal(tmp_path):
     )
     frames = []
     try:
-        deadline = time.monotonic() + 120
-        while not done.exists() and time.monotonic() < deadline:
+
+        def captured_until_done() -> bool:
             frames.append(
                 subprocess.run(
                     [*tmux, "capture-pane", "-p", "-t", "run"], capture_output=True, text=True
                 ).stdout
             )
-            time.sleep(0.2)
+            return done.exists()
+
+        wait_until(captured_until_done, 120, interval=0.2, what="the run in tmux to end")
         time.sleep(0.3)
         final = subprocess.run(
             [*tmux, "capture-pane", "-p", "-S", "-100", "-t", "run"], capture_output=True, text=True
@@ -269,19 +272,14 @@ def test_worker_records_reach_the_client():
             worker_logger = logging.getLogger("virnuc_dask.on_worker")
             client.submit(worker_logger.info, "info from a worker", pure=False).result()
             client.submit(worker_logger.warning, "warning from a worker", pure=False).result()
-            deadline = time.monotonic() + 10
-            while (
-                not any("warning from" in r.getMessage() for r in received)
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.05)
+
+            def arrived(text: str) -> Callable[[], bool]:
+                return lambda: any(text in r.getMessage() for r in received)
+
+            wait_until(arrived("warning from"), 10, interval=0.05, what="the worker's warning")
             forward_worker_logs(client, "verbose")
             client.submit(worker_logger.info, "detail from a worker", pure=False).result()
-            while (
-                not any("detail from" in r.getMessage() for r in received)
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.05)
+            wait_until(arrived("detail from"), 10, interval=0.05, what="the worker's detail")
             address = next(iter(client.scheduler_info()["workers"]))
     finally:
         client_logger.removeHandler(handler)

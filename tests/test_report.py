@@ -12,11 +12,10 @@ import dask
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-from helpers import REFERENCE, TINY
+from helpers import REFERENCE, tiny_settings
 
 from virnuc_dask.cli.main import main
 from virnuc_dask.cluster.workers import WORKER_ENV
-from virnuc_dask.config import load_settings
 from virnuc_dask.core.chunking import chunk_spans
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.dataflow.summary_text import summary_text
@@ -29,15 +28,8 @@ CASE, LENGTH = "mixed", 300
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    settings = load_settings(
-        inputs=[str(REFERENCE / "dev" / CASE / "input.fa")],
-        overrides={
-            "out": str(out),
-            "length": LENGTH,
-            "precision": "fp32",
-            "partition_rows": 64,
-            **TINY,
-        },
+    settings = tiny_settings(
+        [REFERENCE / "dev" / CASE / "input.fa"], out, length=LENGTH, partition_rows=64
     )
     with (
         dask.config.set(WORKER_ENV),

@@ -17,10 +17,10 @@ from helpers import (
     TINY,
     assert_matches_reference,
     read_fasta_pairs,
+    tiny_settings,
     write_duplicated_reads,
 )
 
-from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.dataflow.store import read_rows
 
@@ -40,18 +40,7 @@ def fasta_to_fastq(src: Path, dest: Path, *, compressed: bool = False) -> Path:
 
 
 def _run(client, inputs, out: Path, length: int, **extra):
-    settings = load_settings(
-        inputs=[str(p) for p in inputs],
-        overrides={
-            "out": str(out),
-            "length": length,
-            "precision": "fp32",
-            "blocksize": 4096,
-            "partition_rows": 37,
-            **TINY,
-            **extra,
-        },
-    )
+    settings = tiny_settings(inputs, out, length=length, blocksize=4096, partition_rows=37, **extra)
     return predict(settings, client)
 
 
@@ -103,9 +92,14 @@ def _read_calls(out: Path) -> list[list[str]]:
 
 def test_dedup_agrees_with_no_dedup_and_embeds_each_input_once(client, tmp_path):
     reads = write_duplicated_reads(tmp_path / "dup.fa", 240, share=0.3)
-    plain = _run(client, [reads], tmp_path / "all", 500, dedup=False)
-    once = _run(client, [reads], tmp_path / "once", 500)
-    assert plain.exit_code == once.exit_code == 0
+    plain = _run(client, [reads], tmp_path / "all", 500, dedup=False, keep_embeddings=True)
+    once = _run(client, [reads], tmp_path / "once", 500, keep_embeddings=True)
+    lean = _run(client, [reads], tmp_path / "lean", 500)  # scores only: copies read theirs
+    assert plain.exit_code == once.exit_code == lean.exit_code == 0
+    assert _predictions(tmp_path / "lean")[0] == _predictions(tmp_path / "all")[0]
+    assert (
+        np.abs(_predictions(tmp_path / "lean")[1] - _predictions(tmp_path / "all")[1]).max() <= 1e-5
+    )
     labels, scores = _predictions(tmp_path / "all")
     labels_once, scores_once = _predictions(tmp_path / "once")
     assert labels_once == labels
@@ -146,7 +140,7 @@ def test_a_failed_input_fails_every_copy_as_without_dedup(client, tmp_path):
     their input occurs several times: every copy is failed, as a run embedding each is."""
     from tokenizers import Tokenizer
 
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
     from virnuc_dask.core.orfs import orfs_from_records
 
     reads = write_duplicated_reads(tmp_path / "dup.fa", 120, share=0.3, seed=5)

@@ -9,14 +9,18 @@ import numpy as np
 import pytest
 import zarr
 
-from virnuc_dask.dataflow.store import EmbeddingStore, naming
+from virnuc_dask.dataflow.integrity import check_partition
+from virnuc_dask.dataflow.store import EmbeddingStore, naming, read_rows
+from virnuc_dask.errors import StoreDamaged
 from virnuc_dask.files import atomic_write_text
 from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
 
 DIMS = {"dnabert": 3, "esm": 5}
 
 
-def new_store(tmp_path, rows=10, chunk_rows=4, fingerprint=None) -> EmbeddingStore:
+def new_store(
+    tmp_path, rows=10, chunk_rows=4, fingerprint=None, embeddings="float32"
+) -> EmbeddingStore:
     return EmbeddingStore.create(
         tmp_path,
         rows=rows,
@@ -24,11 +28,16 @@ def new_store(tmp_path, rows=10, chunk_rows=4, fingerprint=None) -> EmbeddingSto
         chunk_rows=chunk_rows,
         classes=2,
         fingerprint=fingerprint or {"inputs": "a"},
+        embeddings=embeddings,
     )
 
 
 def write(store: EmbeddingStore, index: int, row_start: int, n: int, failed=()) -> None:
-    arrays = {name: np.full((n, dim), index + 1, dtype=np.float32) for name, dim in DIMS.items()}
+    arrays = {"scores": np.full((n, 2), 0.5 + index, dtype=np.float32)}
+    if store.embeddings is not None:
+        arrays.update(
+            {name: np.full((n, dim), index + 1, dtype=np.float32) for name, dim in DIMS.items()}
+        )
     stats = {m: ModelStats(sequences=n, rows=n, unique=n) for m in DIMS}
     result = PartitionResult(index, row_start, n, "w", stats, failed=tuple(failed))
     store.write_partition(result, [f"orf{row_start + i}" for i in range(n)], arrays)
@@ -69,6 +78,21 @@ def test_unreadable_or_half_written_entries_are_not_done(tmp_path):
     (store.manifest / "p0000001.json").write_text(text[: len(text) // 2])
     (store.manifest / "p0000002.json").write_text("")
     assert store.done_partitions() == {0}
+    entries, damaged = store.scan()
+    assert set(entries) == {0} and set(damaged) == {1, 2}
+    assert "p0000001.json" in damaged[1]
+
+
+def test_an_entry_with_one_changed_byte_fails_its_checksum(tmp_path):
+    store = new_store(tmp_path)
+    write(store, 0, 0, 4)
+    path = store.manifest / "p0000000.json"
+    data = json.loads(path.read_text())
+    assert data["checksum"].startswith("sha256:")
+    assert data["chunks"] == ["ids/c/0", "scores/c/0/0", "dnabert/c/0/0", "esm/c/0/0"]
+    path.write_text(path.read_text().replace('"rows": 4', '"rows": 5'))
+    assert store.done_partitions() == set()
+    assert "checksum does not match" in store.scan()[1][0]
 
 
 def test_entries_of_an_earlier_store_never_count(tmp_path):
@@ -88,6 +112,44 @@ def test_create_leaves_no_building_directory(tmp_path):
     new_store(tmp_path)
     new_store(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.zarr", "partitions"]
+
+
+def test_a_store_without_embeddings_keeps_ids_and_scores(tmp_path):
+    store = new_store(tmp_path, embeddings=None)
+    write(store, 1, 4, 4)
+    group = zarr.open_group(store.path, mode="r")
+    assert sorted(group.array_keys()) == ["ids", "scores"]
+    assert store.embeddings is None
+    assert (group["scores"][4:8] == 1.5).all()
+    kept = new_store(tmp_path / "kept")
+    write(kept, 0, 0, 4)
+    kept.drop_embeddings()
+    assert sorted(kept.group().array_keys()) == ["ids", "scores"]
+    assert kept.embeddings is None and kept.done_partitions() == {0}
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "one bit flipped", "removed"])
+def test_a_damaged_chunk_is_found_and_never_read_as_data(tmp_path, damage):
+    store = new_store(tmp_path)
+    write(store, 0, 0, 4)
+    write(store, 1, 4, 4)
+    assert check_partition(str(store.path), store.entries()[1]) is None
+    chunk = store.path / "scores" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    if damage == "overwritten":
+        chunk.write_bytes(b"garbage " * 8)
+    elif damage == "one bit flipped":
+        data[len(data) // 2] ^= 0x10
+        chunk.write_bytes(bytes(data))
+    else:
+        chunk.unlink()
+    problem = check_partition(str(store.path), store.entries()[1])
+    assert problem is not None and "scores/c/1" in problem
+    assert check_partition(str(store.path), store.entries()[0]) is None
+    group = zarr.open_group(store.path, mode="r")
+    if damage != "removed":  # a removed chunk reads as fill values: the entry tells
+        with pytest.raises(StoreDamaged, match=r"scores: rows 0-7 failed their checksum"):
+            read_rows(group, "scores", 0, 8)
 
 
 def test_empty_store(tmp_path):

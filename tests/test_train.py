@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import TINY
+from helpers import ORIGINAL_MLP_SOURCE, SENSE_CODONS, TINY, wait_until
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
@@ -23,25 +23,17 @@ from virnuc_dask.train.inputs import train_inputs
 from virnuc_dask.train.options import TrainOptions
 from virnuc_dask.train.run import LOG_COLUMNS, train
 
-_SENSE = [
-    a + b + c
-    for a in "ACGT"
-    for b in "ACGT"
-    for c in "ACGT"
-    if a + b + c not in ("TAA", "TAG", "TGA")
-]
-
 
 def write_class_reads(
     path: Path, n: int, *, gc: float, seed: int, prefix: str, length: tuple[int, int] = (280, 320)
 ) -> Path:
     """Coding-like reads whose codons lean to GC (``gc`` > 0.5) or to AT (< 0.5)."""
     rng = random.Random(seed)
-    weights = [np.prod([gc if b in "GC" else 1 - gc for b in codon]) for codon in _SENSE]
+    weights = [np.prod([gc if b in "GC" else 1 - gc for b in codon]) for codon in SENSE_CODONS]
     with open(path, "w") as fh:
         for i in range(n):
             size = rng.randint(*length)
-            seq = "".join(rng.choices(_SENSE, weights=weights, k=size // 3 + 1))[:size]
+            seq = "".join(rng.choices(SENSE_CODONS, weights=weights, k=size // 3 + 1))[:size]
             fh.write(f">{prefix}_{i:05d}\n{seq}\n")
     return path
 
@@ -131,33 +123,15 @@ def test_model_loads_both_ways_with_identical_predictions(client, trained, data,
     out = tmp_path / "held_out"
     result = predict(
         _settings(out, classifier=str(trained.model)).replace(
-            inputs=(str(data["viral_test"]), str(data["other_test"]))
+            inputs=(str(data["viral_test"]), str(data["other_test"])), keep_embeddings=True
         ),
         client,
     )
     assert result.exit_code == 0
-    script = textwrap.dedent(f"""
+    script = ORIGINAL_MLP_SOURCE + textwrap.dedent(f"""
         import sys
         import numpy as np
-        import torch
-        import torch.nn.functional as F
         import zarr
-        from torch import nn
-
-        class MLPClassifier(nn.Module):
-            def __init__(self, input_dim, hidden_dim, num_class):
-                super(MLPClassifier, self).__init__()
-                self.hidden_layer = nn.Linear(input_dim, hidden_dim)
-                self.bn1 = nn.BatchNorm1d(hidden_dim)
-                self.output_layer = nn.Linear(hidden_dim, num_class)
-                self.dropout = nn.Dropout(0.5)
-
-            def forward(self, x):
-                x = self.hidden_layer(x)
-                x = self.bn1(x)
-                x = F.relu(x)
-                x = self.dropout(x)
-                return self.output_layer(x)
 
         mlp_model = torch.load({str(trained.model)!r}, weights_only=False)
         assert type(mlp_model).__module__ == "__main__"
@@ -308,7 +282,7 @@ def test_protein_reference_restricts_the_frames(client, data, tmp_path):
     from Bio.Seq import Seq
 
     from virnuc_dask.core.chunking import chunk_record
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
     from virnuc_dask.core.training_orfs import ProteinReference, training_orfs
 
     reference = tmp_path / "ref.faa"
@@ -345,11 +319,10 @@ def test_protein_reference_restricts_the_frames(client, data, tmp_path):
     assert result.summary["selection"]["protein_reference"] == [str(reference)]
 
 
-def test_train_command_line(data, tmp_path):
-    from virnuc_dask.cli.main import main
-
-    out = tmp_path / "cli"
-    argv = [
+def train_argv(data: dict[str, Path], out: Path, *options: str) -> list[str]:
+    """``train`` of the held-out reads on the tiny models, one worker of one thread, with
+    ``options``; it ends with ``--out OUT -q``."""
+    return [
         "train",
         "--viral",
         str(data["viral_test"]),
@@ -361,10 +334,7 @@ def test_train_command_line(data, tmp_path):
         TINY["esm_model"],
         "--dnabert-model",
         TINY["dnabert_model"],
-        "--epochs",
-        "2",
-        "--seed",
-        "3",
+        *options,
         "--workers",
         "1",
         "--threads",
@@ -373,6 +343,13 @@ def test_train_command_line(data, tmp_path):
         str(out),
         "-q",
     ]
+
+
+def test_train_command_line(data, tmp_path):
+    from virnuc_dask.cli.main import main
+
+    out = tmp_path / "cli"
+    argv = train_argv(data, out, "--epochs", "2", "--seed", "3")
     assert main(argv) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["options"]["epochs"] == 2 and summary["options"]["seed"] == 3
@@ -387,37 +364,11 @@ def test_kill_during_training_then_rerun_resumes(data, tmp_path):
     the rerun keeps the finished epochs and continues after the last checkpoint."""
     import os
     import signal
-    import time
 
     out = tmp_path / "killed"
-    argv = [
-        "train",
-        "--viral",
-        str(data["viral_test"]),
-        "--other",
-        str(data["other_test"]),
-        "--length",
-        "300",
-        "--esm-model",
-        TINY["esm_model"],
-        "--dnabert-model",
-        TINY["dnabert_model"],
-        "--epochs",
-        "10",
-        "--patience",
-        "10",
-        "--seed",
-        "5",
-        "--workers",
-        "1",
-        "--threads",
-        "1",
-        "--partition-rows",
-        "64",
-        "--out",
-        str(out),
-        "-q",
-    ]
+    argv = train_argv(
+        data, out, "--epochs", "10", "--patience", "10", "--seed", "5", "--partition-rows", "64"
+    )
     log = out / "training_log.tsv"
     proc = subprocess.Popen(
         [sys.executable, "-m", "virnuc_dask", *argv],
@@ -426,12 +377,12 @@ def test_kill_during_training_then_rerun_resumes(data, tmp_path):
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.is_file() and len(log.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read().decode()
+
+        def three_epochs_logged() -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            return log.is_file() and len(log.read_text().splitlines()) >= 3
+
+        wait_until(three_epochs_logged, 300, interval=0.2, what="three epochs in the log")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)

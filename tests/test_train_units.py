@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import ORIGINAL_MLP_SOURCE
 
 from virnuc_dask.models.classifier import MLPClassifier, classifier_bytes, load_classifier
 from virnuc_dask.train.data import (
@@ -165,19 +166,8 @@ def test_model_file_is_the_original_format_and_deterministic(tmp_path):
         expected = model.eval()(x)
         assert torch.allclose(load_classifier(path)(x), expected)
     np.save(tmp_path / "x.npy", x.numpy())
-    script = textwrap.dedent(f"""
-        import numpy as np, torch
-        from torch import nn
-        import torch.nn.functional as F
-        class MLPClassifier(nn.Module):
-            def __init__(self, input_dim, hidden_dim, num_class):
-                super(MLPClassifier, self).__init__()
-                self.hidden_layer = nn.Linear(input_dim, hidden_dim)
-                self.bn1 = nn.BatchNorm1d(hidden_dim)
-                self.output_layer = nn.Linear(hidden_dim, num_class)
-                self.dropout = nn.Dropout(0.5)
-            def forward(self, x):
-                return self.output_layer(self.dropout(F.relu(self.bn1(self.hidden_layer(x)))))
+    script = ORIGINAL_MLP_SOURCE + textwrap.dedent(f"""
+        import numpy as np
         m = torch.load({str(path)!r}, weights_only=False)
         m.eval()
         x = torch.from_numpy(np.load({str(tmp_path / "x.npy")!r}))

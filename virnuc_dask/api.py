@@ -3,8 +3,9 @@
 :func:`predict` takes a ``distributed.Client`` (or starts the cluster the settings
 ask for, as the CLI does), runs the pipeline and returns a :class:`Prediction`:
 the output paths, the counts and run summary, and lazy Dask arrays read from
-``embeddings.zarr`` for the ORF ids, both embeddings and the scores. Nothing is
-loaded into memory until you compute it.
+``embeddings.zarr`` for the ORF ids and the scores, and for both embeddings when the
+run kept them (``keep_embeddings=True``). Nothing is loaded into memory until you
+compute it.
 
 >>> from distributed import Client, LocalCluster
 >>> from virnuc_dask import predict
@@ -27,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import zarr
 from distributed import Client
 
 from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.outputs import BlockCounts
-from virnuc_dask.dataflow.store import lazy_rows
+from virnuc_dask.dataflow.store import SCORES, lazy_rows
 from virnuc_dask.events import Progress
 from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.rundir import FAILED, HIGHEST, PREDICTIONS, READS, SAMPLES, STORE, SUMMARY
@@ -77,7 +79,15 @@ class Prediction:
 
     @property
     def embeddings(self) -> dict[str, da.Array]:
-        """``{"dnabert": [rows, 768], "esm": [rows, 2560]}`` for the published models."""
+        """Per embedding model (by key) its rows: ``[rows, 768]`` for DNABERT-S, ``[rows,
+        2560]`` for ESM-2 with the published models, when the run kept them
+        (``keep_embeddings=True``; else a ``ValueError``)."""
+        group = zarr.open_group(self.paths["embeddings"], mode="r")
+        if group.attrs.get("embeddings") is None:
+            raise ValueError(
+                f"{self.paths['embeddings']} keeps no embeddings: run predict with "
+                "keep_embeddings=True (the command line's --keep-embeddings) to keep them"
+            )
         return {name: lazy_rows(self.paths["embeddings"], name) for name in MODEL_KEYS}
 
     @property
@@ -88,7 +98,7 @@ class Prediction:
     @property
     def scores(self) -> da.Array:
         """Softmax of the classifier, ``[rows, 2]``: P(others), P(virus)."""
-        return self._array("scores")
+        return lazy_rows(self.paths["embeddings"], SCORES)
 
 
 def predict(

@@ -28,6 +28,7 @@ DEVICES = ("auto", "cuda", "cpu")
 CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")
 JOBQUEUE_SYSTEMS = ("slurm", "pbs")
 WORKER_TYPES = ("gpu", "cpu")
+EMBEDDINGS_DTYPES = ("float32", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +61,16 @@ class Settings:
     job_replacements: int = 8
     start_timeout: float | None = None
     no_worker_timeout: float = 300.0
+    stuck_after: float = 300.0
+    dashboard_address: str = "localhost:8787"
     performance_report: str | None = None
     toks_per_batch: int | None = None
     dnabert_toks_per_batch: int | None = None
     partition_rows: int = 2048
     blocksize: int = 8 * 2**20
     dedup: bool = True
+    keep_embeddings: bool = False
+    embeddings_dtype: str = "float32"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -95,15 +100,21 @@ class Settings:
             raise ConfigError(
                 f"job_replacements must be an integer >= 0, got {self.job_replacements!r}"
             )
-        for key in ("start_timeout", "no_worker_timeout"):
+        for key in ("start_timeout", "no_worker_timeout", "stuck_after"):
             value = getattr(self, key)
-            if (value is not None or key == "no_worker_timeout") and (
+            if (value is not None or key != "start_timeout") and (
                 isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
             ):
                 raise ConfigError(
                     f"{key} must be a number of seconds > 0"
                     f"{' or null' if key == 'start_timeout' else ''}, got {value!r}"
                 )
+        port = str(self.dashboard_address).rpartition(":")[2]
+        if not isinstance(self.dashboard_address, str) or not port.isdigit():
+            raise ConfigError(
+                "dashboard_address must be HOST:PORT (localhost:8787; :8787 for every "
+                f"interface; port 0 for any free one), got {self.dashboard_address!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
@@ -125,6 +136,10 @@ class Settings:
             raise ConfigError(
                 f"worker_type must be one of {', '.join(WORKER_TYPES)}, got {self.worker_type!r}"
             )
+        if self.worker_type == "cpu" and self.device == "cuda":
+            raise ConfigError(
+                "worker_type cpu asks for no GPU; it cannot be combined with device cuda"
+            )
         if self.worker_type is not None and self.cluster not in (*JOBQUEUE_SYSTEMS, "slurm-runner"):
             raise ConfigError(
                 f"worker_type applies to cluster slurm, pbs or slurm-runner, not {self.cluster!r}"
@@ -138,9 +153,19 @@ class Settings:
             raise ConfigError(
                 f"cluster_config applies to cluster slurm or pbs, not {self.cluster!r}"
             )
-        for key in ("offline", "overwrite", "dedup"):
+        if self.embeddings_dtype not in EMBEDDINGS_DTYPES:
+            raise ConfigError(
+                f"embeddings_dtype must be one of {', '.join(EMBEDDINGS_DTYPES)}, "
+                f"got {self.embeddings_dtype!r}"
+            )
+        for key in ("offline", "overwrite", "dedup", "keep_embeddings"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
+
+    @property
+    def kept_embeddings(self) -> str | None:
+        """The dtype the store keeps the embeddings in; None: it keeps none."""
+        return self.embeddings_dtype if self.keep_embeddings else None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -217,4 +242,7 @@ def load_settings(
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     _check_keys(given, "overrides")
     values.update(given)
+    if values.get("worker_type") == "cpu" and values.get("device") == "auto":
+        # A CPU job on a node without device cgroups may see GPUs it was not given.
+        values["device"] = "cpu"
     return Settings(inputs=tuple(str(p) for p in inputs), **values)

@@ -2,22 +2,31 @@
 records the partition as done (``embeddings.zarr/partitions/p<index>.json``), and what
 the progress display and the run summary count.
 
-The JSON form is flat: the per-model statistics sit under the model's key.
+The JSON form is flat: the per-model statistics sit under the model's key; ``checksum``
+is the SHA-256 of the rest (sorted keys), checked when the entry is read back.
 
+>>> from virnuc_dask.models import MODEL_KEYS
+>>> first, last = MODEL_KEYS[0], MODEL_KEYS[-1]
 >>> result = PartitionResult(partition=3, row_start=600, rows=2, worker="tcp://w1",
-...     models={"dnabert": ModelStats(sequences=2, rows=2, unique=2),
-...             "esm": ModelStats(sequences=1, rows=2, unique=1)},
-...     failed=(FailedRecord(row=601, id="r1_1F", stage="esm", error="E: x"),))
+...     models={first: ModelStats(sequences=2, rows=2, unique=2),
+...             last: ModelStats(sequences=1, rows=2, unique=1)},
+...     failed=(FailedRecord(row=601, id="r1_1F", stage=last, error="E: x"),))
 >>> data = result.to_json()
->>> data["esm"]["unique"], data["failed"][0]["row"]
+>>> data[last]["unique"], data["failed"][0]["row"]
 (1, 601)
 >>> PartitionResult.from_json(data) == result
 True
+>>> PartitionResult.from_json({**data, "rows": 3})
+Traceback (most recent call last):
+...
+ValueError: checksum does not match the entry's content
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -82,8 +91,10 @@ class PartitionResult:
     models: Mapping[str, ModelStats]
     failed: tuple[FailedRecord, ...] = ()
     store_seconds: float = 0.0
+    classify_seconds: float = 0.0
     store_id: str | None = None
     finished: float | None = None
+    chunks: tuple[str, ...] = ()  # the chunk files written, relative to the store
 
     @property
     def all_failed(self) -> bool:
@@ -99,14 +110,20 @@ class PartitionResult:
             "failed": [dataclasses.asdict(f) for f in self.failed],
             "worker": self.worker,
             "store_seconds": self.store_seconds,
+            "classify_seconds": self.classify_seconds,
+            "chunks": list(self.chunks),
         }
         for key, stats in self.models.items():
             data[key] = dataclasses.asdict(stats)
+        data["checksum"] = _checksum(data)
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PartitionResult:
-        """From :meth:`to_json`'s form; raises KeyError/TypeError/ValueError on others."""
+        """From :meth:`to_json`'s form; raises KeyError/TypeError/ValueError on others
+        (ValueError also when the checksum is missing or does not match)."""
+        if data.get("checksum") != _checksum(data):
+            raise ValueError("checksum does not match the entry's content")
         return cls(
             partition=int(data["partition"]),
             row_start=int(data["row_start"]),
@@ -115,9 +132,17 @@ class PartitionResult:
             models={k: ModelStats.from_json(data[k]) for k in MODEL_KEYS if k in data},
             failed=tuple(FailedRecord(**f) for f in data.get("failed", ())),
             store_seconds=float(data.get("store_seconds", 0.0)),
+            classify_seconds=float(data.get("classify_seconds", 0.0)),
             store_id=data.get("store_id"),
             finished=data.get("finished"),
+            chunks=tuple(data.get("chunks", ())),
         )
+
+
+def _checksum(data: Mapping[str, Any]) -> str:
+    content = {k: v for k, v in data.items() if k != "checksum"}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def failed_rows(entries: Iterable[PartitionResult]) -> dict[int, tuple[str, str]]:

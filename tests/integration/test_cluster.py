@@ -12,100 +12,37 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dask
 import pytest
 from distributed import Client, LocalCluster
-from helpers import REFERENCE, TINY, assert_matches_reference, predict_command, write_perf_reads
+from helpers import (
+    BIN,
+    REFERENCE,
+    TINY,
+    assert_matches_reference,
+    hand_started_cluster,
+    predict_command,
+    wait_until,
+    write_perf_reads,
+)
 
 from virnuc_dask.cluster.start import open_client
 from virnuc_dask.cluster.workers import WORKER_ENV, WORKER_ENV_VALUE, WORKER_ENV_VARIABLE
 from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
-BIN = Path(sys.executable).parent
-STAGES = ("read_orfs", "dedup", "partition", "embed", "classify", "write-results")
-
-
-def _wait_for_file(path: Path, procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.is_file():
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear")
-        time.sleep(0.2)
+STAGES = ("read_orfs", "dedup", "partition", "embed", "store-embeddings", "write-results")
 
 
 @pytest.fixture(scope="module")
 def hand_started(tmp_path_factory):
-    """`dask scheduler` + two `dask worker` processes; yields (address, scheduler file)."""
+    """`dask scheduler` + two `dask worker` processes; yields (client, scheduler file)."""
     base = tmp_path_factory.mktemp("hand-started")
-    elsewhere = base / "worker-cwd"
-    elsewhere.mkdir()
-    scheduler_file = base / "scheduler.json"
-    env = {**os.environ, WORKER_ENV_VARIABLE: WORKER_ENV_VALUE}
-    env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    procs = [
-        subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--port",
-                "0",
-                "--dashboard-address",
-                ":0",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            cwd=elsewhere,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    try:
-        _wait_for_file(scheduler_file, procs)
-        for name in ("w1", "w2"):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "dask"),
-                        "worker",
-                        "--scheduler-file",
-                        str(scheduler_file),
-                        "--nthreads",
-                        "2",
-                        "--resources",
-                        "GPU=1",
-                        "--name",
-                        name,
-                        "--dashboard-address",
-                        ":0",
-                        "--local-directory",
-                        str(elsewhere),
-                    ],
-                    cwd=elsewhere,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-            yield client, scheduler_file
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with hand_started_cluster(base, {"w1": {}, "w2": {}}, nthreads=2) as (client, scheduler_file):
+        yield client, scheduler_file
 
 
 def _predict_cli(reference, cwd: Path, case: str, length: int, *extra: str):
@@ -172,9 +109,7 @@ def test_predict_on_scheduler_address_matches_original(hand_started, reference, 
     assert not {"_take", "_gather", "_first", "_write_block"} & prefixes
 
     # Each worker's embedding throughput reaches the scheduler with the heartbeats.
-    deadline = time.monotonic() + 30
-    while _embedded_orfs(client) - before < 250 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: _embedded_orfs(client) - before >= 250, 30, interval=0.5)
     assert _embedded_orfs(client) - before == 250  # ORFs of basic at 300 bp
     for worker in client.scheduler_info(n_workers=-1)["workers"].values():
         assert {"embedded_orfs", "embedded_tokens", "embed_seconds", "embed_orfs_per_s"} <= set(
@@ -384,10 +319,12 @@ def test_workers_lost_mid_run_end_it_and_keep_finished_partitions(tmp_path):
                     stdout=fh,
                     stderr=subprocess.STDOUT,
                 )
-            deadline = time.monotonic() + 120
-            while not re.search(r"· [1-9]\d*/\d+ partitions", log.read_text()):
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+
+            def partition_done() -> bool:
+                assert proc.poll() is None, log.read_text()
+                return bool(re.search(r"· [1-9]\d*/\d+ partitions", log.read_text()))
+
+            wait_until(partition_done, 120, interval=0.2, what="a finished partition")
             os.killpg(worker.pid, signal.SIGKILL)
             lost = time.monotonic()
             proc.wait(timeout=60)

@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
-from helpers import REFERENCE, TINY, predict_command, write_perf_reads
+from helpers import REFERENCE, TINY, predict_command, wait_until, write_perf_reads
 
 from virnuc_dask.config import load_settings
 from virnuc_dask.dataflow.pipeline import predict
@@ -32,18 +31,21 @@ RESULTS = (
     "read_predictions.tsv",
     "failed_records.tsv",
 )
-ARRAYS = ("ids", "dnabert", "esm", "scores")
+ARRAYS = ("ids", "scores", "scores_source", "dnabert", "esm")
 MIXED = REFERENCE / "dev" / "mixed" / "input.fa"
 
 
 def assert_same_outputs(out: Path, expected: Path) -> None:
-    """Result files byte for byte, embeddings and scores value for value."""
+    """Result files byte for byte, stored arrays (scores, embeddings when kept) value for
+    value."""
     for name in RESULTS:
         assert (out / name).read_bytes() == (expected / name).read_bytes(), name
     a = zarr.open_group(out / "embeddings.zarr", mode="r")
     b = zarr.open_group(expected / "embeddings.zarr", mode="r")
+    assert sorted(a.array_keys()) == sorted(b.array_keys())
     for name in ARRAYS:
-        assert np.array_equal(a[name][:], b[name][:]), name
+        if name in b:
+            assert np.array_equal(a[name][:], b[name][:]), name
 
 
 def digests(out: Path) -> dict[str, str]:
@@ -80,11 +82,14 @@ def test_half_written_partitions_and_results_are_redone(client, complete, tmp_pa
     n = result.partitions
     assert n > 4
     # As if killed: two partitions had their chunks half written and no manifest entry,
-    # the classifier's scores were half written, and the results were being assembled.
+    # and the results were being assembled; and one finished partition's scores chunk
+    # was overwritten since (a bad disk block).
     for p in (1, n - 2):
         (tmp_path / "partitions" / f"p{p:07d}.json").unlink()
-        for name in ("dnabert", "esm"):
-            chunk = tmp_path / "embeddings.zarr" / name / "c" / str(p) / "0"
+        for chunk in (
+            tmp_path / "embeddings.zarr" / "ids" / "c" / str(p),
+            tmp_path / "embeddings.zarr" / "scores" / "c" / str(p) / "0",
+        ):
             chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
     scores = tmp_path / "embeddings.zarr" / "scores" / "c" / "0" / "0"
     scores.write_bytes(b"\0" * 7)
@@ -93,9 +98,12 @@ def test_half_written_partitions_and_results_are_redone(client, complete, tmp_pa
     (tmp_path / "read_predictions.tsv").write_text("read_id\tlen")
 
     again = predict(settings_for(tmp_path), client)
-    assert (again.partitions, again.partitions_reused) == (n, n - 2)
+    assert (again.partitions, again.partitions_reused) == (n, n - 3)
     summary = json.loads((tmp_path / "run_summary.json").read_text())
-    assert summary["partitions"] == {"total": n, "computed": 2, "reused": n - 2}
+    damaged = summary["partitions"].pop("damaged")
+    assert summary["partitions"] == {"total": n, "computed": 3, "reused": n - 3}
+    assert [d["partition"] for d in damaged] == [0]
+    assert "scores/c/0" in damaged[0]["problem"]
     assert_same_outputs(tmp_path, complete)
     assert not (tmp_path / ".parts").exists()
 
@@ -234,11 +242,12 @@ def interrupt(reads: Path, out: Path, how: str, after: int) -> int:
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    while finished(out) < after:
+
+    def enough_finished() -> bool:
         assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+        return finished(out) >= after
+
+    wait_until(enough_finished, 300, interval=0.05, what=f"{after} finished partitions")
     if how == "sigkill-group":
         os.killpg(proc.pid, signal.SIGKILL)
     elif how == "sigkill-client":
@@ -254,10 +263,8 @@ def interrupt(reads: Path, out: Path, how: str, after: int) -> int:
         assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     else:
         assert proc.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 30
-    while session_alive(proc.pid):  # the workers go with their client
-        assert time.monotonic() < deadline, session_alive(proc.pid)
-        time.sleep(0.2)
+    # the workers go with their client
+    wait_until(lambda: not session_alive(proc.pid), 30, interval=0.2, what="the workers to end")
     return finished(out)
 
 
@@ -276,5 +283,10 @@ def test_cli_killed_mid_run_resumes_to_identical_outputs(uninterrupted, reads, t
     assert again.returncode == 0, again.stderr
     assert "Traceback" not in again.stderr
     summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["partitions"] == {"total": total, "computed": total - done, "reused": done}
+    assert summary["partitions"] == {
+        "total": total,
+        "computed": total - done,
+        "reused": done,
+        "damaged": [],
+    }
     assert_same_outputs(out, uninterrupted)

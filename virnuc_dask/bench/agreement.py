@@ -36,16 +36,16 @@ def read_calls(ids: Sequence[str], scores: np.ndarray) -> dict[str, bool]:
 
 def precision_agreement(
     *,
-    esm_model: str,
-    dnabert_model: str,
     classifier: str,
     nucleotides: Sequence[str],
     proteins: Sequence[str],
     precisions: Sequence[str] = ("bf16", "fp16"),
     device: torch.device | str = "cpu",
     ids: Sequence[str] | None = None,
+    **sources: str,
 ) -> dict[str, dict[str, Any]]:
-    """Each precision against fp32 on the same ORFs, through the pipeline's embedding path.
+    """Each precision against fp32 on the same ORFs, through the pipeline's embedding path;
+    ``sources``: each embedding model by its setting (``esm_model=...``, ...).
 
     Per precision: cosine similarity of each model's embeddings (min, mean), ORF labels
     flipped (argmax of the classifier's scores), with ``ids`` (the ORFs' ids) read calls
@@ -55,41 +55,41 @@ def precision_agreement(
     everything else (LayerNorm, softmax, the residual stream) in fp32.
     """
     from virnuc_dask.models.classifier import load_classifier, score
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
-    from virnuc_dask.models.esm_fast import SdpaEsm2
-    from virnuc_dask.worker.adapters import embed_dnabert, embed_esm
+    from virnuc_dask.models.registry import EMBEDDING_MODELS
+    from virnuc_dask.worker.batch_runner import embed
     from virnuc_dask.worker.precision import DTYPES, to_mixed
 
     device = torch.device(device)
     mlp = load_classifier(classifier)
+    texts = {"nucleotide": nucleotides, "protein": proteins}
 
-    def embed(precision: str) -> tuple[np.ndarray, np.ndarray, float]:
+    def embeddings(precision: str) -> tuple[dict[str, np.ndarray], float]:
         mixed = precision == "bf16-mixed"
         dtype = torch.float32 if mixed else DTYPES[precision]
-        dn_model, tokenizer = load_dnabert(dnabert_model, device=device, dtype=dtype)
-        esm, alphabet = load_esm(esm_model, device=device, dtype=dtype)
+        adapters = {
+            m: m.load_adapter(sources[m.source_setting], device=device, dtype=dtype)
+            for m in EMBEDDING_MODELS
+        }
         if mixed:
-            to_mixed(dn_model)
-            to_mixed(esm)
+            for adapter in adapters.values():
+                to_mixed(adapter.model)
         t = time.perf_counter()
-        dn, _ = embed_dnabert(dn_model, tokenizer, nucleotides, device=device)
-        es, _ = embed_esm(SdpaEsm2(esm), alphabet, proteins, device=device)
-        return dn, es, time.perf_counter() - t
+        rows = {m.key: embed(a, texts[m.embeds], device=device)[0] for m, a in adapters.items()}
+        return rows, time.perf_counter() - t
 
-    base_dn, base_es, _ = embed("fp32")
-    base_scores = score(mlp, np.concatenate([base_dn, base_es], axis=1))
+    base, _ = embeddings("fp32")
+    base_scores = score(mlp, np.concatenate(list(base.values()), axis=1))
     base_labels = base_scores[:, 1] > base_scores[:, 0]
     base_reads = read_calls(ids, base_scores) if ids is not None else None
     out: dict[str, dict[str, Any]] = {}
     for precision in precisions:
         try:
-            dn, es, seconds = embed(precision)
+            rows, seconds = embeddings(precision)
         except (RuntimeError, ArithmeticError) as exc:  # e.g. no kernel for this dtype here
             out[precision] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
             continue
-        scores = score(mlp, np.concatenate([dn, es], axis=1))
-        cos = {"dnabert": _cosine(base_dn, dn), "esm": _cosine(base_es, es)}
+        scores = score(mlp, np.concatenate(list(rows.values()), axis=1))
+        cos = {key: _cosine(base[key], rows[key]) for key in rows}
         out[precision] = {
             "orfs": len(proteins),
             "seconds": seconds,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from virnuc_dask.models.sizes import SIZES
+from virnuc_dask.models.registry import EMBEDDING_MODELS
 
 
 def write_bench_input(path: Path, reads: int, *, seed: int = 2000) -> Path:
@@ -21,37 +21,31 @@ def write_bench_input(path: Path, reads: int, *, seed: int = 2000) -> Path:
     return path
 
 
-def build_models(
-    directory: Path, size: str, *, esm_model: str | None = None, dnabert_model: str | None = None
-) -> dict[str, str]:
-    """Model files in the real formats: given ones, else random ones of ``size``; and a
-    random classifier for their embedding widths."""
-    from virnuc_dask.models.demo import build_classifier, build_dnabert, build_esm
-    from virnuc_dask.models.dnabert import resolve_dnabert_dir
-    from virnuc_dask.models.dnabert_encoder import DnabertConfig
-    from virnuc_dask.models.esm2 import load_esm
+def build_models(directory: Path, size: str, **given: str | None) -> dict[str, str]:
+    """Model files in the real formats, by setting (``esm_model``, ...): the ``given``
+    ones, else random ones of ``size``; and a random classifier for their widths."""
+    from virnuc_dask.models.demo import build_classifier
 
     directory.mkdir(parents=True, exist_ok=True)
-    shape = SIZES[size]
-    if esm_model is None:
-        e = shape["esm"]
-        esm_model = str(build_esm(directory / f"esm2_t{e['layers']}_{e['dim']}_bench.pt", **e))
-        esm_dim = e["dim"]  # not read back: with --size real that is an 11 GB load
-    else:
-        esm_dim = load_esm(esm_model)[0].embed_dim
-    if dnabert_model is None:
-        d = shape["dnabert"]
-        dnabert_model = str(build_dnabert(directory / "dnabert_s_bench", **d))
-    dnabert_dim = DnabertConfig.from_json(
-        resolve_dnabert_dir(dnabert_model) / "config.json"
-    ).hidden_size
-    classifier = build_classifier(directory / "mlp_bench.pth", input_dim=dnabert_dim + esm_dim)
-    return {"esm_model": esm_model, "dnabert_model": dnabert_model, "classifier": str(classifier)}
+    paths: dict[str, str] = {}
+    width = 0
+    for m in EMBEDDING_MODELS:
+        source = given.get(m.source_setting)
+        if source is None:
+            # The width from the layout, not read back: with --size real an 11 GB load.
+            built, dim = m.build_random(directory, size)
+            source = str(built)
+        else:
+            dim = m.load_adapter(source).width
+        paths[m.source_setting] = source
+        width += dim
+    classifier = build_classifier(directory / "mlp_bench.pth", input_dim=width)
+    return {**paths, "classifier": str(classifier)}
 
 
 def read_orfs_of(path: str, length: int) -> tuple[int, list]:
     """(reads, ORFs) of a FASTA file, read and translated here."""
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
     from virnuc_dask.core.orfs import orfs_from_records
 
     records = [r for block in plan_blocks([path]) for r in read_block(block)]

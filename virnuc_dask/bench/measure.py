@@ -63,6 +63,7 @@ from virnuc_dask.bench.throughput import (
 )
 from virnuc_dask.errors import VirnucError
 from virnuc_dask.models.flops import module_shape, peak_sweep
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.rundir import STORE
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,7 @@ PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PEAK_OF = {"fp32": "fp32", "bf16": "bf16", "fp16": "bf16"}
 REQUIRED_KEYS = (
     "matmul_peak_flops",
-    "esm_utilization",
-    "dnabert_utilization",
+    *(f"{key}_utilization" for key in MODEL_KEYS),
     "padding_efficiency",
     "pipeline_reads_per_s",
     "original_style_reads_per_s",
@@ -108,10 +108,8 @@ class BenchOptions:
 def bench(options: BenchOptions) -> dict[str, Any]:
     """Run every measurement; returns the JSON document (numbers at the top level)."""
     from virnuc_dask.config import load_settings
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
-    from virnuc_dask.models.esm_fast import SdpaEsm2
-    from virnuc_dask.worker.plugin import DTYPES, pick_device, resolve_precision
+    from virnuc_dask.worker.device import pick_device
+    from virnuc_dask.worker.plugin import DTYPES, resolve_precision
 
     t_start = time.perf_counter()
     check_worker_counts(options.workers)
@@ -126,18 +124,14 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     precision = resolve_precision(options.precision, device)
     dtype = DTYPES[precision]
     logger.info("bench in %s on %s (%s); input %s", work, device, precision, fasta)
-    if device.type == "cpu" and options.size in ("650m", "real") and not options.esm_model:
+    given = {m.source_setting: m.source(options) for m in EMBEDDING_MODELS}
+    if device.type == "cpu" and options.size in ("650m", "real") and not any(given.values()):
         logger.warning(
             "--size %s on a CPU: the models are the real sizes, expect hours; "
             "small is the CPU size",
             options.size,
         )
-    paths = build_models(
-        work / "models",
-        options.size,
-        esm_model=options.esm_model,
-        dnabert_model=options.dnabert_model,
-    )
+    paths = build_models(work / "models", options.size, **given)
 
     reads, orfs = read_orfs_of(fasta, options.length)
     if not orfs:
@@ -155,8 +149,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
             **paths,
             "precision": precision,
             "partition_rows": options.partition_rows,
-            "toks_per_batch": options.toks_per_batch,
-            "dnabert_toks_per_batch": options.dnabert_toks_per_batch,
+            **{m.ceiling_setting: m.ceiling(options) for m in EMBEDDING_MODELS},
             "offline": True,
         },
     )
@@ -176,28 +169,26 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     )
 
     # Models here, for the FLOP accounting, the prefetch comparison and token lengths.
-    dnabert, tokenizer = load_dnabert(paths["dnabert_model"], device=device, dtype=dtype)
-    esm, alphabet = load_esm(paths["esm_model"], device=device, dtype=dtype)
-    esm = SdpaEsm2(esm)
-    models = {"esm": esm, "alphabet": alphabet, "dnabert": dnabert, "tokenizer": tokenizer}
-    esm_lengths = np.array([len(o.protein) + 2 for o in orfs])
-    dn_lengths = np.array([len(t) for t in tokenizer.encode([o.nucleotide for o in orfs])])
-    flops = {
-        "esm": module_shape(esm).flops_of(esm_lengths),
-        "dnabert": module_shape(dnabert).flops_of(dn_lengths),
+    adapters = {
+        m.key: m.load_adapter(paths[m.source_setting], device=device, dtype=dtype)
+        for m in EMBEDDING_MODELS
     }
+    flops = {}
+    for m in EMBEDDING_MODELS:
+        tokens = adapters[m.key].tokenize([getattr(o, m.embeds) for o in orfs])
+        lengths = np.array([len(t) for t in tokens])
+        flops[m.key] = module_shape(adapters[m.key].model).flops_of(lengths)
     prefetch = prefetch_effect(
-        models, orfs[: min(options.partition_rows, SAMPLE_ORFS)], device=device
+        adapters, orfs[: min(options.partition_rows, SAMPLE_ORFS)], device=device
     )
     loads["prefetch"] = os.getloadavg()[0]
     for p, d in PEAK_DTYPES.items():
         sweeps[p].append(peak_sweep(device, d, sizes=sizes))
     peaks = [s.peak for s in sweeps[PEAK_OF.get(precision, "fp32")]]
     shapes = {
-        "esm": {**module_shape(esm).as_dict(), "heads": esm.heads},
-        "dnabert": {**module_shape(dnabert).as_dict(), "heads": dnabert.config.num_attention_heads},
+        key: {**module_shape(a.model).as_dict(), "heads": a.heads} for key, a in adapters.items()
     }
-    del models, esm, dnabert
+    del adapters
     release_device(device)
     # The stage figures come from the run with the fewest workers (one worker has the
     # whole machine; more are normalised by their count, see stage_figures).
@@ -243,8 +234,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     real = sum(first["embedding"][m]["real_tokens"] for m in flops)
     result = {
         "matmul_peak_flops": peak,
-        "esm_utilization": stages["esm"]["utilization"],
-        "dnabert_utilization": stages["dnabert"]["utilization"],
+        **{f"{key}_utilization": stages[key]["utilization"] for key in MODEL_KEYS},
         "padding_efficiency": real / padded,
         "pipeline_reads_per_s": best["reads_per_s"],
         "original_style_reads_per_s": original.get("reads_per_s"),
@@ -265,7 +255,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         "reads": reads,
         "orfs": len(orfs),
         "length": options.length,
-        "size": options.size if not (options.esm_model or options.dnabert_model) else "given",
+        "size": options.size if not any(given.values()) else "given",
         "models": {**paths, "shapes": shapes},
         "partition_rows": options.partition_rows,
         "stages": stages,
@@ -299,12 +289,15 @@ def _peak_summary(sweeps: list) -> dict[str, Any]:
 def _stored_scores(out: str) -> np.ndarray:
     import zarr
 
-    return zarr.open_group(str(Path(out) / STORE), mode="r")["scores"][:]
+    from virnuc_dask.dataflow.store import SCORES, read_rows
+
+    group = zarr.open_group(str(Path(out) / STORE), mode="r")
+    return read_rows(group, SCORES, 0, group[SCORES].shape[0])
 
 
 def _first_reads(src: Path, dest: Path, n: int) -> Path:
     """The first ``n`` records of ``src`` (plain FASTA) written to ``dest``."""
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
 
     records = [r for block in plan_blocks([str(src)]) for r in read_block(block)][:n]
     with open(dest, "w") as fh:

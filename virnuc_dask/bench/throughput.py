@@ -17,6 +17,17 @@ from virnuc_dask.errors import VirnucError
 WORKER_START_TIMEOUT = 120.0
 
 
+DEFAULT_WORKER_COUNTS = (1, 2)
+
+
+def default_worker_counts(gpus: Sequence[str] | None = None) -> tuple[int, ...]:
+    """1 and 2 workers, or as many as a GPU node starts (one per visible GPU)."""
+    from virnuc_dask.cluster.workers import visible_gpus
+
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    return tuple(n for n in DEFAULT_WORKER_COUNTS if not gpus or n <= len(gpus))
+
+
 def check_worker_counts(counts: Sequence[int], gpus: Sequence[str] | None = None) -> None:
     """Refuse worker counts a local cluster cannot start: on a GPU node it starts one
     worker per visible GPU, at most (NVML is asked; no CUDA context is created)."""
@@ -109,37 +120,23 @@ def stage_figures(
 
 
 def prefetch_effect(
-    models: dict[str, Any], orfs: list, *, device: torch.device, rounds: int = 2
+    adapters: dict[str, Any], orfs: list, *, device: torch.device, rounds: int = 2
 ) -> dict[str, dict[str, float]]:
     """Tokens/s of each stage on ``orfs`` with and without the prefetch thread (best of
     ``rounds``, alternating, so that both see the same machine), and the share of the
     stage's time spent preparing batches (tokenising, padding, copying) when not
     overlapped: what the prefetch thread can hide at most."""
-    from virnuc_dask.worker.adapters import embed_dnabert, embed_esm
+    from virnuc_dask.models.registry import embedding_model
+    from virnuc_dask.worker.batch_runner import embed
 
-    runs = {
-        "esm": lambda prefetch: embed_esm(
-            models["esm"],
-            models["alphabet"],
-            [o.protein for o in orfs],
-            device=device,
-            prefetch=prefetch,
-        )[1],
-        "dnabert": lambda prefetch: embed_dnabert(
-            models["dnabert"],
-            models["tokenizer"],
-            [o.nucleotide for o in orfs],
-            device=device,
-            prefetch=prefetch,
-        )[1],
-    }
     out: dict[str, dict[str, float]] = {}
-    for stage, run in runs.items():
+    for stage, adapter in adapters.items():
+        texts = [getattr(o, embedding_model(stage).embeds) for o in orfs]
         best = {True: 0.0, False: 0.0}
         share = 1.0
         for _ in range(rounds):
             for prefetch in (True, False):
-                stats = run(prefetch)
+                stats = embed(adapter, texts, device=device, prefetch=prefetch)[1]
                 best[prefetch] = max(best[prefetch], stats.real_tokens / stats.seconds)
                 if not prefetch:
                     share = min(share, stats.prepare_seconds / stats.seconds)

@@ -11,7 +11,7 @@ from typing import Any
 from virnuc_dask.cli.options import add_logging
 from virnuc_dask.config import ConfigError
 from virnuc_dask.formatting import si
-from virnuc_dask.models.sizes import SIZES
+from virnuc_dask.models.registry import BENCH_SIZES, MODEL_NAMES
 
 
 def _worker_counts(text: str) -> list[int]:
@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--length", type=int, default=500, help="chunk length (default 500)")
     parser.add_argument(
         "--size",
-        choices=sorted(SIZES),
+        choices=sorted(BENCH_SIZES),
         default="small",
         help="random models to build: small = ESM-2 6 x 320 (8M layout) and "
         "DNABERT-S 2 x 256; tiny = 2 x 64 each; real = ESM-2 3B (36 x 2560, "
@@ -69,9 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--workers",
         type=_worker_counts,
-        default=[1, 2],
         metavar="N[,N]",
-        help="worker counts of the predict runs (default 1,2)",
+        help="worker counts of the predict runs (default 1,2; on a node with one visible GPU, 1)",
     )
     parser.add_argument(
         "--partition-rows", type=int, default=512, help="ORFs per partition (default 512)"
@@ -104,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from virnuc_dask.bench.measure import BenchOptions, bench
+    from virnuc_dask.bench.throughput import default_worker_counts
 
     if args.input is None and args.reads is None:
         args.reads = 2000
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     options = BenchOptions(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(BenchOptions)}
     )
-    result = bench(dataclasses.replace(options, workers=tuple(args.workers)))
+    workers = tuple(args.workers) if args.workers else default_worker_counts()
+    result = bench(dataclasses.replace(options, workers=workers))
     Console().print(render(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -145,7 +146,7 @@ def render(result: dict[str, Any]) -> Any:
             f"{len(p['by_size'])} sizes; rounds within {p['spread']:.0%} of it, "
             f"{len(p['samples'])} sweeps within {p['sample_gap']:.0%}",
         )
-    for m, name in (("esm", "ESM-2"), ("dnabert", "DNABERT-S")):
+    for m, name in MODEL_NAMES.items():
         s = result["stages"][m]
         p = result["prefetch"][m]
         add(
@@ -187,8 +188,9 @@ def render(result: dict[str, Any]) -> Any:
         add(
             "original way",
             f"{o['reads_per_s']:.1f} reads/s",
-            f"{o['seconds']:.1f} s (ESM-2 {o['timings_s']['esm']:.1f} s, DNABERT-S "
-            f"{o['timings_s']['dnabert']:.1f} s); max score diff "
+            f"{o['seconds']:.1f} s ("
+            + ", ".join(f"{n} {o['timings_s'][m]:.1f} s" for m, n in MODEL_NAMES.items())
+            + f"); max score diff "
             f"{o['max_score_diff_vs_pipeline']:.1e}",
         )
         add(
@@ -201,15 +203,16 @@ def render(result: dict[str, Any]) -> Any:
             "bound at peak",
             f"x{o['speedup_bound_end_to_end']:.2f}",
             f"original way's time over its FLOPs at the peak (embeddings only "
-            f"x{o['speedup_bound_embedding']:.2f}); it runs ESM-2 at {u['esm']:.0%}, "
-            f"DNABERT-S at {u['dnabert']:.0%} of peak",
+            f"x{o['speedup_bound_embedding']:.2f}); it runs "
+            + ", ".join(f"{n} at {u[m]:.0%}" for m, n in MODEL_NAMES.items())
+            + " of peak",
         )
         i = o["interleaved"]
         add(
             "embedding speedup",
             f"x{i['embedding_speedup']:.2f}",
-            f"ESM-2 x{i['esm_speedup']:.2f}, DNABERT-S x{i['dnabert_speedup']:.2f}: "
-            f"{i['orfs']} ORFs, both ways alternating",
+            ", ".join(f"{n} x{i[f'{m}_speedup']:.2f}" for m, n in MODEL_NAMES.items())
+            + f": {i['orfs']} ORFs, both ways alternating",
         )
     for name, p in result["precision_agreement"].items():
         if "error" in p:
@@ -219,8 +222,11 @@ def render(result: dict[str, Any]) -> Any:
             f"{name} vs fp32",
             f"{p['labels_flipped']}/{p['orfs']} ORFs flipped",
             (f"{p['reads_flipped']}/{p['reads']} reads flipped; " if "reads" in p else "")
-            + f"cosine ESM-2 min {p['esm_cosine_min']:.5f} mean {p['esm_cosine_mean']:.5f}; "
-            f"DNABERT-S min {p['dnabert_cosine_min']:.5f} mean {p['dnabert_cosine_mean']:.5f}",
+            + "cosine "
+            + "; ".join(
+                f"{n} min {p[f'{m}_cosine_min']:.5f} mean {p[f'{m}_cosine_mean']:.5f}"
+                for m, n in MODEL_NAMES.items()
+            ),
         )
     loads = result["load_average"]
     add(

@@ -51,11 +51,11 @@ def line(check: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from virnuc_dask.doctor.checks import report, run_checks
+    from virnuc_dask.models.registry import EMBEDDING_MODELS
 
     checks = run_checks(
         out=Path(args.out),
-        esm_model=args.esm_model,
-        dnabert_model=args.dnabert_model,
+        models={m.source_setting: getattr(args, m.source_setting) for m in EMBEDDING_MODELS},
         classifier=args.classifier,
         on_check=lambda check: print(line(check), flush=True),
     )

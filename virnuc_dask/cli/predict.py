@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from virnuc_dask.cli.options import add_logging, add_progress, add_run_options, settings_from_args
-from virnuc_dask.config import Settings
+from virnuc_dask.config import EMBEDDINGS_DTYPES, Settings
 from virnuc_dask.rundir import FAILED, SUMMARY
 
 logger = logging.getLogger("virnuc_dask")
@@ -46,6 +46,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="embed every ORF, also inputs already seen in this run (identical "
         "inputs are otherwise embedded once)",
+    )
+    parser.add_argument(
+        "--keep-embeddings",
+        action="store_true",
+        default=None,
+        help="keep every ORF's DNABERT-S and ESM-2 embeddings in embeddings.zarr "
+        "(about 13 KB per ORF with the published models); by default only ids, "
+        "scores and failed records are stored",
+    )
+    parser.add_argument(
+        "--embeddings-dtype",
+        choices=EMBEDDINGS_DTYPES,
+        help="dtype of kept embeddings (default float32)",
     )
     parser.add_argument(
         "--overwrite",

@@ -12,7 +12,7 @@ embed      partition   first call: ``orfs_total``, ``orfs_reused``; then per fin
                        partition ``partitions``: its
                        :class:`~virnuc_dask.partition_result.PartitionResult` (per model
                        tokens and seconds, measured on the worker)
-classify   1           ``orfs``
+classify   partition   ``orfs``: scored so far (in the embedding task, on the worker)
 write      FASTA block ``reads``
 =========  ==========  ===========================================================
 
@@ -43,7 +43,7 @@ from rich.live import Live
 from rich.text import Text
 
 from virnuc_dask.cli.progress_view import elapsed_text, stage_table, status_line, worker_table
-from virnuc_dask.cli.run_state import STAGES, RunProgress
+from virnuc_dask.cli.run_state import LAST_MODEL, STAGES, RunProgress
 from virnuc_dask.events import ProgressEvent
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class TerminalProgress:
         self.state.record(event)
         stage, done, total = event.stage, event.done, event.total
         if not self.live and stage in (*STAGES, "embed") and total and done >= total:
-            state = self.state.stage("esm" if stage == "embed" else stage)
+            state = self.state.stage(LAST_MODEL if stage == "embed" else stage)
             logger.info(
                 "%s done in %s",
                 "embedding" if stage == "embed" else state.label,

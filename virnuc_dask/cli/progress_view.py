@@ -12,7 +12,13 @@ from typing import Any
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from virnuc_dask.cli.run_state import MODELS, RunProgress, StageState, WorkerState
+from virnuc_dask.cli.run_state import (
+    LAST_MODEL,
+    MODELS,
+    RunProgress,
+    StageState,
+    WorkerState,
+)
 from virnuc_dask.formatting import clock, compact
 
 
@@ -53,8 +59,6 @@ def _stage_text(state: StageState, progress: RunProgress) -> tuple[str, str]:
             rate.append(f"{share:.0%} of model time")
         return text, " · ".join(rate)
     if key == "classify":
-        if state.finished is None:
-            return "running", ""
         return f"{c.get('orfs', 0):,} ORFs scored", ""
     if key == "write":
         text = f"{state.done}/{state.total} blocks"
@@ -164,9 +168,9 @@ def worker_table(
 
 
 def _embed_words(progress: RunProgress, now: float, *, eta: bool = True) -> str:
-    esm = progress.stage("esm")
-    c = esm.counts
-    text = f"embedding: {esm.done:,}/{esm.total or 0:,} ORFs"
+    rows = progress.stage(LAST_MODEL)
+    c = rows.counts
+    text = f"embedding: {rows.done:,}/{rows.total or 0:,} ORFs"
     text += f" · {c.get('partitions', 0)}/{c.get('partitions_total', 0)} partitions"
     if progress.orfs_reused:
         text += f" ({progress.orfs_reused:,} ORFs reused)"
@@ -175,7 +179,7 @@ def _embed_words(progress: RunProgress, now: float, *, eta: bool = True) -> str:
     rate = progress.embed_rate(now)
     if rate:
         text += f" · {rate:,.1f} ORF/s"
-    left = progress.eta("esm", now) if eta else None
+    left = progress.eta(LAST_MODEL, now) if eta else None
     if left is not None:
         text += f" · ETA {elapsed_text(left)}"
     for key, name in MODELS.items():
@@ -195,11 +199,11 @@ def status_line(
     now = progress.clock()
     parts = [f"progress {elapsed_text(now - progress.started)}"]
     for key, state in progress.stages.items():
-        if state.started is None or key == "dnabert":
+        if state.started is None or (key in MODELS and key != LAST_MODEL):
             continue
         text = (
             _embed_words(progress, now, eta=not cluster)
-            if key == "esm"
+            if key == LAST_MODEL
             else f"{state.label}: {_stage_text(state, progress)[0]}"
         )
         parts.append(text + (" ✓" if state.finished is not None else ""))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from virnuc_dask.events import ProgressEvent
-from virnuc_dask.models import MODEL_NAMES
+from virnuc_dask.models import EMBEDDING_MODELS, MODEL_KEYS, MODEL_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -20,12 +20,14 @@ logger = logging.getLogger(__name__)
 STAGES = {
     "models": "loading models",
     "read": "reading + translating",
-    "dnabert": "embedding DNABERT-S",
-    "esm": "embedding ESM-2",
+    **{m.key: f"embedding {m.name}" for m in EMBEDDING_MODELS},
     "classify": "classifying",
     "write": "writing results",
 }
 MODELS = MODEL_NAMES
+#: The embedding row that stands for the embedding as a whole: the last model's (all run
+#: in one task per partition, so their rows advance together).
+LAST_MODEL = MODEL_KEYS[-1]
 
 
 @dataclasses.dataclass
@@ -73,11 +75,11 @@ class RunProgress:
     >>> from virnuc_dask.partition_result import ModelStats, PartitionResult
     >>> state = RunProgress(clock=lambda: 10.0)
     >>> state.record(ProgressEvent("embed", 0, 2, orfs_total=100, orfs_reused=0))
-    >>> stats = {"dnabert": ModelStats(sequences=50, rows=50, real_tokens=400, seconds=1.0),
-    ...          "esm": ModelStats(sequences=50, rows=50, real_tokens=900, seconds=3.0)}
+    >>> stats = {key: ModelStats(sequences=50, rows=50, real_tokens=400, seconds=1.0)
+    ...          for key in MODEL_KEYS}
     >>> state.record(ProgressEvent("embed", 1, 2, partitions=(PartitionResult(
     ...     partition=0, row_start=0, rows=50, worker="w1", models=stats),)))
-    >>> state.stage("esm").done, state.stage("esm").total, state.workers["w1"].orfs
+    >>> state.stage(LAST_MODEL).done, state.stage(LAST_MODEL).total, state.workers["w1"].orfs
     (50, 100, 50)
     """
 
@@ -180,7 +182,7 @@ class RunProgress:
 
     def embed_rate(self, now: float) -> float | None:
         """ORFs per second embedded in this run (reused partitions not counted)."""
-        state = self.stages["esm"]
+        state = self.stages[LAST_MODEL]
         if self.embed_started is None or state.started is None:
             return None
         computed = state.done - self.orfs_reused

@@ -18,6 +18,7 @@ from virnuc_dask.cli.options import (
 )
 from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.formatting import duration_words, si
+from virnuc_dask.models.registry import MODEL_KEYS, MODEL_NAMES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -203,12 +204,15 @@ def report_text(
         )
     repeats = repeated_inputs(files)
     if repeats["reads"]["total"]:
-        r, d, e = repeats["reads"], repeats["dnabert"], repeats["esm"]
+        r = repeats["reads"]
+        unique = ", ".join(
+            f"{name} {repeats[key]['unique']:,}" for key, name in MODEL_NAMES.items()
+        )
         lines.append(
             f"duplicates: {r['total'] - r['unique']:,} of {r['total']:,} reads "
             f"({r['duplicate_share']:.1%}) repeat an earlier read's sequence; "
-            f"expected unique ORFs (embedded once each): DNABERT-S {d['unique']:,}, "
-            f"ESM-2 {e['unique']:,} of {d['total']:,}"
+            f"expected unique ORFs (embedded once each): {unique} "
+            f"of {repeats[MODEL_KEYS[0]]['total']:,}"
         )
     if est is not None:
         if "error" in est:

@@ -1,5 +1,5 @@
 """The dataflow's small tasks, run on workers: read a block into the scratch, load a
-partition's rows, classify stored rows, write a block's result part files."""
+partition's rows, write a block's result part files."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import zarr
 
-from virnuc_dask.core.fasta import FastaBlock
 from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
 from virnuc_dask.core.pairs import pair_hashes
+from virnuc_dask.core.records import InputBlock
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow.outputs import BlockCounts, write_block
 from virnuc_dask.dataflow.partition_task import (
@@ -22,19 +22,14 @@ from virnuc_dask.dataflow.scratch import (
     write_table,
 )
 from virnuc_dask.dataflow.scratch import sources as dedup_sources
-from virnuc_dask.dataflow.store import (
-    MODEL_KEYS,
-)
-from virnuc_dask.models.classifier import score
-from virnuc_dask.worker.plugin import (
-    worker_models,
-)
+from virnuc_dask.dataflow.store import SCORES, read_rows
+from virnuc_dask.models.registry import MODEL_KEYS
 
 logger = logging.getLogger(__name__)
 
 
 def read_block_task(
-    block: FastaBlock,
+    block: InputBlock,
     chunk_size: int,
     root: str,
     buckets: int,
@@ -71,10 +66,6 @@ def load_partition(
     return PartitionRows(ids, nucleotides, proteins, found)
 
 
-def classify_rows(features: np.ndarray) -> np.ndarray:
-    return score(worker_models().classifier, features)
-
-
 def write_block_task(
     root: str,
     block: int,
@@ -88,13 +79,14 @@ def write_block_task(
     group = zarr.open_group(store_path, mode="r")
     stop = row_start + len(ids)
     mine = {r - row_start: f for r, f in failed.items() if row_start <= r < stop}
-    if failed and "dnabert_source" in group:
-        # A copy of an input that failed failed too: its DNABERT-S row, or its ESM-2 row
-        # (not computed for a row that failed in DNABERT-S), is missing.
-        for model in MODEL_KEYS:
-            source = group[f"{model}_source"][row_start:stop]
-            for i in np.flatnonzero(source != np.arange(row_start, stop)):
-                f = failed.get(int(source[i]))
-                if f is not None and (model == "esm" or f[0] == "dnabert"):
-                    mine.setdefault(int(i), f)
-    return write_block(BlockOrfs(block, reads, ids), group["scores"][row_start:stop], parts, mine)
+    index = f"{SCORES}_source"
+    source = read_rows(group, index, row_start, stop) if index in group else None
+    if failed and source is not None:
+        # A row that takes an earlier row's scores (it repeats both its inputs) failed
+        # when that row failed.
+        for i in np.flatnonzero(source != np.arange(row_start, stop)):
+            f = failed.get(int(source[i]))
+            if f is not None:
+                mine.setdefault(int(i), f)
+    scores = read_rows(group, SCORES, row_start, stop, source)
+    return write_block(BlockOrfs(block, reads, ids), scores, parts, mine)

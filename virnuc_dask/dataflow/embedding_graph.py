@@ -28,6 +28,7 @@ from virnuc_dask.dataflow.partition_task import (
 )
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.errors import ModelLoadError, SystemicFailure
+from virnuc_dask.models.registry import EMBEDDING_MODELS
 from virnuc_dask.partition_result import PartitionResult
 from virnuc_dask.worker.plugin import EMBED_RESOURCE
 
@@ -82,8 +83,8 @@ def embed_partitions(
             partition=p,
             row_start=row_start,
             out=str(store.out),
-            toks_per_batch=settings.toks_per_batch,
-            dnabert_toks_per_batch=settings.dnabert_toks_per_batch,
+            ceilings=tuple((m.key, m.ceiling(settings)) for m in EMBEDDING_MODELS),
+            keep=store.embeddings,
         )
         with dask.annotate(resources=resources):
             embedded = dask.delayed(embed_partition, pure=True)(
@@ -98,6 +99,10 @@ def embed_partitions(
     # annotation that keeps only one embedding task per device).
     futures: list = []
     stats: list[PartitionResult] = []
+    scoring = settings.classifier is not None  # the embedding task classifies too
+    scored = 0
+    if scoring:
+        tick("classify", 0, len(stored))
     streak = 0  # failed records of partitions in which every record failed, in a row
     try:
         for n, fut in enumerate(_completed(client, stored, futures), 1):
@@ -113,6 +118,9 @@ def embed_partitions(
                     "device and its driver"
                 )
             tick("embed", n, len(stored), partitions=(entry,))
+            if scoring:
+                scored += entry.rows - len(entry.failed)
+                tick("classify", n, len(stored), orfs=scored)
     except BaseException:
         client.cancel(futures)
         raise

@@ -5,14 +5,17 @@ the store it resumes (or starts afresh)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.outputs import remove_results
-from virnuc_dask.dataflow.store import EmbeddingStore
+from virnuc_dask.dataflow.store import STORE_FORMAT, EmbeddingStore
 from virnuc_dask.errors import OutputDirError
+
+logger = logging.getLogger(__name__)
 
 
 def file_digest(path: str) -> str:
@@ -64,6 +67,7 @@ def fingerprint(settings: Settings, precision: str) -> dict[str, Any]:
         "partition_rows": settings.partition_rows,
         "blocksize": settings.blocksize,
         "dedup": settings.dedup,
+        "store_format": STORE_FORMAT,
     }
 
 
@@ -90,13 +94,18 @@ def prepare_out(settings: Settings) -> Path:
 
 
 def open_store(
-    settings: Settings, fp: dict[str, Any], *, dims: dict[str, int], dedup: bool
+    settings: Settings, fp: dict[str, Any], *, dims: dict[str, int], dedup: bool, classes: int = 2
 ) -> EmbeddingStore:
     """The store under ``settings.out``: the existing one when its fingerprint is ``fp``
     (its finished partitions are reused), a new one when there is none or with
-    ``settings.overwrite``. Raises :class:`OutputDirError` for a store of another run."""
+    ``settings.overwrite``. Raises :class:`OutputDirError` for a store of another run.
+
+    A store that kept embeddings, resumed by a run that keeps none, loses them (nothing
+    is recomputed); a store without the embeddings the run keeps (or in another dtype)
+    is started afresh. Both are logged."""
     out = Path(settings.out)
     store = EmbeddingStore(out)
+    keep = settings.kept_embeddings
     if store.exists() and not settings.overwrite:
         diffs = fingerprint_differences(store.fingerprint, fp)
         if diffs:
@@ -104,7 +113,27 @@ def open_store(
                 f"{out} holds a run with different {', '.join(diffs)}; "
                 "use another --out, or --overwrite to start afresh"
             )
-        return store
+        kept = store.embeddings
+        if kept == keep:
+            return store
+        done = len(store.done_partitions())
+        if keep is None:
+            logger.warning(
+                "%s kept the %s embeddings of its %d finished partitions; this run keeps "
+                "none: they are removed, nothing is recomputed",
+                out,
+                kept,
+                done,
+            )
+            store.drop_embeddings()
+            return store
+        logger.warning(
+            "%s kept %s: its %d finished partitions are all computed again to keep %s embeddings",
+            out,
+            "no embeddings" if kept is None else f"{kept} embeddings",
+            done,
+            keep,
+        )
     # Results of the run being replaced must not outlive it next to the new store.
     remove_results(out)
     return EmbeddingStore.create(
@@ -112,7 +141,8 @@ def open_store(
         rows=int(fp["rows"]),
         dims=dims,
         chunk_rows=settings.partition_rows,
-        classes=2,
+        classes=classes,
         fingerprint=fp,
         dedup=dedup,
+        embeddings=keep,
     )

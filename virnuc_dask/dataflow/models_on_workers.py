@@ -15,6 +15,7 @@ from virnuc_dask.cluster.workers import torch_threads_by_host
 from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.dashboard import ThroughputMetrics
 from virnuc_dask.errors import ModelLoadError
+from virnuc_dask.models.registry import EMBEDDING_MODELS
 from virnuc_dask.worker.plugin import (
     EVENT_TOPIC,
     MODEL_LOAD_TIMEOUT,
@@ -38,18 +39,33 @@ def load_models(settings: Settings, client: Client) -> dict[str, Any]:
         settings, threads_by_host=tuple(torch_threads_by_host(client).items())
     )
     registered = time.time()
+    log_workers_leaving(client)
     client.register_plugin(ModelPlugin(spec))
     client.register_plugin(ThroughputMetrics())
     # Bounded: stops when every worker failed to load (naming each) or after a timeout.
     statuses = wait_for_models(client, since=registered)
     facts = {**model_facts(statuses), "registered": registered}
-    width = facts["dnabert"] + facts["esm"]
+    width = sum(facts[m.key] for m in EMBEDDING_MODELS)
     if settings.classifier is not None and facts["classifier_input"] != width:
+        given = " + ".join(f"{m.name} ({facts[m.key]})" for m in EMBEDDING_MODELS)
         raise ModelLoadError(
             f"{settings.classifier}: classifier expects {facts['classifier_input']} features, "
-            f"but DNABERT-S ({facts['dnabert']}) + ESM-2 ({facts['esm']}) give {width}"
+            f"but {given} give {width}"
         )
     return facts
+
+
+def log_workers_leaving(client: Client) -> None:
+    """Log, as the scheduler hears of it, each worker that leaves the run: its models
+    could not be loaded, its device failed or got stuck (the error names worker, host
+    and device)."""
+
+    def on_event(event: tuple[float, Any]) -> None:
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("state") == "failed":
+            logger.warning("%s", msg.get("error"))
+
+    client.subscribe_topic(EVENT_TOPIC, on_event)
 
 
 def model_facts(statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:

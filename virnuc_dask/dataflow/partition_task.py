@@ -1,4 +1,5 @@
-"""One embedding partition on a worker: both models, failing records isolated, rows stored.
+"""One embedding partition on a worker: every embedding model, the classifier, failing
+records isolated, rows stored.
 
 Each model embeds the whole partition in one call (token-budget batches; a batch
 that runs out of device memory is halved inside the batch runner,
@@ -6,12 +7,21 @@ that runs out of device memory is halved inside the batch runner,
 records are bisected: each half is embedded on its own, recursively, until the records
 that fail alone are found. Those are reported as failed (their rows stay zero and they
 get no score); every other record is embedded normally. A record that does not fit in
-device memory even alone (``SequenceTooLarge``) is failed directly. A record that
-fails in DNABERT-S is not given to ESM-2.
+device memory even alone (``SequenceTooLarge``) is failed directly. The models run in
+the registry's order (:mod:`virnuc_dask.models.registry`); a record that fails in one is
+not given to the next. A row that takes its vector from a row that failed (dedup)
+fails with it.
 
-A fault that is not in the records (unusable weights, a broken driver, a
-poisoned CUDA context) makes every record fail. Rather than trying each record
-of the partition alone, the task stops with ``SystemicFailure`` once
+The classifier scores the rows on the same worker, from the vectors in memory
+(:mod:`virnuc_dask.dataflow.copies` says which rows take another row's vectors or
+scores); the embeddings are stored only when the run keeps them.
+
+A device fault (a sticky CUDA error, :mod:`virnuc_dask.worker.faults`) is not a
+record's: it takes the worker out of the run and the partition goes to another
+worker (:meth:`~virnuc_dask.worker.plugin.ModelPlugin.holding_device`). Another fault
+that is not in the records (unusable weights, a broken driver) makes every record
+fail. Rather than trying each record of the partition alone, the task stops with
+``SystemicFailure`` once
 ``SYSTEMIC_FAILURES`` records in a row have failed with no success between them.
 A partition none of whose records could be embedded is written but not recorded
 as finished: the next run tries it again.
@@ -20,7 +30,7 @@ The rows are written by a task of their own (:func:`store_partition`), which a
 worker's second thread runs while the device embeds the next partition.
 
 >>> guard = FailureGuard(limit=2)
->>> guard.failed("r1_chunk_1F1", "esm", ValueError("bad"))
+>>> guard.failed("r1_chunk_1F1", MODEL_KEYS[-1], ValueError("bad"))
 >>> guard.succeeded()
 >>> guard.streak
 0
@@ -37,13 +47,15 @@ from typing import Any
 import numpy as np
 from distributed import get_worker
 
+from virnuc_dask.dataflow.copies import plan_rows
 from virnuc_dask.dataflow.dashboard import record_embedding
-from virnuc_dask.dataflow.store import EmbeddingStore
+from virnuc_dask.dataflow.store import SCORES, EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
-from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.models.classifier import score
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
-from virnuc_dask.worker.adapters import DnabertAdapter, EsmAdapter
 from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, embed
+from virnuc_dask.worker.faults import is_device_fault
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)
@@ -124,6 +136,8 @@ def isolate_failures(
                 pending.append(idx[rest])
             continue
         except Exception as exc:  # noqa: BLE001 - whatever a forward raises is recorded per record
+            if is_device_fault(exc):
+                raise  # the device failed, not these records: the worker leaves
             if len(idx) == 1:
                 failures.append(RecordFailure(int(idx[0]), stage, describe(exc)))
                 logger.warning("%s: %s failed: %s", stage, ids[int(idx[0])], describe(exc))
@@ -165,30 +179,35 @@ class PartitionRows:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def texts(self, embeds: str) -> list[str]:
+        """What a model that embeds ``embeds`` (``nucleotide`` or ``protein``) reads."""
+        return {"nucleotide": self.nucleotides, "protein": self.proteins}[embeds]
+
 
 @dataclasses.dataclass(frozen=True)
 class PartitionJob:
     """What one embedding task is asked for; its rows come as the other argument.
 
-    ``toks_per_batch`` (ESM-2) and ``dnabert_toks_per_batch``: the token-budget
-    ceilings the settings give (None: from the device's free memory).
+    ``ceilings``: per embedding model (its key), the token-budget ceiling the settings
+    give (missing or None: from the device's free memory). ``keep``: the dtype in which
+    the embeddings are stored (None: they are not).
     """
 
     partition: int
     row_start: int
     out: str
-    toks_per_batch: int | None = None
-    dnabert_toks_per_batch: int | None = None
+    ceilings: tuple[tuple[str, int | None], ...] = ()
+    keep: str | None = None
 
     def ceiling(self, model: str) -> int | None:
-        return self.dnabert_toks_per_batch if model == "dnabert" else self.toks_per_batch
+        return dict(self.ceilings).get(model)
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddedPartition:
-    """A partition's embeddings on their way to :func:`store_partition`: ``arrays`` per
-    model (rows that take another row's embedding stay zero), ``sources`` as in
-    :class:`PartitionRows`."""
+    """A partition's rows on their way to :func:`store_partition`: ``arrays`` by store
+    array (``scores``, the kept embeddings; rows that take another row's values stay
+    zero), ``sources`` by store array (the ``<name>_source`` rows)."""
 
     job: PartitionJob
     result: PartitionResult
@@ -198,7 +217,8 @@ class EmbeddedPartition:
 
 
 def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> EmbeddedPartition:
-    """Embed one partition's ORFs with both models (the task holding the device).
+    """Embed one partition's ORFs with every embedding model and score them (the task
+    holding the device).
 
     ``rows``: a :class:`PartitionRows` (or a list of ORFs). Writing is left to
     :func:`store_partition`, a separate task, so that the device is free for the next
@@ -210,15 +230,13 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     dims = models.dims
     # Held here, so that a plugin torn down meanwhile (worker closing) cannot pull the
     # models from under this task and make every record look failed.
-    adapters = {
-        "dnabert": DnabertAdapter(models.dnabert, models.tokenizer),
-        "esm": EsmAdapter(models.esm, models.alphabet),
-    }
+    adapters = dict(models.adapters)
+    classifier = models.classifier
     device = models.device
     ids = rows.ids
-    texts = {"dnabert": rows.nucleotides, "esm": rows.proteins}
+    texts = {m.key: rows.texts(m.embeds) for m in EMBEDDING_MODELS}
     row_start = job.row_start
-    here = np.arange(row_start, row_start + len(rows), dtype=np.int64)
+    plan = plan_rows(row_start, len(rows), rows.sources, scoring=classifier is not None)
 
     def embedder(stage: str) -> Embed:
         def run(idx: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -233,30 +251,29 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
         return run
 
     guard = FailureGuard()
-    failures: list[RecordFailure] = []
-    arrays: dict[str, np.ndarray] = {}
+    failed: dict[int, RecordFailure] = {}
+    vectors: dict[str, np.ndarray] = {}
     stats: dict[str, ModelStats] = {}
     # One embedding task per device, even where the scheduler would run two (a worker
     # started with more than one GPU resource).
-    with models.holding_device():
-        for stage in MODEL_KEYS:  # DNABERT-S first
-            # Only the first copy of an input is embedded; the others read its row.
-            first = (
-                np.ones(len(rows), dtype=bool)
-                if rows.sources is None
-                else rows.sources[stage] == here
-            )
-            for f in failures:  # failed in DNABERT-S: not given to ESM-2
-                first[f.index] = False
-            todo = np.flatnonzero(first).astype(np.int64)
+    with models.holding_device(f"partition {job.partition}"):
+        for stage in MODEL_KEYS:  # in the registry's order
+            todo = plan.embed[stage].copy()
+            todo[list(failed)] = False  # failed in an earlier model: not given to this one
+            todo = np.flatnonzero(todo).astype(np.int64)
             pieces, counters, new = isolate_failures(
                 embedder(stage), todo, stage=stage, ids=ids, guard=guard
             )
-            failures += new
+            failed.update((f.index, f) for f in new)
+            # A row that takes an earlier row's vector fails with it.
+            take = plan.take[stage]
+            for i in np.flatnonzero(take != np.arange(len(rows))).tolist():
+                if int(take[i]) in failed and i not in failed:
+                    failed[i] = dataclasses.replace(failed[int(take[i])], index=i)
             values = np.zeros((len(rows), dims[stage]), dtype=np.float32)
             for idx, piece in pieces:
                 values[idx] = piece
-            arrays[stage] = values
+            vectors[stage] = values
             budget = models.budget(stage)  # as learned so far on this worker
             stats[stage] = ModelStats.total(
                 (c.as_dict() for c in counters),
@@ -264,13 +281,30 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
                 unique=len(todo),
                 budget_tokens=budget.current if budget.ceiling else None,
             )
-    failed = tuple(
-        FailedRecord(row_start + f.index, ids[f.index], f.stage, f.error)
-        for f in sorted(failures, key=lambda f: f.index)
+    arrays: dict[str, np.ndarray] = {}
+    sources: dict[str, np.ndarray] = {}
+    t = time.perf_counter()
+    if classifier is not None:
+        scored = ~plan.copies
+        scored[list(failed)] = False
+        features = np.concatenate([vectors[m][plan.take[m][scored]] for m in MODEL_KEYS], axis=1)
+        scores = np.zeros((len(rows), classifier.output_layer.out_features), dtype=np.float32)
+        scores[scored] = score(classifier, features)
+        arrays[SCORES] = scores
+        sources[SCORES] = plan.scores_source
+    if job.keep is not None:
+        for m in MODEL_KEYS:
+            # Only first copies hold their vector; the others read it through the source.
+            vectors[m][~plan.own[m]] = 0.0
+            arrays[m] = vectors[m].astype(job.keep, copy=False)
+            if rows.sources is not None:
+                sources[m] = rows.sources[m]
+    record = tuple(
+        FailedRecord(row_start + i, ids[i], f.stage, f.error) for i, f in sorted(failed.items())
     )
     record_embedding(
-        len(rows) - len(failed),
-        {m: (stats[m].real_tokens, stats[m].seconds) for m in arrays},
+        len(rows) - len(record),
+        {m: (stats[m].real_tokens, stats[m].seconds) for m in MODEL_KEYS},
     )
     result = PartitionResult(
         partition=job.partition,
@@ -278,9 +312,10 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
         rows=len(rows),
         worker=get_worker().address,
         models=stats,
-        failed=failed,
+        failed=record,
+        classify_seconds=time.perf_counter() - t,
     )
-    return EmbeddedPartition(job, result, ids, arrays, rows.sources)
+    return EmbeddedPartition(job, result, ids, arrays, sources)
 
 
 def store_partition(embedded: EmbeddedPartition) -> PartitionResult:

@@ -6,8 +6,9 @@
         (workers keep nothing; the client gets counts and read-id hashes)
         --dedup--> per model, the first row of every repeated input (hash buckets)
         --plan--> partitions of ``partition_rows`` ORFs (input order) --partition (rows read
-        back from the scratch) --embed (first copies only)--> embeddings.zarr
-        --classify (lazy from Zarr)--> scores --write_block--> part files --assemble--> results
+        back from the scratch) --embed (first copies only) and classify, on the worker-->
+        embeddings.zarr (scores; embeddings when kept) --write_block--> part files
+        --assemble--> results
 
 Usage::
 
@@ -32,13 +33,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 from distributed import Client
 
 from virnuc_dask.config import Settings
-from virnuc_dask.core.fasta import check_input, plan_blocks
+from virnuc_dask.core.formats import check_input, plan_blocks
 from virnuc_dask.core.orfs import Selection
 from virnuc_dask.core.pairs import PairRows, check_mates, mate_layout, mate_pairs, with_mates
 from virnuc_dask.core.plan import (
@@ -49,28 +48,25 @@ from virnuc_dask.core.plan import (
 )
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow import scratch
-from virnuc_dask.dataflow.block_tasks import classify_rows, read_block_task, write_block_task
+from virnuc_dask.dataflow.block_tasks import read_block_task, write_block_task
 from virnuc_dask.dataflow.dashboard import (
     unique_key,
 )
-from virnuc_dask.dataflow.embedding_graph import MODEL_RESOURCES, embed_partitions
+from virnuc_dask.dataflow.embedding_graph import embed_partitions
 from virnuc_dask.dataflow.identity import fingerprint, open_store, prepare_out
+from virnuc_dask.dataflow.integrity import damaged_partitions
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.outputs import BlockCounts, assemble
 from virnuc_dask.dataflow.pair_outputs import write_pair_predictions
 from virnuc_dask.dataflow.scratch import (
     dedup_bucket,
 )
-from virnuc_dask.dataflow.store import (
-    MODEL_KEYS,
-    EmbeddingStore,
-    lazy_rows,
-    naming,
-)
+from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.summary import run_summary
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.partition_result import PartitionResult, failed_rows
 from virnuc_dask.rundir import SUMMARY
 
@@ -131,6 +127,7 @@ class Embedded:
     empty_inputs: list[tuple[str, str, str]]
     reads: int
     dedup: dict[str, dict[str, int]]
+    damaged: dict[int, str]
     pairs: list[PairRows] = dataclasses.field(default_factory=list)
 
     @property
@@ -263,18 +260,20 @@ def embed_inputs(
 
     fp = {**fingerprint(settings, facts["precision"]), **(fingerprint_extra or {})}
     fp["rows"] = total_rows
-    store = open_store(settings, fp, dims=dims, dedup=bool(buckets))
+    store = open_store(
+        settings, fp, dims=dims, dedup=bool(buckets), classes=2 if settings.classifier else 0
+    )
     plan = plan_partitions(counts, settings.partition_rows)
+    damaged = damaged_partitions(client, store, plan)
     done = {p for p in store.done_partitions() if p < len(plan)}
     todo = [p for p in range(len(plan)) if p not in done]
     logger.info("%d ORFs in %d partitions, %d already done", total_rows, len(plan), len(done))
     if buckets:
         logger.info(
-            "inputs embedded once: DNABERT-S %d of %d, ESM-2 %d of %d",
-            dedup["dnabert"]["unique"],
-            total_rows,
-            dedup["esm"]["unique"],
-            total_rows,
+            "inputs embedded once: %s",
+            ", ".join(
+                f"{m.name} {dedup[m.key]['unique']} of {total_rows}" for m in EMBEDDING_MODELS
+            ),
         )
 
     # Embed the remaining partitions.
@@ -288,6 +287,8 @@ def embed_inputs(
     )
     partition_stats = embed_partitions(client, settings, store, root, buckets, plan, todo, tick)
     timings["embed"] = time.perf_counter() - t
+    if settings.classifier is not None:  # inside the embedding tasks, summed over them
+        timings["classify"] = sum(e.classify_seconds for e in partition_stats)
     return Embedded(
         store,
         blocks,
@@ -301,6 +302,7 @@ def embed_inputs(
         empty_inputs,
         reads,
         dedup,
+        damaged,
         pairs,
     )
 
@@ -332,29 +334,8 @@ def _run(
         embedded.buckets,
     )
     plan, todo, partition_stats = embedded.plan, embedded.todo, embedded.partition_stats
-    facts, empty_inputs, total_rows = embedded.facts, embedded.empty_inputs, embedded.rows
+    facts, empty_inputs = embedded.facts, embedded.empty_inputs
     offsets = np.cumsum([0] + embedded.counts)
-
-    # Classify lazily from the store.
-    t = time.perf_counter()
-    tick("classify", 0, 1)
-    if total_rows:
-        x = da.concatenate([lazy_rows(store.path, name) for name in MODEL_KEYS], axis=1).rechunk(
-            {1: -1}
-        )
-        with dask.annotate(resources=MODEL_RESOURCES):  # the classifier is a model too
-            scores = x.map_blocks(
-                classify_rows, dtype=np.float32, chunks=(x.chunks[0], (2,)), token="classify"
-            )
-        # Row chunks are the store's chunks: each task writes whole chunks of the array.
-        # Unfused, so that "classify" stays a task name of its own on the dashboard.
-        with naming(store.path):
-            client.compute(
-                da.store(scores, store.group("r+")["scores"], lock=False, compute=False),
-                optimize_graph=False,
-            ).result()
-    timings["classify"] = time.perf_counter() - t
-    tick("classify", 1, 1, orfs=total_rows)
 
     # Write the result files.
     t = time.perf_counter()
@@ -393,6 +374,9 @@ def _run(
 
     summary = run_summary(settings, client, facts, total, plan, todo, partition_stats, timings)
     summary["dedup"] = {"enabled": bool(buckets), **embedded.dedup}
+    summary["partitions"]["damaged"] = [
+        {"partition": p, "problem": why} for p, why in sorted(embedded.damaged.items())
+    ]
     if pair_counts:
         summary["pairs"] = pair_counts
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")

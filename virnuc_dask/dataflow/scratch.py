@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from virnuc_dask.core.orfs import BlockOrfs, ReadInfo, content_hashes
+from virnuc_dask.models.registry import EMBEDDING_MODELS
 from virnuc_dask.rundir import SCRATCH
 
 # numpy parses an .npy header with ``ast.literal_eval``; CPython releases without the fix for
@@ -54,7 +55,7 @@ def _load(path: Path, *, mmap: bool = True) -> np.ndarray:
 
 COLUMNS = ("ids", "nucleotide", "protein")
 #: model -> the ORF column it embeds
-MODEL_INPUTS = {"dnabert": "nucleotide", "esm": "protein"}
+MODEL_INPUTS = {m.key: m.embeds for m in EMBEDDING_MODELS}
 
 
 def scratch_dir(out: str | os.PathLike[str]) -> Path:

@@ -1,12 +1,20 @@
 """``embeddings.zarr`` and its manifest of finished partitions: the run's resume state.
 
-Rows are ORFs in input order. Arrays: ``ids`` (strings), one ``[rows, dim]``
-float32 array per model, ``scores`` ``[rows, classes]``. A store of a run with
-dedup also has ``<model>_source`` (int64 ``[rows]``): the row whose embedding a row
-takes, itself for the first copy of an input; the other copies' rows of ``<model>``
-stay zero, and :func:`read_rows` / :func:`lazy_rows` read through the index. The row chunk length
-equals the partition size, so each partition writes whole chunks and no two
-tasks ever touch the same chunk.
+Rows are ORFs in input order. Arrays: ``ids`` (strings) and ``scores``
+``[rows, classes]`` always (a run without a classifier, training, has no scores);
+one ``[rows, dim]`` array per model only when the run keeps its embeddings
+(``embeddings`` attribute: ``float32`` or ``float16``; ``None``: not kept). A store
+of a run with dedup also has ``<name>_source`` (int64 ``[rows]``) beside each such
+array: the row whose values a row takes, itself where they were computed; the other
+rows stay zero, and :func:`read_rows` / :func:`lazy_rows` read through the index
+(``scores_source``: the earlier row whose both model inputs a row repeats). The row
+chunk length equals the partition size, so each partition writes whole chunks and
+no two tasks ever touch the same chunk.
+
+Every chunk carries a CRC-32C checksum (Zarr's ``crc32c`` codec, checked on every
+read: a chunk overwritten or with one bit flipped raises :class:`StoreDamaged`), and
+every manifest entry a SHA-256 of its content and the list of chunk files its
+partition wrote (:mod:`virnuc_dask.dataflow.integrity` checks them on resume).
 
 A partition counts as done only when its manifest entry
 ``partitions/p<index>.json`` exists and names the store it was written into.
@@ -36,11 +44,25 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from virnuc_dask.errors import StoreDamaged
 from virnuc_dask.files import atomic_write_text
 from virnuc_dask.models import MODEL_KEYS
 from virnuc_dask.partition_result import PartitionResult
 from virnuc_dask.rundir import MANIFEST, STORE
+
+#: What ``--embeddings-dtype`` may ask for.
+EMBEDDING_DTYPES = ("float32", "float16")
+#: The layout version; a store of another layout is not resumed.
+STORE_FORMAT = 2
+SCORES = "scores"
+
+
+def checked_compressors() -> tuple:
+    """Zarr compressors of every stored array: zstd, then a CRC-32C of the compressed
+    bytes (last, so it is checked first on read)."""
+    return (ZstdCodec(level=3), Crc32cCodec())
 
 
 @contextlib.contextmanager
@@ -66,8 +88,8 @@ class EmbeddingStore:
     """Open or create the store under ``out``; see the module docstring for the layout.
 
     >>> import tempfile
-    >>> store = EmbeddingStore.create(tempfile.mkdtemp(), rows=10, dims={"dnabert": 4, "esm": 6},
-    ...                               chunk_rows=4, classes=2, fingerprint={"k": 1})
+    >>> store = EmbeddingStore.create(tempfile.mkdtemp(), rows=10,
+    ...     dims=dict.fromkeys(MODEL_KEYS, 4), chunk_rows=4, classes=2, fingerprint={"k": 1})
     >>> store.done_partitions()
     set()
     """
@@ -88,8 +110,17 @@ class EmbeddingStore:
         classes: int,
         fingerprint: Mapping[str, Any],
         dedup: bool = False,
+        embeddings: str | None = None,
     ) -> EmbeddingStore:
-        """A new, empty store (replacing any store and manifest under ``out``)."""
+        """A new, empty store (replacing any store and manifest under ``out``).
+
+        ``classes``: width of ``scores`` (0: no scores); ``embeddings``: the dtype in
+        which the model arrays are kept (``None``: no model arrays).
+        """
+        if embeddings is not None and embeddings not in EMBEDDING_DTYPES:
+            raise ValueError(
+                f"embeddings dtype must be one of {', '.join(EMBEDDING_DTYPES)}, got {embeddings!r}"
+            )
         store = cls(out)
         shutil.rmtree(store.manifest, ignore_errors=True)
         building = store.out / f".embeddings.zarr.{os.getpid()}.new"
@@ -98,36 +129,37 @@ class EmbeddingStore:
             with naming(store.path):
                 group = zarr.open_group(building, mode="w")
                 chunk = max(1, min(chunk_rows, rows))
-                group.create_array("ids", shape=(rows,), chunks=(chunk,), dtype=str)
-                for name in MODEL_KEYS:
+                rowwise: dict[str, tuple[tuple[int, ...], str, Any]] = {"ids": ((), str, "")}
+                if classes:
+                    rowwise[SCORES] = ((classes,), "float32", 0.0)
+                if embeddings is not None:
+                    for name in MODEL_KEYS:
+                        rowwise[name] = ((dims[name],), embeddings, 0.0)
+                for name, (width, dtype, fill) in rowwise.items():
                     group.create_array(
                         name,
-                        shape=(rows, dims[name]),
-                        chunks=(chunk, dims[name]),
-                        dtype="float32",
-                        fill_value=0.0,
+                        shape=(rows, *width),
+                        chunks=(chunk, *width),
+                        dtype=dtype,
+                        fill_value=fill,
+                        compressors=checked_compressors(),
                     )
-                    if dedup:
+                    if dedup and name != "ids":
                         group.create_array(
                             f"{name}_source",
                             shape=(rows,),
                             chunks=(chunk,),
                             dtype="int64",
                             fill_value=-1,
+                            compressors=checked_compressors(),
                         )
-                group.create_array(
-                    "scores",
-                    shape=(rows, classes),
-                    chunks=(chunk, classes),
-                    dtype="float32",
-                    fill_value=0.0,
-                )
                 group.attrs.update(
                     {
                         "fingerprint": dict(fingerprint),
                         "chunk_rows": chunk_rows,
                         "rows": rows,
                         "store_id": uuid.uuid4().hex,
+                        "embeddings": embeddings,
                     }
                 )
                 shutil.rmtree(store.path, ignore_errors=True)
@@ -152,6 +184,20 @@ class EmbeddingStore:
     def store_id(self) -> str | None:
         return self.group().attrs.get("store_id")
 
+    @property
+    def embeddings(self) -> str | None:
+        """The dtype the store keeps the embeddings in; ``None``: it keeps none."""
+        return self.group().attrs.get("embeddings")
+
+    def drop_embeddings(self) -> None:
+        """Remove the model arrays (the scores stay): a resumed run that keeps none."""
+        group = self.group("r+")
+        for name in MODEL_KEYS:
+            for array in (name, f"{name}_source"):
+                if array in group:
+                    del group[array]
+        group.attrs["embeddings"] = None
+
     def write_partition(
         self,
         result: PartitionResult,
@@ -163,15 +209,17 @@ class EmbeddingStore:
     ) -> None:
         """Write one partition's rows, flush them to disk, then record the partition as done.
 
+        ``arrays``: values by array name (``scores``, the kept model arrays).
         ``result.failed``: the partition's records that could not be embedded (their rows
         hold zeros). ``done=False``: write the rows but do not record the partition (it is
-        computed again by the next run). ``sources``: per model, the ``<model>_source`` rows.
+        computed again by the next run). ``sources``: by array name, the ``<name>_source``
+        rows (written where the store has that index).
         """
         row_start = result.row_start
         group = self.group("r+")
         stop = row_start + len(ids)
         written = []
-        indexes = {f"{m}_source": v for m, v in (sources or {}).items()}
+        indexes = {f"{m}_source": v for m, v in (sources or {}).items() if f"{m}_source" in group}
         with naming(self.path):
             for name, values in (
                 ("ids", np.asarray(ids, dtype=str)),
@@ -180,48 +228,81 @@ class EmbeddingStore:
             ):
                 array = group[name]
                 array[row_start:stop] = values
-                written.append(
-                    self.path
-                    / name
-                    / array.metadata.encode_chunk_key(
-                        (row_start // array.chunks[0],) + (0,) * (array.ndim - 1)
-                    )
+                key = array.metadata.encode_chunk_key(
+                    (row_start // array.chunks[0],) + (0,) * (array.ndim - 1)
                 )
+                written.append(f"{name}/{key}")
+            # A chunk equal to the fill value is not stored at all.
+            written = [path for path in written if (self.path / path).is_file()]
             for path in written:
-                if path.is_file():  # a chunk equal to the fill value is not stored at all
-                    _fsync(path)
+                _fsync(self.path / path)
         if not done:
             return
         entry = dataclasses.replace(
-            result, store_id=group.attrs.get("store_id"), finished=time.time()
+            result,
+            store_id=group.attrs.get("store_id"),
+            finished=time.time(),
+            chunks=tuple(written),
         )
-        atomic_write_text(
-            self.manifest / f"p{result.partition:07d}.json", json.dumps(entry.to_json())
-        )
+        atomic_write_text(self.entry_path(result.partition), json.dumps(entry.to_json()))
+
+    def entry_path(self, partition: int) -> Path:
+        return self.manifest / f"p{partition:07d}.json"
+
+    def scan(self) -> tuple[dict[int, PartitionResult], dict[int, str]]:
+        """This store's finished partitions by index, and the entries that failed their
+        checksum or could not be read (by partition index: what is wrong)."""
+        if not (self.manifest.is_dir() and self.exists()):
+            return {}, {}
+        store_id = self.store_id
+        found, damaged = {}, {}
+        for path in sorted(self.manifest.glob("p*.json")):
+            try:
+                entry = PartitionResult.from_json(json.loads(path.read_text()))
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                index = path.stem[1:]
+                if index.isdigit():
+                    damaged[int(index)] = f"manifest entry {path.name}: {exc}"
+                continue
+            if entry.store_id == store_id:
+                found[entry.partition] = entry
+        return found, damaged
 
     def entries(self) -> dict[int, PartitionResult]:
         """Manifest entries of this store's finished partitions, by partition index."""
-        if not (self.manifest.is_dir() and self.exists()):
-            return {}
-        store_id = self.store_id
-        found = {}
-        for path in self.manifest.glob("p*.json"):
-            try:
-                entry = PartitionResult.from_json(json.loads(path.read_text()))
-                if entry.store_id == store_id:
-                    found[entry.partition] = entry
-            except (ValueError, KeyError, TypeError, OSError):
-                continue  # unreadable entry: the partition is simply computed again
-        return found
+        return self.scan()[0]
+
+    def forget(self, partition: int) -> None:
+        """Remove a partition's manifest entry: the partition is computed again."""
+        self.entry_path(partition).unlink(missing_ok=True)
 
     def done_partitions(self) -> set[int]:
         return set(self.entries())
 
 
+def _damaged(path: str | os.PathLike[str], name: str, lo: int, hi: int, exc: Exception):
+    return StoreDamaged(
+        f"{Path(path) / name}: rows {lo}-{hi - 1} failed their checksum ({exc}); "
+        "re-run the same command: damaged partitions are found and computed again"
+    )
+
+
 def read_rows(
     group: zarr.Group, name: str, lo: int, hi: int, source: np.ndarray | None = None
 ) -> np.ndarray:
-    """Rows ``[lo, hi)`` of model array ``name``, through ``<name>_source`` when present."""
+    """Rows ``[lo, hi)`` of array ``name``, through ``<name>_source`` when present.
+
+    Raises :class:`StoreDamaged` when a chunk read fails its checksum.
+    """
+    try:
+        return _read_rows(group, name, lo, hi, source)
+    except (ValueError, RuntimeError) as exc:  # what Zarr's codecs raise for bad bytes
+        raise _damaged(group.store_path.store.root, name, lo, hi, exc) from exc
+
+
+def _read_rows(
+    group: zarr.Group, name: str, lo: int, hi: int, source: np.ndarray | None
+) -> np.ndarray:
     array = group[name]
     values = array[lo:hi]
     index = f"{name}_source"
@@ -246,7 +327,7 @@ def _rows_block(source: np.ndarray, path: str, name: str, block_info=None) -> np
 
 
 def lazy_rows(path: str | os.PathLike[str], name: str):
-    """Model array ``name`` of the store at ``path`` as a lazy dask array, one task per
+    """Array ``name`` of the store at ``path`` as a lazy dask array, one task per
     row chunk, reading through ``<name>_source`` when present."""
     import dask.array as da
 

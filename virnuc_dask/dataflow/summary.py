@@ -16,7 +16,7 @@ from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.dashboard import gpu_metrics
 from virnuc_dask.dataflow.models_on_workers import load_failures, model_status
 from virnuc_dask.dataflow.outputs import BlockCounts
-from virnuc_dask.models import MODEL_KEYS
+from virnuc_dask.models import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.partition_result import PartitionResult
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,9 @@ def run_summary(
         "inputs": list(settings.inputs),
         "length": settings.length,
         "models": {
-            "esm": {"source": settings.esm_model, "dim": facts["esm"]},
-            "dnabert": {"source": settings.dnabert_model, "dim": facts["dnabert"]},
+            **{
+                m.key: {"source": m.source(settings), "dim": facts[m.key]} for m in EMBEDDING_MODELS
+            },
             "classifier": {"source": settings.classifier, "input_dim": facts["classifier_input"]},
         },
         "precision": facts["precision"],

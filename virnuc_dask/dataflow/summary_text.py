@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from virnuc_dask.formatting import clock, compact
+from virnuc_dask.models.registry import MODEL_NAMES
 
 STAGE_NAMES = {
     "load_models": "load models",
@@ -20,7 +21,6 @@ STAGE_NAMES = {
     "classify": "classify",
     "write": "write",
 }
-MODEL_NAMES = {"dnabert": "DNABERT-S", "esm": "ESM-2"}
 
 
 def _seconds(value: float | None) -> str:
@@ -112,6 +112,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         tps = w.get("tokens_per_s") or {}
         text += "".join(f", {MODEL_NAMES.get(k, k)} {_rate(v)} tok/s" for k, v in tps.items() if v)
         rows.append((f"worker {address}", text))
+    for failed in summary.get("workers_failed", []):
+        rows.append(("worker left", str(failed.get("error"))))
     return rows
 
 

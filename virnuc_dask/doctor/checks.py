@@ -37,7 +37,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from virnuc_dask.doctor.check_result import Check
 from virnuc_dask.doctor.device_report import device_report
 from virnuc_dask.doctor.golden_case import check_predict
 from virnuc_dask.formatting import si
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS, MODEL_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -95,34 +96,32 @@ def check_disk(out: Path, *, minimum: int = MIN_FREE_BYTES) -> Check:
     )
 
 
-def check_models(esm_model: str | None, dnabert_model: str | None, classifier: str | None) -> Check:
-    """Load the given model files (on the CPU) and compare their widths."""
-    if not (esm_model or dnabert_model or classifier):
-        return Check("models", True, "none given (--esm-model, --dnabert-model, --classifier)")
+def check_models(sources: Mapping[str, str | None], classifier: str | None) -> Check:
+    """Load the given model files (on the CPU) and compare their widths; ``sources``: the
+    embedding models given, by their setting (``esm_model``, ...)."""
+    given = {
+        m: sources[m.source_setting] for m in EMBEDDING_MODELS if sources.get(m.source_setting)
+    }
+    if not (given or classifier):
+        flags = ", ".join(f"--{m.source_setting.replace('_', '-')}" for m in EMBEDDING_MODELS)
+        return Check("models", True, f"none given ({flags}, --classifier)")
     from virnuc_dask.errors import ModelLoadError
     from virnuc_dask.models.classifier import load_classifier
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
 
     widths: dict[str, int] = {}
     try:
-        if esm_model:
-            widths["esm"] = load_esm(esm_model, offline=True)[0].embed_dim
-        if dnabert_model:
-            widths["dnabert"] = load_dnabert(dnabert_model, offline=True)[0].hidden_size
+        for m, source in given.items():
+            widths[m.key] = m.load_adapter(source, offline=True).width
         if classifier:
             widths["classifier_input"] = load_classifier(classifier).input_dim
     except (ModelLoadError, OSError) as exc:
         return Check("models", False, f"cannot load: {exc}", {"widths": widths})
     text = ", ".join(f"{k} {v}" for k, v in widths.items())
     ok = True
-    if {"esm", "dnabert", "classifier_input"} <= set(widths):
-        ok = widths["classifier_input"] == widths["esm"] + widths["dnabert"]
-        text += (
-            " = DNABERT-S + ESM-2"
-            if ok
-            else " != DNABERT-S + ESM-2: the classifier does not fit these models"
-        )
+    if {*MODEL_KEYS, "classifier_input"} <= set(widths):
+        ok = widths["classifier_input"] == sum(widths[k] for k in MODEL_KEYS)
+        names = " + ".join(MODEL_NAMES.values())
+        text += f" = {names}" if ok else f" != {names}: the classifier does not fit these models"
     return Check("models", ok, text, {"widths": widths})
 
 
@@ -195,13 +194,13 @@ def _worker_checks(reports: dict[str, dict[str, Any]]) -> list[Check]:
 def run_checks(
     *,
     out: Path,
-    esm_model: str | None = None,
-    dnabert_model: str | None = None,
+    models: Mapping[str, str | None] | None = None,
     classifier: str | None = None,
     quick: bool = False,
     on_check: Callable[[Check], None] = lambda check: None,
 ) -> list[Check]:
-    """Every check; ``on_check`` is called as each finishes (for a live report)."""
+    """Every check; ``on_check`` is called as each finishes (for a live report).
+    ``models``: the embedding models given, by their setting (``esm_model``, ...)."""
     from virnuc_dask.cluster.start import open_client
     from virnuc_dask.cluster.workers import visible_gpus
     from virnuc_dask.config import load_settings
@@ -214,7 +213,7 @@ def run_checks(
 
     done(check_torch())
     done(check_disk(out))
-    done(check_models(esm_model, dnabert_model, classifier))
+    done(check_models(models or {}, classifier))
     gpus = visible_gpus()
     done(check_dask_cuda(gpus))
     work = Path(tempfile.mkdtemp(prefix="doctor-", dir=out))

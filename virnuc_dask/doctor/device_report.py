@@ -76,17 +76,19 @@ def sdpa_report(device: Any, *, quick: bool = False) -> dict[str, Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     batch, length, pad = (2, 96, 40) if quick or device.type == "cpu" else (8, 512, 200)
-    shapes = {"esm": 40, "dnabert": 12}
+    from virnuc_dask.models.registry import EMBEDDING_MODELS
+
+    shapes = {m.key: m.attention for m in EMBEDDING_MODELS}
     precisions = ("fp32", "bf16", "fp16")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     report: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(0)
-    for model, heads in shapes.items():
+    for model, (heads, padding) in shapes.items():
         q, k, v = (torch.randn(batch, heads, length, 64, generator=gen) for _ in range(3))
         for precision in precisions:
             dtype = dtypes[precision]
             args = [t.to(device, dtype) for t in (q, k, v)]
-            if model == "esm":
+            if padding == "key mask":
                 mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
                 mask[1:, ..., length - pad :] = False
                 mask = mask.to(device)

@@ -29,12 +29,10 @@ def model_digests(paths: dict[str, Path]) -> dict[str, str]:
     import torch
 
     from virnuc_dask.models.classifier import load_classifier
-    from virnuc_dask.models.dnabert import load_dnabert
-    from virnuc_dask.models.esm2 import load_esm
+    from virnuc_dask.models.registry import EMBEDDING_MODELS
 
     models = {
-        "esm": load_esm(str(paths["esm"]))[0],
-        "dnabert": load_dnabert(str(paths["dnabert"]))[0],
+        **{m.key: m.load_module(str(paths[m.key])) for m in EMBEDDING_MODELS},
         "classifier": load_classifier(str(paths["classifier"])),
     }
     out = {}
@@ -64,14 +62,14 @@ def write_golden(directory: Path, work: Path, client) -> None:
 def _predict(fasta: Path, paths: dict[str, Path], out: Path, client) -> Path:
     from virnuc_dask.config import load_settings
     from virnuc_dask.dataflow.pipeline import predict
+    from virnuc_dask.models.registry import EMBEDDING_MODELS
 
     settings = load_settings(
         inputs=[str(fasta)],
         overrides={
             "out": str(out),
             "length": 300,
-            "esm_model": str(paths["esm"]),
-            "dnabert_model": str(paths["dnabert"]),
+            **{m.source_setting: str(paths[m.key]) for m in EMBEDDING_MODELS},
             "classifier": str(paths["classifier"]),
             "precision": "fp32",
             "offline": True,

@@ -1,9 +1,10 @@
-"""The models: DNABERT-S and ESM-2 for the embeddings, the classifier over both.
+"""The models: the embedding models (:mod:`.registry` lists them), the classifier over
+their concatenated rows.
 
 ``MODEL_KEYS`` name the embedding models everywhere a run speaks of them (store arrays,
-manifest entries, summaries, progress), in the classifier's input order: DNABERT-S
-columns first, then ESM-2's.
+manifest entries, summaries, progress), in the classifier's input order.
 """
 
-MODEL_KEYS = ("dnabert", "esm")
-MODEL_NAMES = {"dnabert": "DNABERT-S", "esm": "ESM-2"}
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS, MODEL_NAMES
+
+__all__ = ["EMBEDDING_MODELS", "MODEL_KEYS", "MODEL_NAMES"]

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from virnuc_dask.config import Settings, load_settings
+from virnuc_dask.models.registry import EMBEDDING_MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +230,7 @@ def demo_settings(directory: Path, *, workers: int | None = None) -> Settings:
         overrides={
             "out": str(directory / "results"),
             "length": 300,
-            "esm_model": str(paths["esm"]),
-            "dnabert_model": str(paths["dnabert"]),
+            **{m.source_setting: str(paths[m.key]) for m in EMBEDDING_MODELS},
             "classifier": str(paths["classifier"]),
             "precision": "fp32",
             "workers": workers,

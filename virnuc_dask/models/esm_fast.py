@@ -121,6 +121,11 @@ class SdpaEsm2(nn.Module):
         self.layer_function = LayerFunction(esm_layer, on)
         return self
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """fair-esm's layers (the weights this forward runs), as on its own module."""
+        return self.esm.layers
+
     def _rotary_tables(
         self, length: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:

@@ -133,7 +133,7 @@ def module_shape(model: Any) -> ModelShape:
     import torch
 
     if hasattr(model, "embed_dim"):  # ESM-2
-        layers, width, body = model.num_layers, model.embed_dim, getattr(model, "esm", model).layers
+        layers, width, body = model.num_layers, model.embed_dim, model.layers
     else:  # DNABERT-S
         cfg = model.config
         layers, width, body = cfg.num_hidden_layers, cfg.hidden_size, model.encoder

@@ -12,15 +12,18 @@ An entry says what the rest of the project needs to know of a model without load
 - ``module``: the module that loads it: ``load_adapter(source, *, device, dtype,
   cache_dir, offline)`` returns the model's
   :class:`~virnuc_dask.models.adapter.ModelAdapter` (tokenising, padding, the forward
-  to pooled rows, activation bytes per token); ``source_shape(source, model_cache)``
-  its layout for the FLOP count without loading it;
+  to pooled rows, activation bytes per token); ``load_module`` (same arguments) the
+  published architecture alone; ``source_shape(source, model_cache)`` its layout for
+  the FLOP count without loading it;
 - ``attention``: the published model's heads and how padding reaches its attention
   (``"key mask"`` or ``"bias"``), for the kernel checks of ``doctor``;
-- ``bench_layouts``: the layouts of the randomly initialised models ``bench`` builds.
+- ``bench_layouts``: the layouts of the randomly initialised models ``bench`` builds
+  (``builder(path, **layout)`` writes one in the real format at ``directory /
+  bench_file.format(**layout)``; ``layout[width_field]`` is its embedding width).
 
 Nothing here imports torch.
 
->>> [m.key for m in EMBEDDING_MODELS], model("esm").embeds
+>>> [m.key for m in EMBEDDING_MODELS], embedding_model("esm").embeds
 (['dnabert', 'esm'], 'protein')
 """
 
@@ -28,13 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 INPUTS = ("nucleotide", "protein")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EmbeddingModel:
     """One embedding model, as the project knows it before it is loaded."""
 
@@ -47,6 +52,9 @@ class EmbeddingModel:
     module: str
     attention: tuple[int, str]
     bench_layouts: dict[str, dict[str, int]]
+    builder: str
+    bench_file: str
+    width_field: str
 
     def implementation(self) -> ModuleType:
         """The module that loads the model (imported now: it imports torch)."""
@@ -60,9 +68,26 @@ class EmbeddingModel:
         """The token ceiling per batch the settings give (None: from the device)."""
         return getattr(settings, self.ceiling_setting)
 
+    def cache_dir(self, root: str | os.PathLike[str]) -> Path:
+        """Its folder in the model cache at ``root`` (``--model-cache``)."""
+        return Path(root) / self.cache_folder
+
     def load_adapter(self, source: str, **options: Any) -> Any:
         """Load the model from ``source``; its adapter for the batch runner."""
         return self.implementation().load_adapter(source, **options)
+
+    def build_random(self, directory: Path, size: str) -> tuple[Path, int]:
+        """A randomly initialised model of bench layout ``size`` written under
+        ``directory`` in the real format: its path and embedding width."""
+        module, function = self.builder.split(":")
+        layout = self.bench_layouts[size]
+        path = directory / self.bench_file.format(**layout)
+        built = getattr(importlib.import_module(module), function)(path, **layout)
+        return built, layout[self.width_field]
+
+    def load_module(self, source: str, **options: Any) -> Any:
+        """Load the model from ``source`` as its published architecture (a torch module)."""
+        return self.implementation().load_module(source, **options)
 
 
 EMBEDDING_MODELS: tuple[EmbeddingModel, ...] = (
@@ -83,6 +108,9 @@ EMBEDDING_MODELS: tuple[EmbeddingModel, ...] = (
             "650m": {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072},
             "real": {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072},
         },
+        builder="virnuc_dask.models.demo:build_dnabert",
+        bench_file="dnabert_s_bench",
+        width_field="hidden",
     ),
     EmbeddingModel(
         key="esm",
@@ -99,6 +127,9 @@ EMBEDDING_MODELS: tuple[EmbeddingModel, ...] = (
             "650m": {"layers": 33, "dim": 1280, "heads": 20},
             "real": {"layers": 36, "dim": 2560, "heads": 40},
         },
+        builder="virnuc_dask.models.demo:build_esm",
+        bench_file="esm2_t{layers}_{dim}_bench.pt",
+        width_field="dim",
     ),
 )
 
@@ -107,7 +138,7 @@ MODEL_NAMES: dict[str, str] = {m.key: m.name for m in EMBEDDING_MODELS}
 BENCH_SIZES: tuple[str, ...] = tuple(EMBEDDING_MODELS[0].bench_layouts)
 
 
-def model(key: str) -> EmbeddingModel:
+def embedding_model(key: str) -> EmbeddingModel:
     """The entry of ``key``; a ``KeyError`` naming the keys there are."""
     for m in EMBEDDING_MODELS:
         if m.key == key:
@@ -115,9 +146,9 @@ def model(key: str) -> EmbeddingModel:
     raise KeyError(f"no embedding model {key!r}; there are {', '.join(MODEL_KEYS)}")
 
 
-def failed_before(stage: str) -> frozenset[str]:
-    """The models not given a record that failed in ``stage``: that model and every one
-    after it (models run in registry order; a record failed in the first one is not
-    given to the others)."""
+def lacking_rows(stage: str) -> frozenset[str]:
+    """The models whose row a record that failed in ``stage`` lacks: that model's and
+    every later one's (models run in registry order; a record failed in one is not given
+    to the next)."""
     keys = list(MODEL_KEYS)
     return frozenset(keys[keys.index(stage) :]) if stage in keys else frozenset()

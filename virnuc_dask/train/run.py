@@ -39,10 +39,12 @@ from virnuc_dask.dataflow.embedding_graph import MODEL_RESOURCES
 from virnuc_dask.dataflow.identity import file_digest
 from virnuc_dask.dataflow.pipeline import Embedded, embed_inputs, embedding_scratch
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
+from virnuc_dask.dataflow.store import checked_compressors
 from virnuc_dask.errors import OutputDirError, TrainingDataError, VirnucError
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
 from virnuc_dask.models.classifier import classifier_bytes
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.partition_result import failed_rows
 from virnuc_dask.rundir import MODEL, TRAINING_STATE
 from virnuc_dask.rundir import TRAINING_LOG as LOG
@@ -94,7 +96,7 @@ def _failed_rows(embedded: Embedded) -> np.ndarray:
 
 def _write_rows(embedded: Embedded, labels: np.ndarray, split: np.ndarray) -> None:
     group = embedded.store.group("r+")
-    chunk = int(group["dnabert"].chunks[0])
+    chunk = int(group[MODEL_KEYS[0]].chunks[0])
     for name, values in (("labels", labels), ("split", split)):
         array = group.create_array(
             name,
@@ -103,6 +105,7 @@ def _write_rows(embedded: Embedded, labels: np.ndarray, split: np.ndarray) -> No
             dtype="int8",
             fill_value=UNUSED,
             overwrite=True,
+            compressors=checked_compressors(),
         )
         array[:] = values
 
@@ -169,7 +172,10 @@ def train(
     t0 = time.perf_counter()
     preflight_training(settings, inputs)
     out = Path(settings.out)
-    settings = settings.replace(inputs=inputs.files, classifier=None)
+    # Training reads every embedding back: the store keeps them, in float32.
+    settings = settings.replace(
+        inputs=inputs.files, classifier=None, keep_embeddings=True, embeddings_dtype="float32"
+    )
     if inputs.protein_reference:
         load_reference(inputs.protein_reference)  # a bad reference fails here, not on workers
     extra = {
@@ -227,7 +233,7 @@ def train(
         state = None
     atomic_write_text(fp_path, json.dumps(fp, indent=2) + "\n")
 
-    input_dim = embedded.facts["dnabert"] + embedded.facts["esm"]
+    input_dim = sum(embedded.facts[key] for key in MODEL_KEYS)
     job = {
         "dir": str(directory),
         "store": str(embedded.store.path),
@@ -320,8 +326,8 @@ def _summary(
         "inputs": {"viral": list(inputs.viral), "other": list(inputs.other)},
         "selection": inputs.selection_summary(),
         "models": {
-            "esm": {"source": settings.esm_model, "dim": embedded.facts["esm"]},
-            "dnabert": {"source": settings.dnabert_model, "dim": embedded.facts["dnabert"]},
+            m.key: {"source": m.source(settings), "dim": embedded.facts[m.key]}
+            for m in EMBEDDING_MODELS
         },
         "precision": embedded.facts["precision"],
         "device": embedded.facts["device"],

@@ -23,6 +23,7 @@ import numpy as np
 
 from virnuc_dask.core.fasta import Record
 from virnuc_dask.core.orfs import content_hashes, orfs_from_records
+from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.validate.estimate import SAMPLE_FOR_TOKENIZER
 
 LONG_READ = 100_000
@@ -77,7 +78,7 @@ class FileStats:
     #: model inputs: enough to count repeats (a collision among 10^9 is unlikely, and
     #: would shift a count by one).
     content: dict[str, list[np.ndarray]] = dataclasses.field(
-        default_factory=lambda: {"reads": [], "dnabert": [], "esm": []}, repr=False
+        default_factory=lambda: {key: [] for key in ("reads", *MODEL_KEYS)}, repr=False
     )
 
     def add(self, finding: Finding, max_findings: int) -> None:
@@ -110,8 +111,9 @@ def add_records(
         if read.problem is None
     ]
     stats.content["reads"].append(content_hashes(accepted)[:, 0])
-    stats.content["dnabert"].append(content_hashes([o.nucleotide for o in table.orfs])[:, 0])
-    stats.content["esm"].append(content_hashes([o.protein for o in table.orfs])[:, 0])
+    for m in EMBEDDING_MODELS:
+        inputs = [getattr(o, m.embeds) for o in table.orfs]
+        stats.content[m.key].append(content_hashes(inputs)[:, 0])
     for rec, read in zip(records, table.reads, strict=True):
         if read.problem is not None:
             stats.add(Finding("problem", rec.path, rec.line, rec.id, read.problem), max_findings)
@@ -200,7 +202,7 @@ def repeated_inputs(files: Sequence[FileStats]) -> dict[str, dict[str, Any]]:
     """Over all inputs: reads and ORF inputs per model, total and unique (a run with
     dedup embeds each unique ORF input once); ``duplicate_share`` of the reads."""
     out: dict[str, dict[str, Any]] = {}
-    for key in ("reads", "dnabert", "esm"):
+    for key in ("reads", *MODEL_KEYS):
         parts = [h for f in files for h in f.content[key]]
         allh = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
         total, unique = len(allh), len(np.unique(allh))

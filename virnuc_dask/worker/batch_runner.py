@@ -1,8 +1,8 @@
 """The batch runner: every model's embeddings go through :func:`embed`.
 
-A model comes in as a :class:`ModelAdapter` (tokenise, prepare a padded batch,
-forward to pooled rows, activation bytes per token); the runner does the rest,
-the same for each model:
+A model comes in as a :class:`~virnuc_dask.models.adapter.ModelAdapter` (tokenise,
+prepare a padded batch, forward to pooled rows, activation bytes per token); the runner
+does the rest, the same for each model:
 
 Batches (:mod:`virnuc_dask.core.batching`) hold at most ``toks_per_batch`` padded
 tokens, longest first; ``None`` derives the budget from the device: free memory on
@@ -33,43 +33,16 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from virnuc_dask.core.batching import TokenBudget, budget_from_memory, token_budget_batches
-from virnuc_dask.worker.precision import computing_in_fp32, parameter_dtype
-from virnuc_dask.worker.prefetch import Batch, Prepared, prefetched, to_device, use
+from virnuc_dask.models.adapter import ModelAdapter, Tokens, parameter_dtype
+from virnuc_dask.worker.precision import computing_in_fp32
+from virnuc_dask.worker.prefetch import Prepared, prefetched, to_device, use
 
 logger = logging.getLogger(__name__)
-
-Tokens = Sequence[int]  # one sequence's token ids, special tokens included
-
-
-class ModelAdapter(Protocol):
-    """What the runner needs of a model; :mod:`virnuc_dask.worker.adapters` has both."""
-
-    name: str  # in messages ("ESM-2")
-    model: torch.nn.Module
-    width: int  # columns of an embedding
-    cpu_tokens: int  # token budget on the CPU
-    tokenize_slice: int | None  # texts tokenised at a time; None: all at once
-
-    def token_bound(self, texts: Sequence[str]) -> np.ndarray:
-        """Tokens per text before tokenising: an upper bound (exact where it can be)."""
-
-    def tokenize(self, texts: Sequence[str]) -> list[Tokens]:
-        """Token ids of each text, special tokens included."""
-
-    def prepare(self, tokens: Sequence[Tokens], lengths: np.ndarray) -> Batch:
-        """The host tensors of one padded batch."""
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Pooled float32 rows ``[len(batch), width]``."""
-
-    def bytes_per_token(self, longest: int) -> int:
-        """Activation bytes one token needs when the longest sequence has ``longest``."""
 
 
 @dataclasses.dataclass
@@ -154,15 +127,6 @@ def device_token_budget(
     budget = budget_from_memory(free, bytes_per_token)
     logger.debug("token budget %d from %.1f GiB free on %s", budget, free / 2**30, device)
     return budget
-
-
-def pad(token_lists: Sequence[Tokens], pad_id: int) -> torch.Tensor:
-    """``[len(token_lists), longest]`` token ids, right-padded with ``pad_id``."""
-    width = max(len(t) for t in token_lists)
-    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
-    for row, toks in enumerate(token_lists):
-        ids[row, : len(toks)] = torch.as_tensor(toks, dtype=torch.long)
-    return ids
 
 
 @torch.inference_mode()

@@ -167,11 +167,3 @@ def to_mixed(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module
             module.register_forward_pre_hook(cast_in)
             module.register_forward_hook(cast_out)
     return model
-
-
-def parameter_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of most of ``model``'s weights (by element count)."""
-    counts: dict[torch.dtype, int] = {}
-    for p in model.parameters():
-        counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
-    return max(counts, key=counts.get) if counts else torch.float32

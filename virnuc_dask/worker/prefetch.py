@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-PREFETCH_DEPTH = 2
+from virnuc_dask.models.adapter import Batch
 
-Batch = dict[str, torch.Tensor]
+PREFETCH_DEPTH = 2
 
 
 class Timings(Protocol):
