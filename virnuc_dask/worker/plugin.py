@@ -222,12 +222,9 @@ class ModelPlugin(WorkerPlugin):
             )
             for m in EMBEDDING_MODELS
         }
-        # Layers through torch.compile where the setting asks (models/compiled.py); fp32
-        # agreement with the uncompiled layers is tested in tests/test_compiled.py.
-        compiled = self.compiled = wanted(spec.compile, device)
+        self.compiled = wanted(spec.compile, device)  # torch.compile: models/compiled.py
         for adapter in self.adapters.values():
-            if hasattr(adapter.model, "compile_layers"):
-                adapter.model.compile_layers(compiled)
+            getattr(adapter.model, "compile_layers", lambda _: None)(self.compiled)
         self.classifier = None if spec.classifier is None else load_classifier(spec.classifier)
         embedding = {key: adapter.model for key, adapter in self.adapters.items()}
         watch_forwards(self.watch, embedding)
@@ -239,7 +236,7 @@ class ModelPlugin(WorkerPlugin):
             "models ready on %s (%s, %s, %d torch threads)",
             device,
             self.precision,
-            "layers compiled" if compiled else "uncompiled",
+            "layers compiled" if self.compiled else "uncompiled",
             torch.get_num_threads(),
         )
 
