@@ -23,9 +23,10 @@
 #
 # Nodes cannot download? Stage the models once where they can:
 #   virnuc-dask models fetch --to /shared/virnuc-models
-# and set MODEL_CACHE and OFFLINE below. The dashboard is printed in the log by the
-# client rank ("dashboard: http://NODE:8787/status"); reach it with
-#   ssh -L 8787:NODE:8787 LOGIN-NODE
+# and set MODEL_CACHE and OFFLINE below. The dashboard listens on localhost of the
+# scheduler's node; the client rank logs that node and the tunnel that reaches it
+# ("dashboard: http://localhost:8787/status on NODE ... ssh -L 8787:localhost:8787 NODE").
+# The ranks speak TLS with credentials made for the job (OUT/.tls-<job>..., mode 0700).
 #
 # ---- settings ----------------------------------------------------------------------------
 # sbatch reads these lines before the script runs: plain values, no shell variables.

@@ -49,6 +49,15 @@ def slurm(tmp_path_factory):
         cluster.stop()
 
 
+@pytest.fixture
+def other_user():
+    """A real second Unix user for the test (skipped unless running as root); see probe."""
+    from probe import other_user
+
+    with other_user() as user:
+        yield user
+
+
 @pytest.fixture(scope="session")
 def reference() -> Path:
     """The original program's inputs, models and outputs (``tests/data/reference``)."""

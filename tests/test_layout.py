@@ -89,6 +89,7 @@ RANKS = {
     "rundir": 0,
     "formatting": 0,
     "config": 1,
+    "runlock": 1,
     "core": 2,
     "models": 3,
     "partition_result": 4,

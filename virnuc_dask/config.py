@@ -59,6 +59,7 @@ class Settings:
     job_replacements: int = 8
     start_timeout: float | None = None
     no_worker_timeout: float = 300.0
+    dashboard_address: str = "localhost:8787"
     performance_report: str | None = None
     toks_per_batch: int | None = None
     dnabert_toks_per_batch: int | None = None
@@ -105,6 +106,12 @@ class Settings:
                     f"{key} must be a number of seconds > 0"
                     f"{' or null' if key == 'start_timeout' else ''}, got {value!r}"
                 )
+        port = str(self.dashboard_address).rpartition(":")[2]
+        if not isinstance(self.dashboard_address, str) or not port.isdigit():
+            raise ConfigError(
+                "dashboard_address must be HOST:PORT (localhost:8787; :8787 for every "
+                f"interface; port 0 for any free one), got {self.dashboard_address!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"

@@ -5,14 +5,19 @@ cluster the ``slurm`` fixture starts (no GPUs configured, 2 CPUs: three tasks ne
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import TINY, assert_matches_reference, model_flags, wait_until, write_perf_reads
+from probe import assert_refused, listening, probe_as
 
 # One xdist worker runs them all: they share the session's SLURM.
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
@@ -155,26 +160,31 @@ def test_cpu_job_gives_the_local_outputs(slurm, reference, tmp_path):
     assert slurm.jobs() == []
 
 
+def cpu_job_run(reads: Path) -> list[str]:
+    """``predict`` of ``reads`` (as ``local_run``) in a CPU batch job, progress every 0.5 s."""
+    return [
+        CLI,
+        "predict",
+        str(reads),
+        *MODELS,
+        "--partition-rows",
+        "40",
+        "--out",
+        "out",
+        "--cluster",
+        "slurm",
+        "--worker-type",
+        "cpu",
+        "--progress-interval",
+        "0.5",
+    ]
+
+
 def test_job_cancelled_mid_run_is_replaced_and_the_run_completes(slurm, reads, local_run, tmp_path):
     log = tmp_path / "run.log"
     proc = start(
         slurm,
-        [
-            CLI,
-            "predict",
-            str(reads),
-            *MODELS,
-            "--partition-rows",
-            "40",
-            "--out",
-            "out",
-            "--cluster",
-            "slurm",
-            "--worker-type",
-            "cpu",
-            "--progress-interval",
-            "0.5",
-        ],
+        cpu_job_run(reads),
         tmp_path,
         log,
     )
@@ -193,6 +203,52 @@ def test_job_cancelled_mid_run_is_replaced_and_the_run_completes(slurm, reads, l
     assert f"job {job} ended (cancelled); submitting a replacement job (1 of at most 8)" in text
     assert "(gone)" in text  # the lost worker, in the progress lines
     assert_same_results(tmp_path / "out", local_run)
+    assert slurm.jobs() == []
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_another_user_cannot_run_code_on_a_batch_job_run(
+    slurm, reads, local_run, other_user, tmp_path
+):
+    """From the submit host, another user tries the scheduler (in the submitting
+    process) and the worker (in the batch job) of a --cluster slurm run."""
+    out = tmp_path / "out"
+    log = tmp_path / "run.log"
+    proc = start(
+        slurm,
+        cpu_job_run(reads),
+        tmp_path,
+        log,
+    )
+    try:
+        wait_for(lambda: partitions_done(log), "finished partition", 120, proc, log)
+        (tls,) = out.glob(".tls-*")  # the credentials the job's worker reads
+        assert mode(tls) == 0o700 and {mode(p) for p in tls.iterdir()} == {0o600}
+        job_processes = [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if any(str(tls) in part for part in p.info["cmdline"] or ())
+        ]
+        assert job_processes, "the job's worker names the credentials on its command line"
+        ports = listening([proc.pid, *job_processes])
+        assert len(ports) >= 5, ports  # scheduler, dashboard; nanny, worker, its HTTP
+        results = probe_as(other_user, ports)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert_refused(results, ports)
+    assert proc.returncode == 0, text
+    host = socket.gethostname()
+    assert re.search(
+        rf"dashboard: http://localhost:\d+/status .*ssh -L \d+:localhost:\d+ {host}", text
+    )
+    assert_same_results(out, local_run)
+    assert not list(out.glob(".tls-*"))
     assert slurm.jobs() == []
 
 
@@ -300,6 +356,11 @@ def test_slurm_runner_under_srun_stops_on_scancel_and_resumes(slurm, reads, loca
     try:
         wait_for(lambda: partitions_done(log), "finished partition", 120, proc, log)
         (job,) = slurm.jobs()
+        (scheduler_file,) = (tmp_path / "out").glob(".scheduler-*.json")
+        (tls,) = (tmp_path / "out").glob(f".tls-{job}.*")
+        assert mode(scheduler_file) == 0o600
+        assert mode(tls) == 0o700 and {mode(p) for p in tls.iterdir()} == {0o600}
+        assert json.loads(scheduler_file.read_text())["address"].startswith("tls://")
         subprocess.run(["scancel", job], env=slurm.env(), check=True, timeout=30)
         cancelled = time.monotonic()
         wait_for(lambda: not slurm.jobs(), "end of the job", 10, log=log)
@@ -325,6 +386,7 @@ def test_slurm_runner_under_srun_stops_on_scancel_and_resumes(slurm, reads, loca
     reused = re.search(r"\d+ ORFs in \d+ partitions, (\d+) already done", again.stderr)
     assert reused and int(reused.group(1)) >= 1, again.stderr
     assert_same_results(tmp_path / "out", local_run)
+    assert not list((tmp_path / "out").glob(".tls-*"))  # removed by rank 0 both times
 
 
 def batch_script_with(settings: str) -> str:

@@ -40,6 +40,7 @@ RUN_SETTINGS = (
     "job_replacements",
     "start_timeout",
     "no_worker_timeout",
+    "dashboard_address",
     "performance_report",
     "toks_per_batch",
     "dnabert_toks_per_batch",
@@ -285,6 +286,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="stop after this long without any connected worker: a --scheduler "
         "without workers, a running job whose worker does not connect "
         "(default 300)",
+    )
+    run.add_argument(
+        "--dashboard-address",
+        metavar="HOST:PORT",
+        help="where the dashboard of a cluster started here listens (default "
+        "localhost:8787: only on the scheduler's machine, reached with ssh -L as the "
+        "log says; :8787 for every interface)",
     )
     run.add_argument(
         "--performance-report",

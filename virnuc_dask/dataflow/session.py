@@ -1,5 +1,6 @@
-"""The session a command runs in: the cluster the settings name (or a client given), the
-dashboard link logged, the client made current, Dask's performance report kept when
+"""The session a command runs in: the output directories held (one run each), the
+cluster the settings name (or a client given), the dashboard link logged, the client
+made current, Dask's performance report kept when
 asked, and the progress sink of the run. ``predict``, ``train`` and ``evaluate`` (and
 :func:`virnuc_dask.predict`) each run inside one::
 
@@ -11,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,6 @@ from virnuc_dask.events import Progress
 if TYPE_CHECKING:
     from virnuc_dask.cluster.start import RunCluster
 
-logger = logging.getLogger(__name__)
 
 # Given the run's cluster (its client, and the status of its batch jobs), a context
 # manager that yields the progress sink for the run (the CLI's live display, which shows
@@ -43,23 +42,25 @@ class Session:
 
 @contextlib.contextmanager
 def run_session(
-    settings: Settings, *, client: Client | None = None, progress: ProgressFactory | None = None
+    settings: Settings,
+    *,
+    client: Client | None = None,
+    progress: ProgressFactory | None = None,
+    hold: Sequence[str] | None = None,
 ) -> Iterator[Session]:
-    """Start the cluster ``settings`` name (unless ``client`` is given; a cluster started
-    here stops on exit) and hold the rest of the session around the block."""
-    from virnuc_dask.cluster.start import RunCluster, open_cluster
+    """Hold the output directories (``hold``; default ``settings.out``: a second run into
+    one stops at once), start the cluster ``settings`` name (unless ``client`` is given;
+    a cluster started here stops on exit) and hold the rest of the session around the
+    block."""
+    from virnuc_dask.cluster.start import open_cluster
     from virnuc_dask.dataflow.dashboard import dashboard_link, performance_report
 
+    if hold is None:
+        hold = [settings.out] if settings.out else []
     with contextlib.ExitStack() as stack:
-        if client is None:
-            cluster = stack.enter_context(open_cluster(settings))
-            client = cluster.client
-        else:
-            cluster = RunCluster(client)
+        cluster = stack.enter_context(open_cluster(settings, client=client, hold=hold))
+        client = cluster.client
         link = dashboard_link(client)
-        logger.info(
-            "dashboard: %s", link or "none (the scheduler runs without one; it needs bokeh)"
-        )
         stack.enter_context(client.as_current())
         stack.enter_context(performance_report(settings.performance_report))
         sink = stack.enter_context(progress(cluster)) if progress is not None else None

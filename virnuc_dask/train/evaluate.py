@@ -197,5 +197,7 @@ def run_evaluation(
 
     for files, name in ((viral, "viral"), (other, "other")):
         preflight(settings.replace(inputs=files, out=str(Path(settings.out) / name)))
-    with run_session(settings, client=client, progress=progress) as session:
+    # The evaluation's directory and the prediction directory of each class in it.
+    held = [settings.out, *(str(Path(settings.out) / name) for name, _ in CLASSES)]
+    with run_session(settings, client=client, progress=progress, hold=held) as session:
         return evaluate(settings, viral, other, session.client, progress=session.progress)
