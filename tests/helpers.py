@@ -7,11 +7,14 @@ formats (see its README); larger inputs are generated deterministically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import random
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +24,7 @@ DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = DATA / "reference"
 CASES = sorted(p.name for p in (REFERENCE / "dev").iterdir() if p.is_dir())
 LENGTHS = (300, 500)
+BIN = Path(sys.executable).parent
 TINY = {
     "esm_model": str(REFERENCE / "models" / "esm2_t2_64_tiny.pt"),
     "dnabert_model": str(REFERENCE / "models" / "dnabert_s_tiny"),
@@ -234,6 +238,79 @@ def write_duplicated_reads(
         for i, seq in enumerate(order):
             fh.write(f">{prefix}_{i + 1:06d}\n{seq}\n")
     return path
+
+
+def _wait_for_file(path: Path, procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    def written() -> bool:
+        for proc in procs:
+            assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+        return path.is_file()
+
+    wait_until(written, timeout, interval=0.2, what=str(path))
+
+
+@contextlib.contextmanager
+def hand_started_cluster(
+    base: Path, workers: Mapping[str, Mapping[str, str]], *, nthreads: int = 1
+) -> Iterator[tuple[object, Path]]:
+    """`dask scheduler` and one `dask worker` (with its nanny) per ``workers`` entry
+    (name: extra environment), started as a user starts them by hand, in another working
+    directory than the client; yields a connected ``Client`` and the scheduler file."""
+    from distributed import Client
+
+    from virnuc_dask.cluster.workers import WORKER_ENV_VALUE, WORKER_ENV_VARIABLE
+
+    elsewhere = base / "worker-cwd"
+    elsewhere.mkdir(parents=True)
+    scheduler_file = base / "scheduler.json"
+    env = {**os.environ, WORKER_ENV_VARIABLE: WORKER_ENV_VALUE}
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    dask = str(BIN / "dask")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": elsewhere}
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--port", "0", "--dashboard-address", ":0"]
+            + ["--scheduler-file", str(scheduler_file)],
+            env=env,
+            **quiet,
+        )
+    ]
+    try:
+        _wait_for_file(scheduler_file, procs)
+        for name, extra in workers.items():
+            procs.append(
+                subprocess.Popen(
+                    [dask, "worker", "--scheduler-file", str(scheduler_file)]
+                    + ["--nthreads", str(nthreads), "--resources", "GPU=1", "--name", name]
+                    + ["--dashboard-address", ":0", "--local-directory", str(elsewhere)],
+                    env={**env, **extra},
+                    **quiet,
+                )
+            )
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(len(workers), timeout=120)
+            yield client, scheduler_file
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def two_workers(scheduler_port: int = 0, **envs: dict[str, str]):
+    """A cluster of one nanny-run worker per ``envs`` entry, each with its environment
+    (an in-process scheduler)."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {
+        name: {"cls": Nanny, "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}}}
+        for name, env in envs.items()
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "port": scheduler_port}}
+    return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False)
 
 
 def write_mates(

@@ -49,7 +49,7 @@ def test_large_budgets_close_batches_at_the_padding_limit():
 def test_pipeline_partitions_of_perf_inputs_pad_little(tmp_path, n):
     from helpers import write_perf_reads
 
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
     from virnuc_dask.core.orfs import orfs_from_records
 
     reads = write_perf_reads(tmp_path / "reads.fa", n, seed=n)

@@ -210,3 +210,14 @@ def test_fewer_workers_started_than_asked_ends_the_wait(monkeypatch, tmp_path):
         VirnucError, match="1 of the 2 workers asked for started within 2 s; use --workers 1"
     ):
         run_pipeline(settings, 2, timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "counts"), [([], (1, 2)), (["0"], (1,)), (["0", "1", "2"], (1, 2))]
+)
+def test_the_default_worker_counts_fit_the_node(gpus, counts):
+    """Without --workers a one-GPU node benches one worker instead of refusing 1,2."""
+    from virnuc_dask.tools.throughput import check_worker_counts, default_worker_counts
+
+    assert default_worker_counts(gpus) == counts
+    check_worker_counts(counts, gpus)  # accepted

@@ -55,3 +55,12 @@ def test_config_file_not_a_mapping(tmp_path):
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().length = 3  # type: ignore[misc]
+
+
+def test_cpu_workers_embed_on_the_cpu_even_where_gpus_are_visible():
+    """A CPU batch job on a node without device cgroups must not pick up a GPU."""
+    cpu = load_settings(overrides={"cluster": "pbs", "worker_type": "cpu"})
+    assert cpu.device == "cpu"
+    assert load_settings(overrides={"cluster": "pbs", "worker_type": "gpu"}).device == "auto"
+    with pytest.raises(ConfigError, match="worker_type cpu .* device cuda"):
+        load_settings(overrides={"cluster": "pbs", "worker_type": "cpu", "device": "cuda"})

@@ -11,14 +11,9 @@ import pytest
 from Bio import SeqIO
 from helpers import REFERENCE
 
-from virnuc_dask.core.fasta import (
-    FastaBlock,
-    FastaFormatError,
-    Record,
-    plan_blocks,
-    read_block,
-    record_problem,
-)
+from virnuc_dask.core.fasta import FastaFormatError, Record, record_problem
+from virnuc_dask.core.formats import plan_blocks, read_block
+from virnuc_dask.core.records import InputBlock
 
 DEV_INPUTS = sorted((REFERENCE / "dev").glob("*/input.fa")) if REFERENCE.is_dir() else []
 BLOCKSIZES = (100, 1000, 4096, 64 * 2**20)
@@ -128,9 +123,9 @@ def test_block_indices_are_global_and_records_unique(tmp_path: Path) -> None:
     assert [(r.id, r.sequence) for r in read_all([fake], 3)] == [("p", "AC")]
     assert [blk.index for blk in blocks] == list(range(len(blocks)))
     assert [blk for blk in blocks if blk.path == str(b)] == [
-        FastaBlock(str(b), blocks[-2].index, 0, None, 1)
+        InputBlock(str(b), blocks[-2].index, 0, None, 1)
     ]
-    assert blocks[-1] == FastaBlock(str(c), len(blocks) - 1, 0, None, 1)
+    assert blocks[-1] == InputBlock(str(c), len(blocks) - 1, 0, None, 1)
     ids = [r.id for blk in blocks for r in read_block(blk)]
     assert ids == [f"a{i}" for i in range(30)] + ["b1", "b2", "c1"]
     plain = [blk for blk in blocks if blk.path == str(a)]
@@ -142,7 +137,7 @@ def test_block_without_first_line_counts_its_prefix(tmp_path: Path) -> None:
     path = tmp_path / "x.fa"
     path.write_bytes(b">a\r\nAC\r\n>b\r\nGG\r\n>c\rTT\r")
     for start in range(len(path.read_bytes())):
-        planned = [FastaBlock(str(path), 0, 0, start), FastaBlock(str(path), 1, start, None)]
+        planned = [InputBlock(str(path), 0, 0, start), InputBlock(str(path), 1, start, None)]
         if start == 0:
             planned = planned[1:]
         got = [r for blk in planned for r in read_block(blk)]
@@ -194,7 +189,7 @@ def test_not_fasta(tmp_path: Path, content: bytes, line: int) -> None:
     # the first block alone finds it too, even when the bad text lies past its end
     path.write_bytes(b"\n" * 150 + content)
     with pytest.raises(FastaFormatError, match="not FASTA"):
-        read_block(FastaBlock(str(path), 0, 0, 100, 1))
+        read_block(InputBlock(str(path), 0, 0, 100, 1))
     path.write_bytes(gzip.compress(content))
     assert _error(path).problem.startswith("not FASTA")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from Bio import bgzf
 
-from virnuc_dask.core.fasta import FastaFormatError, inspect_input, plan_blocks, read_block
+from virnuc_dask.core.formats import inspect_input, plan_blocks, read_block
+from virnuc_dask.errors import FastqFormatError
 
 
 def _reads(n: int, seed: int = 1) -> list[tuple[str, str]]:
@@ -114,7 +115,7 @@ def test_malformed_fastq_names_file_line_and_record(tmp_path, case, compressed):
     path = tmp_path / "bad.fq"
     path.write_bytes(gzip.compress(text.encode()) if compressed else text.encode())
     for blocksize in (3, 1 << 20):
-        with pytest.raises(FastaFormatError) as info:
+        with pytest.raises(FastqFormatError) as info:
             _records([path], blocksize)
         err = info.value
         assert (err.path, err.line, err.record) == (str(path), line, record), blocksize

@@ -370,3 +370,52 @@ def test_job_script_command_shows_what_predict_submits(tmp_path, capsys):
 def test_bad_job_settings(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(overrides=overrides)
+
+
+def run_gpu_lines(
+    tmp_path: Path, env: dict[str, str], node_gpus: int
+) -> subprocess.CompletedProcess:
+    """The PBS job's GPU lines in bash, on a stand-in node whose `nvidia-smi -L` lists
+    ``node_gpus`` GPUs (only a PBS GPU node could show the real one)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        + "".join(f"echo 'GPU {i}: NVIDIA H100 (UUID: GPU-{i})'\n" for i in range(node_gpus))
+    )
+    smi.chmod(0o755)
+    script = job_script("pbs", processes=2, cores=16, memory="64GiB").splitlines()
+    lines = [line for line in script if "CUDA_VISIBLE_DEVICES" in line]
+    assert len(lines) == 2
+    return subprocess.run(
+        ["bash", "-c", "\n".join([*lines, 'echo "devices=${CUDA_VISIBLE_DEVICES-unset}"'])],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_a_pbs_gpu_job_without_cuda_visible_devices_keeps_to_its_gpus(tmp_path):
+    # The site's cgroup hook set it: kept as it is.
+    ran = run_gpu_lines(tmp_path, {"CUDA_VISIBLE_DEVICES": "3,5"}, node_gpus=8)
+    assert ran.returncode == 0 and ran.stdout.strip() == "devices=3,5"
+    # Torque writes the job's GPUs to PBS_GPUFILE.
+    gpufile = tmp_path / "gpus"
+    gpufile.write_text("node7-gpu2\nnode7-gpu6\n")
+    ran = run_gpu_lines(tmp_path, {"PBS_GPUFILE": str(gpufile)}, node_gpus=8)
+    assert ran.returncode == 0 and ran.stdout.strip() == "devices=2,6"
+    # Nothing says which GPUs are the job's, and the node has more: refused.
+    ran = run_gpu_lines(tmp_path, {}, node_gpus=8)
+    assert ran.returncode == 1 and "devices=" not in ran.stdout
+    assert "CUDA_VISIBLE_DEVICES is not set and this node has more GPUs than the job's 2" in (
+        ran.stderr
+    )
+    # A node with just the job's GPUs: every one is the job's.
+    ran = run_gpu_lines(tmp_path, {}, node_gpus=2)
+    assert ran.returncode == 0 and ran.stdout.strip() == "devices=unset"
+
+
+def test_slurm_jobs_leave_gpu_selection_to_slurm():
+    assert "PBS_GPUFILE" not in job_script("slurm")
+    assert "PBS_GPUFILE" not in job_script("pbs", worker_type="cpu")

@@ -12,7 +12,7 @@ from helpers import tiny_settings, write_mates
 from virnuc_dask.core.pairs import mate_layout, title_mate
 from virnuc_dask.dataflow.pair_outputs import pair_row
 from virnuc_dask.dataflow.pipeline import predict
-from virnuc_dask.errors import FastaFormatError
+from virnuc_dask.errors import InputFormatError
 
 
 def _run(client, inputs, out: Path, **extra):
@@ -121,7 +121,7 @@ def test_mates_out_of_order_stop_the_run_naming_file_line_and_record(client, tmp
     assert _run(client, [r1, r2], out).exit_code == 0
     before = (out / "read_predictions.tsv").read_text()
     _swap_records(r2, 3, 4)
-    with pytest.raises(FastaFormatError) as err:
+    with pytest.raises(InputFormatError) as err:
         _run(client, [r1, r2], out)
     assert err.value.path == str(r2)
     assert err.value.line == 13  # the 4th record
@@ -133,7 +133,7 @@ def test_mates_out_of_order_stop_the_run_naming_file_line_and_record(client, tmp
 def test_mate_files_with_different_read_counts_name_the_read_without_mate(client, tmp_path):
     r1, r2 = write_mates(tmp_path / "R1.fq", tmp_path / "R2.fq", n=6)
     r2.write_text("".join(r2.read_text().splitlines(keepends=True)[:-4]))
-    with pytest.raises(FastaFormatError) as err:
+    with pytest.raises(InputFormatError) as err:
         _run(client, [r1, r2], tmp_path / "out")
     assert (err.value.path, err.value.line) == (str(r1), 21)
     assert f"{r2} ends after 5 reads" in str(err.value)

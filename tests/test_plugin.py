@@ -16,12 +16,12 @@ from pathlib import Path
 
 import dask
 import pytest
-from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
-from helpers import REFERENCE, TINY, tiny_settings
+from distributed import Client, LocalCluster
+from helpers import REFERENCE, TINY, tiny_settings, two_workers
 
 from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.config import Settings
-from virnuc_dask.core.fasta import plan_blocks, read_block
+from virnuc_dask.core.formats import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.dataflow.models_on_workers import model_status, wait_for_models
 from virnuc_dask.dataflow.partition_task import PartitionJob, embed_partition
@@ -36,16 +36,6 @@ RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "rea
 def settings_for(out: Path, **overrides):
     values = {"blocksize": 4096, "partition_rows": 16, "threads": 1, **overrides}
     return tiny_settings([INPUT], out, **values)
-
-
-def two_workers(scheduler_port: int = 0, **envs: dict[str, str]) -> SpecCluster:
-    """A cluster of one nanny-run worker per ``envs`` entry, each with its environment."""
-    workers = {
-        name: {"cls": Nanny, "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}}}
-        for name, env in envs.items()
-    }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "port": scheduler_port}}
-    return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False)
 
 
 def worker_named(client: Client, name: str) -> str:

@@ -140,7 +140,7 @@ def test_a_failed_input_fails_every_copy_as_without_dedup(client, tmp_path):
     their input occurs several times: every copy is failed, as a run embedding each is."""
     from tokenizers import Tokenizer
 
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
     from virnuc_dask.core.orfs import orfs_from_records
 
     reads = write_duplicated_reads(tmp_path / "dup.fa", 120, share=0.3, seed=5)

@@ -128,6 +128,8 @@ def test_an_added_sample_is_the_only_one_computed(client, sheet_run, tmp_path):
     }
     for name in ("casava", "slash", "single", "contigs"):
         assert reused[name][0] == reused[name][1] > 0, name
+        kept = json.loads((run / name / "run_summary.json").read_text())["partitions"]
+        assert kept["computed"] == 0 and kept["reused"] == kept["total"], name
         assert_same_results(run / name, folder / "RUN" / name)
     assert reused["fifth"][0] == 0 < reused["fifth"][1]
     (src / "single.fq.gz").unlink()

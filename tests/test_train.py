@@ -282,7 +282,7 @@ def test_protein_reference_restricts_the_frames(client, data, tmp_path):
     from Bio.Seq import Seq
 
     from virnuc_dask.core.chunking import chunk_record
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
     from virnuc_dask.core.training_orfs import ProteinReference, training_orfs
 
     reference = tmp_path / "ref.faa"

@@ -14,7 +14,8 @@ from helpers import CASES, LENGTHS, REFERENCE, TINY
 
 from virnuc_dask.cli.main import main
 from virnuc_dask.config import load_settings
-from virnuc_dask.core.fasta import Record, plan_blocks, read_block
+from virnuc_dask.core.fasta import Record
+from virnuc_dask.core.formats import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.models.flops import esm_source_shape
 from virnuc_dask.validate.inputs import validate

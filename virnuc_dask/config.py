@@ -59,6 +59,7 @@ class Settings:
     job_replacements: int = 8
     start_timeout: float | None = None
     no_worker_timeout: float = 300.0
+    stuck_after: float = 300.0
     dashboard_address: str = "localhost:8787"
     performance_report: str | None = None
     toks_per_batch: int | None = None
@@ -97,9 +98,9 @@ class Settings:
             raise ConfigError(
                 f"job_replacements must be an integer >= 0, got {self.job_replacements!r}"
             )
-        for key in ("start_timeout", "no_worker_timeout"):
+        for key in ("start_timeout", "no_worker_timeout", "stuck_after"):
             value = getattr(self, key)
-            if (value is not None or key == "no_worker_timeout") and (
+            if (value is not None or key != "start_timeout") and (
                 isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
             ):
                 raise ConfigError(
@@ -130,6 +131,10 @@ class Settings:
         if self.worker_type is not None and self.worker_type not in WORKER_TYPES:
             raise ConfigError(
                 f"worker_type must be one of {', '.join(WORKER_TYPES)}, got {self.worker_type!r}"
+            )
+        if self.worker_type == "cpu" and self.device == "cuda":
+            raise ConfigError(
+                "worker_type cpu asks for no GPU; it cannot be combined with device cuda"
             )
         if self.worker_type is not None and self.cluster not in (*JOBQUEUE_SYSTEMS, "slurm-runner"):
             raise ConfigError(
@@ -233,4 +238,7 @@ def load_settings(
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     _check_keys(given, "overrides")
     values.update(given)
+    if values.get("worker_type") == "cpu" and values.get("device") == "auto":
+        # A CPU job on a node without device cgroups may see GPUs it was not given.
+        values["device"] = "cpu"
     return Settings(inputs=tuple(str(p) for p in inputs), **values)

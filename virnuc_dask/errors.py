@@ -32,8 +32,8 @@ class ConfigError(VirnucError, ValueError):
     """A configuration value or file is not acceptable."""
 
 
-class FastaFormatError(VirnucError, ValueError):
-    """The input is not readable FASTA: ``"<path>: line <n>: record '<id>': <problem>"``."""
+class InputFormatError(VirnucError, ValueError):
+    """An input file cannot be read: ``"<path>: line <n>: record '<id>': <problem>"``."""
 
     def __init__(self, path: str, line: int | None, record: str | None, problem: str) -> None:
         self.path, self.line, self.record, self.problem = path, line, record, problem
@@ -46,6 +46,14 @@ class FastaFormatError(VirnucError, ValueError):
 
     def __reduce__(self):  # keep the attributes across pickling (Dask workers)
         return (type(self), (self.path, self.line, self.record, self.problem))
+
+
+class FastaFormatError(InputFormatError):
+    """The input is not readable FASTA (where, what)."""
+
+
+class FastqFormatError(InputFormatError):
+    """The input is not readable FASTQ (where, what)."""
 
 
 class TrainingDataError(VirnucError):

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,9 +19,11 @@ import dask
 import pytest
 from distributed import Client, LocalCluster
 from helpers import (
+    BIN,
     REFERENCE,
     TINY,
     assert_matches_reference,
+    hand_started_cluster,
     predict_command,
     wait_until,
     write_perf_reads,
@@ -33,85 +34,15 @@ from virnuc_dask.cluster.workers import WORKER_ENV, WORKER_ENV_VALUE, WORKER_ENV
 from virnuc_dask.config import ConfigError, load_settings
 from virnuc_dask.dataflow.pipeline import predict
 
-BIN = Path(sys.executable).parent
 STAGES = ("read_orfs", "dedup", "partition", "embed", "store-embeddings", "write-results")
-
-
-def _wait_for_file(path: Path, procs: list[subprocess.Popen], timeout: float = 60) -> None:
-
-    def written() -> bool:
-        for proc in procs:
-            assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
-        return path.is_file()
-
-    wait_until(written, timeout, interval=0.2, what=str(path))
 
 
 @pytest.fixture(scope="module")
 def hand_started(tmp_path_factory):
-    """`dask scheduler` + two `dask worker` processes; yields (address, scheduler file)."""
+    """`dask scheduler` + two `dask worker` processes; yields (client, scheduler file)."""
     base = tmp_path_factory.mktemp("hand-started")
-    elsewhere = base / "worker-cwd"
-    elsewhere.mkdir()
-    scheduler_file = base / "scheduler.json"
-    env = {**os.environ, WORKER_ENV_VARIABLE: WORKER_ENV_VALUE}
-    env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    procs = [
-        subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--port",
-                "0",
-                "--dashboard-address",
-                ":0",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            cwd=elsewhere,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    try:
-        _wait_for_file(scheduler_file, procs)
-        for name in ("w1", "w2"):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "dask"),
-                        "worker",
-                        "--scheduler-file",
-                        str(scheduler_file),
-                        "--nthreads",
-                        "2",
-                        "--resources",
-                        "GPU=1",
-                        "--name",
-                        name,
-                        "--dashboard-address",
-                        ":0",
-                        "--local-directory",
-                        str(elsewhere),
-                    ],
-                    cwd=elsewhere,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-            yield client, scheduler_file
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with hand_started_cluster(base, {"w1": {}, "w2": {}}, nthreads=2) as (client, scheduler_file):
+        yield client, scheduler_file
 
 
 def _predict_cli(reference, cwd: Path, case: str, length: int, *extra: str):

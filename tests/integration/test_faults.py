@@ -27,7 +27,7 @@ from distributed import Client, LocalCluster
 from helpers import REFERENCE, TINY, tiny_settings
 
 from virnuc_dask.cluster.workers import WORKER_ENV
-from virnuc_dask.core.fasta import plan_blocks, read_block
+from virnuc_dask.core.formats import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
 from virnuc_dask.dataflow.partition_task import SYSTEMIC_FAILURES, FailureGuard, isolate_failures
 from virnuc_dask.dataflow.pipeline import predict

@@ -45,7 +45,7 @@ def build_models(directory: Path, size: str, **given: str | None) -> dict[str, s
 
 def read_orfs_of(path: str, length: int) -> tuple[int, list]:
     """(reads, ORFs) of a FASTA file, read and translated here."""
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
     from virnuc_dask.core.orfs import orfs_from_records
 
     records = [r for block in plan_blocks([path]) for r in read_block(block)]

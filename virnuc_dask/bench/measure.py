@@ -104,7 +104,8 @@ class BenchOptions:
 def bench(options: BenchOptions) -> dict[str, Any]:
     """Run every measurement; returns the JSON document (numbers at the top level)."""
     from virnuc_dask.config import load_settings
-    from virnuc_dask.worker.plugin import DTYPES, pick_device, resolve_precision
+    from virnuc_dask.worker.device import pick_device
+    from virnuc_dask.worker.plugin import DTYPES, resolve_precision
 
     t_start = time.perf_counter()
     check_worker_counts(options.workers)
@@ -270,7 +271,7 @@ def _stored_scores(out: str) -> np.ndarray:
 
 def _first_reads(src: Path, dest: Path, n: int) -> Path:
     """The first ``n`` records of ``src`` (plain FASTA) written to ``dest``."""
-    from virnuc_dask.core.fasta import plan_blocks, read_block
+    from virnuc_dask.core.formats import plan_blocks, read_block
 
     records = [r for block in plan_blocks([str(src)]) for r in read_block(block)][:n]
     with open(dest, "w") as fh:

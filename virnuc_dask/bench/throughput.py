@@ -17,6 +17,17 @@ from virnuc_dask.errors import VirnucError
 WORKER_START_TIMEOUT = 120.0
 
 
+DEFAULT_WORKER_COUNTS = (1, 2)
+
+
+def default_worker_counts(gpus: Sequence[str] | None = None) -> tuple[int, ...]:
+    """1 and 2 workers, or as many as a GPU node starts (one per visible GPU)."""
+    from virnuc_dask.cluster.workers import visible_gpus
+
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    return tuple(n for n in DEFAULT_WORKER_COUNTS if not gpus or n <= len(gpus))
+
+
 def check_worker_counts(counts: Sequence[int], gpus: Sequence[str] | None = None) -> None:
     """Refuse worker counts a local cluster cannot start: on a GPU node it starts one
     worker per visible GPU, at most (NVML is asked; no CUDA context is created)."""

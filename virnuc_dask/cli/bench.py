@@ -69,9 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--workers",
         type=_worker_counts,
-        default=[1, 2],
         metavar="N[,N]",
-        help="worker counts of the predict runs (default 1,2)",
+        help="worker counts of the predict runs (default 1,2; on a node with one visible GPU, 1)",
     )
     parser.add_argument(
         "--partition-rows", type=int, default=512, help="ORFs per partition (default 512)"
@@ -104,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from virnuc_dask.bench.measure import BenchOptions, bench
+    from virnuc_dask.bench.throughput import default_worker_counts
 
     if args.input is None and args.reads is None:
         args.reads = 2000
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     options = BenchOptions(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(BenchOptions)}
     )
-    result = bench(dataclasses.replace(options, workers=tuple(args.workers)))
+    workers = tuple(args.workers) if args.workers else default_worker_counts()
+    result = bench(dataclasses.replace(options, workers=workers))
     Console().print(render(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -40,6 +40,7 @@ RUN_SETTINGS = (
     "job_replacements",
     "start_timeout",
     "no_worker_timeout",
+    "stuck_after",
     "dashboard_address",
     "performance_report",
     "toks_per_batch",
@@ -286,6 +287,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="stop after this long without any connected worker: a --scheduler "
         "without workers, a running job whose worker does not connect "
         "(default 300)",
+    )
+    run.add_argument(
+        "--stuck-after",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="a worker whose device makes no progress this long (or 20x its slowest "
+        "recent batch, if longer) is closed and its partitions go to the other "
+        "workers (default 300)",
     )
     run.add_argument(
         "--dashboard-address",

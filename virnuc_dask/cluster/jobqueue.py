@@ -207,13 +207,36 @@ def _add_gpu_request(system: str, options: dict[str, Any]) -> None:
         ):
             directives.append(gres)
         options["job_extra_directives"] = directives
-    elif options.get("resource_spec") is None:
+        return
+    options["job_script_prologue"] = [*options["job_script_prologue"], *pbs_gpu_lines(processes)]
+    if options.get("resource_spec") is None:
         from dask_jobqueue.pbs import pbs_format_bytes_ceil
 
         memory = pbs_format_bytes_ceil(parse_bytes(options["memory"]))
         spec = f"select=1:ncpus={options['cores']}:ngpus={processes}:mem={memory}"
         if not _skipped(f"#PBS -l {spec}", options):
             options["resource_spec"] = spec
+
+
+def pbs_gpu_lines(gpus: int) -> list[str]:
+    """Shell lines of a PBS GPU job that keep its workers on the job's own GPUs.
+
+    `dask cuda worker` starts a worker on every GPU NVML lists unless
+    ``CUDA_VISIBLE_DEVICES`` is set, and PBS sets it only where a site's cgroup hook
+    does. Without it: the GPUs of ``PBS_GPUFILE`` (Torque: ``host-gpuN`` lines) when
+    the site writes one; else the job stops, with a message, when the node has more
+    GPUs than the job asked for (they belong to other jobs).
+    """
+    return [
+        'if [ -z "${CUDA_VISIBLE_DEVICES+set}" ] && [ -r "${PBS_GPUFILE:-}" ]; then '
+        'export CUDA_VISIBLE_DEVICES="$(sed -n "s/.*-gpu//p" "$PBS_GPUFILE" | paste -sd, -)"; '
+        "fi",
+        'if [ -z "${CUDA_VISIBLE_DEVICES+set}" ] && '
+        f'[ "$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")" -gt {gpus} ]; then '
+        'echo "virnuc-dask: CUDA_VISIBLE_DEVICES is not set and this node has more GPUs '
+        f"than the job's {gpus}: the workers would use other jobs' GPUs. Set it in "
+        'job-script-prologue of --cluster-config from what the site exposes" >&2; exit 1; fi',
+    ]
 
 
 def per_gpu_worker(options: Mapping[str, Any]) -> dict[str, Any]:

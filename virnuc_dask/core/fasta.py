@@ -1,11 +1,11 @@
 """FASTA input read in byte-range blocks, record for record what Biopython's parser gives.
 
-FASTQ files are recognised by their content and read by :mod:`.fastq` through the
-same blocks and errors (``plan_blocks`` and ``read_block`` serve both formats).
+Which format a file holds, and the blocks it is cut into, are :mod:`.formats`'; FASTQ
+is read by :mod:`.fastq`.
 
-``plan_blocks`` cuts plain files into ~``blocksize`` byte ranges (a gzip file,
-recognised by its magic bytes, is always one whole-file block); ``read_block``
-parses one range in whichever process runs it.  A record belongs to the block
+:func:`.formats.plan_blocks` cuts plain files into ~``blocksize`` byte ranges (a gzip
+file, recognised by its magic bytes, is always one whole-file block);
+:func:`read_plain` parses one range in whichever process runs it.  A record belongs to the block
 in which the ``>`` of its header line lies; the last record of a block is read
 on past the block end up to the next header line.
 
@@ -37,16 +37,11 @@ bytes (3 TB for a 20 GB file in 64 MB blocks).  A block built by hand without
 
 from __future__ import annotations
 
-import errno
 import gzip
-import os
-import stat
 import zlib
-from collections.abc import Sequence
 
-from virnuc_dask.core import fastq
 from virnuc_dask.core.records import (
-    FastaBlock,
+    InputBlock,
     Record,
 )
 from virnuc_dask.core.records import (
@@ -56,21 +51,17 @@ from virnuc_dask.core.records import (
     lines_at as _lines_at,
 )
 from virnuc_dask.errors import FastaFormatError
-from virnuc_dask.files import GZIP_MAGIC, is_gzip
 
 __all__ = [
-    "FastaBlock",
     "FastaFormatError",
     "Record",
-    "check_input",
-    "inspect_input",
-    "plan_blocks",
-    "read_block",
+    "first_record_line",
+    "read_gzip",
+    "read_plain",
     "record_problem",
 ]
 
 _SCAN = 16 * 2**20  # bytes per read when counting lines or decompressing
-_HEAD = 2**16  # bytes looked at by plan_blocks' early format check
 _IUPAC = b"ACGTUNRYKMSWBDHVacgtunrykmswbdhv"
 
 
@@ -97,93 +88,26 @@ def record_problem(record: Record) -> str | None:
     return f"contains characters that are not IUPAC nucleotide codes: {shown}"
 
 
-# --------------------------------------------------------------------------- planning
-
-
-def plan_blocks(paths: Sequence[str], blocksize: int = 64 * 2**20) -> list[FastaBlock]:
-    """Blocks of all files, ``index`` consecutive over files; checks each file looks like FASTA.
-
-    Raises ``FileNotFoundError`` for a missing path and ``FastaFormatError`` for a
-    directory, an unreadable file, a corrupt gzip start or text before the first header.
-    """
-    if isinstance(paths, str | bytes | os.PathLike):
-        raise TypeError("paths must be a sequence of paths, not a single path")
-    if blocksize < 1:
-        raise ValueError(f"blocksize must be >= 1, got {blocksize}")
-    blocks: list[FastaBlock] = []
-    for raw in paths:
-        path = os.fspath(raw)
-        size, compressed, fmt, record_line = inspect_input(path)
-        if compressed:
-            blocks.append(FastaBlock(path, len(blocks), 0, None, 1, fmt, record_line))
-            continue
-        starts = list(range(0, max(size, 1), blocksize))
-        for i, (start, line) in enumerate(zip(starts, _lines_at(path, starts), strict=True)):
-            stop = starts[i + 1] if i + 1 < len(starts) else None
-            blocks.append(FastaBlock(path, len(blocks), start, stop, line, fmt, record_line))
-    return blocks
-
-
-def check_input(path: str) -> tuple[int, bool]:
-    """(size, is gzip) of a readable regular file whose start looks like FASTA or FASTQ.
-
-    Reads at most the first 64 KiB (decompressed): a quick check before a run starts.
-    Raises ``FileNotFoundError`` or ``FastaFormatError`` as :func:`plan_blocks`.
-    """
-    size, compressed, _, _ = inspect_input(path)
-    return size, compressed
-
-
-def inspect_input(path: str) -> tuple[int, bool, str, int]:
-    """(size, is gzip, ``"fasta"``/``"fastq"``, line of the first record) of an input.
-
-    The format comes from the content: the first non-blank line starts with ``>``
-    (FASTA) or ``@`` (FASTQ); an empty file counts as FASTA.  Raises as :func:`check_input`.
-    """
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, "FASTA input not found", path) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise FastaFormatError(path, None, None, "is a directory, not a FASTA file")
-    if not stat.S_ISREG(info.st_mode):
-        raise FastaFormatError(path, None, None, "is not a regular file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_HEAD)
-    except OSError as exc:
-        raise FastaFormatError(path, None, None, f"cannot be read: {exc.strerror or exc}") from exc
-    compressed = head[:2] == GZIP_MAGIC
-    if compressed:
-        try:
-            with gzip.open(path, "rb") as g:
-                head = g.read(_HEAD)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise _gzip_error(path, 1, exc) from exc
-    if head.lstrip()[:1] == b"@":
-        return info.st_size, compressed, "fastq", fastq.first_record_line(head)
-    preamble = head if _find_header(head) < 0 else head[: _find_header(head)]
-    if preamble.strip():
-        raise _not_fasta(path, preamble, 1)
-    return info.st_size, compressed, "fasta", 1
-
-
 # --------------------------------------------------------------------------- reading
 
 
-def read_block(block: FastaBlock) -> list[Record]:
-    """The records whose header line starts in ``block`` (``[]`` if none), in file order."""
-    if block.format == "fastq":
-        if block.start == 0 and block.stop is None and is_gzip(block.path):
-            return [rec for batch in fastq.iter_fastq_gzip(block.path) for rec in batch]
-        return fastq.read_fastq_block(block)
+def first_record_line(path: str, head: bytes) -> int:
+    """The line of the first record of a FASTA file whose first bytes are ``head`` (1:
+    blank lines before it do not count); ``FastaFormatError`` for other text there."""
+    h = _find_header(head)
+    preamble = head if h < 0 else head[:h]
+    if preamble.strip():
+        raise _not_fasta(path, preamble, 1)
+    return 1
+
+
+def read_plain(block: InputBlock) -> list[Record]:
+    """The records whose header line starts in ``block`` of a plain file, in file order."""
     with open(block.path, "rb") as f:
-        if block.start == 0 and f.read(2) == GZIP_MAGIC:
-            return _read_gzip(block.path)
         return _read_plain(f, block)
 
 
-def _read_plain(f, block: FastaBlock) -> list[Record]:
+def _read_plain(f, block: InputBlock) -> list[Record]:
     path, start, stop = block.path, block.start, block.stop
     if start > 0:
         f.seek(start - 1)
@@ -242,7 +166,7 @@ def _check_blank_until_header(f, path: str, data: bytes) -> None:
         prev = chunk[-1:]
 
 
-def _read_gzip(path: str) -> list[Record]:
+def read_gzip(path: str) -> list[Record]:
     """Stream-decompress a whole file, parsing complete records as they arrive."""
     records: list[Record] = []
     buf, line, started = bytearray(), 1, False
@@ -251,7 +175,7 @@ def _read_gzip(path: str) -> list[Record]:
             try:
                 data = g.read(_SCAN)
             except (EOFError, OSError, zlib.error) as exc:
-                raise _gzip_error(path, line, exc) from exc
+                raise gzip_error(path, line, exc) from exc
             if not data:
                 break
             searched = max(len(buf) - 1, 1)
@@ -358,5 +282,5 @@ def _not_fasta(path: str, text: bytes, line: int) -> FastaFormatError:
     )
 
 
-def _gzip_error(path: str, line: int, exc: BaseException) -> FastaFormatError:
+def gzip_error(path: str, line: int, exc: BaseException) -> FastaFormatError:
     return FastaFormatError(path, line, None, f"corrupt or truncated gzip data: {exc}")

@@ -10,15 +10,15 @@ The method does not use qualities: they are checked for length, then dropped.
   ``record.id``); the sequence line loses trailing spaces and tabs only;
 * lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``; blank lines are accepted
   before the first record and after the last, nowhere else;
-* problems are :class:`~virnuc_dask.errors.FastaFormatError` with file, line and record: a
+* problems are :class:`~virnuc_dask.errors.FastqFormatError` with file, line and record: a
   sequence and quality of different lengths, a missing ``+`` line, a truncated
   last record, a FASTA (``>``) record among FASTQ records, binary or non-UTF-8 text.
 
 Blocks: because every record is four lines, a record starts on every fourth
-line counted from the file's first record (``FastaBlock.record_line``).  A block
+line counted from the file's first record (``InputBlock.record_line``).  A block
 owns the records whose ``@`` line starts in its byte range: it finds its first
 line start, steps to the next record line using the line number at its start
-(``FastaBlock.first_line``, counted by :func:`.fasta.plan_blocks`), and reads its
+(``InputBlock.first_line``, counted by :func:`.formats.plan_blocks`), and reads its
 last record on past its end.  A gzip file (bgzip and multi-member included) is
 one block, decompressed as a stream.
 """
@@ -29,8 +29,8 @@ import gzip
 import zlib
 from collections.abc import Iterator
 
-from virnuc_dask.core.records import FastaBlock, Record, lines_at
-from virnuc_dask.errors import FastaFormatError
+from virnuc_dask.core.records import InputBlock, Record, lines_at
+from virnuc_dask.errors import FastqFormatError
 
 __all__ = ["first_record_line", "iter_fastq_gzip", "read_fastq_block"]
 
@@ -60,14 +60,14 @@ def _check_text(data: bytes, path: str, line: int) -> None:
     """NUL bytes or text that is not UTF-8 in a normalised region starting at ``line``."""
     nul = data.find(b"\x00")
     if nul >= 0:
-        raise FastaFormatError(
+        raise FastqFormatError(
             path, line + data.count(b"\n", 0, nul), None, "binary data (NUL byte), not FASTQ text"
         )
     if not data.isascii():
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise FastaFormatError(
+            raise FastqFormatError(
                 path,
                 line + data.count(b"\n", 0, exc.start),
                 None,
@@ -105,20 +105,20 @@ def _parse(
                     if final:
                         return records, len(data), line + complete - i
                     break
-                raise FastaFormatError(path, line, None, "blank line inside FASTQ records")
+                raise FastqFormatError(path, line, None, "blank line inside FASTQ records")
             if head.startswith(b">"):
-                raise FastaFormatError(
+                raise FastqFormatError(
                     path, line, _title_id(head[1:]), "a FASTA record ('>' header) in a FASTQ file"
                 )
             shown = head[:40].decode("utf-8", "backslashreplace")
-            raise FastaFormatError(
+            raise FastqFormatError(
                 path, line, None, f"not FASTQ: expected an '@' header line, found {shown!r}"
             )
         title = head[1:]
         if i + 4 > complete:
             if not final:
                 break
-            raise FastaFormatError(
+            raise FastqFormatError(
                 path,
                 line,
                 _title_id(title),
@@ -129,7 +129,7 @@ def _parse(
         rid = _title_id(title)
         if not plus.startswith(b"+"):
             shown = plus[:40].decode("utf-8", "backslashreplace")
-            raise FastaFormatError(
+            raise FastqFormatError(
                 path,
                 line + 2,
                 rid,
@@ -138,11 +138,11 @@ def _parse(
             )
         repeated = plus[1:].rstrip(_STRIP)
         if repeated and repeated != title.rstrip(_STRIP):
-            raise FastaFormatError(
+            raise FastqFormatError(
                 path, line + 2, rid, "the '+' line repeats a different title than the '@' line"
             )
         if len(qual) != len(seq):
-            raise FastaFormatError(
+            raise FastqFormatError(
                 path,
                 line + 3,
                 rid,
@@ -179,7 +179,7 @@ def _count_line_ends(data: bytes) -> int:
     return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
 
 
-def read_fastq_block(block: FastaBlock) -> list[Record]:
+def read_fastq_block(block: InputBlock) -> list[Record]:
     """The records whose ``@`` line starts in the plain-file ``block``, in file order."""
     path, start, stop = block.path, block.start, block.stop
     with open(path, "rb") as f:
@@ -210,7 +210,7 @@ def read_fastq_block(block: FastaBlock) -> list[Record]:
         nxt = _next_line(data, at)
         if line < block.record_line and data[at:nxt].strip():
             shown = data[at:nxt].strip()[:40].decode("utf-8", "backslashreplace")
-            raise FastaFormatError(
+            raise FastqFormatError(
                 path, line, None, f"not FASTQ: expected an '@' header line, found {shown!r}"
             )
         at, line = nxt, line + 1
@@ -230,7 +230,7 @@ def iter_fastq_gzip(path: str) -> Iterator[list[Record]]:
             try:
                 data = g.read(_SCAN)
             except (EOFError, OSError, zlib.error) as exc:
-                raise FastaFormatError(
+                raise FastqFormatError(
                     path, line, None, f"corrupt or truncated gzip data: {exc}"
                 ) from exc
             final = not data

@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from virnuc_dask.core.chunking import chunk_record
-from virnuc_dask.core.fasta import FastaBlock, Record, read_block, record_problem
+from virnuc_dask.core.fasta import Record, record_problem
+from virnuc_dask.core.formats import read_block
 from virnuc_dask.core.pairs import mate_id
+from virnuc_dask.core.records import InputBlock
 from virnuc_dask.core.translate import Orf, six_frame_orfs
 
 
@@ -83,7 +85,7 @@ def orfs_from_records(
     return BlockOrfs(block, reads, orfs)
 
 
-def read_orfs(block: FastaBlock, chunk_size: int, select: Selection = six_frame_orfs) -> BlockOrfs:
+def read_orfs(block: InputBlock, chunk_size: int, select: Selection = six_frame_orfs) -> BlockOrfs:
     """Read one FASTA block and build its ORF table (mates named ``<id>/<mate>``)."""
     records = read_block(block)
     if block.mate is not None:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from virnuc_dask.core.fasta import read_block
-from virnuc_dask.core.records import FastaBlock
-from virnuc_dask.errors import FastaFormatError
+from virnuc_dask.core.formats import read_block
+from virnuc_dask.core.records import InputBlock
+from virnuc_dask.errors import InputFormatError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CASAVA = re.compile(r"([12]):[YN]:\d+(:|$)")
@@ -146,7 +146,7 @@ def first_mismatch(first: np.ndarray, second: np.ndarray) -> int | None:
     return None if len(first) == len(second) else n
 
 
-def with_mates(blocks: Sequence[FastaBlock], layout: Sequence[int | None]) -> list[FastaBlock]:
+def with_mates(blocks: Sequence[InputBlock], layout: Sequence[int | None]) -> list[InputBlock]:
     """``blocks`` (of the inputs, in order, as ``plan_blocks`` cuts them) with the mate
     number of their input; ``layout`` as :func:`mate_layout` gives it."""
     out, k = [], -1
@@ -156,7 +156,7 @@ def with_mates(blocks: Sequence[FastaBlock], layout: Sequence[int | None]) -> li
     return out
 
 
-def input_of_blocks(blocks: Sequence[FastaBlock]) -> list[int]:
+def input_of_blocks(blocks: Sequence[InputBlock]) -> list[int]:
     """For each block, the position of its input among the run's inputs."""
     out, k = [], -1
     for block in blocks:
@@ -176,14 +176,14 @@ class PairRows:
 
 
 def check_mates(
-    blocks: Sequence[FastaBlock],
+    blocks: Sequence[InputBlock],
     hashes: Sequence[np.ndarray],
     pairs: Sequence[MatePair],
 ) -> list[PairRows]:
     """The rows of every pair, once checked that both files hold the same reads in the
     same order; ``hashes``: per block, :func:`pair_hashes` of its reads.
 
-    Raises :class:`FastaFormatError` naming the file, line and record of the first read
+    Raises :class:`InputFormatError` naming the file, line and record of the first read
     whose mate is missing or differs.
     """
     inputs = input_of_blocks(blocks)
@@ -214,12 +214,12 @@ def _record_at(blocks, hashes, mine: list[int], k: int):
     return None
 
 
-def _mate_error(blocks, hashes, mine: dict[int, list[int]], k: int) -> FastaFormatError:
+def _mate_error(blocks, hashes, mine: dict[int, list[int]], k: int) -> InputFormatError:
     rec1 = _record_at(blocks, hashes, mine[1], k)
     rec2 = _record_at(blocks, hashes, mine[2], k)
     path1, path2 = blocks[mine[1][0]].path, blocks[mine[2][0]].path
     if rec2 is None:
-        return FastaFormatError(
+        return InputFormatError(
             rec1.path,
             rec1.line,
             rec1.id,
@@ -227,14 +227,14 @@ def _mate_error(blocks, hashes, mine: dict[int, list[int]], k: int) -> FastaForm
             "the two files of a pair must hold the same reads in the same order",
         )
     if rec1 is None:
-        return FastaFormatError(
+        return InputFormatError(
             rec2.path,
             rec2.line,
             rec2.id,
             f"no mate: {path1} ends after {k} reads, this file (mate 2) has more; "
             "the two files of a pair must hold the same reads in the same order",
         )
-    return FastaFormatError(
+    return InputFormatError(
         rec2.path,
         rec2.line,
         rec2.id,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["FastaBlock", "Record", "count_line_ends", "lines_at"]
+__all__ = ["InputBlock", "Record", "count_line_ends", "lines_at"]
 
 _SCAN = 16 * 2**20  # bytes per read when counting lines
 
 
 @dataclass(frozen=True)
-class FastaBlock:
+class InputBlock:
     """Byte range ``[start, stop)`` of one input file (``stop`` None: to the end of file).
 
     ``first_line`` is the 1-based line number at ``start`` (1 + line ends that

@@ -30,9 +30,9 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from virnuc_dask.core.fasta import inspect_input
+from virnuc_dask.core.formats import inspect_input
 from virnuc_dask.core.pairs import are_mates, first_title, mate_layout, title_mate
-from virnuc_dask.errors import FastaFormatError, SampleSheetError
+from virnuc_dask.errors import InputFormatError, SampleSheetError
 
 COLUMNS = ("sample", "fastq_1", "fastq_2", "fasta")
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -254,7 +254,7 @@ def _check_file(path: str, line: int, column: str, given: str, file: str) -> Non
         _, _, fmt, _ = inspect_input(file)
     except FileNotFoundError:
         raise SampleSheetError(path, line, f"{column} {given!r}: file not found ({file})") from None
-    except FastaFormatError as exc:
+    except InputFormatError as exc:
         raise SampleSheetError(path, line, f"{column} {given!r}: {exc}") from None
     wanted = "fasta" if column == "fasta" else "fastq"
     head = first_title(file)

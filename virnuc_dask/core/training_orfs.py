@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from virnuc_dask.core.fasta import plan_blocks, read_block
+from virnuc_dask.core.formats import plan_blocks, read_block
 from virnuc_dask.core.translate import Orf, six_frame_orfs
 
 __all__ = ["AMBIGUOUS", "ProteinReference", "TrainingSelection", "load_reference", "training_orfs"]

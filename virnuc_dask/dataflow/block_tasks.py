@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import zarr
 
-from virnuc_dask.core.fasta import FastaBlock
 from virnuc_dask.core.orfs import BlockOrfs, Selection, id_hashes, read_orfs
 from virnuc_dask.core.pairs import pair_hashes
+from virnuc_dask.core.records import InputBlock
 from virnuc_dask.core.translate import six_frame_orfs
 from virnuc_dask.dataflow.outputs import BlockCounts, write_block
 from virnuc_dask.dataflow.partition_task import (
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def read_block_task(
-    block: FastaBlock,
+    block: InputBlock,
     chunk_size: int,
     root: str,
     buckets: int,

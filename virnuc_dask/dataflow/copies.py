@@ -16,11 +16,12 @@ per model). Three cases:
 Without scoring (training keeps every embedding and reads through the sources), only
 first copies are embedded.
 
->>> plan = plan_rows(10, 4, {"dnabert": np.array([10, 10, 12, 3]),
-...                          "esm": np.array([10, 10, 10, 13])}, scoring=True)
->>> plan.embed["dnabert"].tolist(), plan.embed["esm"].tolist()
+>>> first, last = MODEL_KEYS  # nucleotide slice, protein
+>>> plan = plan_rows(10, 4, {first: np.array([10, 10, 12, 3]),
+...                          last: np.array([10, 10, 10, 13])}, scoring=True)
+>>> plan.embed[first].tolist(), plan.embed[last].tolist()
 ([True, False, True, True], [True, False, False, True])
->>> plan.take["esm"].tolist(), plan.scores_source.tolist()
+>>> plan.take[last].tolist(), plan.scores_source.tolist()
 ([0, 0, 0, 3], [10, 10, 12, 13])
 """
 

@@ -39,6 +39,7 @@ def load_models(settings: Settings, client: Client) -> dict[str, Any]:
         settings, threads_by_host=tuple(torch_threads_by_host(client).items())
     )
     registered = time.time()
+    log_workers_leaving(client)
     client.register_plugin(ModelPlugin(spec))
     client.register_plugin(ThroughputMetrics())
     # Bounded: stops when every worker failed to load (naming each) or after a timeout.
@@ -52,6 +53,19 @@ def load_models(settings: Settings, client: Client) -> dict[str, Any]:
             f"but {given} give {width}"
         )
     return facts
+
+
+def log_workers_leaving(client: Client) -> None:
+    """Log, as the scheduler hears of it, each worker that leaves the run: its models
+    could not be loaded, its device failed or got stuck (the error names worker, host
+    and device)."""
+
+    def on_event(event: tuple[float, Any]) -> None:
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("state") == "failed":
+            logger.warning("%s", msg.get("error"))
+
+    client.subscribe_topic(EVENT_TOPIC, on_event)
 
 
 def model_facts(statuses: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -16,9 +16,12 @@ The classifier scores the rows on the same worker, from the vectors in memory
 (:mod:`virnuc_dask.dataflow.copies` says which rows take another row's vectors or
 scores); the embeddings are stored only when the run keeps them.
 
-A fault that is not in the records (unusable weights, a broken driver, a
-poisoned CUDA context) makes every record fail. Rather than trying each record
-of the partition alone, the task stops with ``SystemicFailure`` once
+A device fault (a sticky CUDA error, :mod:`virnuc_dask.worker.faults`) is not a
+record's: it takes the worker out of the run and the partition goes to another
+worker (:meth:`~virnuc_dask.worker.plugin.ModelPlugin.holding_device`). Another fault
+that is not in the records (unusable weights, a broken driver) makes every record
+fail. Rather than trying each record of the partition alone, the task stops with
+``SystemicFailure`` once
 ``SYSTEMIC_FAILURES`` records in a row have failed with no success between them.
 A partition none of whose records could be embedded is written but not recorded
 as finished: the next run tries it again.
@@ -52,6 +55,7 @@ from virnuc_dask.models.classifier import score
 from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.partition_result import FailedRecord, ModelStats, PartitionResult
 from virnuc_dask.worker.batch_runner import NonFiniteEmbedding, SequenceTooLarge, embed
+from virnuc_dask.worker.faults import is_device_fault
 from virnuc_dask.worker.plugin import worker_models
 
 logger = logging.getLogger(__name__)
@@ -132,6 +136,8 @@ def isolate_failures(
                 pending.append(idx[rest])
             continue
         except Exception as exc:  # noqa: BLE001 - whatever a forward raises is recorded per record
+            if is_device_fault(exc):
+                raise  # the device failed, not these records: the worker leaves
             if len(idx) == 1:
                 failures.append(RecordFailure(int(idx[0]), stage, describe(exc)))
                 logger.warning("%s: %s failed: %s", stage, ids[int(idx[0])], describe(exc))
@@ -250,7 +256,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     stats: dict[str, ModelStats] = {}
     # One embedding task per device, even where the scheduler would run two (a worker
     # started with more than one GPU resource).
-    with models.holding_device():
+    with models.holding_device(f"partition {job.partition}"):
         for stage in MODEL_KEYS:  # in the registry's order
             todo = plan.embed[stage].copy()
             todo[list(failed)] = False  # failed in an earlier model: not given to this one

@@ -37,7 +37,7 @@ import numpy as np
 from distributed import Client
 
 from virnuc_dask.config import Settings
-from virnuc_dask.core.fasta import check_input, plan_blocks
+from virnuc_dask.core.formats import check_input, plan_blocks
 from virnuc_dask.core.orfs import Selection
 from virnuc_dask.core.pairs import PairRows, check_mates, mate_layout, mate_pairs, with_mates
 from virnuc_dask.core.plan import (

@@ -43,7 +43,7 @@ from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, 
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.viral_reads import write_viral_reads
-from virnuc_dask.errors import FastaFormatError, OutputDirError, SampleSheetError, first_line
+from virnuc_dask.errors import InputFormatError, OutputDirError, SampleSheetError, first_line
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
 from virnuc_dask.rundir import MULTIQC, SAMPLES, SUMMARY
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 SAMPLES_IN_FLIGHT = 4
 
 #: Errors that belong to one sample's input or output folder: the others go on.
-SAMPLE_ERRORS = (FastaFormatError, OutputDirError)
+SAMPLE_ERRORS = (InputFormatError, OutputDirError)
 
 
 @dataclasses.dataclass

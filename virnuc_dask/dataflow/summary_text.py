@@ -112,6 +112,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         tps = w.get("tokens_per_s") or {}
         text += "".join(f", {MODEL_NAMES.get(k, k)} {_rate(v)} tok/s" for k, v in tps.items() if v)
         rows.append((f"worker {address}", text))
+    for failed in summary.get("workers_failed", []):
+        rows.append(("worker left", str(failed.get("error"))))
     return rows
 
 

@@ -3,9 +3,12 @@
 fair-esm keeps its hub checkpoints as ``<torch hub dir>/checkpoints/<name>.pt``
 with ``<name>-contact-regression.pt`` beside them. A hub name is resolved to
 that file (downloaded once, under a file lock so that the workers of one node
-never download concurrently), then every load goes through
-``esm.pretrained.load_model_and_alphabet_local``: one way to load, whether the
-file came from the hub, a pre-staged directory or the user.
+never download concurrently), then every load goes the same way, whether the file
+came from the hub, a pre-staged directory or the user: the checkpoint is read
+memory-mapped under torch's safe loading, fair-esm's own code builds ESM-2 on the
+``meta`` device (no random weights: for the 3B layout they would be 11 GB of host
+memory) and the checkpoint's tensors are assigned to it, so that a worker's host
+memory while loading stays near one copy of the weights.
 """
 
 from __future__ import annotations
@@ -106,6 +109,40 @@ def read_checkpoint(path: Path) -> dict:
             return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+def _build(name: str, model_data: dict, regression: dict | None) -> tuple[torch.nn.Module, object]:
+    """fair-esm's ``load_model_and_alphabet_core`` for ESM-2, with the model built on the
+    meta device and the checkpoint's tensors assigned to it (not copied)."""
+    from esm import pretrained
+
+    if not name.startswith("esm2"):  # ESM-1 layouts: fair-esm's own way
+        return pretrained.load_model_and_alphabet_core(name, model_data, regression)
+    if regression is not None:
+        model_data["model"].update(regression["model"])
+    with torch.device("meta"):
+        model, alphabet, state = pretrained._load_model_and_alphabet_core_v2(model_data)
+    expected, found = set(model.state_dict()), set(state)
+    # Without its file the contact head (which embedding never uses) is left at zero,
+    # as fair-esm leaves it untrained.
+    optional = (
+        {k for k in expected if k.startswith("contact_head.")} if regression is None else set()
+    )
+    if expected - found - optional or found - expected:
+        raise RuntimeError(
+            f"missing key(s) {sorted(expected - found - optional)[:5]}, unexpected key(s) "
+            f"{sorted(found - expected)[:5]} in the state_dict of ESM2"
+        )
+    model.load_state_dict(state, strict=not optional, assign=True)
+    for module in model.modules():
+        for key, param in module.named_parameters(recurse=False):
+            if param.is_meta:
+                zeros = torch.zeros(param.shape, dtype=param.dtype)
+                setattr(module, key, torch.nn.Parameter(zeros, param.requires_grad))
+        for key, buffer in module.named_buffers(recurse=False):
+            if buffer.is_meta:
+                module.register_buffer(key, torch.zeros(buffer.shape, dtype=buffer.dtype))
+    return model, alphabet
+
+
 def load_esm(
     source: str,
     *,
@@ -123,9 +160,7 @@ def load_esm(
         regression = None
         if pretrained._has_regression_weights(path.stem):
             regression = read_checkpoint(path.with_name(path.stem + "-contact-regression.pt"))
-        # fair-esm's own loader, given the data (what load_model_and_alphabet_local does
-        # after its torch.load).
-        model, alphabet = pretrained.load_model_and_alphabet_core(path.stem, model_data, regression)
+        model, alphabet = _build(path.stem, model_data, regression)
         del model_data, regression
     except (
         pickle.UnpicklingError,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from virnuc_dask.config import Settings
-from virnuc_dask.core.fasta import check_input
+from virnuc_dask.core.formats import check_input
 from virnuc_dask.dataflow.identity import prepare_out
 from virnuc_dask.errors import TrainingDataError
 

@@ -33,6 +33,7 @@ from virnuc_dask.models.classifier import MLPClassifier
 from virnuc_dask.train.data import train_batches, validation_rows
 from virnuc_dask.train.metrics import binary_metrics
 from virnuc_dask.train.options import TrainOptions
+from virnuc_dask.worker.device import pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,20 @@ def validate(
     return {"val_loss": loss_sum / len(y_all), **metrics}
 
 
+def worker_device() -> torch.device:
+    """The device the models of the worker running this task claimed (its own GPU when
+    the worker sees several), or this process's device outside a worker."""
+    from distributed import get_worker
+
+    from virnuc_dask.worker.plugin import worker_models
+
+    try:
+        get_worker()
+    except ValueError:
+        return pick_device()
+    return worker_models().device
+
+
 def run_epoch(job: dict[str, Any]) -> dict[str, Any]:
     """Train one epoch from the checkpoint in ``job["dir"]`` (the worker's task).
 
@@ -112,11 +127,7 @@ def run_epoch(job: dict[str, Any]) -> dict[str, Any]:
     """
     options = TrainOptions(**job["options"])
     directory = Path(job["dir"])
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
+    device = worker_device()
     if device.type == "cpu" and job.get("threads"):
         torch.set_num_threads(job["threads"])
     state = load_checkpoint(directory / CHECKPOINT)

@@ -38,9 +38,11 @@ from typing import Any
 import numpy as np
 
 from virnuc_dask.config import Settings
-from virnuc_dask.core.fasta import FastaFormatError, Record, plan_blocks, read_block
+from virnuc_dask.core.fasta import Record
+from virnuc_dask.core.formats import plan_blocks, read_block
 from virnuc_dask.core.pairs import first_mismatch, mate_id, mate_layout, mate_pairs, pair_hashes
 from virnuc_dask.core.samplesheet import Sample, SampleSheet
+from virnuc_dask.errors import InputFormatError
 from virnuc_dask.files import is_gzip
 from virnuc_dask.validate.estimate import estimate
 from virnuc_dask.validate.input_stats import FileStats, Finding, add_records
@@ -92,7 +94,7 @@ def check_file(
     except FileNotFoundError:
         stats.add(Finding("error", path, None, None, "no such file"), max_findings)
         return stats
-    except FastaFormatError as exc:
+    except InputFormatError as exc:
         stats.add(_format_error(path, exc), max_findings)
         return stats
     except OSError as exc:
@@ -108,7 +110,7 @@ def check_file(
     for block in blocks:
         try:
             records = read_block(block)
-        except FastaFormatError as exc:
+        except InputFormatError as exc:
             stats.add(_format_error(path, exc), max_findings)
             return stats
         except OSError as exc:
@@ -128,7 +130,7 @@ def check_file(
     return stats
 
 
-def _format_error(path: str, exc: FastaFormatError) -> Finding:
+def _format_error(path: str, exc: InputFormatError) -> Finding:
     line = exc.line
     if "gzip" in exc.problem and is_gzip(path):
         line = _gzip_lines_before_error(path)  # where the readable data ends, not line 1

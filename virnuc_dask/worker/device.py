@@ -154,6 +154,12 @@ def decide(requested: str, facts: DeviceProbe) -> torch.device:
     )
 
 
+def pick_device(requested: str = "auto") -> torch.device:
+    """The device this process would embed on (:func:`decide`; no lock taken)."""
+    device = decide(requested, probe())
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else device
+
+
 def lock_dir() -> Path:
     """Host-wide directory of device locks of this user."""
     uid = os.getuid() if hasattr(os, "getuid") else 0

@@ -20,6 +20,13 @@ worker.
 - **One task per device.** The ``GPU`` resource lets the scheduler send one
   embedding task at a time; the plugin's device lock makes sure of it inside
   the worker, whatever resources the worker was started with.
+- **A failing device costs the worker, not the run.** A device fault in a task that
+  holds the device (:mod:`.faults`: a sticky CUDA error, not an OOM), or a task that
+  makes no progress for far longer than this worker's own rate predicts
+  (:mod:`.stall`), takes the worker out the same way as a failed load: an event
+  naming worker, host and device, the resource given up, the worker closed (a
+  stuck one by its nanny, which kills the process). The task goes to another
+  worker; partitions this worker finished are kept.
 
 >>> plugin = ModelPlugin(ModelSpec.from_settings(Settings()))
 >>> plugin.name
@@ -43,6 +50,7 @@ from urllib.parse import urlsplit
 
 import torch
 from distributed import Reschedule, WorkerPlugin, get_worker
+from distributed.utils import sync
 
 from virnuc_dask.config import Settings
 from virnuc_dask.core.batching import TokenBudget
@@ -50,7 +58,10 @@ from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.models.adapter import ModelAdapter
 from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.worker import device as devices
+from virnuc_dask.worker.faults import InjectedFault, is_device_fault
+from virnuc_dask.worker.leaving import leave, report
 from virnuc_dask.worker.precision import DTYPES, matmul_state, pin_fp32, resolve_precision
+from virnuc_dask.worker.stall import POLL_S, StallWatch, watch_forwards
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +72,8 @@ EMBED_RESOURCE = "GPU"
 MODEL_LOAD_TIMEOUT = 1800.0
 # A task waiting for the device behind another embedding task on the same worker.
 DEVICE_WAIT_TIMEOUT = 3600.0
+# A worker leaving because of its device tells the scheduler first, within this bound.
+LEAVE_TIMEOUT_S = 30.0
 
 __all__ = [
     "DTYPES",
@@ -85,6 +98,7 @@ class ModelSpec:
     offline: bool = False
     threads: int | None = None
     threads_by_host: tuple[tuple[str, int], ...] = ()
+    stuck_after: float = 300.0
 
     @classmethod
     def from_settings(
@@ -101,13 +115,8 @@ class ModelSpec:
             offline=settings.offline,
             threads=settings.threads,
             threads_by_host=threads_by_host,
+            stuck_after=settings.stuck_after,
         )
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """The device this process would embed on (:func:`.device.decide`; no lock taken)."""
-    device = devices.decide(requested, devices.probe())
-    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else device
 
 
 class ModelPlugin(WorkerPlugin):
@@ -125,7 +134,7 @@ class ModelPlugin(WorkerPlugin):
         self.state = "new"  # new -> loading -> ready | failed
         self.error: str | None = None
         self.ready_at: float | None = None  # time.time() when the models were ready
-        self.address = self.host = ""
+        self.address = self.host = self.worker_name = ""
         self.device: torch.device | None = None
         self.device_info: dict[str, Any] = {}
         self.threads: int | None = None
@@ -137,7 +146,9 @@ class ModelPlugin(WorkerPlugin):
         self.device_lock = threading.Lock()
         self.budgets = {key: TokenBudget() for key in MODEL_KEYS}
         self._claim: devices.DeviceClaim | None = None
+        self.watch = StallWatch(floor=self.spec.stuck_after)
         self._task: asyncio.Future | None = None
+        self._watchdog: asyncio.Future | None = None
 
     # -- lifecycle (on the worker) -------------------------------------------------------
 
@@ -151,8 +162,10 @@ class ModelPlugin(WorkerPlugin):
     async def setup(self, worker: Any) -> None:
         self.address = getattr(worker, "address", "")
         self.host = urlsplit(self.address).hostname or socket.gethostname()
+        self.worker_name = str(getattr(worker, "name", "") or "")
         self.state = "loading"
         self._task = asyncio.ensure_future(self._load_then_announce(worker))
+        self._watchdog = asyncio.ensure_future(self._watch_progress(worker))
 
     async def _load_then_announce(self, worker: Any) -> None:
         try:
@@ -161,7 +174,7 @@ class ModelPlugin(WorkerPlugin):
             self._fail(exc)
         finally:
             self.ready.set()
-        await _log_event(worker, self.status())
+        await report(worker, EVENT_TOPIC, self.status())
         if self.state == "ready":
             if worker.state.total_resources.get(EMBED_RESOURCE, 0) < 1:
                 await worker.set_resources(**{EMBED_RESOURCE: 1})
@@ -169,10 +182,7 @@ class ModelPlugin(WorkerPlugin):
         # A warning: the run goes on with the other workers (the client reports the
         # error when none is left).
         logger.warning("%s; this worker leaves the cluster", self.error)
-        with contextlib.suppress(OSError, KeyError):  # the scheduler may be gone already
-            await worker.set_resources(**{EMBED_RESOURCE: 0})
-        # Closing the nanny too: a restarted worker would fail the same way.
-        worker.loop.add_callback(worker.close_gracefully, reason="models could not be loaded")
+        await leave(worker, EMBED_RESOURCE, reason="models could not be loaded")
 
     def load(self) -> None:
         """Pick and claim the device, then load the models (blocking)."""
@@ -188,6 +198,8 @@ class ModelPlugin(WorkerPlugin):
             torch.cuda.set_device(device)
         self.device = device
         self.device_info = devices.describe_device(device)
+        if self._claim is not None:
+            self.device_info["uuid"] = self._claim.name
         if device.type == "cpu":
             self.threads = spec.threads or dict(spec.threads_by_host).get(self.host)
             self.activate()
@@ -208,6 +220,11 @@ class ModelPlugin(WorkerPlugin):
             for m in EMBEDDING_MODELS
         }
         self.classifier = None if spec.classifier is None else load_classifier(spec.classifier)
+        embedding = {key: adapter.model for key, adapter in self.adapters.items()}
+        watch_forwards(self.watch, embedding)
+        injected = InjectedFault.from_environment()
+        if injected is not None:
+            injected.install(embedding)
         self.ready_at = time.time()
         self.state = "ready"
         logger.info(
@@ -222,15 +239,63 @@ class ModelPlugin(WorkerPlugin):
         if self._claim is not None:
             self._claim.release()
             self._claim = None
-        gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
-        where = f"worker {self.address} on {self.host}" + (
-            f" (CUDA_VISIBLE_DEVICES={gpu})" if gpu else ""
-        )
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        self.error = f"{where} could not load the models: {type(exc).__name__}: {detail}"
+        self.error = f"{self.where()} could not load the models: {type(exc).__name__}: {detail}"
         self.state = "failed"
 
+    def where(self) -> str:
+        """``worker ADDRESS (NAME) on HOST (DEVICE, CUDA_VISIBLE_DEVICES=...)``."""
+        named = self.worker_name and self.worker_name != self.address
+        name = f" ({self.worker_name})" if named else ""
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+        device = [str(self.device)] if self.device is not None else []
+        if self.device_info.get("uuid"):
+            device.append(str(self.device_info["uuid"]))
+        if gpu:
+            device.append(f"CUDA_VISIBLE_DEVICES={gpu}")
+        return f"worker {self.address}{name} on {self.host}" + (
+            f" ({', '.join(device)})" if device else ""
+        )
+
+    def device_failed(self, exc: BaseException) -> None:
+        """In the task that saw ``exc`` (a device fault): take this worker out of the run
+        and hand the task back to the scheduler for another worker."""
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        self.error = (
+            f"{self.where()} stopped: its device failed ({type(exc).__name__}: {detail}); "
+            "the worker left the run, its partitions went to the other workers"
+        )
+        self.state = "failed"
+        logger.error("%s", self.error)
+        worker = get_worker()
+        # Before the task is handed back: the scheduler must not give it to this worker.
+        sync(worker.loop, self._announce_and_leave, worker, callback_timeout=LEAVE_TIMEOUT_S)
+        raise Reschedule()
+
+    async def _announce_and_leave(self, worker: Any, *, stuck: bool = False) -> None:
+        await report(worker, EVENT_TOPIC, self.status())
+        reason = "stuck device" if stuck else "device failed"
+        await leave(worker, EMBED_RESOURCE, reason=reason, stuck=stuck)
+
+    async def _watch_progress(self, worker: Any) -> None:
+        """Take the worker out when the task holding its device makes no progress."""
+        while self.state in ("loading", "ready"):
+            await asyncio.sleep(POLL_S)
+            why = self.watch.overdue()
+            if why is None or self.state != "ready":
+                continue
+            self.state = "failed"
+            self.error = (
+                f"{self.where()} is stuck: {why}; the worker was closed, its partitions "
+                "went to the other workers"
+            )
+            logger.error("%s", self.error)
+            await self._announce_and_leave(worker, stuck=True)
+            return
+
     def teardown(self, worker: Any) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self.adapters, self.classifier = {}, None
         if self._claim is not None:
             self._claim.release()
@@ -247,16 +312,26 @@ class ModelPlugin(WorkerPlugin):
         return self
 
     @contextlib.contextmanager
-    def holding_device(self, *, timeout: float = DEVICE_WAIT_TIMEOUT) -> Iterator[None]:
-        """Run the block as the only user of this worker's device."""
+    def holding_device(
+        self, what: str = "a task", *, timeout: float = DEVICE_WAIT_TIMEOUT
+    ) -> Iterator[None]:
+        """Run the block as the only user of this worker's device, watched for progress
+        (``what`` names it); a device fault in it takes this worker out of the run
+        (:meth:`device_failed`: the task is rescheduled elsewhere)."""
         if not self.device_lock.acquire(timeout=timeout):
             raise RuntimeError(
                 f"worker {self.address}: the device stayed busy with another embedding task "
                 f"for {timeout:.0f} s"
             )
+        self.watch.begin(what)
         try:
             yield
+        except Exception as exc:
+            if not is_device_fault(exc):
+                raise
+            self.device_failed(exc)
         finally:
+            self.watch.end()
             self.device_lock.release()
 
     def budget(self, model: str) -> TokenBudget:
@@ -275,6 +350,7 @@ class ModelPlugin(WorkerPlugin):
         out: dict[str, Any] = {
             "worker": self.address,
             "host": self.host,
+            "worker_name": self.worker_name,
             "state": self.state,
             "time": time.time(),
         }
@@ -296,14 +372,6 @@ class ModelPlugin(WorkerPlugin):
         if self.error:
             out["error"] = self.error
         return out
-
-
-async def _log_event(worker: Any, msg: dict[str, Any]) -> None:
-    """An event on the scheduler, sent directly (it must arrive before the worker closes)."""
-    try:
-        await worker.scheduler.log_event(topic=EVENT_TOPIC, msg=msg)
-    except OSError as exc:
-        logger.warning("could not report the models' state to the scheduler: %s", exc)
 
 
 def worker_models(*, timeout: float = MODEL_LOAD_TIMEOUT) -> ModelPlugin:
