@@ -112,3 +112,12 @@ def mark_dynamic(*tensors: torch.Tensor | None, dims: tuple[int, ...] = (0, 1)) 
         if t is not None:
             for d in dims:
                 torch._dynamo.maybe_mark_dynamic(t, d)
+
+
+def compile_models(models: list[torch.nn.Module], spec: Any, device: torch.device) -> bool:
+    """Compile the layers of each model that can (``compile_layers``) if ``spec.compile``
+    asks for it on ``device``; whether they are compiled."""
+    on = wanted(spec.compile, device)
+    for model in models:
+        getattr(model, "compile_layers", lambda _: None)(on)
+    return on

@@ -141,7 +141,6 @@ class ModelPlugin(WorkerPlugin):
         self.device_info: dict[str, Any] = {}
         self.threads: int | None = None
         self.precision: str | None = None
-        self.compiled = False
         self.matmul: dict[str, Any] = {}
         self.adapters: dict[str, ModelAdapter] = {}
         self.classifier = None
@@ -190,7 +189,7 @@ class ModelPlugin(WorkerPlugin):
     def load(self) -> None:
         """Pick and claim the device, then load the models (blocking)."""
         from virnuc_dask.models.classifier import load_classifier
-        from virnuc_dask.models.compiled import wanted
+        from virnuc_dask.models.compiled import compile_models
 
         spec = self.spec
         device = devices.decide(spec.device, devices.probe())
@@ -223,9 +222,7 @@ class ModelPlugin(WorkerPlugin):
             )
             for m in EMBEDDING_MODELS
         }
-        self.compiled = wanted(spec.compile, device)  # torch.compile: models/compiled.py
-        for adapter in self.adapters.values():
-            getattr(adapter.model, "compile_layers", lambda _: None)(self.compiled)
+        self.compiled = compile_models([a.model for a in self.adapters.values()], spec, device)
         self.classifier = None if spec.classifier is None else load_classifier(spec.classifier)
         embedding = {key: adapter.model for key, adapter in self.adapters.items()}
         watch_forwards(self.watch, embedding)
@@ -235,10 +232,10 @@ class ModelPlugin(WorkerPlugin):
         self.ready_at = time.time()
         self.state = "ready"
         logger.info(
-            "models ready on %s (%s, %s, %d torch threads)",
+            "models ready on %s (%s, compiled %s, %d torch threads)",
             device,
             self.precision,
-            "layers compiled" if self.compiled else "uncompiled",
+            self.compiled,
             torch.get_num_threads(),
         )
 
