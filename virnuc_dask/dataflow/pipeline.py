@@ -190,15 +190,9 @@ def embed_inputs(
     layout = mate_layout(settings.inputs)
     blocks = with_mates(plan_blocks(list(settings.inputs), settings.blocksize), layout)
     tick("models", 0, 1)
-
-    if facts is None:
-        facts = load_models(settings, client)
-    dims = {m: facts[m] for m in MODEL_KEYS}
-    timings["load_models"] = time.perf_counter() - t0
-    tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
-    # Read and translate every block into the scratch; only counts come back.
-    t = time.perf_counter()
     tick("read", 0, len(blocks))
+    # Read and translate every block into the scratch (only counts come back), submitted
+    # before the models are loaded: the workers read while they load them.
     buckets = _dedup_buckets(settings)
     # (No retries: a read fails because of the file, and would fail again.)
     reading = client.map(
@@ -211,10 +205,16 @@ def embed_inputs(
         key=[unique_key("read_orfs") for _ in blocks],
     )
     try:
+        if facts is None:
+            facts = load_models(settings, client)
+        timings["load_models"] = time.perf_counter() - t0
+        tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
         summaries = client.gather(reading)
     except BaseException:
         client.cancel(reading)  # on a shared cluster: the blocks not yet read are not read
         raise
+    dims = {m: facts[m] for m in MODEL_KEYS}
+    t = t0  # reading started with the model load
     del reading  # the workers release the summaries
     # Mates out of order stop the run here, before anything is embedded or stored.
     pairs = check_mates(blocks, [m for _, _, m in summaries], mate_pairs(layout))
@@ -372,7 +372,18 @@ def _run(
     tick("write", len(blocks), len(blocks), reads=total.reads)
     timings["total"] = time.perf_counter() - t0
 
-    summary = run_summary(settings, client, facts, total, plan, todo, partition_stats, timings)
+    end = time.time()
+    summary = run_summary(
+        settings,
+        client,
+        facts,
+        total,
+        plan,
+        todo,
+        partition_stats,
+        timings,
+        span=(end - timings["total"], end),
+    )
     summary["dedup"] = {"enabled": bool(buckets), **embedded.dedup}
     summary["partitions"]["damaged"] = [
         {"partition": p, "problem": why} for p, why in sorted(embedded.damaged.items())

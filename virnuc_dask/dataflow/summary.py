@@ -31,8 +31,16 @@ def run_summary(
     todo: list[int],
     partition_stats: list[PartitionResult],
     timings: dict[str, float],
+    *,
+    span: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``run_summary.json`` (see the README for its fields)."""
+    """The content of ``run_summary.json`` (see the documentation for its fields).
+
+    ``span``: the run's start and end (``time.time()``); with it each worker that
+    embedded gets ``device_busy``: its time inside the models' forwards over the time
+    from its models being ready (or the run's start, if later) to the run's end (the
+    last result written).
+    """
     workers: dict[str, dict[str, Any]] = {}
     # ``orfs``: the ORFs of the computed partitions; ``embedded``: those the model ran on
     # (the first copy of each input, with dedup).
@@ -95,6 +103,9 @@ def run_summary(
             threads=status.get("threads"),
             gpu=gpu_metrics(info["workers"].get(address, {}), status.get("memory")),
         )
+        if span is not None and w.get("seconds"):
+            start = max(status.get("ready_at") or span[0], span[0])
+            w["device_busy"] = round(w["seconds"] / (span[1] - start), 4)
     failed_workers = [
         {k: f.get(k) for k in ("worker", "host", "device", "error")}
         for f in load_failures(client, since=facts["registered"])

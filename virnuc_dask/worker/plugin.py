@@ -133,6 +133,7 @@ class ModelPlugin(WorkerPlugin):
     def _clear(self) -> None:
         self.state = "new"  # new -> loading -> ready | failed
         self.error: str | None = None
+        self.ready_at: float | None = None  # time.time() when the models were ready
         self.address = self.host = self.worker_name = ""
         self.device: torch.device | None = None
         self.device_info: dict[str, Any] = {}
@@ -224,6 +225,7 @@ class ModelPlugin(WorkerPlugin):
         injected = InjectedFault.from_environment()
         if injected is not None:
             injected.install(embedding)
+        self.ready_at = time.time()
         self.state = "ready"
         logger.info(
             "models ready on %s (%s, %d torch threads)",
@@ -356,6 +358,7 @@ class ModelPlugin(WorkerPlugin):
             out.update(device=str(self.device), device_info=self.device_info)
         if self.state == "ready":
             out.update(
+                ready_at=self.ready_at,
                 precision=self.precision,
                 dims=self.dims,
                 matmul=self.matmul,
