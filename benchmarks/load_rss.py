@@ -57,6 +57,12 @@ def write_checkpoint(path: Path, layers: int, dim: int, heads: int) -> Path:
         token_dropout=True,
     )
     torch.save({"model": state, "cfg": {"model": cfg}}, path)
+    regression = {
+        k: torch.zeros(v.shape)
+        for k, v in model.state_dict().items()
+        if k.startswith("contact_head")
+    }
+    torch.save({"model": regression}, path.with_name(path.stem + "-contact-regression.pt"))
     for file in backing.iterdir():
         file.unlink()
     backing.rmdir()
@@ -123,6 +129,7 @@ def main() -> None:
                 f"({row['peak_over_checkpoint']:.2f}x), {row['seconds']:.1f} s"
             )
         path.unlink()
+        path.with_name(path.stem + "-contact-regression.pt").unlink()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
