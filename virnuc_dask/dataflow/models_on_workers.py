@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from typing import Any
 
 from distributed import Client
@@ -30,21 +31,23 @@ logger = logging.getLogger(__name__)
 def load_models(settings: Settings, client: Client) -> dict[str, Any]:
     """Register the models of ``settings`` on every worker and wait for them.
 
-    Returns the facts of :func:`model_facts` and ``registered`` (the time of
-    registration: load failures after it belong to this run). Raises
+    Returns the facts of :func:`model_facts`, ``registered`` (the time of
+    registration) and ``run`` (the registration's token: the failures reported under
+    it belong to this run). Raises
     :class:`~virnuc_dask.errors.ModelLoadError` when no worker could load them or the
     classifier does not take the two models' widths.
     """
+    run = uuid.uuid4().hex
     spec = ModelSpec.from_settings(
-        settings, threads_by_host=tuple(torch_threads_by_host(client).items())
+        settings, threads_by_host=tuple(torch_threads_by_host(client).items()), run=run
     )
     registered = time.time()
     log_workers_leaving(client)
     client.register_plugin(ModelPlugin(spec))
     client.register_plugin(ThroughputMetrics())
     # Bounded: stops when every worker failed to load (naming each) or after a timeout.
-    statuses = wait_for_models(client, since=registered)
-    facts = {**model_facts(statuses), "registered": registered}
+    statuses = wait_for_models(client, run=run)
+    facts = {**model_facts(statuses), "registered": registered, "run": run}
     width = sum(facts[m.key] for m in EMBEDDING_MODELS)
     if settings.classifier is not None and facts["classifier_input"] != width:
         given = " + ".join(f"{m.name} ({facts[m.key]})" for m in EMBEDDING_MODELS)
@@ -95,26 +98,30 @@ def model_status(client: Client) -> dict[str, dict[str, Any]]:
 
 # How long the client lets failed workers finish leaving before it reports them.
 LEAVE_WAIT_S = 15.0
-# Worker and client clocks may differ a little (other hosts).
-CLOCK_SLACK_S = 2.0
 
 
-def load_failures(client: Client, *, since: float = 0.0) -> list[dict[str, Any]]:
-    """Workers whose models could not be loaded (from scheduler events), at ``since``
-    (``time.time()``, the registration of this run's plugin) or later."""
+def load_failures(client: Client, *, run: str | None = None) -> list[dict[str, Any]]:
+    """Workers that failed (from scheduler events): their models could not be loaded or
+    their device failed. With ``run`` (the token of :class:`ModelSpec`), only those
+    reported under that registration; an earlier run's failures on the same cluster
+    are not this run's, however close in time."""
     failed = {}
     for _, msg in client.get_events(EVENT_TOPIC):
         if (
             isinstance(msg, dict)
             and msg.get("state") == "failed"
-            and msg.get("time", 0) >= since - CLOCK_SLACK_S
+            and (run is None or msg.get("run") == run)
         ):
             failed[msg["worker"]] = msg
     return list(failed.values())
 
 
 def wait_for_models(
-    client: Client, *, timeout: float = MODEL_LOAD_TIMEOUT, poll: float = 0.25, since: float = 0.0
+    client: Client,
+    *,
+    timeout: float = MODEL_LOAD_TIMEOUT,
+    poll: float = 0.25,
+    run: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Wait until a worker has its models ready; every worker's status.
 
@@ -136,7 +143,7 @@ def wait_for_models(
             time.sleep(poll)
             continue
         if not any(s["state"] in ("new", "loading") for s in statuses.values()):
-            failures = load_failures(client, since=since)
+            failures = load_failures(client, run=run)
             reasons = (
                 "; ".join(f["error"] for f in failures) or "no worker is connected to the scheduler"
             )

@@ -108,7 +108,7 @@ def run_summary(
             w["device_busy"] = round(w["seconds"] / (span[1] - start), 4)
     failed_workers = [
         {k: f.get(k) for k in ("worker", "host", "device", "error")}
-        for f in load_failures(client, since=facts["registered"])
+        for f in load_failures(client, run=facts["run"])
     ]
     for stage in stages.values():
         stage["tokens_per_s"] = (

@@ -1,22 +1,20 @@
 """The models on a worker: loaded once per worker process by a named ``WorkerPlugin``.
 
-Register it with ``client.register_plugin(ModelPlugin(spec))``; every current
-and future worker (a restarted one included) sets it up, and tasks reach it
-through :func:`worker_models`. This is the only place a model is loaded on a
-worker.
+Register it with ``client.register_plugin(ModelPlugin(spec))``; every current and future
+worker (a restarted one included) sets it up, and tasks reach it through
+:func:`worker_models`. This is the only place a model is loaded on a worker.
 
 - **Off the event loop.** ``setup`` starts the load in a thread and returns: the
   worker keeps answering heartbeats during the minutes ESM-2 3B takes.
-- **Ready or gone.** A worker whose load succeeded offers the resource
-  ``GPU=1`` (embedding and classifying tasks ask for it; workers started by this
-  package offer it from the start, a worker started by hand gets it now). A
-  worker whose load failed (a missing file, a busy or broken GPU, a device it
-  was started for and cannot use) reports the error, naming worker, host and
-  device, as an event of topic ``virnuc-dask-models`` on the scheduler, gives
-  the resource up and closes with its nanny, so that its tasks go to the
-  healthy workers and it is not restarted into the same failure.
-  :mod:`virnuc_dask.dataflow.models_on_workers` has the client's side: the
-  bounded wait for the first ready worker and the list of failed ones.
+- **Ready or gone.** A worker whose load succeeded offers the resource ``GPU=1``
+  (embedding and classifying tasks ask for it; workers started by this package offer
+  it from the start, a worker started by hand gets it now). A worker whose load failed
+  (a missing file, a busy or broken GPU, a device it was started for and cannot use)
+  reports the error, naming worker, host and device, as an event of topic
+  ``virnuc-dask-models`` on the scheduler, gives the resource up and closes with its
+  nanny, so that its tasks go to the healthy workers and it is not restarted into the
+  same failure. :mod:`virnuc_dask.dataflow.models_on_workers` has the client's side: the
+  bounded wait for the first ready worker and the list of this run's failed ones.
 - **One task per device.** The ``GPU`` resource lets the scheduler send one
   embedding task at a time; the plugin's device lock makes sure of it inside
   the worker, whatever resources the worker was started with.
@@ -100,10 +98,11 @@ class ModelSpec:
     threads: int | None = None
     threads_by_host: tuple[tuple[str, int], ...] = ()
     stuck_after: float = 300.0
+    run: str = ""  # this registration's token, in every event: a run's own failures
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, threads_by_host: tuple[tuple[str, int], ...] = ()
+        cls, settings: Settings, *, threads_by_host: tuple[tuple[str, int], ...] = (), run: str = ""
     ) -> ModelSpec:
         """The run's models; without a classifier in ``settings``, the embedding models."""
         classifier = settings.classifier
@@ -118,6 +117,7 @@ class ModelSpec:
             threads=settings.threads,
             threads_by_host=threads_by_host,
             stuck_after=settings.stuck_after,
+            run=run,
         )
 
 
@@ -181,8 +181,7 @@ class ModelPlugin(WorkerPlugin):
             if worker.state.total_resources.get(EMBED_RESOURCE, 0) < 1:
                 await worker.set_resources(**{EMBED_RESOURCE: 1})
             return
-        # A warning: the run goes on with the other workers (the client reports the
-        # error when none is left).
+        # A warning: the run goes on with the others (the client reports it when none is left).
         logger.warning("%s; this worker leaves the cluster", self.error)
         await leave(worker, EMBED_RESOURCE, reason="models could not be loaded")
 
@@ -357,6 +356,7 @@ class ModelPlugin(WorkerPlugin):
             "host": self.host,
             "worker_name": self.worker_name,
             "state": self.state,
+            "run": self.spec.run,
             "time": time.time(),
         }
         if self.device is not None:
