@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import zarr
 from distributed import Client, LocalCluster
-from helpers import REFERENCE, TINY, tiny_settings
+from helpers import REFERENCE, TINY, tiny_settings, wait_until
 
 from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.core.formats import plan_blocks, read_block
@@ -302,8 +302,14 @@ def test_worker_killed_while_embedding_loses_nothing(clean, tmp_path, restart):
         if restart:
             client.wait_for_workers(2, timeout=120)
         after = worker_pids(client)
-        # The restarted worker set the model plugin up by itself.
-        models_loaded = client.run(has_models)
+        # The restarted worker set the model plugin up by itself. It loads off its event
+        # loop, so it may connect (and the run end) before its models are ready: wait.
+        models_loaded = wait_until(
+            lambda: (loaded := client.run(has_models)) and all(loaded.values()) and loaded,
+            60,
+            interval=0.25,
+            what="every worker's models, the restarted one's included",
+        )
 
     assert killed and killed["at"] < result.partitions
     assert killed["tables"] == 0  # nothing read had to be read again
