@@ -200,8 +200,8 @@ def test_fewer_workers_started_than_asked_ends_the_wait(monkeypatch, tmp_path):
 
     monkeypatch.setattr(
         start,
-        "_new_local_cluster",
-        lambda settings: LocalCluster(
+        "local_cluster",
+        lambda settings, security=None: LocalCluster(
             n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
         ),
     )

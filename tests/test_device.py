@@ -190,6 +190,6 @@ def test_dask_cuda_workers_keep_the_project_preload(monkeypatch):
         sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeCluster)
     )
     monkeypatch.setattr(start, "visible_gpus", lambda gpus=None: ["0", "1"])
-    start._start_local(load_settings(inputs=[], overrides={"workers": 1}))
+    start._start_local(load_settings(inputs=[], overrides={"workers": 1}), None)
     assert "virnuc_dask.cluster.start" in seen["preload"]
     assert seen["CUDA_VISIBLE_DEVICES"] == "0" and seen["resources"] == {"GPU": 1}

@@ -162,13 +162,13 @@ def test_cli_without_terminal_prints_periodic_progress_lines(tmp_path):
     final = lines[-1]
     assert "embedding: 290/290 ORFs · 19/19 partitions" in final
     assert "writing results: 1/1 blocks · 80 reads ✓" in final
-    assert re.search(r"workers: tcp://\S+ 19 partitions 290 ORFs [\d.]+ ORF/s", final)
+    assert re.search(r"workers: tls://\S+ 19 partitions 290 ORFs [\d.]+ ORF/s", final)
     # the end-of-run summary, in the terminal and in the log file
     for text in (proc.stderr, (tmp_path / "log").read_text()):
         assert re.search(
             r"^reads\s+80: \d+ viral, \d+ others, 13 without ORF, 0 failed$", text, re.M
         ), text
-        assert re.search(r"^worker tcp://\S+\s+19 partitions, 290 ORFs", text, re.M)
+        assert re.search(r"^worker tls://\S+\s+19 partitions, 290 ORFs", text, re.M)
 
 
 def test_quiet_prints_nothing_on_success(tmp_path):
@@ -233,7 +233,7 @@ def test_live_display_in_a_terminal(tmp_path):
     assert running, "no frame caught during embedding:\n" + "\n=====\n".join(frames[-20:])
     frame = running[-1]
     assert re.search(r"^worker\s+tasks\s+partitions\s+ORFs\s+ORF/s", frame, re.M), frame
-    assert re.search(r"^tcp://127\.0\.0\.1:\d+\s", frame, re.M), frame
+    assert re.search(r"^tls://127\.0\.0\.1:\d+\s", frame, re.M), frame
     # at the end: every stage ticked off, the worker's throughput, then the summary
     for label in (
         "loading models",
@@ -244,7 +244,7 @@ def test_live_display_in_a_terminal(tmp_path):
         "writing results",
     ):
         assert f"✓ {label}" in final, final
-    assert re.search(r"^tcp://\S+\s+.*\s19\s+290\s+[\d.]+", final, re.M), final
+    assert re.search(r"^tls://\S+\s+.*\s19\s+290\s+[\d.]+", final, re.M), final
     assert re.search(r"^status\s+complete$", final, re.M), final
 
 

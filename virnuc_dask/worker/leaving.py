@@ -16,7 +16,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# How long a stuck worker waits for the scheduler to copy its results elsewhere.
+# How long a leaving worker waits for the scheduler to copy its results elsewhere.
 RETIRE_TIMEOUT_S = 60.0
 
 
@@ -40,23 +40,51 @@ async def leave(worker: Any, resource: str, *, reason: str, stuck: bool = False)
     with contextlib.suppress(OSError, KeyError):  # the scheduler may be gone already
         await worker.set_resources(**{resource: 0})
     if not stuck:
-        worker.loop.add_callback(worker.close_gracefully, reason=reason)
+        worker.loop.add_callback(_close, worker, reason)
         return
-    try:
-        await asyncio.wait_for(
-            worker.scheduler.retire_workers(
-                workers=[worker.address],
-                close_workers=False,
-                remove=False,
-                stimulus_id=f"virnuc-dask-stuck-{time.time()}",
-            ),
-            RETIRE_TIMEOUT_S,
-        )
-    except (TimeoutError, OSError) as exc:
-        logger.warning("could not hand this worker's results to the others: %r", exc)
+    await _hand_over(worker)
     if worker.nanny:
         async with worker.rpc(worker.nanny) as nanny:
             await nanny.close_gracefully(reason=reason)  # not restarted
             await nanny.terminate(reason=reason)
     else:
         await worker.close(nanny=False, executor_wait=False, reason=reason)
+
+
+async def _close(worker: Any, reason: str) -> None:
+    """Hand the results over, then have the scheduler remove and close the worker; the
+    worker closes its nanny first, so it is not restarted.
+
+    The close is sent on the scheduler's stream to the worker: when the hand-over
+    fails, the scheduler sets the worker back to running on that stream, and a close
+    the worker started itself would be undone by it, then run a second time when the
+    stream ends (racing the first for the connection pool: a traceback in the log).
+    """
+    await _hand_over(worker)
+    try:
+        await worker.scheduler.unregister(
+            address=worker.address, close=True, stimulus_id=_stimulus("close")
+        )
+    except OSError as exc:  # the scheduler is gone: close here
+        logger.info("closing without the scheduler (%r): %s", exc, reason)
+        await worker.close(nanny=True, reason=reason)
+
+
+async def _hand_over(worker: Any) -> None:
+    """Have the scheduler copy what this worker holds to the others (bounded)."""
+    try:
+        await asyncio.wait_for(
+            worker.scheduler.retire_workers(
+                workers=[worker.address],
+                close_workers=False,
+                remove=False,
+                stimulus_id=_stimulus("hand-over"),
+            ),
+            RETIRE_TIMEOUT_S,
+        )
+    except (TimeoutError, OSError) as exc:
+        logger.warning("could not hand this worker's results to the others: %r", exc)
+
+
+def _stimulus(what: str) -> str:
+    return f"virnuc-dask-leaving-{what}-{time.time()}"
