@@ -70,16 +70,14 @@ def test_waves_decide_as_the_whole_input_at_once(tmp_path, buckets):
         found = []
         for wave, (lo, hi) in enumerate(plan_waves(len(blocks))):
             found += [
-                scratch.dedup_bucket(
-                    tmp_path, model, k, offsets[lo:hi], first_block=lo, wave=wave
-                )
+                scratch.dedup_bucket(tmp_path, model, k, offsets[lo:hi], first_block=lo, wave=wave)
                 for k in range(buckets)
             ]
         assert sum(n for n, _ in found) == len(flat)
         assert sum(u for _, u in found) == len(first)
         assert scratch.sources(tmp_path, model, buckets, 0, len(flat)).tolist() == expected
-        assert scratch.sources(tmp_path, model, buckets, 3, 9, [0, 1, 2]).tolist() == (
-            expected[3:9]
+        assert (
+            scratch.sources(tmp_path, model, buckets, 3, 9, [0, 1, 2]).tolist() == (expected[3:9])
         )
 
 

@@ -123,7 +123,7 @@ def open_store(
     keep = settings.kept_embeddings
     problems: tuple[MetadataProblem, ...] = ()
     if store.exists() and not settings.overwrite:
-        problems = tuple(store_metadata.verify(store.path, store.manifest))
+        problems = tuple(store_metadata.verify(store.path))
         for problem in problems:
             logger.warning(
                 "%s: %s: %s",

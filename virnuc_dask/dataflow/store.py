@@ -181,8 +181,12 @@ class EmbeddingStore:
             shutil.rmtree(building, ignore_errors=True)
             raise
         store.manifest.mkdir(parents=True, exist_ok=True)
-        store_metadata.record(store.path, store.manifest)
+        store_metadata.record(store.path)
         return store
+
+    def record_metadata(self) -> None:
+        """Record the checksums of the store's metadata files, after changing them."""
+        store_metadata.record(self.path)
 
     @property
     def rows(self) -> int | None:
@@ -201,7 +205,7 @@ class EmbeddingStore:
                     # Chunks past ``rows`` were never written: nothing to delete.
                     sync(array.async_array.resize((rows, *array.shape[1:]), False))
             group.attrs["rows"] = rows
-        store_metadata.record(self.path, self.manifest)
+        self.record_metadata()
 
     def exists(self) -> bool:
         return (self.path / "zarr.json").is_file()
@@ -230,7 +234,7 @@ class EmbeddingStore:
                 if array in group:
                     del group[array]
         group.attrs["embeddings"] = None
-        store_metadata.record(self.path, self.manifest)
+        self.record_metadata()
 
     def write_partition(
         self,
@@ -349,9 +353,13 @@ def _read_rows(
     inside = (source[other] >= lo) & (source[other] < hi)
     values[other[inside]] = values[source[other[inside]] - lo]
     outside = other[~inside]
-    if len(outside):
-        need, at = np.unique(source[outside], return_inverse=True)
-        values[outside] = array.get_orthogonal_selection((need, slice(None)))[at]
+    chunk = array.chunks[0]
+    # Chunk by chunk (what Zarr reads anyway): an index over every chunk of a store still
+    # growing (GROWING_ROWS) would not fit in memory.
+    for c in np.unique(source[outside] // chunk).tolist():
+        mine = outside[source[outside] // chunk == c]
+        rows = array[c * chunk : min((c + 1) * chunk, array.shape[0])]
+        values[mine] = rows[source[mine] - c * chunk]
     return values
 
 

@@ -2,27 +2,31 @@
 run's fingerprint, and each array's shape, dtype and codecs).
 
 Chunks carry their own CRC-32C; the metadata that says how to decode them does not.
-:func:`record` writes, beside the manifest (``partitions/store-metadata.json``), the
-SHA-256 and the text of every ``zarr.json`` of the store, each time the store writes
-them (created, resized at the end of a run, embeddings dropped). :func:`verify`, run
-before a store is resumed, compares every ``zarr.json`` with the record:
+:func:`record` writes the SHA-256 and the text of every other ``zarr.json`` of the
+store into the attributes of a group of its own (``checksums/zarr.json``, a node Zarr
+knows, so that the store stays a plain Zarr hierarchy), each time the store writes them
+(created, resized at the end of a run, embeddings dropped, arrays added by training).
+:func:`verify`, run before a store is resumed, compares every ``zarr.json`` with the
+record:
 
 - a file that differs from its recorded checksum (edited, a bit flipped, cut short)
   or is missing is put back from the recorded text, when that text still has its
   checksum, and named in the log and the run summary;
+- a node the record does not know (added by a run stopped before it recorded it) is
+  removed;
 - when the record itself is missing or damaged, or a file cannot be put back, the
   store cannot be trusted: :func:`verify` says so and the run starts a new store.
 
 A metadata file is never used unchecked.
 
 >>> import tempfile, zarr
->>> store, manifest = Path(tempfile.mkdtemp()) / "s.zarr", Path(tempfile.mkdtemp())
+>>> store = Path(tempfile.mkdtemp()) / "s.zarr"
 >>> _ = zarr.open_group(store, mode="w").create_array("a", shape=(4,), dtype="int8")
->>> record(store, manifest)
+>>> record(store)
 >>> _ = (store / "a" / "zarr.json").write_text("{}")
->>> [(p.file, p.restored) for p in verify(store, manifest)]
+>>> [(p.file, p.restored) for p in verify(store)]
 [('a/zarr.json', True)]
->>> verify(store, manifest)
+>>> verify(store)
 []
 """
 
@@ -32,13 +36,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from virnuc_dask.files import atomic_write_text
 
-#: The record, in the manifest directory.
-RECORD = "store-metadata.json"
 METADATA = "zarr.json"
+#: The record: a group's metadata file, relative to the store.
+RECORD = f"checksums/{METADATA}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +64,12 @@ def _digest(text: bytes) -> str:
 
 
 def _files(store: Path) -> list[Path]:
-    return sorted(store.rglob(METADATA))
+    return sorted(p for p in store.rglob(METADATA) if p != store / RECORD)
 
 
-def record(store: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> None:
+def record(store: str | os.PathLike[str]) -> None:
     """Record the checksum and text of every ``zarr.json`` under ``store``."""
-    store, manifest = Path(store), Path(manifest)
+    store = Path(store)
     files = {}
     for path in _files(store):
         data = path.read_bytes()
@@ -72,32 +77,31 @@ def record(store: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> N
             "sha256": _digest(data),
             "text": data.decode(),
         }
-    manifest.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest / RECORD, json.dumps({"files": files}))
+    group = {"zarr_format": 3, "node_type": "group", "attributes": {"files": files}}
+    (store / RECORD).parent.mkdir(exist_ok=True)
+    atomic_write_text(store / RECORD, json.dumps(group))
 
 
-def verify(
-    store: str | os.PathLike[str], manifest: str | os.PathLike[str]
-) -> list[MetadataProblem]:
-    """Check every ``zarr.json`` of ``store`` against the record in ``manifest``; put
-    back what can be put back. The problems found (empty: all is as recorded); one
-    with ``restored=False`` means the store must not be used."""
-    store, manifest = Path(store), Path(manifest)
-    where = manifest / RECORD
+def verify(store: str | os.PathLike[str]) -> list[MetadataProblem]:
+    """Check every ``zarr.json`` of ``store`` against its record; put back what can be
+    put back. The problems found (empty: all is as recorded); one with
+    ``restored=False`` means the store must not be used."""
+    store = Path(store)
     try:
-        files = json.loads(where.read_text())["files"]
+        files = json.loads((store / RECORD).read_text())["attributes"]["files"]
         if not isinstance(files, dict):
             raise TypeError("no table of files")
     except FileNotFoundError:
-        return [MetadataProblem(f"../{manifest.name}/{RECORD}", "missing", False)]
+        return [MetadataProblem(RECORD, "missing", False)]
     except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError) as exc:
-        return [MetadataProblem(f"../{manifest.name}/{RECORD}", f"unreadable: {exc}", False)]
+        return [MetadataProblem(RECORD, f"unreadable: {exc}", False)]
     problems = []
     for name in sorted(set(files) | {p.relative_to(store).as_posix() for p in _files(store)}):
         path = store / name
         entry = files.get(name)
-        if entry is None:
-            problems.append(MetadataProblem(name, "not in the record", False))
+        if entry is None:  # a node added after the record was written (cut short)
+            shutil.rmtree(path.parent, ignore_errors=True)
+            problems.append(MetadataProblem(name, "not in the record: removed", True))
             continue
         try:
             found = _digest(path.read_bytes())

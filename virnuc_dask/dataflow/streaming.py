@@ -203,6 +203,7 @@ class _Stream:
         self.scored = 0
         self.prefix = 0  # partitions before this one are all finished
         self.announced: tuple[int, int] | None = None
+        self.reused_rows = 0
 
     def loop(self, facts, fp, timings, t0) -> None:
         reader, rows = self.reader, self.settings.partition_rows
@@ -284,14 +285,7 @@ class _Stream:
         self.queue = EmbeddingQueue(
             self.client, self.settings, store, self.root, self.reader.buckets
         )
-        reused_rows = sum(e.rows for e in entries.values())
-        self.tick(
-            "embed",
-            0,
-            self._partitions_total(),
-            orfs_total=max(self.reader.rows_decided, reused_rows),
-            orfs_reused=reused_rows,
-        )
+        self.reused_rows = sum(e.rows for e in entries.values())
 
     def _plan_ready(self) -> None:
         """Queue the partitions whose rows are all decided."""
@@ -307,10 +301,12 @@ class _Stream:
             if p not in self.reused:
                 self.queue.add(p, start, pieces, reader.rounds_of_rows(start, stop))
                 self.todo.append(p)
-        now = (self._partitions_total(), reader.rows_decided)
-        if now != self.announced:
-            self.announced = now
+        now = (self._partitions_total(), max(reader.rows_decided, self.reused_rows))
+        if self.announced is None:  # the opening event
+            self.tick("embed", 0, now[0], orfs_total=now[1], orfs_reused=self.reused_rows)
+        elif now != self.announced:
             self.tick("embed", self.embedded, now[0], orfs_total=now[1])
+        self.announced = now
 
     def _write_ready(self) -> None:
         """Submit the result part files of the blocks whose rows are all final."""

@@ -109,6 +109,7 @@ def _write_rows(embedded: Embedded, labels: np.ndarray, split: np.ndarray) -> No
             compressors=checked_compressors(),
         )
         array[:] = values
+    embedded.store.record_metadata()
 
 
 def _log_text(history: list[dict[str, Any]]) -> str:
