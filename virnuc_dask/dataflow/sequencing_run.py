@@ -39,6 +39,7 @@ from virnuc_dask.core.samplesheet import Sample, SampleSheet
 from virnuc_dask.dataflow.identity import fingerprint, fingerprint_differences
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.pipeline import RunResult, predict, preflight
+from virnuc_dask.dataflow.run_scores import RUN_TABLE, table_root
 from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, samples_tsv
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.dataflow.store import EmbeddingStore
@@ -128,6 +129,16 @@ def files_changed(settings: Settings, precision: str) -> bool:
     return "inputs" in diffs and diffs <= {"inputs", "rows"}
 
 
+def shared_scores(settings: Settings, facts: dict[str, Any]) -> dict[str, Any]:
+    """``facts`` naming the run's score table (:mod:`.run_scores`) to every sample's
+    dataflow: identical inputs across samples are embedded once per run. Not with
+    ``dedup`` off, nor where no scores are computed or every embedding is kept."""
+    if not settings.dedup or settings.classifier is None or settings.keep_embeddings:
+        return facts
+    identity = fingerprint(settings.replace(inputs=()), facts["precision"])
+    return {**facts, RUN_TABLE: str(table_root(settings.out, identity))}
+
+
 def predict_samples(
     settings: Settings,
     client: Client,
@@ -143,7 +154,7 @@ def predict_samples(
     tick = reporter(progress)  # "samples": finished samples of the sheet
     out = Path(settings.out)
     check_sheet_for_run(settings, sheet)
-    facts = load_models(settings, client)  # once for every sample
+    facts = shared_scores(settings, load_models(settings, client))  # once for every sample
     load_seconds = time.perf_counter() - t0
     logger.info("models loaded; %d samples, up to %d at a time", len(sheet), SAMPLES_IN_FLIGHT)
 
@@ -174,7 +185,8 @@ def predict_samples(
             f"{result.counts.reads_virus:,}",
             seconds,
         )
-        return result, sample_row(sample.name, sample.kind, result.summary, seconds)
+        taken = sum(e.from_run for e in EmbeddingStore(result.out).entries().values())
+        return result, sample_row(sample.name, sample.kind, result.summary, seconds, taken)
 
     done: dict[str, tuple[RunResult | None, SampleRow]] = {}
     with concurrent.futures.ThreadPoolExecutor(
