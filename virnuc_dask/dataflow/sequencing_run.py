@@ -28,6 +28,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import InputFormatError, OutputDirError, SampleSheetError, first_line
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
-from virnuc_dask.rundir import MULTIQC, SAMPLES, SUMMARY
+from virnuc_dask.rundir import MULTIQC, RUN_SCORES, SAMPLES, SUMMARY
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,10 @@ def run_samples(
     settings = settings.replace(inputs=tuple(f for s in sheet for f in s.inputs))
     preflight(settings)  # the classifier, the run directory
     check_sheet_for_run(settings, sheet)
-    with run_session(settings, client=client, progress=progress) as session:
+    # The run directory and every sample's folder: a one-sample run into RUN/<sample>
+    # started beside this one stops at once, naming this run.
+    hold = [settings.out, *(sample_settings(settings, sample).out for sample in sheet)]
+    with run_session(settings, client=client, progress=progress, hold=hold) as session:
         result = predict_samples(
             settings,
             session.client,
@@ -136,6 +140,8 @@ def shared_scores(settings: Settings, facts: dict[str, Any]) -> dict[str, Any]:
     if not settings.dedup or settings.classifier is None or settings.keep_embeddings:
         return facts
     identity = fingerprint(settings.replace(inputs=()), facts["precision"])
+    if settings.overwrite:  # everything afresh, the shared scores too
+        shutil.rmtree(Path(settings.out) / RUN_SCORES, ignore_errors=True)
     return {**facts, RUN_TABLE: str(table_root(settings.out, identity))}
 
 
