@@ -46,7 +46,7 @@ from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import InputFormatError, OutputDirError, SampleSheetError, first_line
-from virnuc_dask.events import Progress, reporter
+from virnuc_dask.events import Progress, ProgressEvent, reporter
 from virnuc_dask.files import atomic_write_text
 from virnuc_dask.rundir import MULTIQC, RUN_SCORES, SAMPLES, SUMMARY
 
@@ -157,21 +157,27 @@ def predict_samples(
     cluster, then write the run's tables and summary; ``viral_reads``: also each
     sample's viral reads (:mod:`.viral_reads`)."""
     t0 = time.perf_counter()
-    tick = reporter(progress)  # "samples": finished samples of the sheet
+    # "samples": finished samples of the sheet, and each sample's status as it changes;
+    # each sample's own events carry its name (``sample``).
+    tick = reporter(progress)
     out = Path(settings.out)
     check_sheet_for_run(settings, sheet)
     facts = shared_scores(settings, load_models(settings, client))  # once for every sample
     load_seconds = time.perf_counter() - t0
     logger.info("models loaded; %d samples, up to %d at a time", len(sheet), SAMPLES_IN_FLIGHT)
 
+    for sample in sheet:
+        tick("samples", 0, len(sheet), sample=sample.name, status="waiting")
+
     def one(sample: Sample) -> tuple[RunResult | None, SampleRow]:
         t = time.perf_counter()
+        tick("samples", 0, len(sheet), sample=sample.name, status="running")
         try:
             mine = sample_settings(settings, sample)
             if files_changed(mine, facts["precision"]):
                 logger.info("sample %s: its files changed, it starts afresh", sample.name)
                 mine = mine.replace(overwrite=True)
-            result = predict(mine, client, facts=facts)
+            result = predict(mine, client, facts=facts, progress=of_sample(progress, sample))
             if viral_reads:
                 write_viral_reads(result.out, sample.inputs)
         except SAMPLE_ERRORS as exc:
@@ -203,7 +209,10 @@ def predict_samples(
             for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
                 sample = futures[future]
                 done[sample.name] = future.result()
-                tick("samples", n, len(sheet), reads=done[sample.name][1].reads)
+                row = done[sample.name][1]
+                tick(
+                    "samples", n, len(sheet), reads=row.reads, sample=row.sample, status=row.status
+                )
         except BaseException:
             for future in futures:  # samples not started are not started
                 future.cancel()
@@ -217,6 +226,18 @@ def predict_samples(
     atomic_write_text(out / MULTIQC, multiqc_tsv(rows))
     atomic_write_text(out / SUMMARY, json.dumps(result.summary, indent=2) + "\n")
     return result
+
+
+def of_sample(progress: Progress | None, sample: Sample) -> Progress | None:
+    """``progress`` for the events of one sample's dataflow: each names the sample."""
+    if progress is None:
+        return None
+    sink = progress
+
+    def forward(event: ProgressEvent) -> None:
+        sink(dataclasses.replace(event, sample=sample.name))
+
+    return forward
 
 
 def run_level_summary(
