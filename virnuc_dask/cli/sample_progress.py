@@ -25,10 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from virnuc_dask.cli.live_display import LiveDisplay
 from virnuc_dask.events import ProgressEvent
 from virnuc_dask.formatting import clock
 
@@ -112,7 +112,7 @@ class SampleLine:
         return "" if self.started is None else clock((self.finished or now) - self.started)
 
 
-class SheetProgress:
+class SheetProgress(LiveDisplay):
     """The progress callback of a sequencing run: a live table of the samples on a
     terminal, log lines elsewhere (``enabled`` None: live when stderr is a terminal;
     ``interval``: seconds between log lines).
@@ -131,18 +131,11 @@ class SheetProgress:
         console: Console | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.console = console or Console(stderr=True)
-        self.live = self.console.is_terminal if enabled is None else enabled
-        if interval <= 0:
-            raise ValueError(f"progress interval must be > 0 seconds, got {interval}")
-        self.interval = interval
+        super().__init__(enabled=enabled, interval=interval, console=console)
         self.clock = clock
         self.samples: dict[str, SampleLine] = {}
         self.total = 0
         self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._live: Live | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
         if event.sample is None:
@@ -192,31 +185,6 @@ class SheetProgress:
                 counts = s.counts()
                 parts.append(f"{s.name} {s.doing()}" + (f", {counts}" if counts else ""))
         return " | ".join(parts)
-
-    def __enter__(self) -> SheetProgress:
-        if self.live:
-            self._live = Live(
-                self, console=self.console, refresh_per_second=2, redirect_stderr=True
-            )
-            self._live.start()
-        else:
-            self._thread = threading.Thread(
-                target=self._log_every_interval, name="virnuc-sheet-progress", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._live is not None:
-            self._live.refresh()
-            self._live.stop()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _log_every_interval(self) -> None:
-        while not self._stop.wait(self.interval):
-            logger.info("%s", self.line())
 
 
 def sheet_display_factory(verbosity: str, interval: float) -> Callable[[Any], SheetProgress]:
