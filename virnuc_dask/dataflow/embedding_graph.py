@@ -91,8 +91,12 @@ class EmbeddingQueue:
         store: EmbeddingStore,
         root: str,
         buckets: int,
+        *,
+        run_scores: str | None = None,
     ) -> None:
+        """``run_scores``: a sequencing run's score table (:mod:`.run_scores`)."""
         self.client, self.settings, self.store = client, settings, store
+        self.run_scores = run_scores
         self.root, self.buckets = root, buckets
         self.keep = store.embeddings
         self.waiting: list[tuple[int, Any]] = []
@@ -121,6 +125,7 @@ class EmbeddingQueue:
             out=str(self.store.out),
             ceilings=tuple((m.key, m.ceiling(self.settings)) for m in EMBEDDING_MODELS),
             keep=self.keep,
+            run_scores=self.run_scores,
         )
         # Embedding tasks hold the device (one GPU=1 per worker with its models loaded);
         # reading, slicing and writing run beside them in the workers' other threads.

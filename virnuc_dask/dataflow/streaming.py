@@ -39,6 +39,7 @@ from virnuc_dask.dataflow.integrity import damaged_partitions
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.reading import WaveReader
 from virnuc_dask.dataflow.result_parts import ResultParts
+from virnuc_dask.dataflow.run_scores import RUN_TABLE
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.store_metadata import MetadataProblem
 from virnuc_dask.errors import InputFormatError, OutputDirError
@@ -283,7 +284,12 @@ class _Stream:
         self.failed = failed_rows(entries.values())
         self.embed_started = time.perf_counter()
         self.queue = EmbeddingQueue(
-            self.client, self.settings, store, self.root, self.reader.buckets
+            self.client,
+            self.settings,
+            store,
+            self.root,
+            self.reader.buckets,
+            run_scores=facts.get(RUN_TABLE),
         )
         self.reused_rows = sum(e.rows for e in entries.values())
 
