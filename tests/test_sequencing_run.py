@@ -106,6 +106,10 @@ def test_the_run_tables_parse_with_the_right_counts(sheet_run):
     assert summary["exit_code"] == 0
     assert summary["totals"]["reads"] == 132
     assert [s["sample"] for s in summary["samples"]] == list(by)
+    # The devices over the whole run: every partition of every sample, one worker.
+    (worker,) = summary["workers"].values()
+    assert worker["partitions"] == sum(s["partitions"] for s in summary["samples"])
+    assert 0 < worker["device_busy"] <= 1
 
 
 def test_an_added_sample_is_the_only_one_computed(client, sheet_run, tmp_path):
