@@ -57,22 +57,19 @@ def precision_agreement(
     from virnuc_dask.models.classifier import load_classifier, score
     from virnuc_dask.models.registry import EMBEDDING_MODELS
     from virnuc_dask.worker.batch_runner import embed
-    from virnuc_dask.worker.precision import DTYPES, to_mixed
+    from virnuc_dask.worker.precision import apply_precision, load_dtype
 
     device = torch.device(device)
     mlp = load_classifier(classifier)
     texts = {"nucleotide": nucleotides, "protein": proteins}
 
     def embeddings(precision: str) -> tuple[dict[str, np.ndarray], float]:
-        mixed = precision == "bf16-mixed"
-        dtype = torch.float32 if mixed else DTYPES[precision]
         adapters = {
-            m: m.load_adapter(sources[m.source_setting], device=device, dtype=dtype)
+            m: m.load_adapter(sources[m.source_setting], device=device, dtype=load_dtype(precision))
             for m in EMBEDDING_MODELS
         }
-        if mixed:
-            for adapter in adapters.values():
-                to_mixed(adapter.model)
+        for adapter in adapters.values():
+            apply_precision(adapter.model, precision)
         t = time.perf_counter()
         rows = {m.key: embed(a, texts[m.embeds], device=device)[0] for m, a in adapters.items()}
         return rows, time.perf_counter() - t
