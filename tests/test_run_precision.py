@@ -27,9 +27,7 @@ def per_worker(device: torch.device, *, worker: str) -> str:
 
 
 def cluster(n: int) -> LocalCluster:
-    return LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=False, dashboard_address=":0"
-    )
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=False, dashboard_address=":0")
 
 
 def test_the_least_capable_worker_decides_the_precision_of_all(monkeypatch):

@@ -1,6 +1,7 @@
 """The models on the workers, from the client: the run's precision resolved once from
-every worker, the plugin registered, each worker's status, the bounded wait for every worker to load (or fail to), the workers whose load
-failed, and what the loaded models are (widths, precision, device)."""
+every worker, the plugin registered, each worker's status, the bounded wait for every
+worker to load (or fail to), the workers whose load failed, and what the loaded models
+are (widths, precision, device)."""
 
 from __future__ import annotations
 

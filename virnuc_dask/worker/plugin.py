@@ -55,6 +55,7 @@ from virnuc_dask.models.adapter import ModelAdapter
 from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.worker import device as devices
 from virnuc_dask.worker.faults import InjectedFault, is_device_fault
+from virnuc_dask.worker.gpu_figures import GpuSampler
 from virnuc_dask.worker.leaving import leave, report
 from virnuc_dask.worker.precision import (
     DTYPES,
@@ -117,6 +118,7 @@ class ModelPlugin(WorkerPlugin):
         self.device_lock = threading.Lock()
         self.budgets = {key: TokenBudget() for key in MODEL_KEYS}
         self._claim: devices.DeviceClaim | None = None
+        self.gpu: GpuSampler | None = None  # NVML figures of the claimed GPU
         self.watch = StallWatch(floor=self.spec.stuck_after)
         self._task: asyncio.Future | None = None
         self._watchdog: asyncio.Future | None = None
@@ -172,6 +174,7 @@ class ModelPlugin(WorkerPlugin):
         self.device_info = devices.describe_device(device)
         if self._claim is not None:
             self.device_info["uuid"] = self._claim.name
+            self.gpu = GpuSampler.open(self._claim.name)
         if device.type == "cpu":
             self.threads = spec.threads or dict(spec.threads_by_host).get(self.host)
             self.activate()
@@ -259,6 +262,8 @@ class ModelPlugin(WorkerPlugin):
         """Take the worker out when the task holding its device makes no progress."""
         while self.state in ("loading", "ready"):
             await asyncio.sleep(POLL_S)
+            if self.gpu is not None:  # the mean utilisation is over the embedding only
+                self.gpu.sample(embedding=self.watch.holding)
             why = self.watch.overdue()
             if why is None or self.state != "ready":
                 continue
@@ -278,6 +283,8 @@ class ModelPlugin(WorkerPlugin):
         if self._claim is not None:
             self._claim.release()
             self._claim = None
+        if self.gpu is not None:
+            self.gpu.close()
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -344,6 +351,8 @@ class ModelPlugin(WorkerPlugin):
                 matmul=self.matmul,
                 threads=torch.get_num_threads() if self.device.type == "cpu" else None,
             )
+        if self.gpu is not None:
+            out["gpu"] = self.gpu.figures()
         if self.device is not None and self.device.type == "cuda":
             out["memory"] = {
                 "reserved": torch.cuda.memory_reserved(self.device),

@@ -71,7 +71,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type != "cuda":
         return "fp32"
-    major, _ = torch.cuda.get_device_capability(device)
+    return auto_for_capability(torch.cuda.get_device_capability(device)[0])
+
+
+def auto_for_capability(major: int) -> str:
+    """``auto`` for a CUDA device of compute capability ``major.x`` (see
+    :func:`resolve_precision`).
+
+    >>> auto_for_capability(9), auto_for_capability(7), auto_for_capability(6)
+    ('bf16-mixed', 'fp16', 'fp32')
+    """
     if major >= 8:
         return MIXED
     return "fp16" if major == 7 else "fp32"
