@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from virnuc_dask.bench.agreement import precision_agreement
 from virnuc_dask.bench.kit import build_models, read_orfs_of, write_bench_input
 from virnuc_dask.models.registry import BENCH_SIZES
+from virnuc_dask.worker.agreement import precision_agreement
 
 logger = logging.getLogger("precision_layouts")
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import CASES, LENGTHS, TINY, read_fasta_pairs
 
-from virnuc_dask.bench.agreement import precision_agreement
+from virnuc_dask.worker.agreement import precision_agreement
 from virnuc_dask.worker.plugin import resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")

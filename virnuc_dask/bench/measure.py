@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from virnuc_dask.bench.agreement import precision_agreement
 from virnuc_dask.bench.kit import (
     build_models,
     read_orfs_of,
@@ -65,6 +64,7 @@ from virnuc_dask.errors import VirnucError
 from virnuc_dask.models.flops import module_shape, peak_sweep
 from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.rundir import STORE
+from virnuc_dask.worker.agreement import precision_agreement
 
 logger = logging.getLogger(__name__)
 

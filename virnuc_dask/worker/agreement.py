@@ -1,5 +1,6 @@
-"""bf16 and fp16 (and bf16 weights with fp32 accumulation) against fp32, on the same ORFs
-through the pipeline's embedding path."""
+"""Each precision against fp32 on the same ORFs through the pipeline's embedding path:
+``bf16`` (the whole model cast), ``bf16-mixed`` (bf16 matrix products, the rest fp32)
+and ``fp16``; used by ``bench``, ``doctor`` and ``benchmarks/precision_layouts.py``."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def precision_agreement(
 
     Per precision: cosine similarity of each model's embeddings (min, mean), ORF labels
     flipped (argmax of the classifier's scores), with ``ids`` (the ORFs' ids) read calls
-    flipped (:func:`read_calls`), largest score difference, seconds of embedding. A
+    flipped (:func:`read_calls`), largest score difference, seconds of embedding (and
+    fp32's, measured first in the same process: the first also pays any warm-up). A
     precision the device cannot run is reported with its error instead.
     ``bf16-mixed`` is :func:`.precision.to_mixed`: bf16 weights and matrix products,
     everything else (LayerNorm, softmax, the residual stream) in fp32.
@@ -74,7 +76,7 @@ def precision_agreement(
         rows = {m.key: embed(a, texts[m.embeds], device=device)[0] for m, a in adapters.items()}
         return rows, time.perf_counter() - t
 
-    base, _ = embeddings("fp32")
+    base, base_seconds = embeddings("fp32")
     base_scores = score(mlp, np.concatenate(list(base.values()), axis=1))
     base_labels = base_scores[:, 1] > base_scores[:, 0]
     base_reads = read_calls(ids, base_scores) if ids is not None else None
@@ -104,5 +106,6 @@ def precision_agreement(
                 }
             ),
             "max_score_diff": float(np.abs(scores - base_scores).max()),
+            "fp32_seconds": base_seconds,
         }
     return out
