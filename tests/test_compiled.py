@@ -147,3 +147,32 @@ def test_setting_environment_and_cache_dir(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "virnuc-dask" / "torch-compile"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine"
+
+
+@pytest.mark.slow
+def test_kernels_go_to_the_users_cache_in_a_fresh_process(tmp_path):
+    """In a new process (as a worker is), with no TORCHINDUCTOR_CACHE_DIR of the user's:
+    importing torch's compiler sets that variable to torch's node-local default
+    (``/tmp/torchinductor_<user>``) before any layer is compiled; the kernels must still
+    go to the user's cache."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "import virnuc_dask.worker.plugin\n"
+        "from virnuc_dask.models.compiled import LayerFunction\n"
+        "f = LayerFunction(lambda m, x: m(x).relu() * 2, compiled=True)\n"
+        "x = torch.randn(3, 8)\n"
+        "f(torch.nn.Linear(8, 8), x)\n"
+        "assert f.compiled\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    kernels = tmp_path / "virnuc-dask" / "torch-compile"
+    assert kernels.is_dir() and any(kernels.rglob("*.py")), sorted(tmp_path.rglob("*"))[:20]

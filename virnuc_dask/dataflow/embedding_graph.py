@@ -65,8 +65,11 @@ def embed_partitions(
     plan: list[tuple[int, list[tuple[int, int, int]]]],
     todo: list[int],
     tick: Callable[..., None],
+    *,
+    run_scores: str | None = None,
 ) -> list[PartitionResult]:
-    """Embed and store the partitions ``todo`` of ``plan``; their results, as they finish."""
+    """Embed and store the partitions ``todo`` of ``plan``; their results, as they finish.
+    ``run_scores``: a sequencing run's score table (:mod:`.run_scores`)."""
     if not todo:
         return []
     # Embedding tasks hold the device (one GPU=1 per worker with its models loaded);
@@ -85,6 +88,7 @@ def embed_partitions(
             out=str(store.out),
             ceilings=tuple((m.key, m.ceiling(settings)) for m in EMBEDDING_MODELS),
             keep=store.embeddings,
+            run_scores=run_scores,
         )
         with dask.annotate(resources=resources):
             embedded = dask.delayed(embed_partition, pure=True)(

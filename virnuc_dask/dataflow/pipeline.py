@@ -58,6 +58,7 @@ from virnuc_dask.dataflow.integrity import damaged_partitions
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.outputs import BlockCounts, assemble
 from virnuc_dask.dataflow.pair_outputs import write_pair_predictions
+from virnuc_dask.dataflow.run_scores import RUN_TABLE
 from virnuc_dask.dataflow.scratch import (
     dedup_bucket,
 )
@@ -285,7 +286,9 @@ def embed_inputs(
         orfs_total=total_rows,
         orfs_reused=total_rows - sum(hi - lo for p in todo for _, lo, hi in plan[p][1]),
     )
-    partition_stats = embed_partitions(client, settings, store, root, buckets, plan, todo, tick)
+    partition_stats = embed_partitions(
+        client, settings, store, root, buckets, plan, todo, tick, run_scores=facts.get(RUN_TABLE)
+    )
     timings["embed"] = time.perf_counter() - t
     if settings.classifier is not None:  # inside the embedding tasks, summed over them
         timings["classify"] = sum(e.classify_seconds for e in partition_stats)

@@ -14,9 +14,9 @@ compilation serves every batch shape) or returns it as it is.
   variable ``VIRNUC_DASK_COMPILE=on|off`` overrides the setting in every process of a
   run (workers included): the off switch for debugging.
 - Compiled kernels are cached per user in ``$XDG_CACHE_HOME/virnuc-dask/torch-compile``
-  (``~/.cache/...``; ``TORCHINDUCTOR_CACHE_DIR`` where the user set it), so a worker of
-  a later run loads them instead of compiling again (and a node-local ``/tmp``, torch's
-  default, is not where they go).
+  (``~/.cache/...``; ``TORCHINDUCTOR_CACHE_DIR`` where the user set it to anything but
+  torch's default), so a worker of a later run loads them instead of compiling again
+  (and a node-local ``/tmp``, torch's default, is not where they go).
 - If compilation fails (no C++ compiler on a CPU node, an unsupported device), the
   eager body runs, after one warning; results are the same to float rounding.
 """
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch._dynamo.exc
 import torch._inductor.exc
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,14 @@ COMPILER_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.I
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``TORCHINDUCTOR_CACHE_DIR`` if set, else the
-    user's cache directory."""
+    """Where compiled kernels are kept: ``TORCHINDUCTOR_CACHE_DIR`` if the user set it,
+    else the user's cache directory.
+
+    Importing torch's compiler sets that variable to torch's own default, a node-local
+    ``/tmp/torchinductor_<user>``: that value is not the user's choice and is replaced.
+    """
     given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if given:
+    if given and os.path.abspath(given) != os.path.abspath(default_cache_dir()):
         return Path(given)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "virnuc-dask" / "torch-compile"
@@ -85,7 +90,7 @@ class LayerFunction:
         if self._fn is None:
             with _lock:
                 if self._fn is None:
-                    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())
                     self._fn = torch.compile(self.body, fullgraph=True, dynamic=None)
         try:
             return self._fn(layer, *args)
