@@ -5,7 +5,7 @@ cosine similarity of the embeddings, ORF labels and read calls flipped, and the
 seconds each took against fp32's, in the same process one after the other.
 
 The models are random ones in the real formats, of a bench layout (``tiny`` on a CPU
-or with ``--quick``, else ``650m``: large enough for a GPU's timings to mean
+or when quick, else ``650m``: large enough for a GPU's timings to mean
 something); the reads are generated coding-like ones. Runs on the worker.
 """
 
