@@ -1,7 +1,7 @@
 """bf16 by casting against bf16-mixed, both against fp32, on the bench model layouts.
 
     python benchmarks/precision_layouts.py [--size small --size 650m] [--reads 40]
-        [--threads N] [--json out.json]
+        [--reference tests/data/reference] [--threads N] [--json out.json]
 
 The models are the bench layouts of ``virnuc-dask bench --size`` (the real
 architectures in their real file formats, random weights: no trained checkpoint is
@@ -9,9 +9,12 @@ needed) and a random classifier for their widths; the ORFs come from generated
 coding-like reads of 400-600 bp, cut into 500 bp chunks. ``bf16`` casts every
 weight to bf16 (the residual stream is rounded at every layer); ``bf16-mixed``
 keeps bf16 weights and matrix products but LayerNorm, softmax and the residual
-stream in fp32. Printed per layout and precision: cosine similarity of each model's
-embeddings to fp32 (min, mean), ORF labels and read calls flipped, largest score
-difference, seconds of embedding (the same process, one after the other).
+stream in fp32. With ``--reference``, the eight reference cases instead (four
+inputs at 300 and 500 bp, with the tiny models there, whose classifier was trained:
+labels near its decision boundary do flip). Printed per layout and precision: cosine
+similarity of each model's embeddings to fp32 (min, mean), ORF labels and read calls
+flipped, largest score difference, seconds of embedding (the same process, one after
+the other).
 """
 
 from __future__ import annotations
@@ -47,20 +50,52 @@ def measure(size: str, reads: int) -> dict:
     return {"size": size, "reads": reads, **result}
 
 
+def read_fasta(path: Path) -> tuple[list[str], list[str]]:
+    ids, seqs = [], []
+    for block in path.read_text().split(">")[1:]:
+        head, _, body = block.partition("\n")
+        ids.append(head.split()[0])
+        seqs.append(body.replace("\n", ""))
+    return ids, seqs
+
+
+def measure_reference(reference: Path) -> list[dict]:
+    models = reference / "models"
+    rows = []
+    for case in sorted(p for p in (reference / "dev").iterdir() if p.is_dir()):
+        for length in sorted(case.glob("L*")):
+            ids, nucleotides = read_fasta(length / "input_identified_nucleotide.fa")
+            _, proteins = read_fasta(length / "input_identified_protein.faa")
+            result = precision_agreement(
+                esm_model=str(models / "esm2_t2_64_tiny.pt"),
+                dnabert_model=str(models / "dnabert_s_tiny"),
+                classifier=str(models / "mlp_tiny.pth"),
+                nucleotides=nucleotides,
+                proteins=proteins,
+                ids=ids,
+                precisions=("bf16", "bf16-mixed"),
+            )
+            rows.append({"size": f"reference {case.name} {length.name}", **result})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", action="append", choices=BENCH_SIZES)
     parser.add_argument("--reads", type=int, default=40)
+    parser.add_argument("--reference", type=Path, help="the reference folder (tiny models)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = []
-    for size in args.size or ["small"]:
-        row = measure(size, args.reads)
-        results.append(row)
+    if args.reference:
+        results = measure_reference(args.reference)
+    else:
+        results = [measure(size, args.reads) for size in args.size or ["small"]]
+    for row in results:
+        size = row["size"]
         for precision in ("bf16", "bf16-mixed"):
             r = row[precision]
             logger.info(
