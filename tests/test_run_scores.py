@@ -135,3 +135,27 @@ def test_without_dedup_no_scores_are_shared(client, tmp_path, dedup):
     assert predict_samples(settings, client, sheet=sheet).exit_code == 0
     assert not (tmp_path / "RUN" / RUN_SCORES).exists()
     assert {r["orfs_from_run"] for r in _table(tmp_path / "RUN").values()} == {"0"}
+
+
+def test_samples_in_flight_together_take_each_others_scores(client, tmp_path):
+    # One device: partitions are embedded one after the other, each sample's in turn, and
+    # each partition's scores are shared as soon as it is scored.
+    reads = read_fasta_pairs(REFERENCE / "dev" / "basic" / "input.fa")
+    phage = reads[:20]
+    sheet = read_samplesheet(
+        _sheet(
+            tmp_path / "in",
+            {
+                "a": reads[20:40] + phage,
+                "b": [(f"b_{i}", s) for i, s in phage] + reads[40:60],
+                "c": reads[60:70] + [(f"c_{i}", s) for i, s in phage],
+            },
+        )
+    )
+    run = tmp_path / "RUN"
+    assert predict_samples(_settings(run), client, sheet=sheet).exit_code == 0
+    table = _table(run)
+    assert sum(int(r["orfs_from_run"]) for r in table.values()) > 0
+    for sample in sheet:
+        predict(sample_settings(_settings(tmp_path / "alone"), sample), client)
+        assert_same_results(run / sample.name, tmp_path / "alone" / sample.name)

@@ -217,7 +217,6 @@ class EmbeddedPartition:
     ids: list[str]
     arrays: dict[str, np.ndarray]
     sources: dict[str, np.ndarray] | None
-    scored: tuple[np.ndarray, np.ndarray] | None = None  # (content keys, scores) to share
 
 
 def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> EmbeddedPartition:
@@ -290,7 +289,6 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
             )
     arrays: dict[str, np.ndarray] = {}
     sources: dict[str, np.ndarray] = {}
-    shared = None
     t = time.perf_counter()
     if taken is not None:  # their scores are known, whatever their embedding did
         failed = {i: f for i, f in failed.items() if not taken.rows[i]}
@@ -304,7 +302,8 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
         scores[scored] = score(classifier, features)
         if taken is not None:
             scores[taken.rows] = taken.scores[taken.rows]
-            shared = (taken.keys[scored], scores[scored])
+            # Shared at once: the device's next partition (of any sample) finds them.
+            RunScores(job.run_scores).publish(taken.keys[scored], scores[scored])
         arrays[SCORES] = scores
         sources[SCORES] = plan.scores_source
     if job.keep is not None:
@@ -331,7 +330,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
         classify_seconds=time.perf_counter() - t,
         from_run=0 if taken is None else taken.count,
     )
-    return EmbeddedPartition(job, result, ids, arrays, sources, shared)
+    return EmbeddedPartition(job, result, ids, arrays, sources)
 
 
 def store_partition(embedded: EmbeddedPartition) -> PartitionResult:
@@ -348,6 +347,4 @@ def store_partition(embedded: EmbeddedPartition) -> PartitionResult:
         done=not result.all_failed,
         sources=embedded.sources,
     )
-    if embedded.scored is not None and not result.all_failed:
-        RunScores(embedded.job.run_scores).publish(*embedded.scored)
     return dataclasses.replace(result, store_seconds=time.perf_counter() - t)

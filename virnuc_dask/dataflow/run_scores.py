@@ -11,16 +11,18 @@ A content key is the 128-bit BLAKE2b hash of each model's input (the nucleotide 
 for DNABERT-S, the protein for ESM-2), as in-sample dedup hashes them
 (:func:`~virnuc_dask.core.orfs.content_hashes`), so two ORFs share a key exactly when
 every model would read the same text. The file is named by the SHA-256 of its bytes
-(content addressed and checksummed: a file whose bytes do not match its name is
-dropped with a warning, and its ORFs are embedded), is written whole under a temporary
-name and renamed, and is added only after the partition's rows are in the sample's
-store.
+(content addressed and checksummed: a file whose bytes do not match its name, a file
+cut short by a crash among them, is dropped with a warning, and its ORFs are embedded),
+and is written whole under a temporary name and renamed. The embedding task adds it as
+soon as it has scored its rows, so the next partition on that device, of any sample,
+finds them.
 
 A sample's own store holds every score it uses, taken ones included: a sample resumes,
 or is re-run alone (``predict --out RUN/<sample>``), without this table or any other
 sample's folder. Only prediction without ``--keep-embeddings`` takes scores (a run that
 keeps embeddings needs every vector). Samples in flight at the same moment may both
-embed an input neither has finished yet; the table then gets it twice, harmlessly.
+embed an input neither has finished yet (partitions embedded at the same moment on two
+devices); the table then gets it twice, harmlessly.
 
 A worker keeps nothing of the table in memory between partitions: each file is
 memory-mapped (its records sorted by key) and searched per partition; its checksum is
@@ -111,10 +113,7 @@ class RunScores:
             return path
         partial = self.root / f".{uuid.uuid4().hex}.partial"
         try:
-            with open(partial, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            partial.write_bytes(data)  # no fsync: a file cut short fails its checksum
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)

@@ -8,7 +8,8 @@ sheet is the only one computed, a sample whose files changed starts afresh, the 
 reuse every partition.  Several samples are in flight at once on the one cluster, so
 one sample's reading, dedup and writing overlap another's embedding and a small
 sample's partitions fill the gaps of a large one; the devices take embedding tasks of
-any sample, one at a time each.  A sample whose files changed since its folder was
+any sample, one at a time each; a sample writing its results makes room for the next
+(:mod:`.sample_slots`).  A sample whose files changed since its folder was
 written starts afresh (the others still resume).
 
 A sample whose input turns out to be bad while it is read (a malformed record, mates
@@ -37,23 +38,28 @@ from distributed import Client
 
 from virnuc_dask.config import Settings
 from virnuc_dask.core.samplesheet import Sample, SampleSheet
+from virnuc_dask.dataflow.device_time import devices_busy
 from virnuc_dask.dataflow.identity import fingerprint, fingerprint_differences
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.pipeline import RunResult, predict, preflight
 from virnuc_dask.dataflow.run_scores import RUN_TABLE, table_root
 from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, samples_tsv
+from virnuc_dask.dataflow.sample_slots import SampleSlots
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import InputFormatError, OutputDirError, SampleSheetError, first_line
-from virnuc_dask.events import Progress, ProgressEvent, reporter
+from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
 from virnuc_dask.rundir import MULTIQC, RUN_SCORES, SAMPLES, SUMMARY
 
 logger = logging.getLogger(__name__)
 
-#: Samples predicted side by side (each keeps about two partitions per worker in flight).
+#: Samples reading or embedding side by side (each keeps about two partitions per worker
+#: in flight); samples writing their results do not count (:mod:`.sample_slots`).
 SAMPLES_IN_FLIGHT = 4
+#: Samples in flight at all, writing ones included.
+SAMPLES_AT_ONCE = 2 * SAMPLES_IN_FLIGHT
 
 #: Errors that belong to one sample's input or output folder: the others go on.
 SAMPLE_ERRORS = (InputFormatError, OutputDirError)
@@ -156,7 +162,7 @@ def predict_samples(
     """Predict every sample of ``sheet`` into ``settings.out``/<sample> on ``client``'s
     cluster, then write the run's tables and summary; ``viral_reads``: also each
     sample's viral reads (:mod:`.viral_reads`)."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     # "samples": finished samples of the sheet, and each sample's status as it changes;
     # each sample's own events carry its name (``sample``).
     tick = reporter(progress)
@@ -169,7 +175,13 @@ def predict_samples(
     for sample in sheet:
         tick("samples", 0, len(sheet), sample=sample.name, status="waiting")
 
+    slots = SampleSlots(limit=SAMPLES_IN_FLIGHT)
+
     def one(sample: Sample) -> tuple[RunResult | None, SampleRow]:
+        with slots.slot(sample.name, progress) as sample_progress:
+            return predict_sample(sample, sample_progress)
+
+    def predict_sample(sample: Sample, sample_progress: Progress) -> tuple[Any, SampleRow]:
         t = time.perf_counter()
         tick("samples", 0, len(sheet), sample=sample.name, status="running")
         try:
@@ -177,7 +189,7 @@ def predict_samples(
             if files_changed(mine, facts["precision"]):
                 logger.info("sample %s: its files changed, it starts afresh", sample.name)
                 mine = mine.replace(overwrite=True)
-            result = predict(mine, client, facts=facts, progress=of_sample(progress, sample))
+            result = predict(mine, client, facts=facts, progress=sample_progress)
             if viral_reads:
                 write_viral_reads(result.out, sample.inputs)
         except SAMPLE_ERRORS as exc:
@@ -202,7 +214,7 @@ def predict_samples(
 
     done: dict[str, tuple[RunResult | None, SampleRow]] = {}
     with concurrent.futures.ThreadPoolExecutor(
-        max_workers=min(len(sheet), SAMPLES_IN_FLIGHT), thread_name_prefix="sample"
+        max_workers=min(len(sheet), SAMPLES_AT_ONCE), thread_name_prefix="sample"
     ) as pool:
         futures = {pool.submit(one, sample): sample for sample in sheet}
         try:
@@ -222,22 +234,12 @@ def predict_samples(
     result.summary = run_level_summary(
         settings, sheet, result, facts, load_seconds, time.perf_counter() - t0
     )
+    outs = [Path(sample_settings(settings, s).out) for s in sheet]
+    result.summary["workers"] = devices_busy(client, outs, (started, time.time()))
     atomic_write_text(out / SAMPLES, samples_tsv(rows))
     atomic_write_text(out / MULTIQC, multiqc_tsv(rows))
     atomic_write_text(out / SUMMARY, json.dumps(result.summary, indent=2) + "\n")
     return result
-
-
-def of_sample(progress: Progress | None, sample: Sample) -> Progress | None:
-    """``progress`` for the events of one sample's dataflow: each names the sample."""
-    if progress is None:
-        return None
-    sink = progress
-
-    def forward(event: ProgressEvent) -> None:
-        sink(dataclasses.replace(event, sample=sample.name))
-
-    return forward
 
 
 def run_level_summary(
