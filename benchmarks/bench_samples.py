@@ -143,11 +143,15 @@ def predict_command(*args: str) -> list[str]:
     ]
 
 
-def sampled(command: list[str], interval: float) -> tuple[float, int, list[int]]:
-    """Run ``command`` (exit 0 or 2 expected); its wall seconds, the peak RSS of its
-    process and those of every process it started, largest first."""
+def sampled(
+    command: list[str], interval: float, *, env: dict[str, str] | None = None
+) -> tuple[float, int, list[int]]:
+    """Run ``command`` (exit 0 or 2 expected; ``env``: its environment); its wall seconds,
+    the peak RSS of its process and those of every process it started, largest first."""
     t = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     sampler = Sampler(proc.pid, interval)
     sampler.start()
     _, stderr = proc.communicate(timeout=6 * 3600)

@@ -106,6 +106,10 @@ def test_the_run_tables_parse_with_the_right_counts(sheet_run):
     assert summary["exit_code"] == 0
     assert summary["totals"]["reads"] == 132
     assert [s["sample"] for s in summary["samples"]] == list(by)
+    # The devices over the whole run: every partition of every sample, one worker.
+    (worker,) = summary["workers"].values()
+    assert worker["partitions"] == sum(s["partitions"] for s in summary["samples"])
+    assert 0 < worker["device_busy"] <= 1
 
 
 def test_an_added_sample_is_the_only_one_computed(client, sheet_run, tmp_path):
@@ -308,3 +312,31 @@ def test_changed_files_recompute_only_their_sample(client, sheet_run, tmp_path):
     for name in ("casava", "slash", "contigs"):
         assert reused[name][0] == reused[name][1] > 0, name
     assert [r.reads for r in again.rows if r.sample == "single"] == [13]
+
+
+def test_multiqc_puts_the_samples_into_its_general_statistics(sheet_run, tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("multiqc")  # in the test extra
+    folder, sheet, _ = sheet_run
+    proc = subprocess.run(
+        [sys.executable, "-m", "multiqc", str(folder / "RUN"), "-o", str(tmp_path), "--no-ansi"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "multiqc_data" / "multiqc_data.json").read_text())
+    headers = data["report_general_stats_headers"]
+    stats = data["report_general_stats_data"]
+    (columns,) = [h for h in headers.values() if "viral_percent" in h]
+    assert columns["viral_percent"]["title"] == "% Viral"
+    assert {"viral_reads", "reads", "failed_records"} <= set(columns)
+    (rows,) = [r for r in stats.values() if set(r) == {s.name for s in sheet}]
+    with open(folder / "RUN" / "samples.tsv") as fh:
+        table = {r["sample"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    for name, row in rows.items():
+        assert row["reads"] == int(table[name]["reads"])
+        assert row["viral_reads"] == int(table[name]["viral_reads"])
+        assert row["viral_percent"] == pytest.approx(100 * float(table[name]["viral_fraction"]))

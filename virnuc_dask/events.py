@@ -39,6 +39,8 @@ class ProgressEvent:
     loss: float | None = None  # train: the epoch's training loss
     val_loss: float | None = None
     accuracy: float | None = None
+    sample: str | None = None  # a sequencing run: the sample the event belongs to
+    status: str | None = None  # samples: waiting, running, complete, partial or failed
 
     def counts(self) -> dict[str, int | str]:
         """The whole-number and text fields that are set, by name."""

@@ -95,6 +95,7 @@ class PartitionResult:
     store_id: str | None = None
     finished: float | None = None
     chunks: tuple[str, ...] = ()  # the chunk files written, relative to the store
+    from_run: int = 0  # rows whose scores another sample of the run computed
 
     @property
     def all_failed(self) -> bool:
@@ -112,6 +113,7 @@ class PartitionResult:
             "store_seconds": self.store_seconds,
             "classify_seconds": self.classify_seconds,
             "chunks": list(self.chunks),
+            "from_run": self.from_run,
         }
         for key, stats in self.models.items():
             data[key] = dataclasses.asdict(stats)
@@ -136,6 +138,7 @@ class PartitionResult:
             store_id=data.get("store_id"),
             finished=data.get("finished"),
             chunks=tuple(data.get("chunks", ())),
+            from_run=int(data.get("from_run", 0)),
         )
 
 

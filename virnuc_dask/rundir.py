@@ -29,6 +29,7 @@ sample (``<sample>/``) and:
 | ``samples.tsv`` | one line per sample: reads, pairs, chunks, ORFs, viral reads ... |
 | ``virnuc_dask_mqc.tsv`` | the same figures as a MultiQC custom-content general-stats table |
 | ``run_summary.json`` | the run: samplesheet, samples and their status, models, timings |
+| ``.run-scores/`` | scores by ORF content, which samples take from each other |
 
 An ``evaluate`` directory holds one prediction run directory per class (``viral/``,
 ``other/``), ``evaluation.json`` and ``evaluation.txt``.
@@ -49,6 +50,7 @@ VIRAL_READS = "viral_reads"  # + ".fastq.gz" or ".fasta.gz"
 
 SAMPLES = "samples.tsv"
 MULTIQC = "virnuc_dask_mqc.tsv"
+RUN_SCORES = ".run-scores"
 
 MODEL = "model.pth"
 TRAINING_LOG = "training_log.tsv"

@@ -85,7 +85,9 @@ class RunLock:
     ``on_lost`` is called (from the heartbeat thread) if the lock file stops being
     this run's: removed by hand, or taken over by another host after this process
     could not renew its heartbeat for ``stale_after`` seconds. The default stops the
-    run as Ctrl-C would: two runs must not write one directory.
+    run as Ctrl-C would: two runs must not write one directory. ``within``: the directory
+    of the run this one belongs to (a sample's folder in a sequencing run's directory),
+    named to whoever finds the directory held.
     """
 
     def __init__(
@@ -95,8 +97,10 @@ class RunLock:
         heartbeat: float = HEARTBEAT_S,
         stale_after: float = STALE_AFTER_S,
         on_lost: Callable[[], None] | None = None,
+        within: str | os.PathLike[str] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.within = None if within is None else str(within)
         self.path = self.directory / LOCK_NAME
         self.heartbeat = heartbeat
         self.stale_after = stale_after
@@ -143,6 +147,7 @@ class RunLock:
             "started": _now_text(),
             "command": shlex.join(sys.argv)[:500],
             "token": self.token,
+            **({"within": self.within} if self.within else {}),
         }
 
     def _create(self) -> float | None:
@@ -305,6 +310,8 @@ class RunLock:
 
 def _describe(holder: dict[str, Any]) -> str:
     parts = [f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}"]
+    if holder.get("within"):
+        parts.insert(0, f"the run into {holder['within']}")
     if holder.get("user"):
         parts.append(f"user {holder['user']}")
     if holder.get("started"):
@@ -323,9 +330,14 @@ def _interrupt_main() -> None:
 @contextlib.contextmanager
 def hold_directories(directories: Sequence[str | os.PathLike[str]]) -> Iterator[list[RunLock]]:
     """Hold each of ``directories`` (created if needed) until the block ends; a
-    directory held by a live run raises :class:`OutputDirError` before anything else."""
+    directory held by a live run raises :class:`OutputDirError` before anything else.
+    A directory inside another of them is held as part of that one's run."""
     with contextlib.ExitStack() as stack:
         locks = []
-        for directory in dict.fromkeys(os.path.abspath(d) for d in directories):
-            locks.append(stack.enter_context(RunLock(directory)))
+        held = list(dict.fromkeys(os.path.abspath(d) for d in directories))
+        for directory in held:
+            within = next(
+                (d for d in held if Path(directory).is_relative_to(d) and d != directory), None
+            )
+            locks.append(stack.enter_context(RunLock(directory, within=within)))
         yield locks

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 from pathlib import Path
 
@@ -92,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             settings_from_args(args),
             verbosity(args),
             viral_reads=args.write_viral_reads,
+            progress_interval=args.progress_interval,
         )
     return run_settings(
         settings_from_args(args),
@@ -126,21 +126,23 @@ def run_settings(
 
 
 def run_samplesheet(
-    sheet_path: str, settings: Settings, verbosity: str = "normal", *, viral_reads: bool = False
+    sheet_path: str,
+    settings: Settings,
+    verbosity: str = "normal",
+    *,
+    viral_reads: bool = False,
+    progress_interval: float = 30.0,
 ) -> int:
-    """Predict every sample of a sheet on one cluster; a line per sample as it finishes."""
-    from virnuc_dask.cli.logs import forward_worker_logs
+    """Predict every sample of a sheet on one cluster, with a live line per sample (or
+    progress log lines)."""
+    from virnuc_dask.cli.sample_progress import sheet_display_factory
     from virnuc_dask.core.samplesheet import read_samplesheet
     from virnuc_dask.dataflow.sequencing_run import run_samples
     from virnuc_dask.rundir import SAMPLES
 
     sheet = read_samplesheet(sheet_path)  # a bad sheet stops here, before any cluster
-
-    def logs(cluster):
-        forward_worker_logs(cluster.client, verbosity)
-        return contextlib.nullcontext()
-
-    result, _ = run_samples(settings, sheet, progress=logs, viral_reads=viral_reads)
+    display = sheet_display_factory(verbosity, progress_interval)
+    result, _ = run_samples(settings, sheet, progress=display, viral_reads=viral_reads)
     logger.info("%d samples: see %s", len(sheet), Path(result.out) / SAMPLES)
     for row in result.rows:
         if row.status == "failed":

@@ -33,15 +33,14 @@ The state is kept by :mod:`.run_state`; the tables and the log line are drawn by
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.text import Text
 
+from virnuc_dask.cli.live_display import LiveDisplay
 from virnuc_dask.cli.progress_view import elapsed_text, stage_table, status_line, worker_table
 from virnuc_dask.cli.run_state import LAST_MODEL, STAGES, RunProgress
 from virnuc_dask.events import ProgressEvent
@@ -74,7 +73,7 @@ def _activity(client) -> tuple[dict[str, str], dict[str, Any]]:
     return out, gpus
 
 
-class TerminalProgress:
+class TerminalProgress(LiveDisplay):
     """The pipeline's progress callback: live display on a terminal, log lines elsewhere.
 
     ``enabled`` None: live when stderr is a terminal. ``interval``: seconds between
@@ -98,20 +97,13 @@ class TerminalProgress:
         console: Console | None = None,
         cluster_status: Callable[[], list[str]] | None = None,
     ) -> None:
-        self.console = console or Console(stderr=True)
-        self.live = self.console.is_terminal if enabled is None else enabled
-        if interval <= 0:
-            raise ValueError(f"progress interval must be > 0 seconds, got {interval}")
-        self.interval = interval
+        super().__init__(enabled=enabled, interval=interval, console=console)
         self.client = client
         self.cluster_status = cluster_status
         self.state = RunProgress()
         self._activity: dict[str, str] = {}
         self._gpus: dict[str, Any] = {}
         self._polled = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._live: Live | None = None
 
     # the callback
     def __call__(self, event: ProgressEvent) -> None:
@@ -161,37 +153,9 @@ class TerminalProgress:
                 self.state, self.activity() if self.client else None, self._gpus, cluster
             )
 
-    def __enter__(self) -> TerminalProgress:
-        if self.live:
-            self._live = Live(
-                self,
-                console=self.console,
-                refresh_per_second=4,
-                transient=False,
-                redirect_stdout=False,
-                redirect_stderr=True,
-            )
-            self._live.start()
-        else:
-            self._thread = threading.Thread(
-                target=self._log_every_interval, name="virnuc-progress", daemon=True
-            )
-            self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
         self._polled = 0.0  # the last view shows the workers as they are now
-        if self._live is not None:
-            self._live.refresh()
-            self._live.stop()
-        if self._thread is not None:
-            self._thread.join()
-            logger.info("%s", self.line())
-
-    def _log_every_interval(self) -> None:
-        while not self._stop.wait(self.interval):
-            logger.info("%s", self.line())
+        super().__exit__(*exc)
 
 
 def display_factory(verbosity: str, interval: float) -> Callable[[Any], TerminalProgress]:

@@ -49,6 +49,7 @@ from distributed import get_worker
 
 from virnuc_dask.dataflow.copies import plan_rows
 from virnuc_dask.dataflow.dashboard import record_embedding
+from virnuc_dask.dataflow.run_scores import RunScores, take_scores
 from virnuc_dask.dataflow.store import SCORES, EmbeddingStore
 from virnuc_dask.errors import SystemicFailure
 from virnuc_dask.models.classifier import score
@@ -190,7 +191,8 @@ class PartitionJob:
 
     ``ceilings``: per embedding model (its key), the token-budget ceiling the settings
     give (missing or None: from the device's free memory). ``keep``: the dtype in which
-    the embeddings are stored (None: they are not).
+    the embeddings are stored (None: they are not). ``run_scores``: the score table
+    of the sequencing run (:mod:`.run_scores`) rows scored elsewhere take.
     """
 
     partition: int
@@ -198,6 +200,7 @@ class PartitionJob:
     out: str
     ceilings: tuple[tuple[str, int | None], ...] = ()
     keep: str | None = None
+    run_scores: str | None = None  # a sequencing run's shared score table (.run_scores)
 
     def ceiling(self, model: str) -> int | None:
         return dict(self.ceilings).get(model)
@@ -237,6 +240,9 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     texts = {m.key: rows.texts(m.embeds) for m in EMBEDDING_MODELS}
     row_start = job.row_start
     plan = plan_rows(row_start, len(rows), rows.sources, scoring=classifier is not None)
+    taken = None
+    if job.run_scores and classifier is not None and job.keep is None:
+        plan, taken = take_scores(job.run_scores, texts, plan, classifier.output_layer.out_features)
 
     def embedder(stage: str) -> Embed:
         def run(idx: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -284,12 +290,20 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
     arrays: dict[str, np.ndarray] = {}
     sources: dict[str, np.ndarray] = {}
     t = time.perf_counter()
+    if taken is not None:  # their scores are known, whatever their embedding did
+        failed = {i: f for i, f in failed.items() if not taken.rows[i]}
     if classifier is not None:
         scored = ~plan.copies
         scored[list(failed)] = False
+        if taken is not None:
+            scored &= ~taken.rows
         features = np.concatenate([vectors[m][plan.take[m][scored]] for m in MODEL_KEYS], axis=1)
         scores = np.zeros((len(rows), classifier.output_layer.out_features), dtype=np.float32)
         scores[scored] = score(classifier, features)
+        if taken is not None:
+            scores[taken.rows] = taken.scores[taken.rows]
+            # Shared at once: the device's next partition (of any sample) finds them.
+            RunScores(job.run_scores).publish(taken.keys[scored], scores[scored])
         arrays[SCORES] = scores
         sources[SCORES] = plan.scores_source
     if job.keep is not None:
@@ -314,6 +328,7 @@ def embed_partition(rows: PartitionRows | Sequence[Any], job: PartitionJob) -> E
         models=stats,
         failed=record,
         classify_seconds=time.perf_counter() - t,
+        from_run=0 if taken is None else taken.count,
     )
     return EmbeddedPartition(job, result, ids, arrays, sources)
 

@@ -17,6 +17,7 @@ outputs; the sample names are the sheet's).
 | ``viral_pairs`` | pairs predicted ``virus`` (``NA`` for unpaired input) |
 | ``no_orf_reads`` | reads with no ORF (too short, stop codons in every frame) |
 | ``failed_records`` | rows of the sample's ``failed_records.tsv`` |
+| ``orfs_from_run`` | ORFs that took the scores of identical ones of another sample |
 | ``seconds`` | the sample's wall time (samples run side by side: these overlap) |
 | ``error`` | why a ``failed`` sample failed (empty otherwise) |
 """
@@ -40,6 +41,7 @@ COLUMNS = (
     "viral_pairs",
     "no_orf_reads",
     "failed_records",
+    "orfs_from_run",
     "seconds",
     "error",
 )
@@ -60,6 +62,7 @@ class SampleRow:
     viral_pairs: int | None = None
     no_orf_reads: int | None = None
     failed_records: int | None = None
+    orfs_from_run: int | None = None
     seconds: float = 0.0
     error: str = ""
 
@@ -73,7 +76,9 @@ class SampleRow:
         return {c: getattr(self, c) for c in COLUMNS}
 
 
-def sample_row(name: str, kind: str, summary: dict[str, Any], seconds: float) -> SampleRow:
+def sample_row(
+    name: str, kind: str, summary: dict[str, Any], seconds: float, from_run: int = 0
+) -> SampleRow:
     """The line of a sample from its ``run_summary.json`` content."""
     counts = summary["counts"]
     pairs = summary.get("pairs") or {}
@@ -90,6 +95,7 @@ def sample_row(name: str, kind: str, summary: dict[str, Any], seconds: float) ->
         viral_pairs=pairs.get("virus") if kind == "paired" else None,
         no_orf_reads=counts["reads_no_orf"],
         failed_records=failed,
+        orfs_from_run=from_run,
         seconds=seconds,
     )
 

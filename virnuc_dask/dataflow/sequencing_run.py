@@ -8,7 +8,8 @@ sheet is the only one computed, a sample whose files changed starts afresh, the 
 reuse every partition.  Several samples are in flight at once on the one cluster, so
 one sample's reading, dedup and writing overlap another's embedding and a small
 sample's partitions fill the gaps of a large one; the devices take embedding tasks of
-any sample, one at a time each.  A sample whose files changed since its folder was
+any sample, one at a time each; a sample writing its results makes room for the next
+(:mod:`.sample_slots`).  A sample whose files changed since its folder was
 written starts afresh (the others still resume).
 
 A sample whose input turns out to be bad while it is read (a malformed record, mates
@@ -28,6 +29,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,22 +38,28 @@ from distributed import Client
 
 from virnuc_dask.config import Settings
 from virnuc_dask.core.samplesheet import Sample, SampleSheet
+from virnuc_dask.dataflow.device_time import devices_busy
 from virnuc_dask.dataflow.identity import fingerprint, fingerprint_differences
 from virnuc_dask.dataflow.models_on_workers import load_models
 from virnuc_dask.dataflow.pipeline import RunResult, predict, preflight
+from virnuc_dask.dataflow.run_scores import RUN_TABLE, table_root
 from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, samples_tsv
+from virnuc_dask.dataflow.sample_slots import SampleSlots
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import InputFormatError, OutputDirError, SampleSheetError, first_line
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
-from virnuc_dask.rundir import MULTIQC, SAMPLES, SUMMARY
+from virnuc_dask.rundir import MULTIQC, RUN_SCORES, SAMPLES, SUMMARY
 
 logger = logging.getLogger(__name__)
 
-#: Samples predicted side by side (each keeps about two partitions per worker in flight).
+#: Samples reading or embedding side by side (each keeps about two partitions per worker
+#: in flight); samples writing their results do not count (:mod:`.sample_slots`).
 SAMPLES_IN_FLIGHT = 4
+#: Samples in flight at all, writing ones included.
+SAMPLES_AT_ONCE = 2 * SAMPLES_IN_FLIGHT
 
 #: Errors that belong to one sample's input or output folder: the others go on.
 SAMPLE_ERRORS = (InputFormatError, OutputDirError)
@@ -105,7 +113,10 @@ def run_samples(
     settings = settings.replace(inputs=tuple(f for s in sheet for f in s.inputs))
     preflight(settings)  # the classifier, the run directory
     check_sheet_for_run(settings, sheet)
-    with run_session(settings, client=client, progress=progress) as session:
+    # The run directory and every sample's folder: a one-sample run into RUN/<sample>
+    # started beside this one stops at once, naming this run.
+    hold = [settings.out, *(sample_settings(settings, sample).out for sample in sheet)]
+    with run_session(settings, client=client, progress=progress, hold=hold) as session:
         result = predict_samples(
             settings,
             session.client,
@@ -128,6 +139,18 @@ def files_changed(settings: Settings, precision: str) -> bool:
     return "inputs" in diffs and diffs <= {"inputs", "rows"}
 
 
+def shared_scores(settings: Settings, facts: dict[str, Any]) -> dict[str, Any]:
+    """``facts`` naming the run's score table (:mod:`.run_scores`) to every sample's
+    dataflow: identical inputs across samples are embedded once per run. Not with
+    ``dedup`` off, nor where no scores are computed or every embedding is kept."""
+    if not settings.dedup or settings.classifier is None or settings.keep_embeddings:
+        return facts
+    identity = fingerprint(settings.replace(inputs=()), facts["precision"])
+    if settings.overwrite:  # everything afresh, the shared scores too
+        shutil.rmtree(Path(settings.out) / RUN_SCORES, ignore_errors=True)
+    return {**facts, RUN_TABLE: str(table_root(settings.out, identity))}
+
+
 def predict_samples(
     settings: Settings,
     client: Client,
@@ -139,22 +162,34 @@ def predict_samples(
     """Predict every sample of ``sheet`` into ``settings.out``/<sample> on ``client``'s
     cluster, then write the run's tables and summary; ``viral_reads``: also each
     sample's viral reads (:mod:`.viral_reads`)."""
-    t0 = time.perf_counter()
-    tick = reporter(progress)  # "samples": finished samples of the sheet
+    t0, started = time.perf_counter(), time.time()
+    # "samples": finished samples of the sheet, and each sample's status as it changes;
+    # each sample's own events carry its name (``sample``).
+    tick = reporter(progress)
     out = Path(settings.out)
     check_sheet_for_run(settings, sheet)
-    facts = load_models(settings, client)  # once for every sample
+    facts = shared_scores(settings, load_models(settings, client))  # once for every sample
     load_seconds = time.perf_counter() - t0
     logger.info("models loaded; %d samples, up to %d at a time", len(sheet), SAMPLES_IN_FLIGHT)
 
+    for sample in sheet:
+        tick("samples", 0, len(sheet), sample=sample.name, status="waiting")
+
+    slots = SampleSlots(limit=SAMPLES_IN_FLIGHT)
+
     def one(sample: Sample) -> tuple[RunResult | None, SampleRow]:
+        with slots.slot(sample.name, progress) as sample_progress:
+            return predict_sample(sample, sample_progress)
+
+    def predict_sample(sample: Sample, sample_progress: Progress) -> tuple[Any, SampleRow]:
         t = time.perf_counter()
+        tick("samples", 0, len(sheet), sample=sample.name, status="running")
         try:
             mine = sample_settings(settings, sample)
             if files_changed(mine, facts["precision"]):
                 logger.info("sample %s: its files changed, it starts afresh", sample.name)
                 mine = mine.replace(overwrite=True)
-            result = predict(mine, client, facts=facts)
+            result = predict(mine, client, facts=facts, progress=sample_progress)
             if viral_reads:
                 write_viral_reads(result.out, sample.inputs)
         except SAMPLE_ERRORS as exc:
@@ -174,18 +209,22 @@ def predict_samples(
             f"{result.counts.reads_virus:,}",
             seconds,
         )
-        return result, sample_row(sample.name, sample.kind, result.summary, seconds)
+        taken = sum(e.from_run for e in EmbeddingStore(result.out).entries().values())
+        return result, sample_row(sample.name, sample.kind, result.summary, seconds, taken)
 
     done: dict[str, tuple[RunResult | None, SampleRow]] = {}
     with concurrent.futures.ThreadPoolExecutor(
-        max_workers=min(len(sheet), SAMPLES_IN_FLIGHT), thread_name_prefix="sample"
+        max_workers=min(len(sheet), SAMPLES_AT_ONCE), thread_name_prefix="sample"
     ) as pool:
         futures = {pool.submit(one, sample): sample for sample in sheet}
         try:
             for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
                 sample = futures[future]
                 done[sample.name] = future.result()
-                tick("samples", n, len(sheet), reads=done[sample.name][1].reads)
+                row = done[sample.name][1]
+                tick(
+                    "samples", n, len(sheet), reads=row.reads, sample=row.sample, status=row.status
+                )
         except BaseException:
             for future in futures:  # samples not started are not started
                 future.cancel()
@@ -195,6 +234,8 @@ def predict_samples(
     result.summary = run_level_summary(
         settings, sheet, result, facts, load_seconds, time.perf_counter() - t0
     )
+    outs = [Path(sample_settings(settings, s).out) for s in sheet]
+    result.summary["workers"] = devices_busy(client, outs, (started, time.time()))
     atomic_write_text(out / SAMPLES, samples_tsv(rows))
     atomic_write_text(out / MULTIQC, multiqc_tsv(rows))
     atomic_write_text(out / SUMMARY, json.dumps(result.summary, indent=2) + "\n")
