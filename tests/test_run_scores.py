@@ -17,7 +17,7 @@ from virnuc_dask.config import load_settings
 from virnuc_dask.core.samplesheet import read_samplesheet
 from virnuc_dask.dataflow.copies import plan_rows
 from virnuc_dask.dataflow.pipeline import predict
-from virnuc_dask.dataflow.run_scores import RunScores, input_keys, take_scores
+from virnuc_dask.dataflow.run_scores import FANOUT, RunScores, input_keys, take_scores
 from virnuc_dask.dataflow.sequencing_run import predict_samples, sample_settings
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.models.registry import MODEL_KEYS
@@ -40,6 +40,19 @@ def test_a_published_score_is_found_by_its_inputs_only(tmp_path):
     # Same nucleotide slice, another protein: another input, not found.
     other = input_keys({MODEL_KEYS[0]: ["AAA"], MODEL_KEYS[-1]: ["XXX"]})
     assert not table.lookup(other)[0].any()
+
+
+def test_table_files_are_merged_level_by_level_and_every_score_stays(tmp_path):
+    table = RunScores(tmp_path)
+    texts = [f"ACGT{i}" for i in range(FANOUT * FANOUT + 3)]
+    scores = np.arange(2 * len(texts), dtype=np.float32).reshape(-1, 2)
+    for i, text in enumerate(texts):
+        table.publish(_keys(text), scores[i : i + 1])
+    names = sorted(p.name.partition("-")[0] for p in tmp_path.glob("*.scores"))
+    assert names == ["0", "0", "0", "2"]  # 64 merged into 8, the 8 into one
+    found, got = table.lookup(_keys(*texts))
+    assert found.all()
+    np.testing.assert_array_equal(got, scores)
 
 
 def test_a_damaged_table_file_is_dropped_and_its_rows_embedded(tmp_path, caplog):
