@@ -172,3 +172,18 @@ def test_samples_in_flight_together_take_each_others_scores(client, tmp_path):
     for sample in sheet:
         predict(sample_settings(_settings(tmp_path / "alone"), sample), client)
         assert_same_results(run / sample.name, tmp_path / "alone" / sample.name)
+
+
+def test_a_run_started_afresh_drops_the_shared_scores(tmp_path):
+    from virnuc_dask.dataflow.run_scores import RUN_TABLE
+    from virnuc_dask.dataflow.sequencing_run import shared_scores
+
+    settings = _settings(tmp_path / "RUN")
+    facts = shared_scores(settings, {"precision": "fp32"})
+    RunScores(facts[RUN_TABLE]).publish(_keys("AAA"), np.float32([[0.1, 0.9]]))
+    assert shared_scores(settings, {"precision": "fp32"}) == facts  # resumed: kept
+    assert RunScores(facts[RUN_TABLE]).lookup(_keys("AAA"))[0].all()
+    other = shared_scores(settings, {"precision": "bf16"})[RUN_TABLE]
+    assert other != facts[RUN_TABLE]  # other scores, another table
+    shared_scores(settings.replace(overwrite=True), {"precision": "fp32"})
+    assert not (tmp_path / "RUN" / RUN_SCORES).exists()
