@@ -187,3 +187,11 @@ def test_a_run_started_afresh_drops_the_shared_scores(tmp_path):
     assert other != facts[RUN_TABLE]  # other scores, another table
     shared_scores(settings.replace(overwrite=True), {"precision": "fp32"})
     assert not (tmp_path / "RUN" / RUN_SCORES).exists()
+
+
+def test_a_table_that_cannot_be_written_costs_only_the_sharing(tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    table = RunScores(tmp_path / "file" / "table")  # its folder cannot be made
+    assert table.publish(_keys("AAA"), np.float32([[0.1, 0.9]])) is None
+    assert "scores not shared with the other samples" in caplog.text
+    assert not table.lookup(_keys("AAA"))[0].any()

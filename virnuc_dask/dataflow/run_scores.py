@@ -104,14 +104,20 @@ class RunScores:
         self.root = Path(root)
 
     def publish(self, keys: np.ndarray, scores: np.ndarray) -> Path | None:
-        """Add the scores of the rows with ``keys``; the file written (None: no rows)."""
+        """Add the scores of the rows with ``keys``; the file written (None: no rows, or
+        it could not be written: the table only saves work, so that is logged, and the
+        partition goes on)."""
         if not len(keys):
             return None
         records = np.zeros(len(keys), dtype=_dtype(keys.dtype.itemsize, scores.shape[1]))
         records["key"] = keys
         records["scores"] = scores
-        path = self._write(records, level=0)
-        self.compact()
+        try:
+            path = self._write(records, level=0)
+            self.compact()
+        except OSError as exc:
+            logger.warning("%s: scores not shared with the other samples: %s", self.root, exc)
+            return None
         return path
 
     def _write(self, records: np.ndarray, *, level: int) -> Path:
