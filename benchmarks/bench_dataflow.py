@@ -1,7 +1,8 @@
 """Whole runs of this checkout against another one (an earlier commit), alternating.
 
     python benchmarks/bench_dataflow.py --base /path/to/other/checkout [--reads 20000]
-                                        [--rounds 2] [--work DIR]
+                                        [--rounds 2] [--work DIR] [--keep]
+                                        [--option=--blocksize=1048576 ...]
 
 Each run is ``virnuc-dask predict`` as a user starts it (a subprocess with the
 checkout's own ``.venv/bin/python``; a local cluster of one worker with two threads;
@@ -18,8 +19,9 @@ falls on both. Per run:
   from the models being loaded to the end of the run);
 - bytes on disk of the output directory without the text result files, per ORF.
 
-A last run of this checkout with ``--keep-embeddings`` gives the bytes per ORF when
-embeddings are kept. The script prints numbers; it is not a test.
+``--option`` adds a command-line option to every run (both checkouts). With
+``--keep``, a last run of this checkout with ``--keep-embeddings`` gives the bytes per
+ORF when embeddings are kept. The script prints numbers; it is not a test.
 """
 
 from __future__ import annotations
@@ -101,17 +103,21 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/virnuc-bench-dataflow"))
+    parser.add_argument("--keep", action="store_true", help="a last run keeping embeddings")
+    parser.add_argument("--option", action="append", default=[], help="for every run")
     args = parser.parse_args()
+    options = [part for option in args.option for part in option.split("=", 1)]
     args.work.mkdir(parents=True, exist_ok=True)
     reads = write_reads(args.work / f"reads_{args.reads}.fa", args.reads)
     results: dict[str, list[dict]] = {"base": [], "this": []}
     for r in range(args.rounds):
         for name, checkout in (("base", args.base), ("this", ROOT)):
-            found = run(checkout, reads, args.work / f"out_{name}")
+            found = run(checkout, reads, args.work / f"out_{name}", *options)
             results[name].append(found)
             print(f"round {r + 1} {name}: {json.dumps(found)}", flush=True)
-    kept = run(ROOT, reads, args.work / "out_kept", "--keep-embeddings")
-    print(f"this --keep-embeddings: {json.dumps(kept)}", flush=True)
+    if args.keep:
+        kept = run(ROOT, reads, args.work / "out_kept", "--keep-embeddings", *options)
+        print(f"this --keep-embeddings: {json.dumps(kept)}", flush=True)
     ratios = [
         b["wall_s"] / t["wall_s"] for b, t in zip(results["base"], results["this"], strict=True)
     ]

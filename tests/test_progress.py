@@ -102,6 +102,29 @@ def test_state_follows_the_pipeline_events():
     assert "classifying" not in line  # not started
 
 
+def test_reading_and_embedding_advance_together():
+    """The run reads on while it embeds: both rows move, and the embedding's totals
+    grow as blocks are read instead of starting over."""
+    clock = Clock()
+    state = RunProgress(clock=clock)
+    state.record(ProgressEvent("read", 1, 4, reads=10, orfs=200))
+    state.record(ProgressEvent("embed", 0, 2, orfs_total=200, orfs_reused=0))
+    clock.now += 10
+    state.record(
+        ProgressEvent("embed", 1, 2, partitions=(partition("w1", 100, 500, 1.0, 900, 3.0),))
+    )
+    state.record(ProgressEvent("read", 3, 4, reads=30, orfs=600))
+    state.record(ProgressEvent("embed", 1, 4, orfs_total=600))
+    esm = state.stage("esm")
+    assert (esm.done, esm.total, esm.finished) == (100, 600, None)
+    assert esm.counts["partitions"] == 1 and esm.counts["partitions_total"] == 4
+    read = state.stage("read")
+    assert (read.done, read.total, read.finished) == (3, 4, None)
+    line = status_line(state)
+    assert "reading + translating: 3/4 blocks" in line
+    assert "embedding: 100/600 ORFs · 1/4 partitions" in line
+
+
 def test_stage_table_has_a_row_per_stage():
     from rich.console import Console
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from virnuc_dask.core.orfs import BlockOrfs, ReadInfo, content_hashes
+from virnuc_dask.core.plan import plan_waves
 from virnuc_dask.core.translate import Orf
 from virnuc_dask.dataflow import scratch
 
@@ -51,6 +52,33 @@ def test_sources_are_the_first_copy_of_each_input(tmp_path, buckets):
         assert sum(u for _, u in found) == len(first)
         for lo, hi in ((0, len(flat)), (7, 31), (len(flat) - 1, len(flat))):
             assert scratch.sources(tmp_path, model, buckets, lo, hi).tolist() == expected[lo:hi]
+
+
+@pytest.mark.parametrize("buckets", [1, 4])
+def test_waves_decide_as_the_whole_input_at_once(tmp_path, buckets):
+    rng = random.Random(7 + buckets)
+    pool = ["".join(rng.choices("ACG", k=3)) for _ in range(15)]
+    blocks = [[rng.choice(pool) for _ in range(rng.randint(0, 20))] for _ in range(7)]
+    for b, rows in enumerate(blocks):
+        table = [(f"o{b}_{i}", n, n) for i, n in enumerate(rows)]
+        scratch.write_table(tmp_path, _table(b, table), buckets=buckets)
+    offsets = np.cumsum([0] + [len(rows) for rows in blocks])[:-1].tolist()
+    flat = [row for rows in blocks for row in rows]
+    first: dict[str, int] = {}
+    expected = [first.setdefault(row, r) for r, row in enumerate(flat)]
+    for model in ("dnabert", "esm"):
+        found = []
+        for wave, (lo, hi) in enumerate(plan_waves(len(blocks))):
+            found += [
+                scratch.dedup_bucket(tmp_path, model, k, offsets[lo:hi], first_block=lo, wave=wave)
+                for k in range(buckets)
+            ]
+        assert sum(n for n, _ in found) == len(flat)
+        assert sum(u for _, u in found) == len(first)
+        assert scratch.sources(tmp_path, model, buckets, 0, len(flat)).tolist() == expected
+        assert (
+            scratch.sources(tmp_path, model, buckets, 3, 9, [0, 1, 2]).tolist() == (expected[3:9])
+        )
 
 
 def test_content_hashes_are_128_bit_and_distinguish_inputs():

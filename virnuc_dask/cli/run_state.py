@@ -122,7 +122,13 @@ class RunProgress:
 
     def _record_embed(self, now: float, event: ProgressEvent) -> None:
         done, total = event.done, event.total
-        if event.orfs_total is not None:
+        if event.orfs_total is not None and self.embed_started is not None:
+            # The run reads on while it embeds: more rows and partitions are known.
+            for key in MODELS:
+                state = self.stages[key]
+                state.total = event.orfs_total
+                state.counts["partitions_total"] = total
+        elif event.orfs_total is not None:
             self.embed_started = now
             self.orfs_reused = event.orfs_reused or 0
             for key in MODELS:

@@ -25,7 +25,7 @@ import gzip
 import hashlib
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -242,3 +242,29 @@ def _mate_error(blocks, hashes, mine: dict[int, list[int]], k: int) -> InputForm
         f"{k + 1} of {path1} ('{rec1.id}', line {rec1.line}); the two files of a pair must "
         "hold the same reads in the same order",
     )
+
+
+def check_mates_so_far(
+    blocks: Sequence[InputBlock],
+    hashes: Mapping[int, np.ndarray],
+    pairs: Sequence[MatePair],
+) -> None:
+    """Check the reads of both mate files read so far (``hashes``: per block read, in
+    input order from the first, :func:`pair_hashes` of its reads): raises as
+    :func:`check_mates` for the first read, among those both files have given, whose
+    mate differs. Once every block is read, :func:`check_mates` also checks the counts.
+    """
+    inputs = input_of_blocks(blocks)
+    for pair in pairs:
+        mine = {
+            m: [b for b, i in enumerate(inputs) if i == k]
+            for m, k in ((1, pair.first), (2, pair.second))
+        }
+        joined = {
+            m: np.concatenate([hashes[b] for b in bs if b in hashes] or [np.zeros(0, np.uint64)])
+            for m, bs in mine.items()
+        }
+        n = min(len(joined[1]), len(joined[2]))
+        differ = np.flatnonzero(joined[1][:n] != joined[2][:n])
+        if len(differ):
+            raise _mate_error(blocks, hashes, mine, int(differ[0]))

@@ -51,8 +51,15 @@ def read_block_task(
 
 
 def load_partition(
-    root: str, pieces: list[tuple[int, int, int]], row_start: int, rows: int, buckets: int
+    root: str,
+    pieces: list[tuple[int, int, int]],
+    row_start: int,
+    rows: int,
+    buckets: int,
+    waves: list[int] | None = None,
 ) -> PartitionRows:
+    """A partition's rows from the scratch; ``waves``: those in which their dedup was
+    decided (None: every wave)."""
     ids, nucleotides, proteins = [], [], []
     for block, lo, hi in pieces:
         ids += read_column(root, block, "ids", lo, hi)
@@ -61,7 +68,8 @@ def load_partition(
     found = None
     if buckets:
         found = {
-            m: dedup_sources(root, m, buckets, row_start, row_start + rows) for m in MODEL_KEYS
+            m: dedup_sources(root, m, buckets, row_start, row_start + rows, waves)
+            for m in MODEL_KEYS
         }
     return PartitionRows(ids, nucleotides, proteins, found)
 

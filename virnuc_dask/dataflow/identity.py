@@ -4,6 +4,7 @@ the store it resumes (or starts afresh)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from virnuc_dask.config import Settings
+from virnuc_dask.dataflow import store_metadata
 from virnuc_dask.dataflow.outputs import remove_results
 from virnuc_dask.dataflow.store import STORE_FORMAT, EmbeddingStore
+from virnuc_dask.dataflow.store_metadata import MetadataProblem
 from virnuc_dask.errors import OutputDirError
 
 logger = logging.getLogger(__name__)
@@ -93,20 +96,45 @@ def prepare_out(settings: Settings) -> Path:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class OpenedStore:
+    """The store a run writes into: ``created`` by this run (else resumed), and the
+    metadata files that failed their check (put back, or the store started afresh)."""
+
+    store: EmbeddingStore
+    created: bool
+    metadata: tuple[MetadataProblem, ...] = ()
+
+
 def open_store(
     settings: Settings, fp: dict[str, Any], *, dims: dict[str, int], dedup: bool, classes: int = 2
-) -> EmbeddingStore:
+) -> OpenedStore:
     """The store under ``settings.out``: the existing one when its fingerprint is ``fp``
     (its finished partitions are reused), a new one when there is none or with
     ``settings.overwrite``. Raises :class:`OutputDirError` for a store of another run.
 
-    A store that kept embeddings, resumed by a run that keeps none, loses them (nothing
-    is recomputed); a store without the embeddings the run keeps (or in another dtype)
-    is started afresh. Both are logged."""
+    The store's metadata is checked first (:mod:`~virnuc_dask.dataflow.store_metadata`):
+    files that fail are put back from their record, or, where they cannot be, the store
+    is started afresh; both are logged. A store that kept embeddings, resumed by a run
+    that keeps none, loses them (nothing is recomputed); a store without the embeddings
+    the run keeps (or in another dtype) is started afresh. Both are logged."""
     out = Path(settings.out)
     store = EmbeddingStore(out)
     keep = settings.kept_embeddings
+    problems: tuple[MetadataProblem, ...] = ()
     if store.exists() and not settings.overwrite:
+        problems = tuple(store_metadata.verify(store.path))
+        for problem in problems:
+            logger.warning(
+                "%s: %s: %s",
+                store.path / problem.file,
+                problem.problem,
+                "put back from its record"
+                if problem.restored
+                else "the store cannot be trusted; it is started afresh, every partition "
+                "is computed again",
+            )
+    if store.exists() and not settings.overwrite and all(p.restored for p in problems):
         diffs = fingerprint_differences(store.fingerprint, fp)
         if diffs:
             raise OutputDirError(
@@ -115,7 +143,7 @@ def open_store(
             )
         kept = store.embeddings
         if kept == keep:
-            return store
+            return OpenedStore(store, False, problems)
         done = len(store.done_partitions())
         if keep is None:
             logger.warning(
@@ -126,7 +154,7 @@ def open_store(
                 done,
             )
             store.drop_embeddings()
-            return store
+            return OpenedStore(store, False, problems)
         logger.warning(
             "%s kept %s: its %d finished partitions are all computed again to keep %s embeddings",
             out,
@@ -136,9 +164,9 @@ def open_store(
         )
     # Results of the run being replaced must not outlive it next to the new store.
     remove_results(out)
-    return EmbeddingStore.create(
+    created = EmbeddingStore.create(
         out,
-        rows=int(fp["rows"]),
+        rows=None,
         dims=dims,
         chunk_rows=settings.partition_rows,
         classes=classes,
@@ -146,3 +174,4 @@ def open_store(
         dedup=dedup,
         embeddings=keep,
     )
+    return OpenedStore(created, True, problems)

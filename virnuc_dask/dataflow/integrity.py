@@ -43,14 +43,10 @@ def check_partition(store_path: str, entry: PartitionResult) -> str | None:
     return None
 
 
-def damaged_partitions(
-    client: Client, store: EmbeddingStore, plan: list[tuple[int, list]]
-) -> dict[int, str]:
-    """Partitions of ``plan`` recorded as finished in ``store`` that are damaged (their
-    entry or a chunk); by index, what is wrong. Their entries are removed."""
+def damaged_partitions(client: Client, store: EmbeddingStore) -> dict[int, str]:
+    """Partitions recorded as finished in ``store`` that are damaged (their entry or a
+    chunk); by index, what is wrong. Their entries are removed."""
     entries, damaged = store.scan()
-    entries = {p: e for p, e in entries.items() if p < len(plan)}
-    damaged = {p: why for p, why in damaged.items() if p < len(plan)}
     if entries:
         found = client.gather(
             client.map(
@@ -61,11 +57,11 @@ def damaged_partitions(
             )
         )
         damaged.update((p, why) for p, why in zip(entries, found, strict=True) if why)
+    chunk_rows = int(store.group().attrs.get("chunk_rows", 1))
     for p, why in sorted(damaged.items()):
-        lo, pieces = plan[p]
-        hi = lo + sum(b - a for _, a, b in pieces)
-        logger.warning(
-            "partition %d (rows %d-%d) is damaged and is computed again: %s", p, lo, hi - 1, why
-        )
+        entry = entries.get(p)
+        lo = entry.row_start if entry else p * chunk_rows
+        rows = f"rows {lo}-{lo + entry.rows - 1}" if entry else f"rows from {lo}"
+        logger.warning("partition %d (%s) is damaged and is computed again: %s", p, rows, why)
         store.forget(p)
     return damaged

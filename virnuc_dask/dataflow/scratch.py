@@ -14,11 +14,15 @@ tasks that need rows later (embedding partitions, result files) read them back:
   DNABERT-S, protein for ESM-2) and its row in the block, grouped by hash bucket;
   ``bounds[k]:bounds[k+1]`` are bucket ``k``'s entries.
 
-With dedup, :func:`dedup_bucket` turns one bucket of every block into the pairs
-``(row, source)`` of the rows whose input occurred first at ``source`` (global rows,
-input order), written to ``.scratch/dedup/<model>/<bucket>.{row,source}.npy`` sorted by
-row; :func:`sources` gives any row range its source rows from those files.  Each
-bucket holds about ``1/buckets`` of the rows, so no task holds all hashes of a run.
+With dedup, the blocks are taken in waves (consecutive blocks, in input order), and
+:func:`dedup_bucket` turns one bucket of one wave's blocks into the pairs ``(row,
+source)`` of the rows whose input occurred first at ``source`` (global rows, input
+order), written to ``.scratch/dedup/<model>/<bucket>.w<wave>.{row,source}.npy`` sorted by
+row. It decides against the bucket's first copies of the earlier waves, which the
+previous wave's call left in ``<bucket>.seen.w<wave>.{hash,row}.npy``, so a wave's rows
+are decided as soon as its blocks are read, exactly as over the whole input at once.
+:func:`sources` gives any row range its source rows from those files.  Each bucket
+holds about ``1/buckets`` of the rows, so no task holds all hashes of a run.
 
 Everything here is derived from the inputs alone and rebuilt by every run; it is
 removed when a run ends.  128-bit hashes: the chance of any collision among 10^9
@@ -159,49 +163,77 @@ def read_reads(root: str | os.PathLike[str], block: int) -> list[ReadInfo]:
 
 
 def dedup_bucket(
-    root: str | os.PathLike[str], model: str, bucket: int, offsets: Sequence[int]
+    root: str | os.PathLike[str],
+    model: str,
+    bucket: int,
+    offsets: Sequence[int],
+    *,
+    first_block: int = 0,
+    wave: int = 0,
+    previous: object = None,
 ) -> tuple[int, int]:
-    """Find the repeated inputs of one bucket over all blocks; (rows, unique rows).
+    """Find the repeated inputs of one bucket among the blocks of one wave; (rows, unique
+    rows).
 
-    ``offsets[b]``: the global row of block ``b``'s first ORF. Writes the
-    ``(row, source)`` pairs of the bucket's repeated rows, sorted by row.
+    ``offsets[i]``: the global row of block ``first_block + i``'s first ORF. A row repeats
+    when its input occurred at an earlier row of the wave or of an earlier wave: those
+    are the first copies of the bucket up to the previous wave, which that wave's call
+    left (``previous``, its result, only orders the calls). Writes the wave's ``(row,
+    source)`` pairs of repeated rows, sorted by row, and the first copies up to this wave.
     """
     root = Path(root)
-    hashes, rows = [], []
-    for block, offset in enumerate(offsets):
+    target = root / "dedup" / model
+    hashes, rows = [np.zeros((0, 2), np.uint64)], [np.zeros(0, np.int64)]
+    if wave:
+        hashes.append(_load(target / f"{bucket:05d}.seen.w{wave - 1}.hash.npy", mmap=False))
+        rows.append(_load(target / f"{bucket:05d}.seen.w{wave - 1}.row.npy", mmap=False))
+    carried = sum(len(r) for r in rows)
+    for block, offset in enumerate(offsets, first_block):
         where = _block_dir(root, block)
         bounds = _load(where / f"{model}.bounds.npy", mmap=False)
         lo, hi = int(bounds[bucket]), int(bounds[bucket + 1])
         if hi > lo:
             hashes.append(_load(where / f"{model}.hash.npy")[lo:hi])
             rows.append(_load(where / f"{model}.row.npy")[lo:hi] + offset)
-    h = np.concatenate(hashes) if hashes else np.zeros((0, 2), np.uint64)
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    h, r = np.concatenate(hashes), np.concatenate(rows)
     order = np.lexsort((r, h[:, 1], h[:, 0]))
     h, r = h[order], r[order]
     first = np.ones(len(r), dtype=bool)
     first[1:] = (h[1:] != h[:-1]).any(axis=1)
     source = r[np.maximum.accumulate(np.where(first, np.arange(len(r)), 0))]
-    repeated = ~first
+    in_wave = order >= carried  # the earlier waves' rows all come before this wave's
+    repeated = ~first & in_wave
     pair_rows, pair_sources = r[repeated], source[repeated]
     by_row = np.argsort(pair_rows, kind="stable")
-    target = root / "dedup" / model
     target.parent.mkdir(exist_ok=True)  # not the scratch itself: see remove()
     target.mkdir(exist_ok=True)
-    _save(target / f"{bucket:05d}.row.npy", pair_rows[by_row])
-    _save(target / f"{bucket:05d}.source.npy", pair_sources[by_row])
-    return len(r), int(first.sum())
+    _save(target / f"{bucket:05d}.w{wave}.row.npy", pair_rows[by_row])
+    _save(target / f"{bucket:05d}.w{wave}.source.npy", pair_sources[by_row])
+    _save(target / f"{bucket:05d}.seen.w{wave}.hash.npy", h[first])
+    _save(target / f"{bucket:05d}.seen.w{wave}.row.npy", r[first])
+    return int(in_wave.sum()), int((first & in_wave).sum())
 
 
-def sources(root: str | os.PathLike[str], model: str, buckets: int, lo: int, hi: int) -> np.ndarray:
+def sources(
+    root: str | os.PathLike[str],
+    model: str,
+    buckets: int,
+    lo: int,
+    hi: int,
+    waves: Sequence[int] | None = None,
+) -> np.ndarray:
     """For rows ``[lo, hi)``: the global row whose embedding each row takes (itself, or
-    the first earlier row with the same input)."""
+    the first earlier row with the same input); ``waves``: the waves holding those rows
+    (None: every wave decided so far)."""
     out = np.arange(lo, hi, dtype=np.int64)
     target = Path(root) / "dedup" / model
-    for bucket in range(buckets):
-        rows = _load(target / f"{bucket:05d}.row.npy")
-        a, b = np.searchsorted(rows, [lo, hi])
-        if b > a:
-            src = _load(target / f"{bucket:05d}.source.npy")
-            out[np.asarray(rows[a:b]) - lo] = src[a:b]
+    if waves is None:
+        waves = sorted(int(p.name.split(".")[1][1:]) for p in target.glob(f"{0:05d}.w*.row.npy"))
+    for wave in waves:
+        for bucket in range(buckets):
+            rows = _load(target / f"{bucket:05d}.w{wave}.row.npy")
+            a, b = np.searchsorted(rows, [lo, hi])
+            if b > a:
+                src = _load(target / f"{bucket:05d}.w{wave}.source.npy")
+                out[np.asarray(rows[a:b]) - lo] = src[a:b]
     return out

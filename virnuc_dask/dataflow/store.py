@@ -23,6 +23,11 @@ partition's chunk files have been written and flushed to disk (``fsync``), so
 a partition interrupted halfway, by a crash or a power cut, is computed again.
 The entry also lists the partition's records that could not be embedded.
 
+The store is created before the inputs are all read, with room for any number of
+rows (``GROWING_ROWS``); when every partition is finished, :meth:`~EmbeddingStore.finish`
+sets the arrays' length to the run's rows. Every ``zarr.json`` is checksummed too
+(:mod:`virnuc_dask.dataflow.store_metadata`).
+
 A new store is built beside the old one and renamed into place; the group's
 attributes hold the run's fingerprint (inputs, models, settings), checked
 before anything is reused, and a random ``store_id`` that manifest entries
@@ -45,7 +50,9 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 
+from virnuc_dask.dataflow import store_metadata
 from virnuc_dask.errors import StoreDamaged
 from virnuc_dask.files import atomic_write_text
 from virnuc_dask.models import MODEL_KEYS
@@ -55,8 +62,12 @@ from virnuc_dask.rundir import MANIFEST, STORE
 #: What ``--embeddings-dtype`` may ask for.
 EMBEDDING_DTYPES = ("float32", "float16")
 #: The layout version; a store of another layout is not resumed.
-STORE_FORMAT = 2
+STORE_FORMAT = 3
 SCORES = "scores"
+#: Rows of a store whose length is not known yet (the inputs are still being read):
+#: chunks that are never written take no space; :meth:`EmbeddingStore.finish` cuts the
+#: arrays to the rows the run has.
+GROWING_ROWS = 2**40
 
 
 def checked_compressors() -> tuple:
@@ -104,7 +115,7 @@ class EmbeddingStore:
         cls,
         out: str | os.PathLike[str],
         *,
-        rows: int,
+        rows: int | None,
         dims: Mapping[str, int],
         chunk_rows: int,
         classes: int,
@@ -114,6 +125,7 @@ class EmbeddingStore:
     ) -> EmbeddingStore:
         """A new, empty store (replacing any store and manifest under ``out``).
 
+        ``rows``: None while the inputs are being read (see :meth:`finish`);
         ``classes``: width of ``scores`` (0: no scores); ``embeddings``: the dtype in
         which the model arrays are kept (``None``: no model arrays).
         """
@@ -128,7 +140,8 @@ class EmbeddingStore:
         try:
             with naming(store.path):
                 group = zarr.open_group(building, mode="w")
-                chunk = max(1, min(chunk_rows, rows))
+                length = GROWING_ROWS if rows is None else rows
+                chunk = max(1, min(chunk_rows, length))
                 rowwise: dict[str, tuple[tuple[int, ...], str, Any]] = {"ids": ((), str, "")}
                 if classes:
                     rowwise[SCORES] = ((classes,), "float32", 0.0)
@@ -138,7 +151,7 @@ class EmbeddingStore:
                 for name, (width, dtype, fill) in rowwise.items():
                     group.create_array(
                         name,
-                        shape=(rows, *width),
+                        shape=(length, *width),
                         chunks=(chunk, *width),
                         dtype=dtype,
                         fill_value=fill,
@@ -147,7 +160,7 @@ class EmbeddingStore:
                     if dedup and name != "ids":
                         group.create_array(
                             f"{name}_source",
-                            shape=(rows,),
+                            shape=(length,),
                             chunks=(chunk,),
                             dtype="int64",
                             fill_value=-1,
@@ -168,7 +181,31 @@ class EmbeddingStore:
             shutil.rmtree(building, ignore_errors=True)
             raise
         store.manifest.mkdir(parents=True, exist_ok=True)
+        store_metadata.record(store.path)
         return store
+
+    def record_metadata(self) -> None:
+        """Record the checksums of the store's metadata files, after changing them."""
+        store_metadata.record(self.path)
+
+    @property
+    def rows(self) -> int | None:
+        """The store's rows; None while the run that creates it is still reading."""
+        return self.group().attrs.get("rows")
+
+    def finish(self, rows: int) -> None:
+        """Set every array's length to ``rows`` (all of the run's partitions are written;
+        nothing writes to the store meanwhile) and record the new metadata."""
+        if self.rows == rows:
+            return
+        group = self.group("r+")
+        with naming(self.path):
+            for _, array in group.arrays():
+                if array.shape[0] != rows:
+                    # Chunks past ``rows`` were never written: nothing to delete.
+                    sync(array.async_array.resize((rows, *array.shape[1:]), False))
+            group.attrs["rows"] = rows
+        self.record_metadata()
 
     def exists(self) -> bool:
         return (self.path / "zarr.json").is_file()
@@ -197,6 +234,7 @@ class EmbeddingStore:
                 if array in group:
                     del group[array]
         group.attrs["embeddings"] = None
+        self.record_metadata()
 
     def write_partition(
         self,
@@ -315,9 +353,13 @@ def _read_rows(
     inside = (source[other] >= lo) & (source[other] < hi)
     values[other[inside]] = values[source[other[inside]] - lo]
     outside = other[~inside]
-    if len(outside):
-        need, at = np.unique(source[outside], return_inverse=True)
-        values[outside] = array.get_orthogonal_selection((need, slice(None)))[at]
+    chunk = array.chunks[0]
+    # Chunk by chunk (what Zarr reads anyway): an index over every chunk of a store still
+    # growing (GROWING_ROWS) would not fit in memory.
+    for c in np.unique(source[outside] // chunk).tolist():
+        mine = outside[source[outside] // chunk == c]
+        rows = array[c * chunk : min((c + 1) * chunk, array.shape[0])]
+        values[mine] = rows[source[mine] - c * chunk]
     return values
 
 

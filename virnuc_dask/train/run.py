@@ -37,9 +37,10 @@ from virnuc_dask.core.training_orfs import TrainingSelection, load_reference
 from virnuc_dask.dataflow.dashboard import unique_key
 from virnuc_dask.dataflow.embedding_graph import MODEL_RESOURCES
 from virnuc_dask.dataflow.identity import file_digest
-from virnuc_dask.dataflow.pipeline import Embedded, embed_inputs, embedding_scratch
+from virnuc_dask.dataflow.pipeline import embedding_scratch
 from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.dataflow.store import checked_compressors
+from virnuc_dask.dataflow.streaming import Embedded, embed_inputs
 from virnuc_dask.errors import OutputDirError, TrainingDataError, VirnucError
 from virnuc_dask.events import Progress, reporter
 from virnuc_dask.files import atomic_write_text
@@ -108,6 +109,7 @@ def _write_rows(embedded: Embedded, labels: np.ndarray, split: np.ndarray) -> No
             compressors=checked_compressors(),
         )
         array[:] = values
+    embedded.store.record_metadata()
 
 
 def _log_text(history: list[dict[str, Any]]) -> str:
