@@ -4,14 +4,15 @@
                                      [--variants fp32,fp32-compiled,bf16,bf16-compiled]
 
 The ORFs of generated coding-like reads (the ``bench`` input) are embedded through the
-pipeline's embedding path (:func:`.embed.embed_esm` / :func:`.embed.embed_dnabert`:
-the runner's batching and padding) by the ``bench`` models of ``--size``, once per
-variant per round, the variants alternating within each round so that they share the
-machine's load. Printed per stage and variant: the best tokens/s, the median ratio to
-the first variant over the rounds (a same-round ratio), and the share of the matmul
-peak of the variant's precision (:func:`.flops.peak_sweep`, fp32 and bf16, measured
-before and after; the best taken). Compilation happens in a warm-up call, whose time
-is printed. The script prints numbers; it is not a test.
+pipeline's embedding path (each registered model's adapter through
+:func:`virnuc_dask.worker.batch_runner.embed`: the runner's batching and padding) by the
+``bench`` models of ``--size``, once per variant per round, the variants alternating
+within each round so that they share the machine's load. Printed per stage and variant:
+the best tokens/s, the median ratio to the first variant over the rounds (a same-round
+ratio), and the share of the matmul peak of the variant's precision
+(:func:`.flops.peak_sweep`, fp32 and bf16, measured before and after; the best taken).
+Compilation happens in a warm-up call, whose time is printed. The script prints numbers;
+it is not a test.
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from virnuc_dask.worker.embed import embed_dnabert, embed_esm
 
 from virnuc_dask.bench.kit import build_models, read_orfs_of, write_bench_input
-from virnuc_dask.models.dnabert import load_dnabert
-from virnuc_dask.models.esm2 import load_esm
-from virnuc_dask.models.esm_fast import SdpaEsm2
 from virnuc_dask.models.flops import module_shape, peak_sweep
+from virnuc_dask.models.registry import EMBEDDING_MODELS
+from virnuc_dask.worker.batch_runner import embed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -51,31 +50,24 @@ def main() -> None:
         work = Path(tmp)
         paths = build_models(work / "models", args.size)
         _, orfs = read_orfs_of(str(write_bench_input(work / "reads.fa", args.reads)), 500)
-        proteins = [o.protein for o in orfs]
-        nucleotides = [o.nucleotide for o in orfs]
+        texts = {m.key: [getattr(o, m.embeds) for o in orfs] for m in EMBEDDING_MODELS}
         peaks = {p: [peak_sweep("cpu", d).peak] for p, d in DTYPES.items()}
-        models = {}
+        models: dict[str, dict] = {}
+        shapes, lengths = {}, {}
         for v in variants:
             precision, compiled = v.split("-")[0], v.endswith("-compiled")
-            esm, alphabet = load_esm(paths["esm_model"], dtype=DTYPES[precision])
-            dnabert, tokenizer = load_dnabert(paths["dnabert_model"], dtype=DTYPES[precision])
-            fast = SdpaEsm2(esm, compile_layers=compiled)
-            models[v] = {
-                "esm": functools.partial(embed_esm, fast, alphabet, proteins),
-                "dnabert": functools.partial(
-                    embed_dnabert, dnabert.compile_layers(compiled), tokenizer, nucleotides
-                ),
-            }
-            shapes = {"esm": module_shape(esm), "dnabert": module_shape(dnabert)}
-        lengths = {
-            "esm": np.array([len(p) + 2 for p in proteins]),
-            "dnabert": np.array([len(t) for t in tokenizer.encode(nucleotides)]),
-        }
+            models[v] = {}
+            for m in EMBEDDING_MODELS:
+                adapter = m.load_adapter(paths[m.source_setting], dtype=DTYPES[precision])
+                adapter.model.compile_layers(compiled)
+                models[v][m.key] = functools.partial(embed, adapter, texts[m.key])
+                shapes[m.key] = module_shape(adapter.model)
+                lengths[m.key] = np.array([len(t) for t in adapter.tokenize(texts[m.key])])
         flops = {m: shapes[m].flops_of(lengths[m]) for m in lengths}
         warmup: dict[str, dict[str, float]] = {}
         seconds: dict[str, dict[str, list[float]]] = {}
         embeddings: dict[str, dict[str, np.ndarray]] = {}
-        for stage in ("esm", "dnabert"):
+        for stage in (m.key for m in EMBEDDING_MODELS):
             for v in variants:
                 t = time.perf_counter()
                 embeddings.setdefault(stage, {})[v] = models[v][stage]()[0]

@@ -213,7 +213,7 @@ def test_fewer_workers_started_than_asked_ends_the_wait(monkeypatch, tmp_path):
 
 
 def test_read_calls_follow_the_prediction_rule():
-    from virnuc_dask.bench.agreement import read_calls
+    from virnuc_dask.worker.agreement import read_calls
 
     ids = ["r1_chunk_1F1", "r1_chunk_1R2", "r1_chunk_2F1", "r2_chunk_1F3", "r3_chunk_1F1"]
     scores = np.array([[0.6, 0.4], [0.3, 0.7], [0.9, 0.1], [0.5, 0.5], [0.8, 0.2]])

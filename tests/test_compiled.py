@@ -58,6 +58,28 @@ def test_esm_compiled_layers_agree_with_eager_and_do_not_recompile():
 
 
 @pytest.mark.slow
+def test_mixed_precision_layers_compile():
+    """bf16-mixed swaps nn.Linear for MixedLinear (no hooks): its layers compile, and
+    agree with the same layers run eagerly (bf16 products: a bf16 tolerance)."""
+    from virnuc_dask.worker.precision import to_mixed
+
+    model, alphabet = load_esm(str(MODELS / "esm2_t2_64_tiny.pt"))
+    to_mixed(model)
+    eager = SdpaEsm2(model)
+    fast = SdpaEsm2(model, compile_layers=True)
+    assert not compiled.hooked(model)
+    tokens = esm_batch(alphabet, [37, 5, 20], 1)
+    real = tokens.ne(alphabet.padding_idx)
+    with torch.inference_mode():
+        want = eager(tokens, repr_layers=[model.num_layers])["representations"]
+        got = fast(tokens, repr_layers=[model.num_layers])["representations"]
+    n = model.num_layers
+    assert got[n].dtype == torch.float32
+    assert (got[n] - want[n])[real].abs().max().item() <= 2e-2
+    assert fast.layer_function.compiled, "compilation fell back to eager"
+
+
+@pytest.mark.slow
 def test_dnabert_compiled_layers_agree_with_eager():
     model, tok = load_dnabert(str(MODELS / "dnabert_s_tiny"))
     rng = np.random.default_rng(5)

@@ -35,7 +35,7 @@ def test_unknown_key_is_an_error_naming_allowed_keys(tmp_path):
     "values, message",
     [
         ({"length": 0}, "length must be a positive integer"),
-        ({"precision": "fp8"}, "precision must be one of auto, fp32, bf16, fp16"),
+        ({"precision": "fp8"}, "precision must be one of auto, fp32, bf16-mixed, bf16, fp16"),
         ({"workers": -1}, "workers must be a positive integer or null"),
         ({"overwrite": "yes"}, "overwrite must be true or false"),
     ],

@@ -14,7 +14,19 @@ from virnuc_dask.cli.main import main
 from virnuc_dask.doctor import checks as doctor
 from virnuc_dask.doctor import golden_case
 
-KEYS = ("torch", "disk", "models", "dask_cuda", "cluster", "gpus", "devices", "sdpa", "predict")
+KEYS = (
+    "torch",
+    "disk",
+    "models",
+    "checkpoint",
+    "dask_cuda",
+    "cluster",
+    "gpus",
+    "devices",
+    "sdpa",
+    "precision",
+    "predict",
+)
 
 
 def test_doctor_passes_here_and_says_no_gpu(tmp_path, capsys):
@@ -36,6 +48,13 @@ def test_doctor_passes_here_and_says_no_gpu(tmp_path, capsys):
     sdpa = next(iter(document["sdpa"]["workers"].values()))
     assert set(sdpa) == {f"{m}/{p}" for m in ("esm", "dnabert") for p in ("fp32", "bf16", "fp16")}
     assert sdpa["esm/fp32"]["max_diff_vs_math"] < 1e-4
+    assert {e["fused"] for e in sdpa.values()} == {"not applicable on CPU"}
+    assert "math kernel not applicable on CPU" in document["sdpa"]["text"]
+    (table,) = document["precision"]["workers"].values()
+    assert table["layout"] == "tiny" and set(table["table"]) == {"bf16", "bf16-mixed"}
+    for row in table["table"].values():
+        assert row["esm_cosine_min"] > 0.99 and row["reads"] > 0 and row["fp32_seconds"] > 0
+    assert "bf16-mixed cos≥" in document["precision"]["text"]
     assert not list(tmp_path.glob("doctor-*"))  # scratch files removed
 
 
@@ -98,3 +117,58 @@ def test_predict_check_fails_on_scores_off_the_golden_case(client, tmp_path, mon
     check = golden_case.check_predict(client, tmp_path / "work2", gpus=True)
     assert not check.ok and "not as started" in check.text
     assert check.detail["max_score_diff"] <= 1e-5
+
+
+def test_sdpa_on_a_gpu_fails_when_no_fused_kernel_takes_the_shape(monkeypatch):
+    """On a GPU whose fused kernels refuse the models' shapes, attention would run the
+    math kernel without a word: the check says so and fails. The stand-in: a device
+    that says it is CUDA (the tensors stay on the CPU) and fused kernels that refuse."""
+    import types
+
+    import torch
+    import torch.nn.functional as F
+
+    from virnuc_dask.doctor import device_report
+
+    real = F.scaled_dot_product_attention
+
+    def fused_refuses(*args, **kwargs):
+        from torch.nn.attention import SDPBackend
+        from torch.nn.attention import _cur_sdpa_kernel_backends as allowed
+
+        if SDPBackend.MATH not in allowed():
+            raise RuntimeError("No available kernel. Aborting execution.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", fused_refuses)
+    gpu = types.SimpleNamespace(type="cuda")
+    q = torch.randn(1, 2, 8, 16)
+    assert device_report.fused_kernel(gpu, [q, q, q], None) is False
+    monkeypatch.setattr(F, "scaled_dot_product_attention", real)
+    assert device_report.fused_kernel(gpu, [q, q, q], None) is True
+    assert device_report.fused_kernel(torch.device("cpu"), [q, q, q], None) == (
+        device_report.NOT_APPLICABLE
+    )
+    reports = {
+        "tcp://w:1": {
+            "nvml_gpus": 1,
+            "torch_devices": 1,
+            "visible": None,
+            "device": "cuda:0",
+            "name": "GPU",
+            "capability": "9.0",
+            "memory_bytes": 2**36,
+            "precision_auto": "bf16-mixed",
+            "matmul_flops": {},
+            "sdpa": {
+                "esm/fp32": {
+                    "usable": ["math"],
+                    "max_diff_vs_math": 0.0,
+                    "fused": False,
+                    "ok": False,
+                },
+            },
+        }
+    }
+    sdpa = next(c for c in doctor._worker_checks(reports) if c.key == "sdpa")
+    assert not sdpa.ok and "esm/fp32 math 0.0e+00 MATH ONLY" in sdpa.text

@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import CASES, LENGTHS, TINY, read_fasta_pairs
 
-from virnuc_dask.bench.agreement import precision_agreement
+from virnuc_dask.worker.agreement import precision_agreement
 from virnuc_dask.worker.plugin import resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,9 +67,9 @@ def test_unrunnable_precision_is_reported_not_raised(reference, monkeypatch):
 @pytest.mark.parametrize(
     "capability, expected",
     [
-        ((9, 0), "bf16"),
-        ((8, 0), "bf16"),
-        ((8, 6), "bf16"),
+        ((9, 0), "bf16-mixed"),
+        ((8, 0), "bf16-mixed"),
+        ((8, 6), "bf16-mixed"),
         ((7, 5), "fp16"),
         ((7, 0), "fp16"),
         ((6, 1), "fp32"),
@@ -83,7 +83,7 @@ def test_auto_precision_by_compute_capability(monkeypatch, capability, expected)
 
 def test_cpu_and_explicit_precisions():
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    for precision in ("fp32", "bf16", "fp16"):
+    for precision in ("fp32", "bf16-mixed", "bf16", "fp16"):
         assert resolve_precision(precision, torch.device("cpu")) == precision
 
 

@@ -298,3 +298,35 @@ def test_format_duplicate_share_and_unique_orfs(tmp_path, capsys):
         f"expected unique ORFs (embedded once each): DNABERT-S "
         f"{repeats['dnabert']['unique']:,}, ESM-2 {repeats['esm']['unique']:,} of {orfs:,}" in out
     )
+
+
+def test_the_estimate_on_a_gpu_node_creates_no_cuda_context_here(monkeypatch):
+    """NVML says there is a GPU of compute capability 9.0; the rate is measured by a child
+    process. The stand-ins replace what only a GPU node has; any CUDA call of this
+    process (torch initialises CUDA lazily, at its first such call) fails the test."""
+    import torch
+
+    import virnuc_dask.cluster.workers as workers
+    import virnuc_dask.validate.estimate as estimate_module
+    import virnuc_dask.worker.device as device
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("the estimate initialised CUDA in the client")
+
+    measured = []
+    monkeypatch.setattr(torch.cuda, "_lazy_init", no_cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(workers, "visible_gpus", lambda gpus=None: ["GPU-1234"])
+    monkeypatch.setattr(device, "nvml_capability", lambda entry: (9, 0))
+    monkeypatch.setattr(
+        estimate_module,
+        "gpu_matmul_peak",
+        lambda gpu, dtype: measured.append((gpu, dtype)) or 7.5e14,
+    )
+    fa = str(REFERENCE / "dev" / "basic" / "input.fa")
+    settings = load_settings(inputs=[fa], overrides={"length": 300, **TINY})
+    _, est = validate([fa], settings)
+    assert measured == [("GPU-1234", "bfloat16")]
+    assert est["device"] == "cuda" and est["precision"] == "bf16-mixed"
+    assert est["matmul_flops_per_s"] == 7.5e14
+    assert not torch.cuda.is_initialized()

@@ -22,7 +22,7 @@ import yaml
 from virnuc_dask.errors import ConfigError
 
 DEFAULTS_FILE = Path(__file__).with_name("default.yaml")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16", "fp16")
 COMPILE = ("auto", "on", "off")
 DEVICES = ("auto", "cuda", "cpu")
 CLUSTERS = ("local", "slurm", "pbs", "slurm-runner")

@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from virnuc_dask.bench.agreement import precision_agreement
 from virnuc_dask.bench.kit import (
     build_models,
     read_orfs_of,
@@ -65,6 +64,7 @@ from virnuc_dask.errors import VirnucError
 from virnuc_dask.models.flops import module_shape, peak_sweep
 from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.rundir import STORE
+from virnuc_dask.worker.agreement import precision_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ SAMPLE_ORFS = 256  # ORFs of the with/without-prefetch and original/ours compari
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # The peak a stage is compared with: that of the precision it runs in (fp16 runs on the
 # bf16 matrix units' rate where there is no fp16 one measured).
-PEAK_OF = {"fp32": "fp32", "bf16": "bf16", "fp16": "bf16"}
+PEAK_OF = {"fp32": "fp32", "bf16-mixed": "bf16", "bf16": "bf16", "fp16": "bf16"}
 REQUIRED_KEYS = (
     "matmul_peak_flops",
     *(f"{key}_utilization" for key in MODEL_KEYS),
@@ -109,7 +109,8 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     """Run every measurement; returns the JSON document (numbers at the top level)."""
     from virnuc_dask.config import load_settings
     from virnuc_dask.worker.device import pick_device
-    from virnuc_dask.worker.plugin import DTYPES, resolve_precision
+    from virnuc_dask.worker.plugin import resolve_precision
+    from virnuc_dask.worker.precision import apply_precision, load_dtype
 
     t_start = time.perf_counter()
     check_worker_counts(options.workers)
@@ -122,7 +123,6 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         fasta = str(_first_reads(Path(options.input), work / "bench_reads.fa", options.reads))
     device = pick_device()
     precision = resolve_precision(options.precision, device)
-    dtype = DTYPES[precision]
     logger.info("bench in %s on %s (%s); input %s", work, device, precision, fasta)
     given = {m.source_setting: m.source(options) for m in EMBEDDING_MODELS}
     if device.type == "cpu" and options.size in ("650m", "real") and not any(given.values()):
@@ -170,9 +170,11 @@ def bench(options: BenchOptions) -> dict[str, Any]:
 
     # Models here, for the FLOP accounting, the prefetch comparison and token lengths.
     adapters = {
-        m.key: m.load_adapter(paths[m.source_setting], device=device, dtype=dtype)
+        m.key: m.load_adapter(paths[m.source_setting], device=device, dtype=load_dtype(precision))
         for m in EMBEDDING_MODELS
     }
+    for adapter in adapters.values():
+        apply_precision(adapter.model, precision)
     flops = {}
     for m in EMBEDDING_MODELS:
         tokens = adapters[m.key].tokenize([getattr(o, m.embeds) for o in orfs])

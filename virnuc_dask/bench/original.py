@@ -61,14 +61,14 @@ def interleaved_speedup(
     alternating ``rounds`` times (best of each): a ratio that a shared machine's changing
     load disturbs far less than two long runs minutes apart."""
     from virnuc_dask.worker.batch_runner import embed
-    from virnuc_dask.worker.plugin import DTYPES
+    from virnuc_dask.worker.precision import apply_precision, load_dtype
 
-    dtype = DTYPES[precision]
     runs = {}
     for m in EMBEDDING_MODELS:
         texts = [getattr(o, m.embeds) for o in orfs]
         reference = m.load_adapter(paths[m.source_setting], device=device)
-        ours = m.load_adapter(paths[m.source_setting], device=device, dtype=dtype)
+        ours = m.load_adapter(paths[m.source_setting], device=device, dtype=load_dtype(precision))
+        apply_precision(ours.model, precision)
         original = m.implementation().original_embed
         runs[(m.key, "original")] = functools.partial(original, reference, texts, device=device)
         runs[(m.key, "ours")] = functools.partial(embed, ours, texts, device=device)

@@ -158,7 +158,9 @@ def add_precision(
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help=f"{what} (auto: bf16 on GPUs with compute capability >= 8.0, fp16 on 7.x, else fp32)",
+        help=f"{what} (auto: bf16-mixed on GPUs with compute capability >= 8.0 (bf16 "
+        "matrix products, the rest fp32), fp16 on 7.x, else fp32; resolved once for all "
+        "workers, the least capable wins)",
     )
 
 

@@ -126,28 +126,49 @@ NO_GPU = "no GPU"
 
 
 def gpu_metrics(
-    worker_info: dict[str, Any], memory: dict[str, int] | None = None
+    worker_info: dict[str, Any],
+    memory: dict[str, int] | None = None,
+    claimed: dict[str, Any] | None = None,
 ) -> dict[str, Any] | str:
     """A worker's GPU figures, or ``"no GPU"``.
 
-    ``worker_info`` is the worker's entry of ``client.scheduler_info()["workers"]``:
-    distributed samples NVML there (``metrics["gpu"]``: utilisation in percent and the
-    device's memory in use; name and total at start) whenever ``pynvml`` is installed
-    and a GPU is present. ``memory`` adds what the worker's own process holds
-    (``reserved``) and held at most (``peak``), from torch's allocator.
+    ``claimed``: the model plugin's NVML figures of the GPU the worker claimed, found by
+    its UUID (:class:`~virnuc_dask.worker.gpu_figures.GpuSampler`); its utilisation is
+    the mean over the samples taken while the worker embedded. Without them (a live
+    view, no ``pynvml`` on the worker), ``worker_info`` -- the worker's entry of
+    ``client.scheduler_info()["workers"]`` -- gives distributed's heartbeat sample
+    (``metrics["gpu"]``: utilisation in percent now and the device's memory in use; name
+    and total at start), which is of the first device the worker sees. ``memory`` adds
+    what the worker's own process holds (``reserved``) and held at most (``peak``),
+    from torch's allocator.
     """
     metrics = worker_info.get("metrics", {}) or {}
     sample = metrics.get("gpu")
-    if not isinstance(sample, dict) and not memory:
+    if not isinstance(sample, dict) and not memory and not claimed:
         return NO_GPU
     out: dict[str, Any] = {}
-    if isinstance(sample, dict):
-        out["utilization"] = sample.get("utilization")
-        out["memory_used"] = sample.get("memory-used")
-    static = worker_info.get("gpu") or {}
-    if isinstance(static, dict):
-        out["name"] = static.get("name")
-        out["memory_total"] = static.get("memory-total")
+    if claimed:
+        out.update(
+            {
+                key: claimed.get(key)
+                for key in (
+                    "name",
+                    "uuid",
+                    "utilization",
+                    "utilization_samples",
+                    "memory_used",
+                    "memory_total",
+                )
+            }
+        )
+    else:
+        if isinstance(sample, dict):
+            out["utilization"] = sample.get("utilization")
+            out["memory_used"] = sample.get("memory-used")
+        static = worker_info.get("gpu") or {}
+        if isinstance(static, dict):
+            out["name"] = static.get("name")
+            out["memory_total"] = static.get("memory-total")
     if memory:
         out["process_memory"] = memory.get("reserved")
         out["process_memory_peak"] = memory.get("peak")

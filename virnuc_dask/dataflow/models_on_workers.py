@@ -1,6 +1,7 @@
-"""The models on the workers, from the client: the plugin registered, each worker's
-status, the bounded wait for every worker to load (or fail to), the workers whose load
-failed, and what the loaded models are (widths, precision, device)."""
+"""The models on the workers, from the client: the run's precision resolved once from
+every worker, the plugin registered, each worker's status, the bounded wait for every
+worker to load (or fail to), the workers whose load failed, and what the loaded models
+are (widths, precision, device)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.dashboard import ThroughputMetrics
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.models.registry import EMBEDDING_MODELS
+from virnuc_dask.worker import precision as precisions
 from virnuc_dask.worker.plugin import (
     EVENT_TOPIC,
     MODEL_LOAD_TIMEOUT,
@@ -39,7 +41,10 @@ def load_models(settings: Settings, client: Client) -> dict[str, Any]:
     """
     run = uuid.uuid4().hex
     spec = ModelSpec.from_settings(
-        settings, threads_by_host=tuple(torch_threads_by_host(client).items()), run=run
+        settings,
+        threads_by_host=tuple(torch_threads_by_host(client).items()),
+        run=run,
+        precision=run_precision(client, settings),
     )
     registered = time.time()
     log_workers_leaving(client)
@@ -56,6 +61,44 @@ def load_models(settings: Settings, client: Client) -> dict[str, Any]:
             f"but {given} give {width}"
         )
     return facts
+
+
+async def _auto_precision(device: str, dask_worker: Any) -> str | None:
+    import asyncio
+
+    # Off the event loop: the first CUDA call of a process takes seconds.
+    name = str(dask_worker.name)
+    return await asyncio.to_thread(precisions.worker_auto_precision, device, worker=name)
+
+
+def run_precision(client: Client, settings: Settings) -> str | None:
+    """The precision of the whole run when ``settings.precision`` is ``auto``: the least
+    capable of the connected workers' devices decides
+    (:func:`~virnuc_dask.worker.precision.lowest`), so that one node with two GPU
+    generations embeds every row in one precision. ``None`` for an explicit precision,
+    and when no worker can tell (each then fails to load and says why)."""
+    if settings.precision != "auto":
+        return None
+    found = {
+        address: p
+        for address, p in client.run(_auto_precision, settings.device, on_error="ignore").items()
+        if isinstance(p, str)
+    }
+    if not found:
+        return None
+    chosen = precisions.lowest(list(found.values()))
+    lower = sorted(a for a, p in found.items() if p == chosen)
+    if len(set(found.values())) > 1:
+        logger.warning(
+            "precision auto: %s for every worker, the most %s can compute (the others "
+            "could compute %s); rows of one run share one precision",
+            chosen,
+            ", ".join(lower),
+            ", ".join(sorted(set(found.values()) - {chosen})),
+        )
+    else:
+        logger.info("precision auto: %s on all %d worker(s)", chosen, len(found))
+    return chosen
 
 
 def log_workers_leaving(client: Client) -> None:

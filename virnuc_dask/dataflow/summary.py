@@ -101,7 +101,9 @@ def run_summary(
             device_name=status.get("device_info", {}).get("name"),
             tf32=status.get("matmul"),
             threads=status.get("threads"),
-            gpu=gpu_metrics(info["workers"].get(address, {}), status.get("memory")),
+            gpu=gpu_metrics(
+                info["workers"].get(address, {}), status.get("memory"), status.get("gpu")
+            ),
         )
         if span is not None and w.get("seconds"):
             start = max(status.get("ready_at") or span[0], span[0])

@@ -6,6 +6,9 @@ Checks, in order (keys of the JSON document):
 ``disk``      free space at ``--out``.
 ``models``    model files given with ``--esm-model``/``--dnabert-model``/``--classifier``:
               loaded, and the classifier's input width equal to the embedding widths.
+``checkpoint`` the given ``--esm-model`` checkpoint (and its contact-regression file):
+              every global its pickle names is one the safe loader allows, scanned
+              without loading it (a file that is not would fail at load on every worker).
 ``cluster``   the cluster a run would start here (``LocalCUDACluster`` where NVML sees
               GPUs, else ``LocalCluster``), started; ``dask_cuda`` imported only then.
 ``gpus``      GPUs NVML lists against the devices torch can use (on a worker).
@@ -13,7 +16,12 @@ Checks, in order (keys of the JSON document):
               ``auto`` picks, fp32 and bf16 matmul rates.
 ``sdpa``      attention kernels on ESM-2 3B and DNABERT-S shapes with padding, in each
               precision the device runs: the kernels that accept them and the largest
-              difference of the default choice from the math kernel.
+              difference of the default choice from the math kernel; on a GPU, fails
+              where no fused kernel (flash, memory-efficient, cuDNN) takes them: the
+              run's attention would silently fall back to the math kernel.
+``precision`` per worker, each half precision against fp32 on random models of a bench
+              layout (tiny on CPU, the 650M layout on GPU): cosine similarity, ORF
+              labels and read calls flipped, speed against fp32 (:mod:`.precision_table`).
 ``predict``   one partition of a packaged input through ``predict`` (fp32) with the
               demonstration models, on that cluster: every worker on the device it
               was started for, in fp32 with TF32 off, scores equal to the packaged
@@ -42,8 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from virnuc_dask.doctor.check_result import Check
-from virnuc_dask.doctor.device_report import device_report
+from virnuc_dask.doctor.device_report import NOT_APPLICABLE, device_report
 from virnuc_dask.doctor.golden_case import check_predict
+from virnuc_dask.doctor.precision_table import table_text
 from virnuc_dask.formatting import si
 from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS, MODEL_NAMES
 
@@ -125,6 +134,44 @@ def check_models(sources: Mapping[str, str | None], classifier: str | None) -> C
     return Check("models", ok, text, {"widths": widths})
 
 
+def check_checkpoint(esm_model: str | None, model_cache: str | None = None) -> Check:
+    """The globals the ESM-2 checkpoint's pickles name, against what the safe loader
+    allows for it (:mod:`virnuc_dask.models.checkpoint_scan`); nothing is loaded."""
+    if not esm_model:
+        return Check("checkpoint", True, "no --esm-model given")
+    from virnuc_dask.models.checkpoint_scan import disallowed_globals
+    from virnuc_dask.models.esm2 import CHECKPOINT_CLASSES, hub_dir, is_local_model
+
+    path = Path(esm_model).expanduser() if is_local_model(esm_model) else None
+    if path is None:
+        path = hub_dir(model_cache) / f"{esm_model}.pt"
+        if not path.is_file():
+            return Check("checkpoint", True, f"{esm_model}: not on this node yet ({path})")
+    files = [path, path.with_name(path.stem + "-contact-regression.pt")]
+    found: dict[str, list[str]] = {}
+    for file in (f for f in files if f.is_file()):
+        try:
+            found[str(file)] = disallowed_globals(file, CHECKPOINT_CLASSES)
+        except (OSError, ValueError, EOFError) as exc:  # not a pickle stream at all
+            return Check("checkpoint", False, f"{file}: cannot be scanned: {exc}")
+    if not found:
+        return Check("checkpoint", False, f"{path}: not found")
+    bad = {f: names for f, names in found.items() if names}
+    if bad:
+        text = "; ".join(
+            f"{f} names {', '.join(names)}, which the safe loader does not allow: the "
+            "models would not load (a checkpoint from another source, or tampered with)"
+            for f, names in bad.items()
+        )
+        return Check("checkpoint", False, text, {"disallowed": bad})
+    return Check(
+        "checkpoint",
+        True,
+        f"{', '.join(Path(f).name for f in found)}: every pickled global allowed",
+        {"scanned": list(found)},
+    )
+
+
 # -- checks on the cluster --------------------------------------------------------------------
 
 
@@ -176,19 +223,31 @@ def _worker_checks(reports: dict[str, dict[str, Any]]) -> list[Check]:
         entry.get("ok", True) for r in reports.values() for entry in r.get("sdpa", {}).values()
     )
     sdpa_lines = []
-    for key, entry in next(iter(reports.values())).get("sdpa", {}).items():
+    for key, entry in first.get("sdpa", {}).items():
         sdpa_lines.append(
             f"{key} unsupported"
             if "error" in entry
             else f"{key} {'/'.join(entry['usable'])} {entry['max_diff_vs_math']:.1e}"
+            + (" MATH ONLY (no fused kernel takes it)" if entry.get("fused") is False else "")
         )
+    fused = {e.get("fused") for e in first.get("sdpa", {}).values() if "error" not in e}
     sdpa = Check(
         "sdpa",
         sdpa_ok,
-        "kernels and max difference from math: " + ", ".join(sdpa_lines),
+        "kernels and max difference from math: "
+        + ", ".join(sdpa_lines)
+        + (f"; fallback to the math kernel {NOT_APPLICABLE}" if NOT_APPLICABLE in fused else ""),
         {"workers": {a: r.get("sdpa") for a, r in reports.items()}},
     )
-    return [gpus, device_check, sdpa]
+    tables = {a: r["precision_table"] for a, r in reports.items() if "precision_table" in r}
+    precision = Check(
+        "precision",
+        not errors and bool(tables),
+        "; ".join(f"{a}: {table_text(t)}" for a, t in sorted(tables.items()))
+        or "no worker measured it",
+        {"workers": tables},
+    )
+    return [gpus, device_check, sdpa, precision]
 
 
 def run_checks(
@@ -214,6 +273,7 @@ def run_checks(
     done(check_torch())
     done(check_disk(out))
     done(check_models(models or {}, classifier))
+    done(check_checkpoint((models or {}).get("esm_model")))
     gpus = visible_gpus()
     done(check_dask_cuda(gpus))
     work = Path(tempfile.mkdtemp(prefix="doctor-", dir=out))

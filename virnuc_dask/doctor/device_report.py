@@ -1,14 +1,20 @@
 """What each worker of a ``virnuc-dask doctor`` cluster reports about its device: NVML
 against torch, the device's name, compute capability and memory, the precision ``auto``
-picks there, matmul rates, and the attention kernels that accept the models' padded
-shapes with their difference from the math kernel. Runs on the worker; no CUDA call is
-made in the process that asks."""
+picks there, matmul rates, the attention kernels that accept the models' padded
+shapes with their difference from the math kernel (and, on a GPU, whether a fused
+kernel takes them at all: otherwise attention silently falls back to the math kernel,
+whose memory grows with the square of the length), and the precision agreement table
+(:mod:`.precision_table`). Runs on the worker; no CUDA call is made in the process
+that asks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 SDPA_TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 4e-3}
+# The kernels that are not the math one (a GPU's fused attention).
+FUSED = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
+NOT_APPLICABLE = "not applicable on CPU"
 
 
 def device_report(*, quick: bool = False) -> dict[str, Any]:
@@ -52,6 +58,9 @@ def device_report(*, quick: bool = False) -> dict[str, Any]:
     out["matmul_flops"] = rates
     out["matmul_sweeps"] = sweeps
     out["sdpa"] = sdpa_report(device, quick=quick)
+    from virnuc_dask.doctor.precision_table import precision_table
+
+    out["precision_table"] = precision_table(device, quick=quick)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
@@ -118,11 +127,31 @@ def sdpa_report(device: Any, *, quick: bool = False) -> dict[str, Any]:
             else:
                 real = slice(0, length - pad)  # query rows every sequence has
                 diff = (default[..., real, :].float() - math[..., real, :].float()).abs()
+                fused = fused_kernel(device, args, mask)
                 entry = {
                     "usable": usable,
                     "max_diff_vs_math": float(diff.max()),
+                    "fused": fused,
                     "ok": bool(torch.isfinite(default[..., real, :]).all())
-                    and float(diff.max()) <= SDPA_TOLERANCE[precision],
+                    and float(diff.max()) <= SDPA_TOLERANCE[precision]
+                    and fused is not False,
                 }
             report[f"{model}/{precision}"] = entry
     return report
+
+
+def fused_kernel(device: Any, args: list[Any], mask: Any) -> bool | str:
+    """Whether attention on ``args`` runs in a fused kernel when only those are allowed
+    (a GPU); :data:`NOT_APPLICABLE` on a CPU, whose attention has no such fallback."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if device.type != "cuda":
+        return NOT_APPLICABLE
+    try:
+        with torch.inference_mode(), sdpa_kernel([getattr(SDPBackend, k) for k in FUSED]):
+            F.scaled_dot_product_attention(*args, attn_mask=mask)
+    except RuntimeError:
+        return False
+    return True

@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 HUB_URL = "https://dl.fbaipublicfiles.com/fair-esm"
 
 
+# fair-esm pickles its hyper-parameters as an argparse.Namespace; exactly that class is
+# allowed under torch's safe (weights-only) loading instead of disabling it.
+CHECKPOINT_CLASSES = [argparse.Namespace]
+
+
 def hub_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where fair-esm hub checkpoints live: ``cache_dir`` or torch's hub directory."""
     base = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir())
@@ -97,9 +102,7 @@ def read_checkpoint(path: Path) -> dict:
     format allows: its tensors stay in the page cache (dropped after the weights are
     copied into the model) instead of being a second copy in the worker's memory,
     which for ESM-2 3B is 11 GB."""
-    # fair-esm pickles its hyper-parameters as an argparse.Namespace; allow exactly that
-    # class under torch's safe (weights-only) loading instead of disabling it.
-    with allowing([argparse.Namespace]):
+    with allowing(CHECKPOINT_CLASSES):
         try:
             return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError as exc:

@@ -1,19 +1,34 @@
 """How long the embedding of an input would take on this machine: model FLOPs of its
-ORFs (``models.flops``) over a measured matrix-multiply rate, at an assumed share of it."""
+ORFs (``models.flops``) over a measured matrix-multiply rate, at an assumed share of it.
+
+No CUDA context is created in this process (it would hold a GPU that the run's workers
+then share, or cannot use at all on EXCLUSIVE_PROCESS nodes): the GPUs and their compute
+capability come from NVML, and a GPU's matmul rate is measured by a child process.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from virnuc_dask.config import Settings
 from virnuc_dask.models.flops import dnabert_source_shape, esm_source_shape, matmul_peak
-from virnuc_dask.worker.precision import DTYPES
+from virnuc_dask.worker.precision import DTYPES, auto_for_capability
 
 SAMPLE_FOR_TOKENIZER = 2000  # ORFs whose DNABERT-S tokens are counted exactly
 DNABERT_BP_PER_TOKEN = 4.76
 ASSUMED_UTILIZATION = 0.5
+# Bound on the child process that measures a GPU's matmul rate (CUDA start included).
+PEAK_CHILD_TIMEOUT_S = 300.0
+PEAK_CHILD = (
+    "import json, sys, torch; from virnuc_dask.models.flops import matmul_peak; "
+    "print(json.dumps(matmul_peak('cuda', getattr(torch, sys.argv[1]), repeats=1, rounds=2)))"
+)
 
 
 def dnabert_tokens(
@@ -44,19 +59,38 @@ def dnabert_tokens(
     return tokens, tokens_sq, how
 
 
-def _hardware(settings: Settings) -> tuple[str, str, int]:
-    """(device, precision, devices) a run with ``settings`` would use on this machine."""
+def _hardware(settings: Settings) -> tuple[str, str, int, str | None]:
+    """(device, precision, devices, GPU) a run with ``settings`` would use on this
+    machine, from NVML (no CUDA call here)."""
     from virnuc_dask.cluster.workers import visible_gpus
-    from virnuc_dask.worker.plugin import resolve_precision
+    from virnuc_dask.worker.device import nvml_capability
 
-    gpus = visible_gpus(settings.gpus)
-    if gpus:
-        import torch
+    gpus = [] if settings.device == "cpu" else visible_gpus(settings.gpus)
+    capability = nvml_capability(gpus[0]) if gpus else None
+    if capability is None:
+        return "cpu", "fp32", 1, None
+    precision = settings.precision
+    if precision == "auto":
+        precision = auto_for_capability(capability[0])
+    return "cuda", precision, len(gpus), gpus[0]
 
-        if torch.cuda.is_available():
-            device = torch.device("cuda", 0)
-            return "cuda", resolve_precision(settings.precision, device), len(gpus)
-    return "cpu", "fp32", 1
+
+def gpu_matmul_peak(gpu: str, dtype: str) -> float:
+    """The matmul rate of GPU ``gpu`` (a ``CUDA_VISIBLE_DEVICES`` entry) in ``dtype``
+    (``bfloat16``...), measured by a child process: its CUDA context ends with it."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD, dtype],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=PEAK_CHILD_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        raise RuntimeError(f"measuring the matmul rate of GPU {gpu} failed: {lines[-1]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def estimate(files: Sequence[Any], settings: Settings) -> dict[str, Any]:
@@ -81,8 +115,15 @@ def estimate(files: Sequence[Any], settings: Settings) -> dict[str, Any]:
         settings.model_cache,
     )
     dn_flops = dnabert.flops(dn_tokens, dn_sq)
-    device, precision, devices = _hardware(settings)
-    peak = matmul_peak(device, DTYPES[precision], repeats=1, rounds=2)
+    device, precision, devices, gpu = _hardware(settings)
+    dtype = DTYPES[precision]
+    if gpu is None:
+        peak = matmul_peak(device, dtype, repeats=1, rounds=2)
+    else:
+        try:
+            peak = gpu_matmul_peak(gpu, str(dtype).removeprefix("torch."))
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return {"error": f"{exc}; no estimate (run `virnuc-dask doctor` on this node)"}
     total = esm_flops + dn_flops
     floor = total / (peak * devices)
     return {

@@ -100,6 +100,31 @@ def nvml_facts() -> tuple[int, str | None, str | None]:
         pynvml.nvmlShutdown()
 
 
+def nvml_capability(entry: str) -> tuple[int, int] | None:
+    """Compute capability of the GPU ``entry`` (an NVML index, or a ``GPU-``/``MIG-``
+    UUID as in ``CUDA_VISIBLE_DEVICES``) from NVML: no CUDA context is created. None
+    without NVML or that GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        if entry.startswith(("GPU-", "MIG-")):
+            handle = pynvml.nvmlDeviceGetHandleByUUID(entry)
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+        return int(major), int(minor)
+    except (pynvml.NVMLError, ValueError):
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def probe() -> DeviceProbe:
     """This process's view (asks the CUDA runtime how many devices torch can use)."""
     gpus, driver, error = nvml_facts()

@@ -26,6 +26,7 @@ worker (a restarted one included) sets it up, and tasks reach it through
   stuck one by its nanny, which kills the process). The task goes to another
   worker; partitions this worker finished are kept.
 
+>>> from virnuc_dask.config import Settings
 >>> plugin = ModelPlugin(ModelSpec.from_settings(Settings()))
 >>> plugin.name
 'virnuc-dask-models'
@@ -35,14 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,15 +49,24 @@ import torch
 from distributed import Reschedule, WorkerPlugin, get_worker
 from distributed.utils import sync
 
-from virnuc_dask.config import Settings
 from virnuc_dask.core.batching import TokenBudget
 from virnuc_dask.errors import ModelLoadError
 from virnuc_dask.models.adapter import ModelAdapter
 from virnuc_dask.models.registry import EMBEDDING_MODELS, MODEL_KEYS
 from virnuc_dask.worker import device as devices
 from virnuc_dask.worker.faults import InjectedFault, is_device_fault
+from virnuc_dask.worker.gpu_figures import GpuSampler
 from virnuc_dask.worker.leaving import leave, report
-from virnuc_dask.worker.precision import DTYPES, matmul_state, pin_fp32, resolve_precision
+from virnuc_dask.worker.precision import (
+    DTYPES,
+    apply_precision,
+    load_dtype,
+    matmul_state,
+    pin_fp32,
+    precision_for_worker,
+    resolve_precision,
+)
+from virnuc_dask.worker.spec import ModelSpec
 from virnuc_dask.worker.stall import POLL_S, StallWatch, watch_forwards
 
 logger = logging.getLogger(__name__)
@@ -81,44 +89,6 @@ __all__ = [
     "resolve_precision",
     "worker_models",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Where the models come from (``sources``: each embedding model's key and source)
-    and how to run them."""
-
-    sources: tuple[tuple[str, str], ...]
-    classifier: str | None = None  # None: the embedding models only (training)
-    precision: str = "auto"
-    compile: str = "auto"
-    device: str = "auto"
-    model_cache: str | None = None
-    offline: bool = False
-    threads: int | None = None
-    threads_by_host: tuple[tuple[str, int], ...] = ()
-    stuck_after: float = 300.0
-    run: str = ""  # this registration's token, in every event: a run's own failures
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, threads_by_host: tuple[tuple[str, int], ...] = (), run: str = ""
-    ) -> ModelSpec:
-        """The run's models; without a classifier in ``settings``, the embedding models."""
-        classifier = settings.classifier
-        return cls(
-            sources=tuple((m.key, m.source(settings)) for m in EMBEDDING_MODELS),
-            classifier=None if classifier is None else str(Path(classifier).resolve()),
-            precision=settings.precision,
-            compile=settings.compile,
-            device=settings.device,
-            model_cache=settings.model_cache,
-            offline=settings.offline,
-            threads=settings.threads,
-            threads_by_host=threads_by_host,
-            stuck_after=settings.stuck_after,
-            run=run,
-        )
 
 
 class ModelPlugin(WorkerPlugin):
@@ -148,6 +118,7 @@ class ModelPlugin(WorkerPlugin):
         self.device_lock = threading.Lock()
         self.budgets = {key: TokenBudget() for key in MODEL_KEYS}
         self._claim: devices.DeviceClaim | None = None
+        self.gpu: GpuSampler | None = None  # NVML figures of the claimed GPU
         self.watch = StallWatch(floor=self.spec.stuck_after)
         self._task: asyncio.Future | None = None
         self._watchdog: asyncio.Future | None = None
@@ -164,7 +135,8 @@ class ModelPlugin(WorkerPlugin):
     async def setup(self, worker: Any) -> None:
         self.address = getattr(worker, "address", "")
         self.host = urlsplit(self.address).hostname or socket.gethostname()
-        self.worker_name = str(getattr(worker, "name", "") or "")
+        name = getattr(worker, "name", None)
+        self.worker_name = "" if name is None else str(name)  # 0 is a name
         self.state = "loading"
         self._task = asyncio.ensure_future(self._load_then_announce(worker))
         self._watchdog = asyncio.ensure_future(self._watch_progress(worker))
@@ -202,14 +174,17 @@ class ModelPlugin(WorkerPlugin):
         self.device_info = devices.describe_device(device)
         if self._claim is not None:
             self.device_info["uuid"] = self._claim.name
+            self.gpu = GpuSampler.open(self._claim.name)
         if device.type == "cpu":
             self.threads = spec.threads or dict(spec.threads_by_host).get(self.host)
             self.activate()
-        self.precision = resolve_precision(spec.precision, device)
+        self.precision = precision_for_worker(
+            spec.precision, device, resolved=spec.auto_resolved, worker=self.worker_name
+        )
         if self.precision == "fp32":
             pin_fp32()
         self.matmul = matmul_state()
-        dtype = DTYPES[self.precision]
+        dtype = load_dtype(self.precision)
         cache, sources = spec.model_cache, dict(spec.sources)
         self.adapters = {
             m.key: m.load_adapter(
@@ -221,6 +196,8 @@ class ModelPlugin(WorkerPlugin):
             )
             for m in EMBEDDING_MODELS
         }
+        for adapter in self.adapters.values():
+            apply_precision(adapter.model, self.precision)
         self.compiled = compile_models([a.model for a in self.adapters.values()], spec, device)
         self.classifier = None if spec.classifier is None else load_classifier(spec.classifier)
         embedding = {key: adapter.model for key, adapter in self.adapters.items()}
@@ -285,6 +262,8 @@ class ModelPlugin(WorkerPlugin):
         """Take the worker out when the task holding its device makes no progress."""
         while self.state in ("loading", "ready"):
             await asyncio.sleep(POLL_S)
+            if self.gpu is not None:  # the mean utilisation is over the embedding only
+                self.gpu.sample(embedding=self.watch.holding)
             why = self.watch.overdue()
             if why is None or self.state != "ready":
                 continue
@@ -304,6 +283,8 @@ class ModelPlugin(WorkerPlugin):
         if self._claim is not None:
             self._claim.release()
             self._claim = None
+        if self.gpu is not None:
+            self.gpu.close()
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -370,6 +351,8 @@ class ModelPlugin(WorkerPlugin):
                 matmul=self.matmul,
                 threads=torch.get_num_threads() if self.device.type == "cpu" else None,
             )
+        if self.gpu is not None:
+            out["gpu"] = self.gpu.figures()
         if self.device is not None and self.device.type == "cuda":
             out["memory"] = {
                 "reserved": torch.cuda.memory_reserved(self.device),

@@ -1,6 +1,8 @@
 """Embedding precision: what ``auto`` picks, fp32 pinned to IEEE, half-precision fallbacks.
 
-- :func:`resolve_precision` picks ``fp32``/``bf16``/``fp16`` for a device.
+- :func:`resolve_precision` picks ``fp32``/``bf16-mixed``/``fp16`` for a device;
+  :func:`lowest` is the precision every one of several devices can compute (a run
+  embeds in one precision, resolved once from all its workers).
 - :func:`pin_fp32` turns TF32 off for an fp32 run (cuBLAS, cuDNN, torch's float32
   matmul precision, and cuBLAS's own ``NVIDIA_TF32_OVERRIDE``), whatever the site
   set: fp32 is the precision that reproduces the original to 1e-5, and TF32 keeps
@@ -9,9 +11,11 @@
   (an fp16 overflow): each module with weights is converted to fp32 just before it
   runs and back right after. fp16 -> fp32 -> fp16 is exact, so the model is
   unchanged afterwards, and at most one module's fp32 copy exists at a time.
-- :func:`to_mixed` keeps ``nn.Linear`` weights in bf16 and computes them in bf16,
-  while everything else (embeddings, LayerNorm, the residual stream, attention)
-  stays fp32: autocast-style mixed precision with bf16 weight memory.
+- :func:`to_mixed` (precision ``bf16-mixed``) keeps ``nn.Linear`` weights in bf16 and
+  computes them in bf16, while everything else (embeddings, LayerNorm, softmax and
+  attention, the residual stream) stays fp32: autocast-style mixed precision with bf16
+  weight memory. It agrees with fp32 more closely than casting the whole model to
+  bf16 (``bf16``), for the same weight memory (``docs/gpus.md`` has the figures).
 """
 
 from __future__ import annotations
@@ -24,16 +28,30 @@ from typing import Any
 import torch
 from torch import nn
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from virnuc_dask.errors import DeviceError, ModelLoadError
+
+MIXED = "bf16-mixed"
+# The dtype of each precision's matrix products (what a matmul peak is measured in).
+DTYPES = {
+    "fp32": torch.float32,
+    MIXED: torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 PRECISIONS = ("auto", *DTYPES)
+# What ``auto`` may pick, from the least to the most a device must be able to do.
+AUTO_ORDER = ("fp32", "fp16", MIXED)
 TF32_ENV = ("NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The embedding precision for ``device``; ``auto`` picks by what the device computes fast.
 
-    - CUDA compute capability >= 8.0 (Ampere, Hopper, ...): ``bf16``. Tensor cores run
-      bf16 at the fp16 rate and its exponent range is fp32's, so nothing can overflow.
+    - CUDA compute capability >= 8.0 (Ampere, Hopper, ...): ``bf16-mixed``. Tensor cores
+      run bf16 at the fp16 rate and its exponent range is fp32's, so nothing can
+      overflow; the matrix products (all but ~1 % of the FLOPs) run in bf16 while
+      LayerNorm, softmax and the residual stream stay fp32, which agrees with fp32
+      better than casting the whole model (cosine, labels flipped: ``docs/gpus.md``).
     - CUDA 7.x (Volta V100, Turing T4): ``fp16``. These GPUs have fp16 tensor cores
       (V100: 125 TFLOP/s fp16 against 15.7 fp32) but no bf16. fp16 carries three more
       mantissa bits than bf16, and on the reference cases it agrees with fp32 at least
@@ -53,10 +71,105 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type != "cuda":
         return "fp32"
-    major, _ = torch.cuda.get_device_capability(device)
+    return auto_for_capability(torch.cuda.get_device_capability(device)[0])
+
+
+def auto_for_capability(major: int) -> str:
+    """``auto`` for a CUDA device of compute capability ``major.x`` (see
+    :func:`resolve_precision`).
+
+    >>> auto_for_capability(9), auto_for_capability(7), auto_for_capability(6)
+    ('bf16-mixed', 'fp16', 'fp32')
+    """
     if major >= 8:
-        return "bf16"
+        return MIXED
     return "fp16" if major == 7 else "fp32"
+
+
+def load_dtype(precision: str) -> torch.dtype:
+    """The dtype a model of ``precision`` is loaded in (``bf16-mixed``: fp32, then
+    :func:`apply_precision`)."""
+    return torch.float32 if precision == MIXED else DTYPES[precision]
+
+
+def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``model`` (loaded in :func:`load_dtype`) made to compute in ``precision``."""
+    return to_mixed(model) if precision == MIXED else model
+
+
+def lowest(precisions: list[str]) -> str:
+    """The precision ``auto`` gives a run whose workers' devices can each do one of
+    ``precisions`` (each from :func:`resolve_precision`): the least capable wins.
+
+    >>> lowest(["bf16-mixed", "fp16", "bf16-mixed"])
+    'fp16'
+    >>> lowest(["bf16-mixed", "fp32"])
+    'fp32'
+    """
+    if not precisions:
+        raise ValueError("no worker's precision to resolve from")
+    return min(precisions, key=AUTO_ORDER.index)
+
+
+def can_compute(own: str, run: str) -> bool:
+    """Whether a device whose ``auto`` is ``own`` computes the run's ``run`` as fast as
+    the devices it was resolved from (a precision ``auto`` never picks counts as any).
+
+    >>> can_compute("bf16-mixed", "fp16"), can_compute("fp16", "bf16-mixed")
+    (True, False)
+    """
+    if run not in AUTO_ORDER:
+        return True
+    return AUTO_ORDER.index(own) >= AUTO_ORDER.index(run)
+
+
+def device_auto_precision(device: torch.device, *, worker: str) -> str:
+    """What ``auto`` picks for ``device`` (what its hardware computes fast), asked by
+    ``worker`` (its name: the one fact only a GPU node tells, replaced by tests that
+    play GPUs of several generations)."""
+    return resolve_precision("auto", device)
+
+
+def worker_auto_precision(requested_device: str, *, worker: str) -> str | None:
+    """What ``auto`` can be for this worker process, whichever of its visible GPUs it
+    ends up claiming (the least capable of them); ``None`` when it cannot use the
+    device it was started for (its model load fails and says why).
+
+    Runs on a worker, before it loads its models: asks torch for the visible devices'
+    compute capabilities (that initialises CUDA in this worker, which will use it)."""
+    from virnuc_dask.worker import device as devices
+
+    try:
+        device = devices.decide(requested_device, devices.probe())
+    except DeviceError:
+        return None
+    if device.type != "cuda":
+        return device_auto_precision(device, worker=worker)
+    count = torch.cuda.device_count()
+    return lowest(
+        [device_auto_precision(torch.device("cuda", i), worker=worker) for i in range(count)]
+    )
+
+
+def precision_for_worker(
+    precision: str, device: torch.device, *, resolved: bool, worker: str
+) -> str:
+    """The precision a worker embeds in on ``device``: the run's ``precision``, or its own
+    pick for ``auto``. With ``resolved`` (the run resolved ``auto`` from the workers
+    present at its start), a device that cannot compute it as fast as they do raises
+    :class:`ModelLoadError`: the worker must not join with another precision."""
+    own = device_auto_precision(device, worker=worker)
+    if precision == "auto":
+        return own
+    if resolved and not can_compute(own, precision):
+        raise ModelLoadError(
+            f"this worker's device ({device}) computes {own} at best, but the run embeds in "
+            f"{precision}, resolved from precision auto on the workers present when it "
+            "started (the least capable wins); a worker joining later with a lower "
+            "capability would write rows of another precision under the same label, so it "
+            f"does not join. To use it, run again with --precision {own}"
+        )
+    return resolve_precision(precision, device)
 
 
 def pin_fp32() -> None:
@@ -150,20 +263,24 @@ def _convert_own(module: nn.Module, dtype: torch.dtype) -> None:
             setattr(module, name, buf.to(dtype))
 
 
+class MixedLinear(nn.Linear):
+    """An ``nn.Linear`` whose weights are stored in a half dtype: the input is cast to it,
+    the product computed in it, the output returned in fp32. A plain forward (no hooks),
+    so compiled layers stay compiled."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.weight.dtype
+        return nn.functional.linear(x.to(dtype), self.weight, self.bias).to(torch.float32)
+
+
 def to_mixed(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Mixed precision in place: ``nn.Linear`` weights stored and multiplied in ``dtype``
-    (fp32 out), everything else fp32. Returns ``model``."""
+    """Mixed precision in place: each ``nn.Linear``'s weights stored and multiplied in
+    ``dtype`` (fp32 out, :class:`MixedLinear`), everything else fp32. Returns ``model``."""
     model.to(torch.float32)
-
-    def cast_in(module: nn.Module, args: tuple) -> tuple:
-        return _cast_floats(args, dtype)
-
-    def cast_out(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output.to(torch.float32)
-
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        # Exactly nn.Linear: a subclass may have its own forward, or (like the output
+        # projection of nn.MultiheadAttention) be used through its weight alone.
+        if type(module) is nn.Linear:
             module.to(dtype)
-            module.register_forward_pre_hook(cast_in)
-            module.register_forward_hook(cast_out)
+            module.__class__ = MixedLinear
     return model

@@ -75,6 +75,12 @@ class StallWatch:
             self._what, self._model, self._last_model = what, None, None
             self._since = self.clock()
 
+    @property
+    def holding(self) -> bool:
+        """Whether a task holds the device now."""
+        with self._lock:
+            return self._what is not None
+
     def end(self) -> None:
         """The task let the device go."""
         with self._lock:

@@ -1,5 +1,6 @@
-"""bf16 and fp16 (and bf16 weights with fp32 accumulation) against fp32, on the same ORFs
-through the pipeline's embedding path."""
+"""Each precision against fp32 on the same ORFs through the pipeline's embedding path:
+``bf16`` (the whole model cast), ``bf16-mixed`` (bf16 matrix products, the rest fp32)
+and ``fp16``; used by ``bench``, ``doctor`` and ``benchmarks/precision_layouts.py``."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def precision_agreement(
 
     Per precision: cosine similarity of each model's embeddings (min, mean), ORF labels
     flipped (argmax of the classifier's scores), with ``ids`` (the ORFs' ids) read calls
-    flipped (:func:`read_calls`), largest score difference, seconds of embedding. A
+    flipped (:func:`read_calls`), largest score difference, seconds of embedding (and
+    fp32's, measured first in the same process: the first also pays any warm-up). A
     precision the device cannot run is reported with its error instead.
     ``bf16-mixed`` is :func:`.precision.to_mixed`: bf16 weights and matrix products,
     everything else (LayerNorm, softmax, the residual stream) in fp32.
@@ -57,27 +59,24 @@ def precision_agreement(
     from virnuc_dask.models.classifier import load_classifier, score
     from virnuc_dask.models.registry import EMBEDDING_MODELS
     from virnuc_dask.worker.batch_runner import embed
-    from virnuc_dask.worker.precision import DTYPES, to_mixed
+    from virnuc_dask.worker.precision import apply_precision, load_dtype
 
     device = torch.device(device)
     mlp = load_classifier(classifier)
     texts = {"nucleotide": nucleotides, "protein": proteins}
 
     def embeddings(precision: str) -> tuple[dict[str, np.ndarray], float]:
-        mixed = precision == "bf16-mixed"
-        dtype = torch.float32 if mixed else DTYPES[precision]
         adapters = {
-            m: m.load_adapter(sources[m.source_setting], device=device, dtype=dtype)
+            m: m.load_adapter(sources[m.source_setting], device=device, dtype=load_dtype(precision))
             for m in EMBEDDING_MODELS
         }
-        if mixed:
-            for adapter in adapters.values():
-                to_mixed(adapter.model)
+        for adapter in adapters.values():
+            apply_precision(adapter.model, precision)
         t = time.perf_counter()
         rows = {m.key: embed(a, texts[m.embeds], device=device)[0] for m, a in adapters.items()}
         return rows, time.perf_counter() - t
 
-    base, _ = embeddings("fp32")
+    base, base_seconds = embeddings("fp32")
     base_scores = score(mlp, np.concatenate(list(base.values()), axis=1))
     base_labels = base_scores[:, 1] > base_scores[:, 0]
     base_reads = read_calls(ids, base_scores) if ids is not None else None
@@ -107,5 +106,6 @@ def precision_agreement(
                 }
             ),
             "max_score_diff": float(np.abs(scores - base_scores).max()),
+            "fp32_seconds": base_seconds,
         }
     return out
