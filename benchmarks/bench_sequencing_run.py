@@ -65,13 +65,18 @@ def samples(work: Path, sizes: list[int], shared: int = 0) -> Path:
     return sheet
 
 
-def run_figures(run: Path) -> str:
-    """ORFs taken from other samples and each worker's device_busy, from a run's summary."""
+def run_figures(run: Path) -> tuple[str, float]:
+    """ORFs taken from other samples, each worker's device_busy and the time inside the
+    models' forwards summed over the samples (from the summaries); and that time."""
     summary = json.loads((run / "run_summary.json").read_text())
     taken = sum(s.get("orfs_from_run") or 0 for s in summary["samples"])
     busy = [w.get("device_busy") for w in summary.get("workers", {}).values()]
     shown = ", ".join(f"{b:.2f}" for b in busy if b is not None) or "n/a"
-    return f"{taken:,} ORFs taken, device_busy {shown}"
+    model_s = 0.0
+    for sample in summary["samples"]:
+        own = json.loads((run / sample["sample"] / "run_summary.json").read_text())
+        model_s += sum(stage["seconds"] for stage in own["embedding"].values())
+    return f"{taken:,} ORFs taken, device_busy {shown}, model {model_s:.1f} s", model_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,23 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         "one --samplesheet run (A) against one run per sample (B)"
         + (f", and one --samplesheet run of {args.other} (C)" if args.other else "")
     )
-    print("| round | A: one run | B: one run per sample | A / B | A | C | C / A |")
-    print("|---|---|---|---|---|---|---|")
+    print("| round | A: one run | B: one run per sample | A / B | A | C | C / A | model C / A |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in range(1, args.rounds + 1):
         a, _, _ = timed(command("--samplesheet", str(sheet), "--out", str(args.work / "run")))
-        a_figures = run_figures(args.work / "run")
+        a_figures, a_model = run_figures(args.work / "run")
         b = 0.0
         for k, path in enumerate(files):
             b += timed(command(str(path), "--out", str(args.work / f"alone_{k:03d}")))[0]
-        c, c_figures = None, ""
+        c, c_figures, c_model = None, "", 0.0
         if args.other:
             env = {**os.environ, "PYTHONPATH": str(args.other.resolve())}
             cmd = command("--samplesheet", str(sheet), "--out", str(args.work / "run_other"))
             c = timed(cmd, env=env)[0]
-            c_figures = run_figures(args.work / "run_other")
+            c_figures, c_model = run_figures(args.work / "run_other")
         print(
             f"| {r} | {a:.1f} s | {b:.1f} s | {a / b:.2f} | {a_figures} | "
-            + (f"{c:.1f} s, {c_figures} | {c / a:.2f} |" if c else "| |"),
+            + (
+                f"{c:.1f} s, {c_figures} | {c / a:.2f} | {c_model / a_model:.2f} |"
+                if c
+                else "| | |"
+            ),
             flush=True,
         )
 

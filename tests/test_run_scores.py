@@ -17,7 +17,7 @@ from virnuc_dask.config import load_settings
 from virnuc_dask.core.samplesheet import read_samplesheet
 from virnuc_dask.dataflow.copies import plan_rows
 from virnuc_dask.dataflow.pipeline import predict
-from virnuc_dask.dataflow.run_scores import RunScores, input_keys, take_scores
+from virnuc_dask.dataflow.run_scores import FANOUT, RunScores, input_keys, take_scores
 from virnuc_dask.dataflow.sequencing_run import predict_samples, sample_settings
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.models.registry import MODEL_KEYS
@@ -40,6 +40,19 @@ def test_a_published_score_is_found_by_its_inputs_only(tmp_path):
     # Same nucleotide slice, another protein: another input, not found.
     other = input_keys({MODEL_KEYS[0]: ["AAA"], MODEL_KEYS[-1]: ["XXX"]})
     assert not table.lookup(other)[0].any()
+
+
+def test_table_files_are_merged_level_by_level_and_every_score_stays(tmp_path):
+    table = RunScores(tmp_path)
+    texts = [f"ACGT{i}" for i in range(FANOUT * FANOUT + 3)]
+    scores = np.arange(2 * len(texts), dtype=np.float32).reshape(-1, 2)
+    for i, text in enumerate(texts):
+        table.publish(_keys(text), scores[i : i + 1])
+    names = sorted(p.name.partition("-")[0] for p in tmp_path.glob("*.scores"))
+    assert names == ["0", "0", "0", "2"]  # 64 merged into 8, the 8 into one
+    found, got = table.lookup(_keys(*texts))
+    assert found.all()
+    np.testing.assert_array_equal(got, scores)
 
 
 def test_a_damaged_table_file_is_dropped_and_its_rows_embedded(tmp_path, caplog):
@@ -159,3 +172,26 @@ def test_samples_in_flight_together_take_each_others_scores(client, tmp_path):
     for sample in sheet:
         predict(sample_settings(_settings(tmp_path / "alone"), sample), client)
         assert_same_results(run / sample.name, tmp_path / "alone" / sample.name)
+
+
+def test_a_run_started_afresh_drops_the_shared_scores(tmp_path):
+    from virnuc_dask.dataflow.run_scores import RUN_TABLE
+    from virnuc_dask.dataflow.sequencing_run import shared_scores
+
+    settings = _settings(tmp_path / "RUN")
+    facts = shared_scores(settings, {"precision": "fp32"})
+    RunScores(facts[RUN_TABLE]).publish(_keys("AAA"), np.float32([[0.1, 0.9]]))
+    assert shared_scores(settings, {"precision": "fp32"}) == facts  # resumed: kept
+    assert RunScores(facts[RUN_TABLE]).lookup(_keys("AAA"))[0].all()
+    other = shared_scores(settings, {"precision": "bf16"})[RUN_TABLE]
+    assert other != facts[RUN_TABLE]  # other scores, another table
+    shared_scores(settings.replace(overwrite=True), {"precision": "fp32"})
+    assert not (tmp_path / "RUN" / RUN_SCORES).exists()
+
+
+def test_a_table_that_cannot_be_written_costs_only_the_sharing(tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    table = RunScores(tmp_path / "file" / "table")  # its folder cannot be made
+    assert table.publish(_keys("AAA"), np.float32([[0.1, 0.9]])) is None
+    assert "scores not shared with the other samples" in caplog.text
+    assert not table.lookup(_keys("AAA"))[0].any()

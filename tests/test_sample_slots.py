@@ -22,15 +22,16 @@ def _start(slots: SampleSlots, name: str) -> threading.Event:
     return started
 
 
-def test_a_sample_starts_when_another_starts_writing_not_before():
+def test_a_sample_starts_when_another_has_embedded_everything_not_before():
     slots = SampleSlots(limit=1)
     with slots.slot("S1", None) as progress:
         started = _start(slots, "S2")
         progress(ProgressEvent("embed", 3, 5))
+        progress(ProgressEvent("write", 1, 4))  # the result files of finished partitions
         assert not started.wait(0.3)  # S1 still embeds: S2 waits
-        progress(ProgressEvent("write", 0, 2))
+        progress(ProgressEvent("embed", 5, 5))
         wait_until(started.is_set, timeout=10, what="S2 to start")
-        progress(ProgressEvent("write", 2, 2))  # freed once (a bounded semaphore)
+        progress(ProgressEvent("write", 4, 4))  # freed once (a bounded semaphore)
     wait_until(_start(slots, "S3").is_set, timeout=10, what="S3 to start")
 
 

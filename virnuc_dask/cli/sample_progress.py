@@ -72,9 +72,11 @@ class SampleLine:
                 self.finished, self.stage = now, self.status
                 self.reads = event.reads if event.reads is not None else self.reads
             return
-        self.stage = STAGE_WORDS.get(event.stage, event.stage)
-        if event.stage in ("read", "write"):
-            self.blocks = (event.done, event.total)
+        embedding = self.partitions is not None and self.partitions[0] < self.partitions[1]
+        if not (event.stage == "write" and embedding):  # files of finished partitions
+            self.stage = STAGE_WORDS.get(event.stage, event.stage)
+            if event.stage in ("read", "write"):
+                self.blocks = (event.done, event.total)
         if event.reads is not None and event.stage in ("read", "write"):
             self.reads = event.reads
         if event.stage == "read" and event.orfs is not None:

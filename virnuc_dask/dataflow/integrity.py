@@ -19,6 +19,7 @@ import zarr
 from distributed import Client
 
 from virnuc_dask.dataflow.dashboard import unique_key
+from virnuc_dask.dataflow.embedding_graph import DEDUP_PRIORITY
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.partition_result import PartitionResult
 
@@ -54,6 +55,7 @@ def damaged_partitions(client: Client, store: EmbeddingStore) -> dict[int, str]:
                 [str(store.path)] * len(entries),
                 list(entries.values()),
                 key=[unique_key("verify-store") for _ in entries],
+                priority=DEDUP_PRIORITY,  # before the blocks still to read
             )
         )
         damaged.update((p, why) for p, why in zip(entries, found, strict=True) if why)

@@ -138,6 +138,14 @@ class WaveReader:
         else:  # dedup
             self.unique[what[0]] += result[1]
 
+    def watched(self, reads: int = 64) -> list:
+        """The futures worth waiting for: every dedup and repeated read, and the reads of
+        the first ``reads`` blocks not read yet (the later ones are taken once they come
+        into that window: a wait on thousands of futures at a time costs the client)."""
+        others = [f for f, (kind, _) in self.pending.items() if kind != "read"]
+        first = [f for f, (kind, _) in self.pending.items() if kind == "read"][:reads]
+        return others + first
+
     def cancel(self) -> None:
         self.client.cancel(list(self.pending))
 

@@ -26,7 +26,9 @@ devices); the table then gets it twice, harmlessly.
 
 A worker keeps nothing of the table in memory between partitions: each file is
 memory-mapped (its records sorted by key) and searched per partition; its checksum is
-checked once per worker process.
+checked once per worker process. Files are merged as they accumulate (eight of a level
+into one of the next, up to 4M records a file), so a lookup opens a few dozen files
+even for a run of many millions of ORFs.
 
 >>> import tempfile
 >>> from virnuc_dask.models.registry import MODEL_KEYS
@@ -68,6 +70,10 @@ RUN_TABLE = "run_scores"
 SUFFIX = ".scores"
 MAGIC = b"vnscore1"
 HEADER = 16  # MAGIC, then key width and number of classes as little-endian uint32
+#: Files of one level merged into one of the next (see :meth:`RunScores.compact`).
+FANOUT = 8
+#: Records of the largest merged file (40 bytes each with two models and two classes).
+MERGED_RECORDS = 1 << 22
 
 _VERIFIED: set[str] = set()  # table files whose checksum this process has checked
 _VERIFYING = threading.Lock()
@@ -98,17 +104,30 @@ class RunScores:
         self.root = Path(root)
 
     def publish(self, keys: np.ndarray, scores: np.ndarray) -> Path | None:
-        """Add the scores of the rows with ``keys``; the file written (None: no rows)."""
+        """Add the scores of the rows with ``keys``; the file written (None: no rows, or
+        it could not be written: the table only saves work, so that is logged, and the
+        partition goes on)."""
         if not len(keys):
             return None
-        keys, first = np.unique(keys, return_index=True)  # sorted
         records = np.zeros(len(keys), dtype=_dtype(keys.dtype.itemsize, scores.shape[1]))
         records["key"] = keys
-        records["scores"] = scores[first]
-        header = MAGIC + np.array([keys.dtype.itemsize, scores.shape[1]], "<u4").tobytes()
-        data = header + records.tobytes()
+        records["scores"] = scores
+        try:
+            path = self._write(records, level=0)
+            self.compact()
+        except OSError as exc:
+            logger.warning("%s: scores not shared with the other samples: %s", self.root, exc)
+            return None
+        return path
+
+    def _write(self, records: np.ndarray, *, level: int) -> Path:
+        """``records`` (duplicate keys dropped, sorted) as a table file of ``level``."""
+        _, first = np.unique(records["key"], return_index=True)
+        records = records[first]
+        width, classes = records.dtype["key"].itemsize, records.dtype["scores"].shape[0]
+        data = MAGIC + np.array([width, classes], "<u4").tobytes() + records.tobytes()
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / (hashlib.sha256(data).hexdigest() + SUFFIX)
+        path = self.root / f"{level}-{hashlib.sha256(data).hexdigest()}{SUFFIX}"
         if path.exists():
             return path
         partial = self.root / f".{uuid.uuid4().hex}.partial"
@@ -118,6 +137,25 @@ class RunScores:
         finally:
             partial.unlink(missing_ok=True)
         return path
+
+    def compact(self) -> None:
+        """Merge ``FANOUT`` files of a level into one of the next, level after level, while
+        the merged file stays under ``MERGED_RECORDS`` records: a lookup opens a number of
+        files that grows with the logarithm of the run's ORFs, and no task holds more
+        than ``MERGED_RECORDS`` records. The same files merge into the same bytes, so
+        two tasks compacting at once write one file."""
+        level = 0
+        while True:
+            files = sorted(self.root.glob(f"{level}-*{SUFFIX}"))[:FANOUT]
+            if len(files) < FANOUT:
+                return
+            tables = [(p, t) for p in files if (t := self._open(p)) is not None]
+            if sum(len(t) for _, t in tables) > MERGED_RECORDS:
+                return
+            self._write(np.concatenate([np.asarray(t) for _, t in tables]), level=level + 1)
+            for path, _ in tables:
+                path.unlink(missing_ok=True)
+            level += 1
 
     def _tables(self) -> list[np.ndarray]:
         if not self.root.is_dir():
@@ -133,7 +171,8 @@ class RunScores:
         try:
             with _VERIFYING:
                 if path.name not in _VERIFIED:
-                    if hashlib.sha256(path.read_bytes()).hexdigest() + SUFFIX != path.name:
+                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                    if path.name.partition("-")[2] != digest + SUFFIX:
                         raise ValueError("its content does not match its checksum (its name)")
                     _VERIFIED.add(path.name)
             with open(path, "rb") as fh:

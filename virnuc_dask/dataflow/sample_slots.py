@@ -1,8 +1,8 @@
 """Which samples of a sequencing run are in flight: at most ``limit`` samples reading or
-embedding at once; a sample that has reached the writing of its results frees its slot
-for the next sample, so that the next sample's reading (and then its partitions) is
-under way while the last partitions of the others are embedded and their results
-written, and the devices do not wait between samples.
+embedding at once; a sample whose partitions are all embedded (its last result files
+still being written) frees its slot for the next sample, so that the next sample's
+reading (and then its partitions) is under way while the last partitions of the others
+are embedded and their results written, and the devices do not wait between samples.
 
 The embedding tasks of every sample in flight share the cluster's devices; the
 scheduler runs them in the order they were submitted (each sample keeps about two
@@ -14,11 +14,11 @@ small sample's partitions go between a large one's.
 >>> seen = []
 >>> with slots.slot("S1", seen.append) as progress:
 ...     progress(ProgressEvent("read", 1, 1))
-...     progress(ProgressEvent("write", 0, 1))  # S1 writes: the slot is free
+...     progress(ProgressEvent("embed", 2, 2))  # S1's partitions are embedded: free
 ...     with slots.slot("S2", None):  # does not wait
 ...         pass
 >>> [(e.sample, e.stage) for e in seen]
-[('S1', 'read'), ('S1', 'write')]
+[('S1', 'read'), ('S1', 'embed')]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from virnuc_dask.events import Progress, ProgressEvent
 
 
 class SampleSlots:
-    """At most ``limit`` samples before their writing stage (see the module docstring)."""
+    """At most ``limit`` samples still embedding (see the module docstring)."""
 
     def __init__(self, *, limit: int) -> None:
         self.limit = limit
@@ -41,8 +41,10 @@ class SampleSlots:
     @contextlib.contextmanager
     def slot(self, sample: str, progress: Progress | None) -> Iterator[Progress]:
         """Wait for a free slot; the sample's progress callback, which names the sample
-        in each event it forwards to ``progress`` and frees the slot at the sample's
-        first ``write`` event (or when the block ends)."""
+        in each event it forwards to ``progress`` and frees the slot once every partition
+        is embedded (an ``embed`` event with ``done == total``; result files written as
+        partitions finish do not count) or the last result file is written, or when the
+        block ends."""
         self._free.acquire()
         freed = threading.Event()
         lock = threading.Lock()
@@ -54,7 +56,7 @@ class SampleSlots:
                     self._free.release()
 
         def forward(event: ProgressEvent) -> None:
-            if event.stage == "write":
+            if event.stage in ("embed", "write") and event.done >= event.total:
                 free()
             if progress is not None:
                 progress(dataclasses.replace(event, sample=sample))

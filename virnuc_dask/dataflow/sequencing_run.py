@@ -8,7 +8,8 @@ sheet is the only one computed, a sample whose files changed starts afresh, the 
 reuse every partition.  Several samples are in flight at once on the one cluster, so
 one sample's reading, dedup and writing overlap another's embedding and a small
 sample's partitions fill the gaps of a large one; the devices take embedding tasks of
-any sample, one at a time each; a sample writing its results makes room for the next
+any sample, one at a time each; a sample whose partitions are all embedded makes room
+for the next
 (:mod:`.sample_slots`).  A sample whose files changed since its folder was
 written starts afresh (the others still resume).
 
@@ -56,9 +57,10 @@ from virnuc_dask.rundir import MULTIQC, RUN_SCORES, SAMPLES, SUMMARY
 logger = logging.getLogger(__name__)
 
 #: Samples reading or embedding side by side (each keeps about two partitions per worker
-#: in flight); samples writing their results do not count (:mod:`.sample_slots`).
+#: in flight); samples left with only their last results to write do not count
+#: (:mod:`.sample_slots`).
 SAMPLES_IN_FLIGHT = 4
-#: Samples in flight at all, writing ones included.
+#: Samples in flight at all, those finishing their results included.
 SAMPLES_AT_ONCE = 2 * SAMPLES_IN_FLIGHT
 
 #: Errors that belong to one sample's input or output folder: the others go on.

@@ -224,7 +224,7 @@ class _Stream:
                 self._plan_ready()
                 self._write_ready()
                 self.queue.top_up()
-            waiting = [*reader.pending]
+            waiting = reader.watched()
             if self.queue is not None:
                 waiting += [*self.queue.pending]
             if self.parts is not None:
