@@ -51,6 +51,15 @@ def wait_until(
     return value
 
 
+def in_process_cluster(n_workers: int = 1):
+    """A LocalCluster of ``n_workers`` in-process workers of one thread each."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
+
+
 def tiny_settings(inputs, out, *, length: int = 300, **overrides):
     """The settings of a run of ``inputs`` (paths) into ``out`` on the tiny models in fp32
     at ``length``; ``overrides`` (settings by name) on top."""

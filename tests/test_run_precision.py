@@ -10,8 +10,8 @@ would. Everything else is real: in-process workers loading the tiny models.
 from __future__ import annotations
 
 import torch
-from distributed import Client, LocalCluster
-from helpers import TINY, wait_until
+from distributed import Client
+from helpers import TINY, in_process_cluster, wait_until
 
 from virnuc_dask.config import Settings
 from virnuc_dask.dataflow.models_on_workers import load_failures, load_models, model_status
@@ -26,13 +26,9 @@ def per_worker(device: torch.device, *, worker: str) -> str:
     return CAPABLE[worker]
 
 
-def cluster(n: int) -> LocalCluster:
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=False, dashboard_address=":0")
-
-
 def test_the_least_capable_worker_decides_the_precision_of_all(monkeypatch):
     monkeypatch.setattr(precision, "device_auto_precision", per_worker)
-    with cluster(2) as c, Client(c) as client:
+    with in_process_cluster(2) as c, Client(c) as client:
         client.wait_for_workers(2, timeout=30)
         facts = load_models(Settings(**TINY, threads=1), client)
 
@@ -47,7 +43,7 @@ def test_the_least_capable_worker_decides_the_precision_of_all(monkeypatch):
 
 def test_all_workers_able_gives_the_mixed_mode_and_its_weights(monkeypatch):
     monkeypatch.setattr(precision, "device_auto_precision", lambda device, worker: MIXED)
-    with cluster(1) as c, Client(c) as client:
+    with in_process_cluster(1) as c, Client(c) as client:
         facts = load_models(Settings(**TINY, threads=1), client)
 
         def weight_dtypes(dask_worker) -> dict[str, list[str]]:
@@ -67,7 +63,7 @@ def test_all_workers_able_gives_the_mixed_mode_and_its_weights(monkeypatch):
 
 def test_an_explicit_precision_is_not_resolved(monkeypatch):
     monkeypatch.setattr(precision, "device_auto_precision", per_worker)
-    with cluster(2) as c, Client(c) as client:
+    with in_process_cluster(2) as c, Client(c) as client:
         client.wait_for_workers(2, timeout=30)
         facts = load_models(Settings(**TINY, threads=1, precision="fp32"), client)
     assert facts["precision"] == "fp32"
@@ -75,7 +71,7 @@ def test_an_explicit_precision_is_not_resolved(monkeypatch):
 
 def test_a_less_capable_worker_joining_later_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(precision, "device_auto_precision", per_worker)
-    with cluster(1) as c, Client(c) as client:
+    with in_process_cluster(1) as c, Client(c) as client:
         facts = load_models(Settings(**TINY, threads=1), client)
         assert facts["precision"] == MIXED
         c.scale(2)  # worker 1: an fp16-only GPU

@@ -198,8 +198,8 @@ def test_options_are_checked():
 def test_training_runs_on_the_device_the_worker_claimed():
     """A worker that sees several GPUs claims one (say cuda:1): its epochs run there, not
     on torch's current device (cuda:0 unless set)."""
-    from distributed import Client, LocalCluster
-    from helpers import TINY
+    from distributed import Client
+    from helpers import TINY, in_process_cluster
 
     from virnuc_dask.config import Settings
     from virnuc_dask.dataflow.models_on_workers import wait_for_models
@@ -209,12 +209,7 @@ def test_training_runs_on_the_device_the_worker_claimed():
     def claim_second_gpu(dask_worker) -> None:  # what a claim of GPU 1 leaves behind
         dask_worker.plugins["virnuc-dask-models"].device = torch.device("cuda", 1)
 
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with in_process_cluster() as cluster, Client(cluster) as client:
         client.register_plugin(ModelPlugin(ModelSpec.from_settings(Settings(**TINY))))
         wait_for_models(client, timeout=60)
         client.run(claim_second_gpu)
