@@ -155,7 +155,7 @@ def embed_inputs(
         m: {"unique": reader.unique[m] if reader.buckets else total, "total": total}
         for m in MODEL_KEYS
     }
-    logger.info("%d ORFs in %d partitions, %d reused", total, len(run.plan), len(run.reused))
+    logger.info("%d ORFs in %d partitions, %d already done", total, len(run.plan), len(run.reused))
     if reader.buckets:
         logger.info(
             "inputs embedded once: %s",
