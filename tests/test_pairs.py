@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from helpers import tiny_settings, write_mates
 
-from virnuc_dask.core.pairs import mate_layout, title_mate
+from virnuc_dask.core.formats import plan_blocks, read_block
+from virnuc_dask.core.pairs import (
+    check_mates_so_far,
+    mate_layout,
+    mate_pairs,
+    pair_hashes,
+    title_mate,
+    with_mates,
+)
 from virnuc_dask.dataflow.pair_outputs import pair_row
 from virnuc_dask.dataflow.pipeline import predict
 from virnuc_dask.errors import InputFormatError
@@ -53,6 +61,30 @@ def test_consecutive_mate_files_are_pairs(tmp_path):
     assert mate_layout([str(c2), str(c1)]) == [None, None]
     assert mate_layout([str(c1), str(c1)]) == [None, None]
     assert mate_layout([str(c1), str(s2)]) == [None, None]
+
+
+def test_mates_are_checked_on_the_blocks_read_so_far_in_any_order(tmp_path):
+    """Blocks are read in parallel: a mate file's later block may be read before its
+    first. Only the reads each file gives from its start on are compared."""
+    r1, r2 = write_mates(tmp_path / "x_R1.fq", tmp_path / "x_R2.fq", n=40)
+    layout = mate_layout([str(r1), str(r2)])
+    blocks = with_mates(plan_blocks([str(r1), str(r2)], 1024), layout)
+    hashes = {
+        b: pair_hashes([r.id for r in read_block(block)], block.mate)
+        for b, block in enumerate(blocks)
+    }
+    second = [b for b, block in enumerate(blocks) if block.mate == 2]
+    assert len(second) >= 3
+    pairs = mate_pairs(layout)
+    # mate 2's first block not read yet, its next ones are: nothing to compare yet
+    read = {b: h for b, h in hashes.items() if b != second[0]}
+    check_mates_so_far(blocks, read, pairs)
+    check_mates_so_far(blocks, hashes, pairs)
+    # a real mismatch within what both files have given is still found
+    wrong = dict(hashes)
+    wrong[second[0]] = wrong[second[0]][::-1].copy()
+    with pytest.raises(InputFormatError, match="mates out of order"):
+        check_mates_so_far(blocks, wrong, pairs)
 
 
 def test_a_pair_is_judged_over_both_mates_chunks():

@@ -22,8 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "regression.py"
 
-#: Appended to the candidate's ESM-2 module: every forward costs ``1 + EXTRA`` times
-#: its time (the stage, tokenising and batching included, ~20 % slower).
+#: Appended to the candidate's ESM-2 module: every forward costs ``1 + extra`` times
+#: its time.
 SLOWDOWN = """
 
 def _slowed_forward(forward, extra):
@@ -89,7 +89,11 @@ def slowed_copy(dest: Path, extra: float) -> Path:
 
 @pytest.mark.slow
 def test_a_candidate_made_slower_is_caught(tmp_path: Path) -> None:
-    candidate = slowed_copy(tmp_path / "candidate", extra=0.25)
+    # Half again: the stage ~1.4x. The suite runs this beside other tests on as few as
+    # two cores, where a ~1.2x stage (extra=0.25) read x1.19 over 20 pairs with an
+    # interval reaching below 1.10 (not proven); measured alone, 12 pairs prove that
+    # one (docs/performance.md).
+    candidate = slowed_copy(tmp_path / "candidate", extra=0.5)
     report = tmp_path / "regression.json"
     run = subprocess.run(
         [

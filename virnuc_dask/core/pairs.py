@@ -244,13 +244,30 @@ def _mate_error(blocks, hashes, mine: dict[int, list[int]], k: int) -> InputForm
     )
 
 
+NO_READS = np.zeros(0, np.uint64)
+
+
+def read_prefix(blocks: Sequence[int], read: Mapping[int, object]) -> list[int]:
+    """The blocks of ``blocks`` (one file's, in order) read without a gap from the first.
+
+    >>> read_prefix([5, 6, 7, 8], {6: 0, 7: 0}), read_prefix([5, 6, 7], {5: 0, 7: 0})
+    ([], [5])
+    """
+    prefix = []
+    for b in blocks:
+        if b not in read:
+            break
+        prefix.append(b)
+    return prefix
+
+
 def check_mates_so_far(
     blocks: Sequence[InputBlock],
     hashes: Mapping[int, np.ndarray],
     pairs: Sequence[MatePair],
 ) -> None:
     """Check the reads of both mate files read so far (``hashes``: per block read, in
-    input order from the first, :func:`pair_hashes` of its reads): raises as
+    any order, :func:`pair_hashes` of its reads): raises as
     :func:`check_mates` for the first read, among those both files have given, whose
     mate differs. Once every block is read, :func:`check_mates` also checks the counts.
     """
@@ -260,8 +277,10 @@ def check_mates_so_far(
             m: [b for b, i in enumerate(inputs) if i == k]
             for m, k in ((1, pair.first), (2, pair.second))
         }
+        # Blocks are read in parallel: only a file's blocks read from its first one on,
+        # without a gap, give its reads so far.
         joined = {
-            m: np.concatenate([hashes[b] for b in bs if b in hashes] or [np.zeros(0, np.uint64)])
+            m: np.concatenate([hashes[b] for b in read_prefix(bs, hashes)] or [NO_READS])
             for m, bs in mine.items()
         }
         n = min(len(joined[1]), len(joined[2]))
