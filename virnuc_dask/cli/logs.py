@@ -56,6 +56,26 @@ class _Origin(logging.Filter):
         return True
 
 
+class _InterruptedSync(logging.Filter):
+    """Drops the traceback distributed's ``sync()`` leaves when Ctrl-C arrives before the
+    call it waits on has started: its ``cancel`` callback reads a variable not yet set
+    and the event loop logs the ``NameError`` (a harmless race inside distributed; the
+    interruption itself is reported by the command line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or not isinstance(record.exc_info[1], NameError):
+            return True
+        tb = record.exc_info[2]
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code if tb is not None else None
+        return not (
+            code is not None
+            and code.co_name == "cancel"
+            and code.co_filename.replace("\\", "/").endswith("distributed/utils.py")
+        )
+
+
 def configure(verbosity: str = "normal", log_file: str | None = None) -> None:
     """Install the command line's handlers on the root logger (replacing earlier ones)."""
     if verbosity not in LEVELS:
@@ -71,6 +91,7 @@ def configure(verbosity: str = "normal", log_file: str | None = None) -> None:
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(_Origin())
+        handler.addFilter(_InterruptedSync())
     logging.basicConfig(level=min(h.level for h in handlers), handlers=handlers, force=True)
     logging.getLogger("virnuc_dask").setLevel(min(h.level for h in handlers))
     third_party = logging.INFO if verbosity in ("verbose", "debug") else logging.ERROR
