@@ -23,6 +23,7 @@ from virnuc_dask.cluster.workers import WORKER_ENV
 from virnuc_dask.config import Settings
 from virnuc_dask.core.formats import plan_blocks, read_block
 from virnuc_dask.core.orfs import orfs_from_records
+from virnuc_dask.dataflow.embedding_graph import check_embedding_workers
 from virnuc_dask.dataflow.models_on_workers import model_status, wait_for_models
 from virnuc_dask.dataflow.partition_task import PartitionJob, embed_partition
 from virnuc_dask.dataflow.pipeline import predict
@@ -258,3 +259,23 @@ def test_safe_loads_in_threads_do_not_withdraw_each_others_allowance():
     with ThreadPoolExecutor(4) as pool:
         widths = list(pool.map(load, range(16)))
     assert len(widths) == 16
+
+
+def test_no_worker_left_names_only_this_runs_failures():
+    """On a shared cluster an earlier run's load failure is not this run's reason."""
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.log_event(
+            EVENT_TOPIC, {"state": "failed", "run": "earlier", "worker": "a", "error": "old"}
+        )
+        client.log_event(
+            EVENT_TOPIC, {"state": "failed", "run": "this", "worker": "b", "error": "new one"}
+        )
+        deadline = time.monotonic() + 10
+        while len(client.get_events(EVENT_TOPIC)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(ModelLoadError) as caught:
+            check_embedding_workers(client, run="this")
+        assert "new one" in str(caught.value) and "old" not in str(caught.value)

@@ -44,12 +44,13 @@ MODEL_RESOURCES = {EMBED_RESOURCE: 1}
 HEALTH_CHECK_S = 30.0
 
 
-def check_embedding_workers(client: Client) -> None:
-    """Raise when no connected worker has (or is loading) the models."""
+def check_embedding_workers(client: Client, *, run: str | None = None) -> None:
+    """Raise when no connected worker has (or is loading) the models; the failures named
+    are those of ``run`` (the models' registration token) where given."""
     statuses = model_status(client)
     if any(s["state"] in ("new", "loading", "ready") for s in statuses.values()):
         return
-    reasons = "; ".join(f["error"] for f in load_failures(client))
+    reasons = "; ".join(f["error"] for f in load_failures(client, run=run))
     raise ModelLoadError(
         "no worker is left that can embed"
         + (f": {reasons}" if reasons else " (every worker has gone)")

@@ -237,7 +237,7 @@ class _Stream:
                 done = wait(waiting, timeout=HEALTH_CHECK_S, return_when="FIRST_COMPLETED").done
             except TimeoutError:
                 if self.queue is not None and self.queue.pending:
-                    check_embedding_workers(self.client)
+                    check_embedding_workers(self.client, run=facts.get("run"))
                 continue
             for future in done:
                 self._take(future)
