@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,36 @@ def test_multiqc_puts_the_samples_into_its_general_statistics(sheet_run, tmp_pat
         assert row["reads"] == int(table[name]["reads"])
         assert row["viral_reads"] == int(table[name]["viral_reads"])
         assert row["viral_percent"] == pytest.approx(100 * float(table[name]["viral_fraction"]))
+
+
+def test_the_first_samples_are_read_while_the_models_load(client, tmp_path, monkeypatch):
+    """One model load for the run, and it does not hold the reading back: blocks of the
+    first samples are read on the workers before the (slowed) load has finished."""
+    from distributed import get_task_stream
+
+    from virnuc_dask.worker.plugin import EVENT_TOPIC, ModelPlugin
+
+    load = ModelPlugin.load
+
+    def slow_load(self) -> None:
+        time.sleep(4.0)
+        load(self)
+
+    monkeypatch.setattr(ModelPlugin, "load", slow_load)
+    sheet = read_samplesheet(write_sequencing_run(tmp_path / "in"))
+    started = time.time()
+    with get_task_stream(client) as stream:
+        result = predict_samples(_settings(tmp_path / "RUN"), client, sheet=sheet)
+    assert result.exit_code == 0
+    (ready,) = [
+        t
+        for t, msg in client.get_events(EVENT_TOPIC)
+        if t > started and isinstance(msg, dict) and msg.get("state") == "ready"
+    ]
+    reads = [
+        max(s["stop"] for s in task["startstops"])
+        for task in stream.data
+        if task["key"].startswith("read_orfs")
+    ]
+    assert reads and min(reads) < ready, (min(reads) - started, ready - started)
+    assert result.summary["timings"]["load_models"] >= 4.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
 from typing import Any
@@ -39,28 +40,69 @@ def load_models(settings: Settings, client: Client) -> dict[str, Any]:
     :class:`~virnuc_dask.errors.ModelLoadError` when no worker could load them or the
     classifier does not take the two models' widths.
     """
-    run = uuid.uuid4().hex
-    spec = ModelSpec.from_settings(
-        settings,
-        threads_by_host=tuple(torch_threads_by_host(client).items()),
-        run=run,
-        precision=run_precision(client, settings),
-    )
-    registered = time.time()
-    log_workers_leaving(client)
-    client.register_plugin(ModelPlugin(spec))
-    client.register_plugin(ThroughputMetrics())
-    # Bounded: stops when every worker failed to load (naming each) or after a timeout.
-    statuses = wait_for_models(client, run=run)
-    facts = {**model_facts(statuses), "registered": registered, "run": run}
-    width = sum(facts[m.key] for m in EMBEDDING_MODELS)
-    if settings.classifier is not None and facts["classifier_input"] != width:
-        given = " + ".join(f"{m.name} ({facts[m.key]})" for m in EMBEDDING_MODELS)
-        raise ModelLoadError(
-            f"{settings.classifier}: classifier expects {facts['classifier_input']} features, "
-            f"but {given} give {width}"
+    return ModelLoading(settings, client).facts()
+
+
+class ModelLoading:
+    """The models registered on every worker, loading while the caller goes on (a
+    sequencing run reads its first samples meanwhile).
+
+    Constructing it resolves the run's precision and registers the plugin (quick);
+    :meth:`facts` waits (bounded) for the workers, once: every later call, from any
+    thread, returns the same facts or raises the same error.
+    """
+
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self.settings, self.client = settings, client
+        self.run = uuid.uuid4().hex
+        resolved = run_precision(client, settings)
+        #: The run's precision when known before the models load (``auto`` resolved from
+        #: the workers, or the one asked for); None when no worker could tell.
+        self.precision = resolved or (None if settings.precision == "auto" else settings.precision)
+        spec = ModelSpec.from_settings(
+            settings,
+            threads_by_host=tuple(torch_threads_by_host(client).items()),
+            run=self.run,
+            precision=resolved,
         )
-    return facts
+        self.registered = time.time()
+        self.started = time.perf_counter()
+        #: Seconds from registration to the models being ready (None until then).
+        self.seconds: float | None = None
+        log_workers_leaving(client)
+        client.register_plugin(ModelPlugin(spec))
+        client.register_plugin(ThroughputMetrics())
+        self._lock = threading.Lock()
+        self._facts: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """Wait until a worker's models are ready; what they are (see :func:`load_models`)."""
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._facts is None:
+                try:
+                    self._facts = self._wait()
+                except BaseException as exc:
+                    self._error = exc
+                    raise
+                self.seconds = time.perf_counter() - self.started
+            return self._facts
+
+    def _wait(self) -> dict[str, Any]:
+        # Bounded: stops when every worker failed to load (naming each) or after a timeout.
+        statuses = wait_for_models(self.client, run=self.run)
+        facts = {**model_facts(statuses), "registered": self.registered, "run": self.run}
+        width = sum(facts[m.key] for m in EMBEDDING_MODELS)
+        classifier = self.settings.classifier
+        if classifier is not None and facts["classifier_input"] != width:
+            given = " + ".join(f"{m.name} ({facts[m.key]})" for m in EMBEDDING_MODELS)
+            raise ModelLoadError(
+                f"{classifier}: classifier expects {facts['classifier_input']} features, "
+                f"but {given} give {width}"
+            )
+        return facts
 
 
 async def _auto_precision(device: str, dask_worker: Any) -> str | None:

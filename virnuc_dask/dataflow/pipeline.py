@@ -95,11 +95,12 @@ def predict(
     client: Client,
     *,
     progress: Progress | None = None,
-    facts: dict[str, Any] | None = None,
+    facts: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
 ) -> RunResult:
     """Run the whole prediction for ``settings`` on ``client``'s cluster; ``facts``: what
-    :func:`load_models` gave when the models are on the workers already (a sequencing
-    run loads them once for all its samples)."""
+    :func:`load_models` gave when the models are on the workers already, or a call that
+    waits for them (a sequencing run loads them once for all its samples, while its
+    first samples are read)."""
     tick = reporter(progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from virnuc_dask.config import Settings
 from virnuc_dask.core.samplesheet import Sample, SampleSheet
 from virnuc_dask.dataflow.device_time import devices_busy
 from virnuc_dask.dataflow.identity import fingerprint, fingerprint_differences
-from virnuc_dask.dataflow.models_on_workers import load_models
+from virnuc_dask.dataflow.models_on_workers import ModelLoading
 from virnuc_dask.dataflow.pipeline import RunResult, predict, preflight
 from virnuc_dask.dataflow.run_scores import RUN_TABLE, table_root
 from virnuc_dask.dataflow.run_tables import SampleRow, multiqc_tsv, sample_row, samples_tsv
@@ -170,9 +171,22 @@ def predict_samples(
     tick = reporter(progress)
     out = Path(settings.out)
     check_sheet_for_run(settings, sheet)
-    facts = shared_scores(settings, load_models(settings, client))  # once for every sample
-    load_seconds = time.perf_counter() - t0
-    logger.info("models loaded; %d samples, up to %d at a time", len(sheet), SAMPLES_IN_FLIGHT)
+    # Once for every sample; the workers load them while the first samples are read.
+    loading = ModelLoading(settings, client)
+    facts_lock = threading.Lock()
+    shared: list[dict[str, Any]] = []
+
+    def facts() -> dict[str, Any]:
+        with facts_lock:  # the run's score table named (and with --overwrite cleared) once
+            if not shared:
+                shared.append(shared_scores(settings, loading.facts()))
+            return shared[0]
+
+    logger.info(
+        "%d samples, up to %d at a time; the models load while the first are read",
+        len(sheet),
+        SAMPLES_IN_FLIGHT,
+    )
 
     for sample in sheet:
         tick("samples", 0, len(sheet), sample=sample.name, status="waiting")
@@ -188,7 +202,7 @@ def predict_samples(
         tick("samples", 0, len(sheet), sample=sample.name, status="running")
         try:
             mine = sample_settings(settings, sample)
-            if files_changed(mine, facts["precision"]):
+            if files_changed(mine, loading.precision or facts()["precision"]):
                 logger.info("sample %s: its files changed, it starts afresh", sample.name)
                 mine = mine.replace(overwrite=True)
             result = predict(mine, client, facts=facts, progress=sample_progress)
@@ -234,7 +248,7 @@ def predict_samples(
     rows = [done[s.name][1] for s in sheet]
     result = SequencingRunResult(out, {s.name: done[s.name][0] for s in sheet}, rows, summary={})
     result.summary = run_level_summary(
-        settings, sheet, result, facts, load_seconds, time.perf_counter() - t0
+        settings, sheet, result, facts(), loading.seconds, time.perf_counter() - t0
     )
     outs = [Path(sample_settings(settings, s).out) for s in sheet]
     result.summary["workers"] = devices_busy(client, outs, (started, time.time()))
@@ -249,7 +263,7 @@ def run_level_summary(
     sheet: SampleSheet,
     result: SequencingRunResult,
     facts: dict[str, Any],
-    load_seconds: float,
+    load_seconds: float | None,
     seconds: float,
 ) -> dict[str, Any]:
     """The content of the run directory's ``run_summary.json``."""

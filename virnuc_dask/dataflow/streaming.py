@@ -100,7 +100,7 @@ def embed_inputs(
     select: Selection = six_frame_orfs,
     fingerprint_extra: dict[str, Any] | None = None,
     check_counts: Callable[[list, list[int]], None] | None = None,
-    facts: dict[str, Any] | None = None,
+    facts: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     results: Callable[[int], ResultParts] | None = None,
 ) -> Embedded:
     """Load the models, read and translate the inputs, embed every ORF into the store.
@@ -110,7 +110,9 @@ def embed_inputs(
     ``check_counts(blocks, orfs_per_block)`` may reject the inputs before anything is
     embedded (every block is then read before the first partition). Without
     ``settings.classifier`` no classifier is loaded (training). ``results(blocks)``:
-    the result part files, written as the partitions finish (prediction).
+    the result part files, written as the partitions finish (prediction). ``facts``:
+    the models already registered (their facts, or a call that waits for them while
+    this run reads); without it this run loads them.
     """
     t0 = time.perf_counter()
     layout = mate_layout(settings.inputs)
@@ -132,6 +134,8 @@ def embed_inputs(
     try:
         if facts is None:
             facts = load_models(settings, client)
+        elif callable(facts):  # loading while the blocks were read
+            facts = facts()
         timings["load_models"] = time.perf_counter() - t0
         tick("models", 1, 1, precision=facts["precision"], device=facts["device"])
         fp = {**fingerprint(settings, facts["precision"]), **(fingerprint_extra or {})}
