@@ -94,3 +94,30 @@ def test_a_killed_sequencing_run_resumes_to_identical_outputs(sheet, tmp_path):
     assert (out / "samples.tsv").read_text().split("\n")[0] == (
         (whole / "samples.tsv").read_text().split("\n")[0]
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_sequencing_run_without_waiting_for_its_samples(sheet, tmp_path):
+    """Ctrl-C while a sample is being embedded: the run stops at once (exit 130), with
+    the samples in flight stopped where they are, not run to their end."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        cli(sheet, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while finished(out) < 3:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "finished partitions are kept, re-run the command to resume" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    # The large sample (about 29 partitions) was not run to its end after the interrupt.
+    assert not (out / "large" / "run_summary.json").exists(), stderr
+    assert finished(out) < 20, finished(out)

@@ -193,8 +193,12 @@ def predict_samples(
 
     slots = SampleSlots(limit=SAMPLES_IN_FLIGHT)
 
-    def one(sample: Sample) -> tuple[RunResult | None, SampleRow]:
+    stopping = threading.Event()
+
+    def one(sample: Sample) -> tuple[RunResult | None, SampleRow] | None:
         with slots.slot(sample.name, progress) as sample_progress:
+            if stopping.is_set():  # the run ended while this sample waited for a slot
+                return None
             return predict_sample(sample, sample_progress)
 
     def predict_sample(sample: Sample, sample_progress: Progress) -> tuple[Any, SampleRow]:
@@ -229,22 +233,24 @@ def predict_samples(
         return result, sample_row(sample.name, sample.kind, result.summary, seconds, taken)
 
     done: dict[str, tuple[RunResult | None, SampleRow]] = {}
-    with concurrent.futures.ThreadPoolExecutor(
+    pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=min(len(sheet), SAMPLES_AT_ONCE), thread_name_prefix="sample"
-    ) as pool:
-        futures = {pool.submit(one, sample): sample for sample in sheet}
-        try:
-            for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                sample = futures[future]
-                done[sample.name] = future.result()
-                row = done[sample.name][1]
-                tick(
-                    "samples", n, len(sheet), reads=row.reads, sample=row.sample, status=row.status
-                )
-        except BaseException:
-            for future in futures:  # samples not started are not started
-                future.cancel()
-            raise
+    )
+    futures = {pool.submit(one, sample): sample for sample in sheet}
+    try:
+        for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            sample = futures[future]
+            done[sample.name] = future.result()
+            row = done[sample.name][1]
+            tick("samples", n, len(sheet), reads=row.reads, sample=row.sample, status=row.status)
+    except BaseException:
+        # Interrupted, or an error that ends the run: samples not started are not
+        # started, and the run does not wait for those in flight to finish (they stop
+        # when the caller closes the cluster; their finished partitions are kept).
+        stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     rows = [done[s.name][1] for s in sheet]
     result = SequencingRunResult(out, {s.name: done[s.name][0] for s in sheet}, rows, summary={})
     result.summary = run_level_summary(
