@@ -56,9 +56,6 @@ class ModelLoading:
         self.settings, self.client = settings, client
         self.run = uuid.uuid4().hex
         resolved = run_precision(client, settings)
-        #: The run's precision when known before the models load (``auto`` resolved from
-        #: the workers, or the one asked for); None when no worker could tell.
-        self.precision = resolved or (None if settings.precision == "auto" else settings.precision)
         spec = ModelSpec.from_settings(
             settings,
             threads_by_host=tuple(torch_threads_by_host(client).items()),

@@ -33,6 +33,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,15 +131,16 @@ def run_samples(
     return result, session.dashboard_link
 
 
-def files_changed(settings: Settings, precision: str) -> bool:
+def files_changed(settings: Settings, precision: Callable[[], str]) -> bool:
     """Whether a sample's folder holds the store of a run of other files (the sheet names
     other files, or they changed) and nothing else differs: that sample starts afresh.
     (Other differences, such as other models, are refused as a one-sample run refuses
-    them.)"""
+    them.) ``precision()``: the run's precision (called only where a store exists: it
+    may wait for the models)."""
     store = EmbeddingStore(Path(settings.out))
     if settings.overwrite or not store.exists():
         return False
-    diffs = set(fingerprint_differences(store.fingerprint, fingerprint(settings, precision)))
+    diffs = set(fingerprint_differences(store.fingerprint, fingerprint(settings, precision())))
     return "inputs" in diffs and diffs <= {"inputs", "rows"}
 
 
@@ -206,7 +208,7 @@ def predict_samples(
         tick("samples", 0, len(sheet), sample=sample.name, status="running")
         try:
             mine = sample_settings(settings, sample)
-            if files_changed(mine, loading.precision or facts()["precision"]):
+            if files_changed(mine, lambda: facts()["precision"]):
                 logger.info("sample %s: its files changed, it starts afresh", sample.name)
                 mine = mine.replace(overwrite=True)
             result = predict(mine, client, facts=facts, progress=sample_progress)
