@@ -374,3 +374,36 @@ def test_the_first_samples_are_read_while_the_models_load(client, tmp_path, monk
     ]
     assert reads and min(reads) < ready, (min(reads) - started, ready - started)
     assert result.summary["timings"]["load_models"] >= 4.0
+
+
+def test_an_error_that_ends_the_run_stops_the_samples_in_flight(client, tmp_path, monkeypatch):
+    """On a cluster the caller keeps, the samples still running when another sample's
+    error ends the run stop at their next step; they are not run to their end."""
+    import threading
+
+    from helpers import write_perf_reads
+
+    from virnuc_dask.dataflow import sequencing_run
+
+    folder = tmp_path / "in"
+    sheet_path = write_sequencing_run(folder)
+    write_perf_reads(folder / "large.fa", 600, seed=5)
+    sheet_path.write_text(sheet_path.read_text() + "large,,,large.fa\n")
+    sheet = read_samplesheet(sheet_path)
+    real = sequencing_run.predict
+
+    def failing(settings, client, **kwargs):
+        if Path(settings.out).name == "contigs":
+            time.sleep(2.0)  # the large sample is under way
+            raise RuntimeError("an error that ends the run")
+        return real(settings, client, **kwargs)
+
+    monkeypatch.setattr(sequencing_run, "predict", failing)
+    settings = _settings(tmp_path / "RUN").replace(partition_rows=16)
+    with pytest.raises(RuntimeError, match="ends the run"):
+        predict_samples(settings, client, sheet=sheet)
+    deadline = time.monotonic() + 60
+    while any(t.name.startswith("sample") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "samples still running a minute after the error"
+        time.sleep(0.1)
+    assert not (tmp_path / "RUN" / "large" / "run_summary.json").exists()

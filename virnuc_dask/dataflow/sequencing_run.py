@@ -52,7 +52,7 @@ from virnuc_dask.dataflow.session import ProgressFactory, run_session
 from virnuc_dask.dataflow.store import EmbeddingStore
 from virnuc_dask.dataflow.viral_reads import write_viral_reads
 from virnuc_dask.errors import InputFormatError, OutputDirError, SampleSheetError, first_line
-from virnuc_dask.events import Progress, reporter
+from virnuc_dask.events import Progress, ProgressEvent, reporter
 from virnuc_dask.files import atomic_write_text
 from virnuc_dask.rundir import MULTIQC, RUN_SCORES, SAMPLES, SUMMARY
 
@@ -67,6 +67,10 @@ SAMPLES_AT_ONCE = 2 * SAMPLES_IN_FLIGHT
 
 #: Errors that belong to one sample's input or output folder: the others go on.
 SAMPLE_ERRORS = (InputFormatError, OutputDirError)
+
+
+class RunStopped(Exception):
+    """Raised in a sample's thread when the run it belongs to has ended."""
 
 
 @dataclasses.dataclass
@@ -201,7 +205,16 @@ def predict_samples(
         with slots.slot(sample.name, progress) as sample_progress:
             if stopping.is_set():  # the run ended while this sample waited for a slot
                 return None
-            return predict_sample(sample, sample_progress)
+
+            def guarded(event: ProgressEvent) -> None:
+                # Every step of a sample reports here, in the sample's thread: once the
+                # run has ended, the next step stops the sample (its finished partitions
+                # are kept), also on a cluster the caller keeps running.
+                if stopping.is_set():
+                    raise RunStopped(f"sample {sample.name}: the run ended")
+                sample_progress(event)
+
+            return predict_sample(sample, guarded)
 
     def predict_sample(sample: Sample, sample_progress: Progress) -> tuple[Any, SampleRow]:
         t = time.perf_counter()
