@@ -169,3 +169,43 @@ def test_mate_files_with_different_read_counts_name_the_read_without_mate(client
         _run(client, [r1, r2], tmp_path / "out")
     assert (err.value.path, err.value.line) == (str(r1), 21)
     assert f"{r2} ends after 5 reads" in str(err.value)
+
+
+def _slow_reads(chunk_id: str, sequence: str):
+    """Every ORF of a chunk, after a pause: reading takes longer than embedding (large
+    compressed files beside a GPU)."""
+    import time
+
+    from virnuc_dask.core.translate import six_frame_orfs
+
+    time.sleep(0.03)
+    return six_frame_orfs(chunk_id, sequence)
+
+
+def test_mates_out_of_order_in_the_first_block_stop_the_run_before_it_embeds(client, tmp_path):
+    """The first block of the second mate file is read right after the first file's
+    first block and checked as soon as it is read: a wrong pairing stops the run before
+    the first file's partitions are embedded, not after the whole first file."""
+    from virnuc_dask.dataflow.models_on_workers import load_models
+    from virnuc_dask.dataflow.pipeline import embedding_scratch
+    from virnuc_dask.dataflow.streaming import embed_inputs
+    from virnuc_dask.events import reporter
+
+    r1, r2 = write_mates(tmp_path / "R1.fq", tmp_path / "R2.fq", n=120)
+    _swap_records(r2, 1, 2)  # the first block differs (two records per block here)
+    settings = tiny_settings([r1, r2], tmp_path / "out", blocksize=1024, partition_rows=8)
+    events = []
+    facts = load_models(settings, client)
+    with embedding_scratch(settings) as root, pytest.raises(InputFormatError, match="order"):
+        embed_inputs(
+            settings,
+            client,
+            root=root,
+            tick=reporter(events.append),
+            timings={},
+            select=_slow_reads,
+            facts=facts,
+        )
+    read = max([e.done for e in events if e.stage == "read"] or [0])
+    blocks = max([e.total for e in events if e.stage == "read"] or [0])
+    assert blocks > 20 and read <= 4, (read, blocks)

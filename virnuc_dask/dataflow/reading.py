@@ -27,6 +27,7 @@ Usage (``client`` a :class:`distributed.Client`)::
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,25 @@ from virnuc_dask.dataflow.scratch import dedup_bucket
 from virnuc_dask.models.registry import MODEL_KEYS
 
 logger = logging.getLogger(__name__)
+
+
+def read_order(blocks: list[InputBlock]) -> list[int]:
+    """The order the blocks are submitted to be read in: input order, but the first
+    block of a second mate file right after the first block of its first mate file, so
+    that the two files' first reads are compared within seconds (the waves are still
+    decided in input order).
+
+    >>> b = lambda path, start, mate=None: InputBlock(path, 0, start, None, mate=mate)
+    >>> read_order([b("R1", 0, 1), b("R1", 9, 1), b("R2", 0, 2), b("R2", 9, 2), b("S", 0)])
+    [0, 2, 1, 3, 4]
+    """
+    order = list(range(len(blocks)))
+    firsts = [i for i, block in enumerate(blocks) if block.start == 0]
+    for before, i in itertools.pairwise(firsts):
+        if blocks[i].mate == 2 and blocks[before].mate == 1:
+            order.remove(i)
+            order.insert(order.index(before) + 1, i)
+    return order
 
 
 class WaveReader:
@@ -100,9 +120,16 @@ class WaveReader:
         self.blocks_read = 0
         # (No retries: a read fails because of the file, and would fail again.) In input
         # order, one graph each: the scheduler runs earlier blocks first.
-        for i, block in enumerate(blocks):
+        for i in read_order(blocks):
             self._submit(
-                ("read", i), read_block_task, block, settings.length, root, buckets, None, select
+                ("read", i),
+                read_block_task,
+                blocks[i],
+                settings.length,
+                root,
+                buckets,
+                None,
+                select,
             )
 
     # -- futures ------------------------------------------------------------------------
@@ -126,6 +153,10 @@ class WaveReader:
             self.reads_per_block[what] = len(ids)
             if self.blocks[what].mate:
                 self.mates[what] = mates
+                if self.blocks[what].start == 0:
+                    # A file's first block: mates out of order from the first reads on (a
+                    # wrong pairing) stop the run now, before the first file is embedded.
+                    check_mates_so_far(self.blocks, self.mates, self.mate_pairs)
             self.counts[what] = n
             self.reads += len(ids)
             self.orfs_read += n
