@@ -209,3 +209,18 @@ def test_mates_out_of_order_in_the_first_block_stop_the_run_before_it_embeds(cli
     read = max([e.done for e in events if e.stage == "read"] or [0])
     blocks = max([e.total for e in events if e.stage == "read"] or [0])
     assert blocks > 20 and read <= 4, (read, blocks)
+
+
+def test_mate_files_given_out_of_order_stop_before_any_work(client, tmp_path):
+    """R1 and R2 whose first reads say mate 1 and mate 2 but are not mates (swapped
+    lines, two samples' files): an error naming R2's first record, not two single-end
+    files whose mate-2 reads would all be dropped as duplicate read ids."""
+    r1, r2 = write_mates(tmp_path / "R1.fq", tmp_path / "R2.fq")
+    _swap_records(r2, 0, 1)
+    out = tmp_path / "out"
+    with pytest.raises(InputFormatError) as err:
+        _run(client, [r1, r2], out)
+    assert (err.value.path, err.value.line) == (str(r2), 1)
+    assert err.value.record == "M00123:45:000000000-A1B2C:1:1101:15590:1332"
+    assert "not the mate of the first read of" in str(err.value) and str(r1) in str(err.value)
+    assert not (out / "embeddings.zarr").exists()  # nothing was started

@@ -111,6 +111,46 @@ def mate_layout(paths: Sequence[str]) -> list[int | None]:
     return layout
 
 
+def check_mate_order(paths: Sequence[str]) -> None:
+    """Raise :class:`InputFormatError` where a FASTQ file whose first read says mate 1
+    (``1:N:…`` or ``/1``) is followed by one whose first read says mate 2 but is not
+    its mate: R1 and R2 given out of order, or of two samples. Without this check the
+    two files would be read as unrelated single-end files, and every mate-2 read would
+    be dropped as a duplicate read id."""
+    titles = [first_title(p) for p in paths]
+    for i in range(len(paths) - 1):
+        first, second = titles[i], titles[i + 1]
+        if first is None or second is None or first[0] != "fastq" or second[0] != "fastq":
+            continue
+        (id1, m1), (id2, m2) = title_mate(first[1]), title_mate(second[1])
+        if m1 == 1 and m2 == 2 and id1 != id2:
+            raise InputFormatError(
+                paths[i + 1],
+                _first_record_line(paths[i + 1]),
+                id2,
+                f"the first read is mate 2 but not the mate of the first read of "
+                f"{paths[i]} ('{id1}'): the mate files are out of order or of two "
+                "different samples; give both files of one sample, R1 then R2, each in "
+                "the same read order",
+            )
+
+
+def _first_record_line(path: str) -> int | None:
+    """The 1-based line of the first record of a plain or gzip file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD)
+        if head[:2] == _GZIP_MAGIC:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(_HEAD)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for n, line in enumerate(head.split(b"\n"), start=1):
+        if line.strip():
+            return n
+    return None
+
+
 @dataclass(frozen=True)
 class MatePair:
     """Two mate files: ``first`` and ``second`` are indexes into a run's inputs."""

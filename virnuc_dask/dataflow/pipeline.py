@@ -40,6 +40,7 @@ from distributed import Client
 
 from virnuc_dask.config import Settings
 from virnuc_dask.core.formats import check_input
+from virnuc_dask.core.pairs import check_mate_order
 from virnuc_dask.dataflow import scratch
 from virnuc_dask.dataflow.identity import prepare_out
 from virnuc_dask.dataflow.outputs import BlockCounts
@@ -87,6 +88,7 @@ def preflight(settings: Settings) -> None:
         raise ModelLoadError(f"{settings.classifier}: classifier file not found")
     for path in settings.inputs:
         check_input(path)
+    check_mate_order(list(settings.inputs))
     prepare_out(settings)
 
 
