@@ -224,3 +224,16 @@ def test_mate_files_given_out_of_order_stop_before_any_work(client, tmp_path):
     assert err.value.record == "M00123:45:000000000-A1B2C:1:1101:15590:1332"
     assert "not the mate of the first read of" in str(err.value) and str(r1) in str(err.value)
     assert not (out / "embeddings.zarr").exists()  # nothing was started
+
+
+def test_validate_reports_mate_files_given_out_of_order(tmp_path):
+    from virnuc_dask.validate.inputs import validate
+
+    r1, r2 = write_mates(tmp_path / "R1.fq", tmp_path / "R2.fq")
+    _swap_records(r2, 0, 1)
+    files, _ = validate(
+        [str(r1), str(r2)], tiny_settings([r1, r2], tmp_path / "out"), with_estimate=False
+    )
+    errors = [f for f in files[1].findings if f.kind == "error"]
+    assert errors and errors[0].line == 1 and "not the mate of the first read" in errors[0].message
+    assert not [f for f in files[0].findings if f.kind == "error"]

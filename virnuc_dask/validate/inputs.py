@@ -40,7 +40,14 @@ import numpy as np
 from virnuc_dask.config import Settings
 from virnuc_dask.core.fasta import Record
 from virnuc_dask.core.formats import plan_blocks, read_block
-from virnuc_dask.core.pairs import first_mismatch, mate_id, mate_layout, mate_pairs, pair_hashes
+from virnuc_dask.core.pairs import (
+    check_mate_order,
+    first_mismatch,
+    mate_id,
+    mate_layout,
+    mate_pairs,
+    pair_hashes,
+)
 from virnuc_dask.core.samplesheet import Sample, SampleSheet
 from virnuc_dask.errors import InputFormatError
 from virnuc_dask.files import is_gzip
@@ -256,6 +263,11 @@ def validate(
     ]
     for pair in mate_pairs(layout):
         find_unpaired(files[pair.first], files[pair.second], max_findings=max_findings)
+    try:
+        check_mate_order(list(inputs))
+    except InputFormatError as exc:  # mate files out of order: predict stops on it
+        second = next(f for f in files if f.path == exc.path)
+        second.add(Finding("error", exc.path, exc.line, exc.record, exc.problem), max_findings)
     find_duplicates(files, max_findings=max_findings)
     est = None
     if with_estimate and sum(f.orfs for f in files) and exit_code(files) != EXIT_UNREADABLE:
