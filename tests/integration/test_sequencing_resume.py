@@ -48,14 +48,8 @@ def finished(out: Path) -> int:
     return len(list(manifest.glob("p*.json"))) if manifest.is_dir() else 0
 
 
-@pytest.mark.slow
-def test_a_killed_sequencing_run_resumes_to_identical_outputs(sheet, tmp_path):
-    whole = tmp_path / "whole"
-    proc = subprocess.run(cli(sheet, whole), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    total = json.loads((whole / "large" / "run_summary.json").read_text())["partitions"]["total"]
-
-    out = tmp_path / "out"
+def start_until_finished(sheet: Path, out: Path, partitions: int) -> subprocess.Popen:
+    """The CLI started on ``sheet``, once the large sample has ``partitions`` finished."""
     proc = subprocess.Popen(
         cli(sheet, out),
         stdout=subprocess.DEVNULL,
@@ -64,10 +58,22 @@ def test_a_killed_sequencing_run_resumes_to_identical_outputs(sheet, tmp_path):
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    while finished(out) < 5:
+    while finished(out) < partitions:
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.slow
+def test_a_killed_sequencing_run_resumes_to_identical_outputs(sheet, tmp_path):
+    whole = tmp_path / "whole"
+    proc = subprocess.run(cli(sheet, whole), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    total = json.loads((whole / "large" / "run_summary.json").read_text())["partitions"]["total"]
+
+    out = tmp_path / "out"
+    proc = start_until_finished(sheet, out, 5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=120)
     done = finished(out)
@@ -101,18 +107,7 @@ def test_ctrl_c_ends_a_sequencing_run_without_waiting_for_its_samples(sheet, tmp
     """Ctrl-C while a sample is being embedded: the run stops at once (exit 130), with
     the samples in flight stopped where they are, not run to their end."""
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        cli(sheet, out),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while finished(out) < 3:
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    proc = start_until_finished(sheet, out, 3)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

@@ -64,9 +64,9 @@ def mate_id(rid: str, mate: int) -> str:
     return f"{mate_base(rid, mate)}/{mate}"
 
 
-def first_title(path: str) -> tuple[str, str] | None:
-    """(``"fasta"``/``"fastq"``, title) of the first record of a plain or gzip file;
-    None when the file holds none (or cannot be read: reading it later says why)."""
+def _head(path: str) -> bytes | None:
+    """The first bytes of a plain or gzip file (decompressed); None when it cannot be
+    read (reading it later says why)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(_HEAD)
@@ -74,6 +74,15 @@ def first_title(path: str) -> tuple[str, str] | None:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(_HEAD)
     except (OSError, EOFError, zlib.error):
+        return None
+    return head
+
+
+def first_title(path: str) -> tuple[str, str] | None:
+    """(``"fasta"``/``"fastq"``, title) of the first record of a plain or gzip file;
+    None when the file holds none (or cannot be read: reading it later says why)."""
+    head = _head(path)
+    if head is None:
         return None
     for line in head.replace(b"\r", b"\n").split(b"\n"):
         if line.strip():
@@ -137,15 +146,7 @@ def check_mate_order(paths: Sequence[str]) -> None:
 
 def _first_record_line(path: str) -> int | None:
     """The 1-based line of the first record of a plain or gzip file."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(_HEAD)
-        if head[:2] == _GZIP_MAGIC:
-            with gzip.open(path, "rb") as fh:
-                head = fh.read(_HEAD)
-    except (OSError, EOFError, zlib.error):
-        return None
-    for n, line in enumerate(head.split(b"\n"), start=1):
+    for n, line in enumerate((_head(path) or b"").split(b"\n"), start=1):
         if line.strip():
             return n
     return None
